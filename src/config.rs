@@ -1,0 +1,356 @@
+//! The one configuration structure, loadable from JSON or TOML. Every knob has a default
+//! (documented in SPEC.md with the reason) and a checked range; [`Config::validate`] refuses a bad
+//! value with the field's dotted name and the allowed range. Unknown fields are refused too, so a
+//! typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Everything the engine can be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The database directory (created if missing).
+    pub path: PathBuf,
+    /// When an append is acknowledged; see [`Durability`].
+    pub durability: Durability,
+    /// fjall block cache, MiB.
+    pub cache_mb: u64,
+    /// Size and count limits on input and reads.
+    pub limits: Limits,
+    /// The write path: group-commit queue and waits.
+    pub writes: Writes,
+    /// Compaction policy and bounds.
+    pub compaction: Compaction,
+    /// Which summarizer compaction uses, and its settings.
+    pub summarizer: SummarizerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("palimpsest-data"),
+            durability: Durability::default(),
+            cache_mb: 64,
+            limits: Limits::default(),
+            writes: Writes::default(),
+            compaction: Compaction::default(),
+            summarizer: SummarizerConfig::default(),
+        }
+    }
+}
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Acknowledged once the bytes are handed to the OS: survives the process being killed
+    /// (kill -9), not a power loss or kernel crash.
+    Buffered,
+    /// Acknowledged after fsync: survives power loss. Concurrent appends share one fsync
+    /// (group commit), so the cost is paid once per batch, not per append.
+    #[default]
+    Sync,
+}
+
+/// Limits on input and reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message (content + tool calls + metadata), bytes. Default 1 MiB, range 1 B..=16 MiB.
+    pub max_message_bytes: u64,
+    /// Most messages in one `append_many`. Default 1,000, range 1..=100,000.
+    pub max_batch_messages: u64,
+    /// Most messages or events one read returns. Default 10,000, range 1..=1,000,000.
+    pub max_read_messages: u64,
+    /// Most tool calls a session may have waiting for results. Default 256, range 1..=4,096.
+    pub max_open_tool_calls: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            max_batch_messages: 1_000,
+            max_read_messages: 10_000,
+            max_open_tool_calls: 256,
+        }
+    }
+}
+
+/// The write path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Writes {
+    /// Appends that may wait for the group-commit thread at once. Default 4,096, range 1..=1,000,000.
+    pub queue_depth: u64,
+    /// Most events committed in one group (one batch, one fsync). Default 4,096, range 1..=1,000,000.
+    pub group_max_events: u64,
+    /// Longest wait for a session's write lock plus the commit, ms. Default 30,000, range 1..=600,000.
+    pub timeout_ms: u64,
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        Self { queue_depth: 4_096, group_max_events: 4_096, timeout_ms: 30_000 }
+    }
+}
+
+/// Compaction policy and bounds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Compaction {
+    /// When no `upto` is given, keep this many latest messages verbatim. Default 20, range 0..=100,000.
+    pub keep_last_messages: u64,
+    /// Longest summary accepted from a summarizer, bytes. Default 16 KiB, range 256..=1 MiB.
+    pub max_summary_bytes: u64,
+    /// Most messages one compaction reads; a larger span is cut to this. Default 100,000, range 1..=10,000,000.
+    pub max_span_messages: u64,
+    /// Inputs longer than this (bytes of transcript) are summarized in chunks of about this size.
+    /// Default 24 KiB, range 1 KiB..=16 MiB.
+    pub chunk_bytes: u64,
+    /// Chunk summaries running at once. Default 4, range 1..=32.
+    pub chunk_concurrency: u64,
+    /// Timeout of one chunk (or single-pass) summary call, ms. Default 120,000, range 100..=3,600,000.
+    pub chunk_timeout_ms: u64,
+    /// Timeout of the merge call, ms; on timeout the chunk summaries are concatenated.
+    /// Default 60,000, range 100..=3,600,000.
+    pub merge_timeout_ms: u64,
+    /// Timeout of a whole compaction, ms. Default 600,000, range 1,000..=86,400,000.
+    pub timeout_ms: u64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Self {
+            keep_last_messages: 20,
+            max_summary_bytes: 16 << 10,
+            max_span_messages: 100_000,
+            chunk_bytes: 24 << 10,
+            chunk_concurrency: 4,
+            chunk_timeout_ms: 120_000,
+            merge_timeout_ms: 60_000,
+            timeout_ms: 600_000,
+        }
+    }
+}
+
+/// Which summarizer the engine builds from config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SummarizerKind {
+    /// The embedded extractive summarizer: deterministic, offline.
+    #[default]
+    Extractive,
+    /// An OpenAI-compatible chat-completions endpoint.
+    Openai,
+}
+
+/// Summarizer choice and settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SummarizerConfig {
+    /// `extractive` (default) or `openai`.
+    pub kind: SummarizerKind,
+    /// Settings for `openai`.
+    pub openai: OpenAiConfig,
+}
+
+/// An OpenAI-compatible endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiConfig {
+    /// Base URL; requests go to `{base_url}/v1/chat/completions`. Default `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// Model name sent in each request. Default `default`.
+    pub model: String,
+    /// API key; when absent, the variable named by `api_key_env` is read (and may be unset).
+    pub api_key: Option<String>,
+    /// Environment variable holding the API key. Default `OPENAI_API_KEY`.
+    pub api_key_env: String,
+    /// TCP/TLS connect timeout, ms. Default 5,000, range 1..=600,000.
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout, ms. Default 120,000, range 1..=3,600,000.
+    pub request_timeout_ms: u64,
+    /// `max_tokens` sent with each request. Default 512, range 1..=65,536.
+    pub max_tokens: u64,
+    /// `temperature` sent with each request. Default 0, range 0..=2.
+    pub temperature: f64,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:8080".to_string(),
+            model: "default".to_string(),
+            api_key: None,
+            api_key_env: "OPENAI_API_KEY".to_string(),
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 120_000,
+            max_tokens: 512,
+            temperature: 0.0,
+        }
+    }
+}
+
+impl Config {
+    /// A default config for the database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), ..Self::default() }
+    }
+
+    /// Parses and validates JSON.
+    pub fn from_json_str(text: &str) -> Result<Self, Error> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::InvalidConfig {
+            field: "(document)".to_string(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_value(value)
+    }
+
+    /// Parses and validates TOML.
+    pub fn from_toml_str(text: &str) -> Result<Self, Error> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| Error::InvalidConfig {
+            field: "(document)".to_string(),
+            reason: format!("not valid TOML: {e}"),
+        })?;
+        let value = serde_json::to_value(table)
+            .map_err(|e| Error::InvalidConfig { field: "(document)".to_string(), reason: e.to_string() })?;
+        Self::from_value(value)
+    }
+
+    /// Reads a `.json` or `.toml` file (by extension) and validates it.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidConfig {
+            field: "(file)".to_string(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Self::from_json_str(&text),
+            Some("toml") => Self::from_toml_str(&text),
+            _ => Err(Error::InvalidConfig {
+                field: "(file)".to_string(),
+                reason: format!("{} must end in .json or .toml", path.display()),
+            }),
+        }
+    }
+
+    fn from_value(value: serde_json::Value) -> Result<Self, Error> {
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            Error::InvalidConfig {
+                field: if field == "." { "(document)".to_string() } else { field },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value against its range; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.path.as_os_str().is_empty() {
+            return Err(bad("path", "must not be empty".to_string()));
+        }
+        in_range("cache_mb", self.cache_mb, 1, 1 << 20)?;
+        let l = &self.limits;
+        in_range("limits.max_message_bytes", l.max_message_bytes, 1, 16 << 20)?;
+        in_range("limits.max_batch_messages", l.max_batch_messages, 1, 100_000)?;
+        in_range("limits.max_read_messages", l.max_read_messages, 1, 1_000_000)?;
+        in_range("limits.max_open_tool_calls", l.max_open_tool_calls, 1, 4_096)?;
+        let w = &self.writes;
+        in_range("writes.queue_depth", w.queue_depth, 1, 1_000_000)?;
+        in_range("writes.group_max_events", w.group_max_events, 1, 1_000_000)?;
+        in_range("writes.timeout_ms", w.timeout_ms, 1, 600_000)?;
+        let c = &self.compaction;
+        in_range("compaction.keep_last_messages", c.keep_last_messages, 0, 100_000)?;
+        in_range("compaction.max_summary_bytes", c.max_summary_bytes, 256, 1 << 20)?;
+        in_range("compaction.max_span_messages", c.max_span_messages, 1, 10_000_000)?;
+        in_range("compaction.chunk_bytes", c.chunk_bytes, 1 << 10, 16 << 20)?;
+        in_range("compaction.chunk_concurrency", c.chunk_concurrency, 1, 32)?;
+        in_range("compaction.chunk_timeout_ms", c.chunk_timeout_ms, 100, 3_600_000)?;
+        in_range("compaction.merge_timeout_ms", c.merge_timeout_ms, 100, 3_600_000)?;
+        in_range("compaction.timeout_ms", c.timeout_ms, 1_000, 86_400_000)?;
+        let o = &self.summarizer.openai;
+        if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
+            return Err(bad(
+                "summarizer.openai.base_url",
+                format!("{:?} must start with http:// or https://", o.base_url),
+            ));
+        }
+        if o.model.trim().is_empty() {
+            return Err(bad("summarizer.openai.model", "must not be empty".to_string()));
+        }
+        if o.api_key_env.trim().is_empty() {
+            return Err(bad("summarizer.openai.api_key_env", "must not be empty".to_string()));
+        }
+        if o.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err(bad(
+                "summarizer.openai.api_key",
+                "must not be empty when given (omit it to use api_key_env)".to_string(),
+            ));
+        }
+        in_range("summarizer.openai.connect_timeout_ms", o.connect_timeout_ms, 1, 600_000)?;
+        in_range("summarizer.openai.request_timeout_ms", o.request_timeout_ms, 1, 3_600_000)?;
+        in_range("summarizer.openai.max_tokens", o.max_tokens, 1, 65_536)?;
+        if !(0.0..=2.0).contains(&o.temperature) {
+            return Err(bad("summarizer.openai.temperature", format!("{} is out of range 0..=2", o.temperature)));
+        }
+        Ok(())
+    }
+}
+
+fn bad(field: &str, reason: String) -> Error {
+    Error::InvalidConfig { field: field.to_string(), reason }
+}
+
+fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), Error> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(bad(field, format!("{value} is out of range {min}..={max}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(result: Result<Config, Error>) -> String {
+        match result {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_both_formats_load() {
+        Config::default().validate().expect("defaults are valid");
+        let json =
+            Config::from_json_str(r#"{"durability":"buffered","limits":{"max_message_bytes":100}}"#).expect("json");
+        assert_eq!(json.durability, Durability::Buffered);
+        let toml =
+            Config::from_toml_str("durability = \"buffered\"\n[limits]\nmax_message_bytes = 100\n").expect("toml");
+        assert_eq!(json, toml);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(
+            field_of(Config::from_json_str(r#"{"limits":{"max_message_bytes":0}}"#)),
+            "limits.max_message_bytes"
+        );
+        assert_eq!(
+            field_of(Config::from_json_str(r#"{"limits":{"max_message_bytes":-1}}"#)),
+            "limits.max_message_bytes"
+        );
+        assert_eq!(field_of(Config::from_json_str(r#"{"writes":{"timeout_ms":"soon"}}"#)), "writes.timeout_ms");
+        assert_eq!(field_of(Config::from_json_str(r#"{"durability":"sometimes"}"#)), "durability");
+        assert_eq!(field_of(Config::from_json_str(r#"{"limits":{"max_mesage_bytes":5}}"#)), "limits.max_mesage_bytes");
+        assert_eq!(field_of(Config::from_json_str(r#"{"path":""}"#)), "path");
+        assert_eq!(field_of(Config::from_json_str("{")), "(document)");
+    }
+}

@@ -1,0 +1,361 @@
+//! [`Engine`] and [`Session`]: the public async API, and the only place that combines the pure
+//! core (`fold`, `view`) with the effects (`store`, `writer`, the clock).
+//!
+//! Every write follows one path, [`Engine::write_events`]: take the session's lock (bounded wait),
+//! read its head, let the caller validate against it and produce event kinds, fold them into the
+//! head, and commit events + head (+ index entries) as one atomic batch. Appends to one session are
+//! therefore totally ordered; different sessions only share the group-commit thread.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::codec;
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{Event, EventKind, Message};
+use crate::fold::{self, Head};
+use crate::guard::KeyedLocks;
+use crate::ids::{Seq, SessionId};
+use crate::keys;
+use crate::store::{Ks, Op, Store};
+use crate::view::{self, Summary, WorkingMemory};
+use crate::writer::Writer;
+
+/// The smallest range read when paging backwards for a window; keeps the number of reads low
+/// when many non-message events sit among the messages.
+const MIN_WINDOW_PAGE: u64 = 16;
+
+/// An open palimpsest database. Cheap to clone; all clones share one database.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), palimpsest::Error> {
+/// use palimpsest::{Config, Engine, Message};
+/// let engine = Engine::open(Config::new("/tmp/agent-memory"))?;
+/// let session = engine.session("user-42")?;
+/// session.append(Message::user("Find flights to Oslo")).await?;
+/// let memory = session.working_memory(50).await?;
+/// assert_eq!(memory.messages.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) writer: Writer,
+    pub(crate) locks: KeyedLocks<SessionId>,
+}
+
+impl Engine {
+    /// Validates `config`, opens (or creates) the database and runs recovery. Blocking: in async
+    /// code, call it before serving or inside `spawn_blocking`.
+    pub fn open(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let store = Arc::new(Store::open(&config.path, config.cache_mb)?);
+        let writer = Writer::start(store, config.durability, &config.writes)?;
+        tracing::info!(path = %config.path.display(), durability = ?config.durability, "engine open");
+        Ok(Self { inner: Arc::new(Inner { config, writer, locks: KeyedLocks::default() }) })
+    }
+
+    /// The configuration the engine was opened with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// A handle on one session (it need not exist yet: the first append creates it).
+    pub fn session(&self, id: impl TryInto<SessionId, Error = Error>) -> Result<Session, Error> {
+        Ok(Session { engine: self.clone(), id: id.try_into()? })
+    }
+
+    /// Live (not deleted) sessions in id order, starting after `after`, at most `limit`.
+    pub fn list_sessions(&self, after: Option<&SessionId>, limit: usize) -> Result<Vec<SessionId>, Error> {
+        self.check_read_limit(limit)?;
+        let mut out = Vec::new();
+        for row in self.store().iter_from(Ks::Heads, after.map(keys::head_key)) {
+            if out.len() == limit {
+                break;
+            }
+            let (key, value) = row?;
+            let id = String::from_utf8(key).ok().and_then(|k| SessionId::new(k).ok()).ok_or_else(|| {
+                Error::Corrupt { session: None, seq: None, detail: "a session head has a malformed key".to_string() }
+            })?;
+            if !codec::decode_head(id.as_str(), &value)?.is_deleted() {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// True after a failed write: every later write fails until the engine is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.writer.is_poisoned()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        self.inner.writer.store()
+    }
+
+    fn check_read_limit(&self, limit: usize) -> Result<(), Error> {
+        let max = self.inner.config.limits.max_read_messages;
+        if u64::try_from(limit).is_ok_and(|l| l <= max) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                what: "read limit",
+                reason: format!("{limit} is over limits.max_read_messages ({max})"),
+            })
+        }
+    }
+
+    /// The one write path; see the module docs. Under the session's lock, `build` sees the current
+    /// head and the store and returns the event kinds to append plus any extra ops (deletions), or
+    /// an error that leaves everything untouched. Returns the new head.
+    pub(crate) async fn write_events(
+        &self,
+        session: &SessionId,
+        build: impl FnOnce(&Head, &Store) -> Result<(Vec<EventKind>, Vec<Op>), Error>,
+    ) -> Result<Head, Error> {
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        let timeout_ms = self.inner.config.writes.timeout_ms;
+        let _lock = self
+            .inner
+            .locks
+            .lock(session, Duration::from_millis(timeout_ms))
+            .await
+            .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
+        let mut head = self.store().head(session)?.unwrap_or_default();
+        let (kinds, mut ops) = build(&head, self.store())?;
+        if kinds.is_empty() {
+            return Ok(head);
+        }
+        let at_ms = now_ms();
+        for kind in kinds {
+            let event = Event { seq: head.last_seq().next(), at_ms, kind };
+            if matches!(event.kind, EventKind::CompactionSpliced(_)) {
+                ops.push(Op::Put(Ks::Splices, keys::seq_key(session, event.seq), Vec::new()));
+            }
+            ops.push(Op::Put(Ks::Events, keys::seq_key(session, event.seq), codec::encode_event(&event)));
+            fold::apply(&mut head, &event);
+        }
+        ops.push(Op::Put(Ks::Heads, keys::head_key(session).to_vec(), codec::encode_head(&head)));
+        self.inner.writer.write(ops).await?;
+        Ok(head)
+    }
+}
+
+/// A handle on one session. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    engine: Engine,
+    id: SessionId,
+}
+
+impl Session {
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// The engine this handle belongs to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Appends one message; returns its seq once it is acknowledged (see `Durability`).
+    /// A message with `created_at_ms == 0` is stamped with the append time.
+    pub async fn append(&self, message: Message) -> Result<Seq, Error> {
+        let seqs = self.append_many(vec![message]).await?;
+        Ok(seqs.start)
+    }
+
+    /// Appends messages atomically, in order: either all are stored or none. Returns their seqs.
+    pub async fn append_many(&self, mut messages: Vec<Message>) -> Result<std::ops::Range<Seq>, Error> {
+        let limits = &self.engine.inner.config.limits;
+        if messages.is_empty() || messages.len() as u64 > limits.max_batch_messages {
+            return Err(Error::InvalidArgument {
+                what: "batch size",
+                reason: format!(
+                    "{} messages; 1..={} (limits.max_batch_messages)",
+                    messages.len(),
+                    limits.max_batch_messages
+                ),
+            });
+        }
+        let max_bytes = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
+        let max_open = usize::try_from(limits.max_open_tool_calls).unwrap_or(usize::MAX);
+        let stamp = now_ms();
+        for (idx, m) in messages.iter_mut().enumerate() {
+            m.validate(idx, max_bytes)?;
+            if m.created_at_ms == 0 {
+                m.created_at_ms = stamp;
+            }
+        }
+        let n = messages.len() as u64;
+        let head = self
+            .engine
+            .write_events(&self.id, |head, _| {
+                // Validate the whole batch against the head as it will be after each message.
+                let mut scratch = head.clone();
+                let mut kinds = Vec::with_capacity(messages.len());
+                for (idx, m) in messages.into_iter().enumerate() {
+                    fold::check_message(&scratch, &m, idx, max_open)?;
+                    let kind = EventKind::MessageAppended(m);
+                    let ev = Event { seq: scratch.last_seq().next(), at_ms: 0, kind };
+                    fold::apply(&mut scratch, &ev);
+                    kinds.push(ev.kind);
+                }
+                Ok((kinds, Vec::new()))
+            })
+            .await?;
+        let end = head.last_seq().next();
+        Ok(Seq::new(end.get() - n)..end)
+    }
+
+    /// The session's head (fold state), or `None` if it has no events.
+    pub async fn head(&self) -> Result<Option<Head>, Error> {
+        self.engine.store().head(&self.id)
+    }
+
+    /// The current working memory: the latest summary plus the last `limit` messages after it
+    /// (oldest first). Costs one head read, one blob read and range reads of about `limit` events,
+    /// whatever the session's length. A session with no events, or deleted, is [`Error::NotFound`].
+    pub async fn working_memory(&self, limit: usize) -> Result<WorkingMemory, Error> {
+        self.engine.check_read_limit(limit)?;
+        let head = self.live_head()?;
+        let summary = match head.splice() {
+            Some(s) => Some(self.summary(s.upto, &s.summary_hash)?),
+            None => None,
+        };
+        let messages = self.window(head.upto().max(head.base()), head.last_seq(), limit)?;
+        Ok(WorkingMemory {
+            session: self.id.clone(),
+            last_seq: head.last_seq(),
+            n_messages: Some(head.n_messages()),
+            summary,
+            messages,
+        })
+    }
+
+    /// The working memory as it was right after event `at` (time travel). `n_messages` is `None`
+    /// for a past seq: counting would walk the log.
+    pub async fn working_memory_at(&self, at: Seq, limit: usize) -> Result<WorkingMemory, Error> {
+        self.engine.check_read_limit(limit)?;
+        let head = self.live_head()?;
+        if at == head.last_seq() {
+            return self.working_memory(limit).await;
+        }
+        if at > head.last_seq() || at <= head.base() {
+            return Err(Error::InvalidArgument {
+                what: "seq",
+                reason: format!("{at} is outside the session's log ({}..={})", head.base().next(), head.last_seq()),
+            });
+        }
+        let store = self.engine.store();
+        let prefix = keys::seq_key(&self.id, Seq::ZERO);
+        let latest = store.scan_rev(Ks::Splices, &prefix, &keys::seq_key(&self.id, at), 1)?;
+        let splice = match latest.first().and_then(|(k, _)| keys::parse_seq_key(k)) {
+            Some((_, splice_seq)) => match store.event(&self.id, splice_seq)?.map(|e| e.kind) {
+                Some(EventKind::CompactionSpliced(s)) => Some(s),
+                _ => {
+                    return Err(Error::Corrupt {
+                        session: Some(self.id.to_string()),
+                        seq: Some(splice_seq.get()),
+                        detail: "the splice index names an event that is not a splice".to_string(),
+                    });
+                }
+            },
+            None => None,
+        };
+        let summary = match &splice {
+            Some(s) => Some(self.summary(s.upto, &s.summary_hash)?),
+            None => None,
+        };
+        let lower = splice.as_ref().map_or(Seq::ZERO, |s| s.upto).max(head.base());
+        let messages = self.window(lower, at, limit)?;
+        Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages: None, summary, messages })
+    }
+
+    /// Events with seq in `[from, from + limit)`, all kinds, in order. Compacted messages are
+    /// still here: compaction hides them from working memory only.
+    pub async fn history(&self, from: Seq, limit: usize) -> Result<Vec<Event>, Error> {
+        self.engine.check_read_limit(limit)?;
+        let head = self.engine.store().head(&self.id)?.ok_or_else(|| self.not_found())?;
+        let from = from.max(Seq::new(1));
+        if limit == 0 || from > head.last_seq() {
+            return Ok(Vec::new());
+        }
+        let to = Seq::new(from.get().saturating_add(limit as u64 - 1).min(head.last_seq().get()));
+        self.engine.store().events(&self.id, from, to, limit)
+    }
+
+    /// Deletes the session: every event is removed and a `SessionDeleted` event is written in the
+    /// same batch, so audit sees the deletion. Appending afterwards starts the session afresh
+    /// (numbering continues). Summary blobs become orphans for `gc`. Returns the deletion's seq.
+    pub async fn delete(&self) -> Result<Seq, Error> {
+        let id = &self.id;
+        let head = self
+            .engine
+            .write_events(id, |head, store| {
+                if head.last_seq() == Seq::ZERO || head.is_deleted() {
+                    return Err(Error::NotFound { session: id.to_string() });
+                }
+                let mut ops: Vec<Op> = store.event_keys(id)?.into_iter().map(|k| Op::Delete(Ks::Events, k)).collect();
+                let n_events_removed = ops.len() as u64;
+                let (first, last) = (keys::seq_key(id, Seq::ZERO), keys::seq_key(id, Seq::new(u64::MAX)));
+                let splices = store.scan(Ks::Splices, &first, &last, usize::MAX)?;
+                ops.extend(splices.into_iter().map(|(k, _)| Op::Delete(Ks::Splices, k)));
+                Ok((vec![EventKind::SessionDeleted { n_events_removed }], ops))
+            })
+            .await?;
+        Ok(head.last_seq())
+    }
+
+    fn not_found(&self) -> Error {
+        Error::NotFound { session: self.id.to_string() }
+    }
+
+    fn live_head(&self) -> Result<Head, Error> {
+        match self.engine.store().head(&self.id)? {
+            Some(head) if !head.is_deleted() => Ok(head),
+            _ => Err(self.not_found()),
+        }
+    }
+
+    fn summary(&self, upto: Seq, hash: &crate::ids::SummaryHash) -> Result<Summary, Error> {
+        let text = self.engine.store().blob(hash)?.ok_or_else(|| Error::Corrupt {
+            session: Some(self.id.to_string()),
+            seq: None,
+            detail: format!("summary blob {hash} (splice up to {upto}) is missing"),
+        })?;
+        Ok(Summary { upto, hash: *hash, text })
+    }
+
+    /// The last `limit` messages with seq in `(lower, end]`, after the window rule. Reads forward
+    /// from `end - limit + 1` (forward scans beat reverse ones in fjall's memtable) and pages back
+    /// only when non-message events took some of the range.
+    fn window(&self, lower: Seq, end: Seq, limit: usize) -> Result<Vec<view::StoredMessage>, Error> {
+        let mut pages: Vec<Vec<view::StoredMessage>> = Vec::new();
+        let (mut got, mut end) = (0usize, end.get());
+        while got < limit && end > lower.get() {
+            let need = (limit - got) as u64;
+            // The first read is exactly the window; later ones make up for non-message events.
+            let page = if pages.is_empty() { need } else { need.max(MIN_WINDOW_PAGE) };
+            let start = end.saturating_sub(page - 1).max(lower.get() + 1);
+            let events = self.engine.store().events(&self.id, Seq::new(start), Seq::new(end), usize::MAX)?;
+            let page: Vec<_> = view::messages_of(events).collect();
+            got += page.len();
+            pages.push(page);
+            end = start - 1;
+        }
+        let all: Vec<_> = pages.into_iter().rev().flatten().collect();
+        Ok(view::window(all, limit))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

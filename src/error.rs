@@ -1,0 +1,88 @@
+//! The one public error type. Every variant says what the caller should do about it.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in palimpsest.
+///
+/// Input errors (`Invalid*`, tool pairing) are raised before anything is written: the stored state
+/// is unchanged. Storage errors after a write started poison the engine (see [`Error::Poisoned`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The session id breaks the id rules. Fix the input.
+    #[error("invalid session id {id:?}: {reason}")]
+    InvalidSessionId { id: String, reason: String },
+
+    /// A message breaks a rule (size, empty content, role/field mismatch). `index` is its position
+    /// in the call (0 for a single append). Fix the input; nothing was written.
+    #[error("invalid message {index}: {reason}")]
+    InvalidMessage { index: usize, reason: String },
+
+    /// A tool result names a call id that is not open in this session (never made, or made in
+    /// another session). Fix the input; nothing was written.
+    #[error("message {index}: tool result for call {call_id:?}, which is not an open tool call of this session")]
+    UnknownToolCall { index: usize, call_id: String },
+
+    /// A second result for a call that already has one. Fix the input; nothing was written.
+    #[error("message {index}: tool call {call_id:?} already has a result")]
+    ToolCallAlreadyAnswered { index: usize, call_id: String },
+
+    /// A tool call id that is already open in this session, or repeated within one message.
+    /// Fix the input; nothing was written.
+    #[error("message {index}: duplicate tool call id {call_id:?}")]
+    DuplicateToolCallId { index: usize, call_id: String },
+
+    /// Any other argument out of its range (a read limit, a seq past the end, a hash).
+    /// Fix the input.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument { what: &'static str, reason: String },
+
+    /// A configuration value is missing, of the wrong type, or out of range. Fix the config.
+    #[error("invalid config: {field}: {reason}")]
+    InvalidConfig { field: String, reason: String },
+
+    /// The session has no events. Check the id, or create it by appending.
+    #[error("session {session:?} not found")]
+    NotFound { session: String },
+
+    /// A bounded wait ran out (a session lock, the group-commit queue, a summarizer call).
+    /// Retry later; the operation did not take effect unless the variant's context says otherwise.
+    #[error("timed out after {after_ms} ms waiting for {what}")]
+    Timeout { what: &'static str, after_ms: u64 },
+
+    /// The storage layer failed. If it failed during a write the engine is now poisoned.
+    /// Surface it; reopen the engine once the cause (disk full, I/O error) is fixed.
+    #[error("storage error during {op}: {detail}")]
+    Storage { op: &'static str, detail: String },
+
+    /// A stored record does not decode or breaks an invariant. Run `palimpsest audit`;
+    /// restore the session from an export or a backup.
+    #[error("corrupt record{}{}: {detail}", session.as_ref().map(|s| format!(" in session {s:?}")).unwrap_or_default(), seq.map(|s| format!(" at seq {s}")).unwrap_or_default())]
+    Corrupt { session: Option<String>, seq: Option<u64>, detail: String },
+
+    /// An earlier write failed to persist; writes are refused until the engine is reopened,
+    /// because what reached the disk is no longer known.
+    #[error("engine is poisoned by an earlier failed write; reopen it")]
+    Poisoned,
+
+    /// Another process (or another engine in this process) has the database open.
+    /// Stop it, or work on a copy.
+    #[error("database at {} is locked by another process", path.display())]
+    Locked { path: PathBuf },
+
+    /// The path exists but does not hold a palimpsest database (or holds a newer format).
+    #[error("{} is not a usable palimpsest database: {reason}", path.display())]
+    NotADatabase { path: PathBuf, reason: String },
+
+    /// The summarizer or model provider failed. `status` is the HTTP status when there was one;
+    /// `message` is the provider's text, truncated. Surface it; retry if the provider says so.
+    #[error("summarizer failed{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    Summarizer { status: Option<u16>, message: String },
+
+    /// The engine is shutting down or was closed.
+    #[error("engine is closed")]
+    Closed,
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,247 @@
+//! Newtypes for the identifiers that must never be mixed up: [`SessionId`], [`Seq`] and
+//! [`SummaryHash`]. Each one validates on construction, so a value of the type is always legal.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The longest session id accepted, in bytes.
+pub const MAX_SESSION_ID_BYTES: usize = 128;
+
+/// A session's name: 1 to [`MAX_SESSION_ID_BYTES`] bytes of ASCII letters, digits and `- _ . : @`.
+///
+/// The set is closed on purpose: ids become key prefixes (terminated by a 0x00 byte, which the set
+/// excludes), file names in exports and arguments on the command line, and none of those should
+/// need escaping.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Checks `id` and wraps it; see the type's docs for the rules.
+    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
+        let id = id.into();
+        let reason = if id.is_empty() {
+            Some("must not be empty".to_string())
+        } else if id.len() > MAX_SESSION_ID_BYTES {
+            Some(format!("is {} bytes, the limit is {MAX_SESSION_ID_BYTES}", id.len()))
+        } else {
+            id.bytes().position(|b| !is_session_id_byte(b)).map(|idx| {
+                format!(
+                    "byte {idx} ({:?}) is outside the allowed set [A-Za-z0-9-_.:@]",
+                    id[idx..].chars().next().unwrap_or('?')
+                )
+            })
+        };
+        match reason {
+            Some(reason) => Err(Error::InvalidSessionId { id: truncate_for_error(&id), reason }),
+            None => Ok(Self(id)),
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_session_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@')
+}
+
+/// Keeps error messages bounded when the offending input is huge.
+pub(crate) fn truncate_for_error(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
+impl TryFrom<String> for SessionId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for SessionId {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self, Error> {
+        Self::new(s)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::new(s)
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(id: SessionId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({:?})", self.0)
+    }
+}
+
+/// A position in one session's log. Events are numbered 1, 2, 3, ... with no gaps;
+/// `Seq::ZERO` means "before the first event" (an empty session, or no splice yet).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seq(u64);
+
+impl Seq {
+    /// Before the first event.
+    pub const ZERO: Seq = Seq(0);
+
+    /// Wraps a raw sequence number.
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    /// The raw number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The sequence number after this one.
+    pub fn next(self) -> Self {
+        Self(self.0.checked_add(1).expect("a session cannot hold 2^64 events"))
+    }
+
+    /// Big-endian bytes: the on-disk form, so keys sort by number.
+    pub const fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The blake3 hash of a summary's UTF-8 bytes; summaries are stored once under it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SummaryHash(#[serde(with = "hash_bytes")] [u8; 32]);
+
+impl SummaryHash {
+    /// Hashes a summary's text.
+    pub fn of(text: &str) -> Self {
+        Self(*blake3::hash(text.as_bytes()).as_bytes())
+    }
+
+    /// Wraps raw hash bytes (as stored in a key).
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw 32 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(hex: &str) -> Result<Self, Error> {
+        blake3::Hash::from_hex(hex).map(|h| Self(*h.as_bytes())).map_err(|e| Error::InvalidArgument {
+            what: "summary hash",
+            reason: format!("{e}: {}", truncate_for_error(hex)),
+        })
+    }
+}
+
+impl fmt::Display for SummaryHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for SummaryHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SummaryHash({})", &self.to_hex()[..16])
+    }
+}
+
+/// Serializes the hash as a msgpack `bin` of 32 bytes rather than an array of 32 integers.
+mod hash_bytes {
+    use serde::de::Error as _;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = [u8; 32];
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<[u8; 32], E> {
+                v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
+                let mut out = [0u8; 32];
+                for (idx, b) in out.iter_mut().enumerate() {
+                    *b = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(idx, &self))?;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_outside_the_set_are_refused_with_the_reason() {
+        assert!(SessionId::new("user-42:chat.1@x_y").is_ok());
+        for bad in ["", "a b", "a/b", "é", "a\0b", &"x".repeat(MAX_SESSION_ID_BYTES + 1)] {
+            let err = SessionId::new(bad).expect_err(bad);
+            assert!(matches!(err, Error::InvalidSessionId { .. }), "{err}");
+        }
+        assert!(SessionId::new("x".repeat(MAX_SESSION_ID_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn summary_hash_hex_round_trips() {
+        let h = SummaryHash::of("hello");
+        assert_eq!(SummaryHash::from_hex(&h.to_hex()).expect("valid hex"), h);
+        assert!(SummaryHash::from_hex("zz").is_err());
+    }
+}

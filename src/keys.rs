@@ -1,0 +1,92 @@
+//! The key layout. Every keyspace and every key shape is defined here and nowhere else.
+//!
+//! | keyspace  | key                                   | value                          |
+//! |-----------|---------------------------------------|--------------------------------|
+//! | `events`  | session id, 0x00, seq (u64 BE)        | codec event (version byte + msgpack) |
+//! | `heads`   | session id                            | codec head (version byte + msgpack)  |
+//! | `splices` | session id, 0x00, seq of splice (BE)  | empty: an index of splice events     |
+//! | `blobs`   | blake3 hash (32 bytes)                | summary text, UTF-8                  |
+//! | `meta`    | ASCII name (`format`)                 | see SPEC.md                          |
+//!
+//! Session ids never contain 0x00, so `id ++ 0x00` is a prefix that matches exactly one session,
+//! and big-endian seqs make a session's events sort by number.
+
+use crate::ids::{Seq, SessionId, SummaryHash};
+
+/// Keyspace of events.
+pub const EVENTS: &str = "events";
+/// Keyspace of session heads (the materialized view's fold state).
+pub const HEADS: &str = "heads";
+/// Keyspace indexing splice events by (session, seq), for time travel.
+pub const SPLICES: &str = "splices";
+/// Keyspace of summary texts by hash.
+pub const BLOBS: &str = "blobs";
+/// Keyspace of database-wide records.
+pub const META: &str = "meta";
+
+/// The `meta` key holding the database format version.
+pub const META_FORMAT: &[u8] = b"format";
+
+const SEPARATOR: u8 = 0x00;
+const SEQ_BYTES: usize = 8;
+
+/// The prefix shared by every event (or splice-index) key of `session`.
+pub fn session_prefix(session: &SessionId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(session.as_str().len() + 1 + SEQ_BYTES);
+    key.extend_from_slice(session.as_str().as_bytes());
+    key.push(SEPARATOR);
+    key
+}
+
+/// The key of `session`'s event number `seq` (also used for the splice index).
+pub fn seq_key(session: &SessionId, seq: Seq) -> Vec<u8> {
+    let mut key = session_prefix(session);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Splits an event (or splice-index) key into its session id text and seq.
+/// Returns `None` for a key of any other shape.
+pub fn parse_seq_key(key: &[u8]) -> Option<(&str, Seq)> {
+    if key.len() < 1 + 1 + SEQ_BYTES {
+        return None;
+    }
+    let (head, seq) = key.split_at(key.len() - SEQ_BYTES);
+    let (&sep, id) = head.split_last()?;
+    if sep != SEPARATOR {
+        return None;
+    }
+    let id = std::str::from_utf8(id).ok()?;
+    Some((id, Seq::new(u64::from_be_bytes(seq.try_into().ok()?))))
+}
+
+/// The key of a session's head.
+pub fn head_key(session: &SessionId) -> &[u8] {
+    session.as_str().as_bytes()
+}
+
+/// The key of a summary blob.
+pub fn blob_key(hash: &SummaryHash) -> &[u8] {
+    hash.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_keys_sort_by_session_then_seq_and_parse_back() {
+        let a = SessionId::new("a").expect("valid");
+        let a0 = SessionId::new("a0").expect("valid");
+        let keys = [
+            seq_key(&a, Seq::new(1)),
+            seq_key(&a, Seq::new(256)),
+            seq_key(&a, Seq::new(u64::MAX)),
+            seq_key(&a0, Seq::new(1)),
+        ];
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(parse_seq_key(&keys[1]), Some(("a", Seq::new(256))));
+        assert!(!keys[3].starts_with(&session_prefix(&a)));
+        assert_eq!(parse_seq_key(b"short"), None);
+    }
+}

@@ -1,0 +1,51 @@
+//! palimpsest: session memory for LLM agents.
+//!
+//! Sessions are append-only event logs on fjall. Each session's working memory (the latest
+//! summary plus the most recent messages) is served at a cost independent of the session's
+//! length, and compaction lands as a splice event that readers fold over.
+//!
+//! Map of the crate:
+//! - `ids`: newtypes [`SessionId`], [`Seq`], [`SummaryHash`].
+//! - `error`: the public [`Error`] enum.
+//! - `config`: [`Config`], loaded from JSON or TOML and validated.
+//! - `event`: stored event kinds and the OpenAI-shaped [`Message`].
+//! - `codec`: version byte + msgpack; decoding damage becomes [`Error::Corrupt`].
+//! - `keys`: the key layout of every keyspace.
+//! - `fold`: pure `apply(head, event)`; the [`Head`] stored beside each event.
+//! - `view`: pure: which messages working memory shows.
+//! - `store`: the fjall boundary (the only module naming fjall).
+//! - `writer`: durability, group commit, poisoning.
+//! - `guard`: bounded waits on keyed locks.
+//! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
+//! - `engine`: [`Engine`] and [`Session`], the async API.
+
+mod codec;
+mod config;
+mod engine;
+mod error;
+mod event;
+mod fold;
+mod guard;
+mod ids;
+mod keys;
+mod store;
+mod summarizer;
+mod view;
+mod writer;
+
+pub use crate::{
+    config::{
+        Compaction as CompactionConfig, Config, Durability, Limits, OpenAiConfig, SummarizerConfig, SummarizerKind,
+        Writes,
+    },
+    engine::{Engine, Session},
+    error::{Error, Result},
+    event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall},
+    fold::{Head, OpenCall, SpliceRef, apply, check_message, replay},
+    ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, SummaryHash},
+    summarizer::{
+        BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, Summarizer, SummaryInput, SummaryTask,
+        check_summary, render_transcript,
+    },
+    view::{StoredMessage, Summary, WorkingMemory},
+};

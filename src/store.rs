@@ -1,0 +1,276 @@
+//! The fjall boundary: the only module that names fjall. It opens the database, commits batches
+//! of [`Op`]s atomically across keyspaces, and serves point reads and bounded range scans.
+//!
+//! The boundary is kept narrow on purpose (commit a batch, read a key, scan a range) so the log
+//! could later sit on another store. fjall panics on empty keys, keys over 65,535 bytes and bad
+//! keyspace names; every key built in `keys` is non-empty and far below that bound (session ids
+//! are at most 128 bytes), which `commit` asserts.
+
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::codec;
+use crate::error::Error;
+use crate::event::Event;
+use crate::fold::Head;
+use crate::ids::{Seq, SessionId, SummaryHash};
+use crate::keys;
+
+/// fjall refuses (panics on) keys longer than this.
+const MAX_KEY_BYTES: usize = 65_535;
+
+/// Which keyspace an [`Op`] targets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Ks {
+    Events,
+    Heads,
+    Splices,
+    Blobs,
+    Meta,
+}
+
+/// One write in a batch.
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    Put(Ks, Vec<u8>, Vec<u8>),
+    Delete(Ks, Vec<u8>),
+}
+
+impl Op {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(_, k, _) | Op::Delete(_, k) => k,
+        }
+    }
+}
+
+/// An open database.
+pub(crate) struct Store {
+    db: Database,
+    events: Keyspace,
+    heads: Keyspace,
+    splices: Keyspace,
+    blobs: Keyspace,
+    meta: Keyspace,
+    path: PathBuf,
+}
+
+fn storage(op: &'static str) -> impl Fn(fjall::Error) -> Error {
+    move |e| Error::Storage { op, detail: format!("{e:?}") }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, running fjall's journal recovery, and checks
+    /// the format marker.
+    pub(crate) fn open(path: &Path, cache_mb: u64) -> Result<Self, Error> {
+        refuse_foreign_directory(path)?;
+        let db = Database::builder(path).cache_size(cache_mb << 20).open().map_err(|e| match e {
+            fjall::Error::Locked => Error::Locked { path: path.to_path_buf() },
+            fjall::Error::JournalRecovery(r) => Error::Corrupt {
+                session: None,
+                seq: None,
+                detail: format!("journal recovery failed at open: {r:?}; restore from a backup or export"),
+            },
+            fjall::Error::InvalidVersion(v) => {
+                Error::NotADatabase { path: path.to_path_buf(), reason: format!("unsupported fjall format {v:?}") }
+            }
+            other => Error::Storage { op: "open", detail: format!("{other:?}") },
+        })?;
+        let open_ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage("open keyspace"));
+        let store = Self {
+            events: open_ks(keys::EVENTS)?,
+            heads: open_ks(keys::HEADS)?,
+            splices: open_ks(keys::SPLICES)?,
+            blobs: open_ks(keys::BLOBS)?,
+            meta: open_ks(keys::META)?,
+            db,
+            path: path.to_path_buf(),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), Error> {
+        match self.meta.get(keys::META_FORMAT).map_err(storage("read format"))? {
+            Some(v) if v.as_ref() == [codec::DB_FORMAT] => Ok(()),
+            Some(v) => Err(Error::NotADatabase {
+                path: self.path.clone(),
+                reason: format!("database format {v:?}, this build reads [{}]", codec::DB_FORMAT),
+            }),
+            None => {
+                if self.events.first_key_value().is_some() {
+                    return Err(Error::NotADatabase {
+                        path: self.path.clone(),
+                        reason: "events without a format marker".to_string(),
+                    });
+                }
+                let op = Op::Put(Ks::Meta, keys::META_FORMAT.to_vec(), vec![codec::DB_FORMAT]);
+                self.commit(std::slice::from_ref(&op), true)
+            }
+        }
+    }
+
+    fn ks(&self, ks: Ks) -> &Keyspace {
+        match ks {
+            Ks::Events => &self.events,
+            Ks::Heads => &self.heads,
+            Ks::Splices => &self.splices,
+            Ks::Blobs => &self.blobs,
+            Ks::Meta => &self.meta,
+        }
+    }
+
+    /// The database directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits `ops` as one atomic batch; with `sync`, fsyncs before returning.
+    pub(crate) fn commit(&self, ops: &[Op], sync: bool) -> Result<(), Error> {
+        let mode = if sync { PersistMode::SyncData } else { PersistMode::Buffer };
+        let mut batch = self.db.batch().durability(Some(mode));
+        for op in ops {
+            let key_len = op.key().len();
+            assert!(key_len > 0 && key_len <= MAX_KEY_BYTES, "key of {key_len} bytes reached the store");
+            match op {
+                Op::Put(ks, k, v) => batch.insert(self.ks(*ks), k.as_slice(), v.as_slice()),
+                Op::Delete(ks, k) => batch.remove(self.ks(*ks), k.as_slice()),
+            }
+        }
+        batch.commit().map_err(storage("commit"))
+    }
+
+    /// Reads one value.
+    pub(crate) fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.ks(ks).get(key).map_err(storage("get"))?.map(|v| v.to_vec()))
+    }
+
+    /// Key/value pairs with keys in `[from, to]`, in key order, at most `limit` of them.
+    pub(crate) fn scan(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        for guard in self.ks(ks).range(from..=to).take(limit) {
+            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Like [`Store::scan`] but newest (largest key) first.
+    pub(crate) fn scan_rev(
+        &self,
+        ks: Ks,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        for guard in self.ks(ks).range(from..=to).rev().take(limit) {
+            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every key/value pair of a keyspace in key order, starting after `after` (exclusive), for
+    /// whole-database walks (audit, listing). The iterator reads lazily, so memory stays bounded.
+    pub(crate) fn iter_from(
+        &self,
+        ks: Ks,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), Error>> + '_ {
+        let iter = match after {
+            Some(a) => self.ks(ks).range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.ks(ks).iter(),
+        };
+        iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan")))
+    }
+
+    /// The stored head of `session`, if it has one.
+    pub(crate) fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
+        self.get(Ks::Heads, keys::head_key(session))?
+            .map(|bytes| codec::decode_head(session.as_str(), &bytes))
+            .transpose()
+    }
+
+    /// Events of `session` with seq in `[from, to]`, at most `limit`, decoded.
+    pub(crate) fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
+        let rows = self.scan(Ks::Events, &keys::seq_key(session, from), &keys::seq_key(session, to), limit)?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let (_, seq) = keys::parse_seq_key(&k).ok_or_else(|| Error::Corrupt {
+                    session: Some(session.to_string()),
+                    seq: None,
+                    detail: "malformed event key".to_string(),
+                })?;
+                codec::decode_event(session.as_str(), seq, &v)
+            })
+            .collect()
+    }
+
+    /// One event, if present.
+    pub(crate) fn event(&self, session: &SessionId, seq: Seq) -> Result<Option<Event>, Error> {
+        self.get(Ks::Events, &keys::seq_key(session, seq))?
+            .map(|v| codec::decode_event(session.as_str(), seq, &v))
+            .transpose()
+    }
+
+    /// Every event key of `session` (for deletion), in order.
+    pub(crate) fn event_keys(&self, session: &SessionId) -> Result<Vec<Vec<u8>>, Error> {
+        let mut out = Vec::new();
+        for guard in self.events.prefix(keys::session_prefix(session)) {
+            out.push(guard.key().map_err(storage("scan"))?.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The summary text stored under `hash`, if present. A blob that is not UTF-8 is corrupt.
+    pub(crate) fn blob(&self, hash: &SummaryHash) -> Result<Option<String>, Error> {
+        self.get(Ks::Blobs, keys::blob_key(hash))?
+            .map(|bytes| {
+                String::from_utf8(bytes).map_err(|_| Error::Corrupt {
+                    session: None,
+                    seq: None,
+                    detail: format!("summary blob {hash} is not UTF-8"),
+                })
+            })
+            .transpose()
+    }
+
+    /// On-disk size of each keyspace, bytes.
+    pub(crate) fn keyspace_sizes(&self) -> Vec<(&'static str, u64)> {
+        [
+            (keys::EVENTS, Ks::Events),
+            (keys::HEADS, Ks::Heads),
+            (keys::SPLICES, Ks::Splices),
+            (keys::BLOBS, Ks::Blobs),
+            (keys::META, Ks::Meta),
+        ]
+        .into_iter()
+        .map(|(name, ks)| (name, self.ks(ks).disk_space()))
+        .collect()
+    }
+}
+
+/// fjall happily creates its files inside any directory; refuse one that already holds something
+/// that is not a fjall database, so a wrong `--db` never scribbles into someone's folder.
+fn refuse_foreign_directory(path: &Path) -> Result<(), Error> {
+    let not_db = |reason: String| Error::NotADatabase { path: path.to_path_buf(), reason };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(not_db(format!("cannot read it: {e}"))),
+        Ok(meta) if !meta.is_dir() => Err(not_db("it is not a directory".to_string())),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(path).map_err(|e| not_db(format!("cannot list it: {e}")))?;
+            let empty = entries.next().is_none();
+            if empty || path.join(FJALL_MARKER).exists() {
+                Ok(())
+            } else {
+                Err(not_db(format!("the directory is not empty and has no {FJALL_MARKER} file")))
+            }
+        }
+    }
+}
+
+/// A file fjall writes at the root of every database it creates.
+const FJALL_MARKER: &str = "version";
