@@ -65,8 +65,12 @@ impl Engine {
     }
 
     /// A handle on one session (it need not exist yet: the first append creates it).
-    pub fn session(&self, id: impl TryInto<SessionId, Error = Error>) -> Result<Session, Error> {
-        Ok(Session { engine: self.clone(), id: id.try_into()? })
+    pub fn session<I>(&self, id: I) -> Result<Session, Error>
+    where
+        I: TryInto<SessionId>,
+        I::Error: Into<Error>,
+    {
+        Ok(Session { engine: self.clone(), id: id.try_into().map_err(Into::into)? })
     }
 
     /// Live (not deleted) sessions in id order, starting after `after`, at most `limit`.

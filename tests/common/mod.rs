@@ -1,0 +1,46 @@
+//! Shared helpers for the integration tests: temp databases and conversation builders.
+#![allow(dead_code)]
+
+use palimpsest::{Config, Durability, Engine, Message, ToolCall};
+
+/// A fresh engine in a temp dir (kept alive by the returned guard).
+pub fn engine(durability: Durability) -> (Engine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::new(dir.path().join("db"));
+    config.durability = durability;
+    (Engine::open(config).expect("open"), dir)
+}
+
+/// Reopens the database in `dir` with default config and `durability`.
+pub fn reopen(dir: &tempfile::TempDir, durability: Durability) -> Engine {
+    let mut config = Config::new(dir.path().join("db"));
+    config.durability = durability;
+    Engine::open(config).expect("reopen")
+}
+
+/// A tiny deterministic PRNG (splitmix64) so tests need no extra crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// One agent turn: a user ask, an assistant tool call, its result, and an answer.
+pub fn turn(i: usize) -> Vec<Message> {
+    let id = format!("call-{i}");
+    vec![
+        Message::user(format!("step {i}: check the build")),
+        Message::assistant_tool_calls("", vec![ToolCall::new(&id, "run", format!(r#"{{"cmd":"make {i}"}}"#))]),
+        Message::tool_result(&id, format!("build {i} ok")),
+        Message::assistant(format!("build {i} passed")),
+    ]
+}
