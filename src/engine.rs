@@ -7,10 +7,14 @@
 //! therefore totally ordered; different sessions only share the group-commit thread.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec;
-use crate::config::Config;
+use crate::compaction::Progress;
+use crate::compaction::progress::ProgressBus;
+use crate::compaction::run::InFlight;
+use crate::config::{Config, SummarizerKind};
 use crate::error::Error;
 use crate::event::{Event, EventKind, Message};
 use crate::fold::{self, Head};
@@ -18,6 +22,7 @@ use crate::guard::KeyedLocks;
 use crate::ids::{Seq, SessionId};
 use crate::keys;
 use crate::store::{Ks, Op, Store};
+use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
 use crate::view::{self, Summary, WorkingMemory};
 use crate::writer::Writer;
 
@@ -46,6 +51,10 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) writer: Writer,
     pub(crate) locks: KeyedLocks<SessionId>,
+    pub(crate) summarizer: Arc<dyn Summarizer>,
+    pub(crate) compactions: InFlight,
+    pub(crate) progress: ProgressBus,
+    pub(crate) next_compaction: AtomicU64,
 }
 
 impl Engine {
@@ -53,10 +62,50 @@ impl Engine {
     /// code, call it before serving or inside `spawn_blocking`.
     pub fn open(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        let summarizer: Arc<dyn Summarizer> = match config.summarizer.kind {
+            SummarizerKind::Extractive => Arc::new(ExtractiveSummarizer),
+            SummarizerKind::Openai => Arc::new(OpenAiSummarizer::new(&config.summarizer.openai)?),
+        };
+        Self::open_with_summarizer(config, summarizer)
+    }
+
+    /// Like [`Engine::open`], with a summarizer of the caller's instead of the configured one.
+    pub fn open_with_summarizer(config: Config, summarizer: Arc<dyn Summarizer>) -> Result<Self, Error> {
+        config.validate()?;
         let store = Arc::new(Store::open(&config.path, config.cache_mb)?);
         let writer = Writer::start(store, config.durability, &config.writes)?;
-        tracing::info!(path = %config.path.display(), durability = ?config.durability, "engine open");
-        Ok(Self { inner: Arc::new(Inner { config, writer, locks: KeyedLocks::default() }) })
+        tracing::info!(path = %config.path.display(), durability = ?config.durability, summarizer = summarizer.name(), "engine open");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                writer,
+                locks: KeyedLocks::default(),
+                summarizer,
+                compactions: InFlight::default(),
+                progress: ProgressBus::default(),
+                next_compaction: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Subscribes to compaction progress of every session. A subscriber that falls more than
+    /// `PROGRESS_DEPTH` items behind loses the oldest (and is told so); compactions never wait.
+    pub fn subscribe_progress(&self) -> tokio::sync::broadcast::Receiver<Progress> {
+        self.inner.progress.subscribe()
+    }
+
+    /// Sessions with a compaction in flight right now.
+    pub fn compactions_in_flight(&self) -> usize {
+        self.inner.compactions.len()
+    }
+
+    /// Sessions whose write lock is held or awaited right now.
+    pub fn sessions_locked(&self) -> usize {
+        self.inner.locks.len()
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// The configuration the engine was opened with.
@@ -146,7 +195,9 @@ impl Engine {
             fold::apply(&mut head, &event);
         }
         ops.push(Op::Put(Ks::Heads, keys::head_key(session).to_vec(), codec::encode_head(&head)));
+        crate::testing::kill_point("write:before_commit");
         self.inner.writer.write(ops).await?;
+        crate::testing::kill_point("write:after_commit");
         Ok(head)
     }
 }
@@ -322,14 +373,14 @@ impl Session {
         Error::NotFound { session: self.id.to_string() }
     }
 
-    fn live_head(&self) -> Result<Head, Error> {
+    pub(crate) fn live_head(&self) -> Result<Head, Error> {
         match self.engine.store().head(&self.id)? {
             Some(head) if !head.is_deleted() => Ok(head),
             _ => Err(self.not_found()),
         }
     }
 
-    fn summary(&self, upto: Seq, hash: &crate::ids::SummaryHash) -> Result<Summary, Error> {
+    pub(crate) fn summary(&self, upto: Seq, hash: &crate::ids::SummaryHash) -> Result<Summary, Error> {
         let text = self.engine.store().blob(hash)?.ok_or_else(|| Error::Corrupt {
             session: Some(self.id.to_string()),
             seq: None,
@@ -338,14 +389,19 @@ impl Session {
         Ok(Summary { upto, hash: *hash, text })
     }
 
-    /// The last `limit` messages with seq in `(lower, end]`, after the window rule. Reads forward
-    /// from `end - limit + 1` (forward scans beat reverse ones in fjall's memtable) and pages back
-    /// only when non-message events took some of the range.
+    /// The last `limit` messages with seq in `(lower, end]`, after the window rule.
     fn window(&self, lower: Seq, end: Seq, limit: usize) -> Result<Vec<view::StoredMessage>, Error> {
+        Ok(view::window(self.last_messages(lower, end, limit)?, limit))
+    }
+
+    /// The last (up to) `n` messages with seq in `(lower, end]`, oldest first. Reads forward from
+    /// `end - n + 1` (forward scans beat reverse ones in fjall's memtable) and pages back only
+    /// when non-message events took some of the range, so the cost is O(n), not O(session).
+    pub(crate) fn last_messages(&self, lower: Seq, end: Seq, n: usize) -> Result<Vec<view::StoredMessage>, Error> {
         let mut pages: Vec<Vec<view::StoredMessage>> = Vec::new();
         let (mut got, mut end) = (0usize, end.get());
-        while got < limit && end > lower.get() {
-            let need = (limit - got) as u64;
+        while got < n && end > lower.get() {
+            let need = (n - got) as u64;
             // The first read is exactly the window; later ones make up for non-message events.
             let page = if pages.is_empty() { need } else { need.max(MIN_WINDOW_PAGE) };
             let start = end.saturating_sub(page - 1).max(lower.get() + 1);
@@ -355,8 +411,11 @@ impl Session {
             pages.push(page);
             end = start - 1;
         }
-        let all: Vec<_> = pages.into_iter().rev().flatten().collect();
-        Ok(view::window(all, limit))
+        let mut all: Vec<_> = pages.into_iter().rev().flatten().collect();
+        if all.len() > n {
+            all.drain(..all.len() - n);
+        }
+        Ok(all)
     }
 }
 

@@ -183,7 +183,8 @@ impl Message {
         if size > max_message_bytes {
             return fail(format!("is {size} bytes, the limit (limits.max_message_bytes) is {max_message_bytes}"));
         }
-        if self.content.is_empty() && !(self.role == Role::Assistant && !self.tool_calls.is_empty()) {
+        let may_be_empty = self.role == Role::Assistant && !self.tool_calls.is_empty();
+        if self.content.is_empty() && !may_be_empty {
             return fail(format!(
                 "{} message has empty content (only an assistant message with tool calls may)",
                 self.role

@@ -16,10 +16,13 @@
 //! - `store`: the fjall boundary (the only module naming fjall).
 //! - `writer`: durability, group commit, poisoning.
 //! - `guard`: bounded waits on keyed locks.
+//! - `compaction`: pure pair-safe planning, the single-flight runner, progress events.
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
 //! - `engine`: [`Engine`] and [`Session`], the async API.
+//! - `testing`: kill points behind the `testing` feature (not public API).
 
 mod codec;
+mod compaction;
 mod config;
 mod engine;
 mod error;
@@ -30,10 +33,15 @@ mod ids;
 mod keys;
 mod store;
 mod summarizer;
+mod testing;
 mod view;
 mod writer;
 
 pub use crate::{
+    compaction::{
+        CompactionOutcome, CompactionPlan, CompactionRequest, MAX_FOCUS_BYTES, NoPlan, PROGRESS_DEPTH, Progress, Stage,
+        is_pair_safe, plan,
+    },
     config::{
         Compaction as CompactionConfig, Config, Durability, Limits, OpenAiConfig, SummarizerConfig, SummarizerKind,
         Writes,
@@ -44,8 +52,8 @@ pub use crate::{
     fold::{Head, OpenCall, SpliceRef, apply, check_message, replay},
     ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, SummaryHash},
     summarizer::{
-        BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, Summarizer, SummaryInput, SummaryTask,
-        check_summary, render_transcript,
+        BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, OpenAiSummarizer, Summarizer, SummaryInput,
+        SummaryTask, check_summary, render_transcript,
     },
     view::{StoredMessage, Summary, WorkingMemory},
 };

@@ -30,6 +30,9 @@ pub(crate) enum Ks {
     Meta,
 }
 
+/// A stored key and its value.
+pub(crate) type Row = (Vec<u8>, Vec<u8>);
+
 /// One write in a batch.
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
@@ -121,11 +124,6 @@ impl Store {
         }
     }
 
-    /// The database directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Commits `ops` as one atomic batch; with `sync`, fsyncs before returning.
     pub(crate) fn commit(&self, ops: &[Op], sync: bool) -> Result<(), Error> {
         let mode = if sync { PersistMode::SyncData } else { PersistMode::Buffer };
@@ -147,7 +145,7 @@ impl Store {
     }
 
     /// Key/value pairs with keys in `[from, to]`, in key order, at most `limit` of them.
-    pub(crate) fn scan(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub(crate) fn scan(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
         let mut out = Vec::new();
         for guard in self.ks(ks).range(from..=to).take(limit) {
             let (k, v) = guard.into_inner().map_err(storage("scan"))?;
@@ -157,13 +155,7 @@ impl Store {
     }
 
     /// Like [`Store::scan`] but newest (largest key) first.
-    pub(crate) fn scan_rev(
-        &self,
-        ks: Ks,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub(crate) fn scan_rev(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
         let mut out = Vec::new();
         for guard in self.ks(ks).range(from..=to).rev().take(limit) {
             let (k, v) = guard.into_inner().map_err(storage("scan"))?;
@@ -174,11 +166,7 @@ impl Store {
 
     /// Every key/value pair of a keyspace in key order, starting after `after` (exclusive), for
     /// whole-database walks (audit, listing). The iterator reads lazily, so memory stays bounded.
-    pub(crate) fn iter_from(
-        &self,
-        ks: Ks,
-        after: Option<&[u8]>,
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), Error>> + '_ {
+    pub(crate) fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
         let iter = match after {
             Some(a) => self.ks(ks).range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => self.ks(ks).iter(),
@@ -235,20 +223,6 @@ impl Store {
                 })
             })
             .transpose()
-    }
-
-    /// On-disk size of each keyspace, bytes.
-    pub(crate) fn keyspace_sizes(&self) -> Vec<(&'static str, u64)> {
-        [
-            (keys::EVENTS, Ks::Events),
-            (keys::HEADS, Ks::Heads),
-            (keys::SPLICES, Ks::Splices),
-            (keys::BLOBS, Ks::Blobs),
-            (keys::META, Ks::Meta),
-        ]
-        .into_iter()
-        .map(|(name, ks)| (name, self.ks(ks).disk_space()))
-        .collect()
     }
 }
 

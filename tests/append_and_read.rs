@@ -67,7 +67,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let head_before = s.head().await.unwrap();
 
     let big = "x".repeat((1 << 20) + 1);
-    let cases: Vec<(Vec<Message>, fn(&Error) -> bool)> = vec![
+    type Case = (Vec<Message>, fn(&Error) -> bool);
+    let cases: Vec<Case> = vec![
         (vec![Message::user("")], |e| matches!(e, Error::InvalidMessage { index: 0, .. })),
         (vec![Message::user(big)], |e| matches!(e, Error::InvalidMessage { .. })),
         (vec![Message::tool_result("nope", "x")], |e| matches!(e, Error::UnknownToolCall { .. })),

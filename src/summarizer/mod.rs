@@ -12,11 +12,14 @@ use std::pin::Pin;
 use crate::error::Error;
 use crate::view::StoredMessage;
 
+pub(crate) mod chunked;
 pub(crate) mod extractive;
+pub(crate) mod openai;
 
 pub(crate) mod prompt;
 
 pub use extractive::ExtractiveSummarizer;
+pub use openai::OpenAiSummarizer;
 
 /// A boxed, sendable future (the trait must be usable as `dyn Summarizer`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -44,3 +44,52 @@ pub fn turn(i: usize) -> Vec<Message> {
         Message::assistant(format!("build {i} passed")),
     ]
 }
+
+use std::sync::Arc;
+
+use palimpsest::{BoxFuture, Config as Cfg, Error, Summarizer, SummaryInput};
+
+/// A summarizer whose behaviour is a closure; records every input it was given.
+pub struct FnSummarizer {
+    pub calls: parking_lot::Mutex<Vec<SummaryInput>>,
+    #[allow(clippy::type_complexity)]
+    behave: Box<dyn Fn(SummaryInput) -> BoxFuture<'static, Result<String, Error>> + Send + Sync>,
+}
+
+impl FnSummarizer {
+    pub fn new(
+        behave: impl Fn(SummaryInput) -> BoxFuture<'static, Result<String, Error>> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self { calls: parking_lot::Mutex::new(Vec::new()), behave: Box::new(behave) })
+    }
+
+    /// Answers every call at once with `text`.
+    pub fn constant(text: &'static str) -> Arc<Self> {
+        Self::new(move |_| Box::pin(async move { Ok(text.to_string()) }))
+    }
+}
+
+impl Summarizer for FnSummarizer {
+    fn name(&self) -> &str {
+        "test"
+    }
+    fn summarize(&self, input: SummaryInput) -> BoxFuture<'_, Result<String, Error>> {
+        self.calls.lock().push(input.clone());
+        (self.behave)(input)
+    }
+}
+
+/// An engine with a test summarizer. Buffered durability: tests on tokio's paused clock must not
+/// wait on the group-commit thread, or the paused clock would jump past the write timeout.
+pub fn engine_with(summarizer: Arc<dyn Summarizer>, tune: impl FnOnce(&mut Cfg)) -> (Engine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Cfg::new(dir.path().join("db"));
+    config.durability = Durability::Buffered;
+    tune(&mut config);
+    (Engine::open_with_summarizer(config, summarizer).expect("open"), dir)
+}
+
+/// Everything stored about a session: its full history and head, for byte-identity checks.
+pub async fn snapshot(s: &palimpsest::Session) -> (Vec<palimpsest::Event>, Option<palimpsest::Head>) {
+    (s.history(palimpsest::Seq::new(1), 10_000).await.expect("history"), s.head().await.expect("head"))
+}

@@ -1,0 +1,266 @@
+//! Running a compaction (see SPEC.md, "Compaction protocol", for the steps and what a crash at
+//! each leaves behind):
+//!
+//! 1. Single flight: register the session, or answer `AlreadyRunning` and change nothing. The
+//!    registration is a guard whose drop unregisters, so every way out (success, error, timeout,
+//!    cancellation, panic) cleans up.
+//! 2. Choose `upto` (requested, or the policy's "keep the last K messages") and read the span
+//!    `(base, upto]` without any lock; the planner moves `upto` back until it is pair-safe.
+//! 3. Summarize (no lock held: appends to the session continue meanwhile).
+//! 4. Store the summary blob, then append `CompactionSpliced` through the normal write path after
+//!    re-checking, under the session lock, that the base is still current and that no tool call
+//!    at or before `upto` is open. If the check fails the compaction is abandoned.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::plan::{NoPlan, plan};
+use super::progress::Stage;
+use crate::engine::Session;
+use crate::error::Error;
+use crate::event::{EventKind, Splice};
+use crate::ids::{Seq, SessionId, SummaryHash};
+use crate::keys;
+use crate::store::{Ks, Op};
+use crate::summarizer::chunked::{Span, summarize_span};
+use crate::view;
+
+/// Longest `focus` text accepted, bytes.
+pub const MAX_FOCUS_BYTES: usize = 2_048;
+
+/// What to compact.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionRequest {
+    /// Compact up to this seq (moved back if needed to keep tool calls with their results).
+    /// `None`: keep the last `compaction.keep_last_messages` messages verbatim.
+    pub upto: Option<Seq>,
+    /// Free text steering what the summary keeps; reaches every summarizer prompt.
+    pub focus: Option<String>,
+}
+
+impl CompactionRequest {
+    /// Compact up to `upto`.
+    pub fn upto(upto: Seq) -> Self {
+        Self { upto: Some(upto), focus: None }
+    }
+
+    /// Adds a focus text.
+    pub fn with_focus(mut self, focus: impl Into<String>) -> Self {
+        self.focus = Some(focus.into());
+        self
+    }
+}
+
+/// How a compaction ended (errors aside).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CompactionOutcome {
+    /// The splice landed: messages up to `upto` are now served as the summary.
+    Spliced {
+        /// The cut asked for (explicitly or by the policy).
+        requested_upto: Seq,
+        /// The pair-safe cut used.
+        upto: Seq,
+        /// The summary's hash.
+        summary_hash: SummaryHash,
+        /// Seq of the `CompactionSpliced` event.
+        seq: Seq,
+        /// Messages the summary replaced.
+        n_messages: u64,
+    },
+    /// A compaction of this session was already in flight; nothing was done.
+    AlreadyRunning,
+    /// There was nothing to compact; nothing was done.
+    NothingToCompact {
+        /// The cut asked for, if one was computed.
+        requested_upto: Option<Seq>,
+        /// Why.
+        reason: String,
+    },
+    /// The splice re-check failed (the session changed underneath); nothing was spliced, at
+    /// most an orphan blob remains.
+    Abandoned {
+        /// The cut asked for.
+        requested_upto: Seq,
+        /// The pair-safe cut that was summarized.
+        upto: Seq,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Sessions with a compaction in flight.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    sessions: Arc<Mutex<HashSet<SessionId>>>,
+}
+
+impl InFlight {
+    fn enter(&self, session: &SessionId) -> Option<InFlightGuard> {
+        let mut sessions = self.sessions.lock();
+        sessions
+            .insert(session.clone())
+            .then(|| InFlightGuard { sessions: Arc::clone(&self.sessions), session: session.clone() })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+}
+
+/// Unregisters its session when dropped, however the compaction ended.
+struct InFlightGuard {
+    sessions: Arc<Mutex<HashSet<SessionId>>>,
+    session: SessionId,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.sessions.lock().remove(&self.session);
+    }
+}
+
+impl Session {
+    /// Compacts the session: summarizes old messages and splices the summary in, without
+    /// blocking appends (see the module docs). Model failures and timeouts are errors; the session
+    /// is then exactly as before (at most an orphan summary blob remains, which `gc` collects).
+    pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
+        if let Some(focus) = &request.focus
+            && focus.len() > MAX_FOCUS_BYTES
+        {
+            return Err(Error::InvalidArgument {
+                what: "focus",
+                reason: format!("{} bytes, the limit is {MAX_FOCUS_BYTES}", focus.len()),
+            });
+        }
+        let inner = self.engine().inner();
+        let Some(_registered) = inner.compactions.enter(self.id()) else {
+            return Ok(CompactionOutcome::AlreadyRunning);
+        };
+        let id = inner.next_compaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let timeout_ms = inner.config.compaction.timeout_ms;
+        let outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), self.run_compaction(id, request))
+            .await
+            .unwrap_or(Err(Error::Timeout { what: "the compaction", after_ms: timeout_ms }));
+        match &outcome {
+            Ok(CompactionOutcome::Spliced { .. }) | Ok(CompactionOutcome::AlreadyRunning) => {}
+            Ok(CompactionOutcome::NothingToCompact { reason, .. })
+            | Ok(CompactionOutcome::Abandoned { reason, .. }) => {
+                inner.progress.publish(self.id(), id, Stage::Abandoned { reason: reason.clone() });
+            }
+            Err(e) => inner.progress.publish(self.id(), id, Stage::Abandoned { reason: e.to_string() }),
+        }
+        outcome
+    }
+
+    async fn run_compaction(&self, id: u64, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
+        let engine = self.engine();
+        let inner = engine.inner();
+        let cfg = &inner.config.compaction;
+        let head = self.live_head()?;
+        // Messages at or before `lower` are already summarized (or deleted).
+        let lower = head.upto().max(head.base());
+        let requested = match request.upto {
+            Some(upto) if upto > head.last_seq() => {
+                return Err(Error::InvalidArgument {
+                    what: "upto",
+                    reason: format!("{upto} is past the session's last seq {}", head.last_seq()),
+                });
+            }
+            Some(upto) => upto,
+            None => {
+                let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
+                let last = self.last_messages(lower, head.last_seq(), keep.saturating_add(1))?;
+                if last.len() <= keep {
+                    return Ok(CompactionOutcome::NothingToCompact {
+                        requested_upto: None,
+                        reason: format!(
+                            "{} messages after the summary; compaction.keep_last_messages keeps {keep}",
+                            last.len()
+                        ),
+                    });
+                }
+                last[0].seq
+            }
+        };
+        let requested = requested.min(Seq::new(lower.get().saturating_add(cfg.max_span_messages)));
+        let span = if requested > lower {
+            engine.store().events(self.id(), lower.next(), requested, usize::MAX)?
+        } else {
+            Vec::new()
+        };
+        let plan = match plan(lower, requested, &span) {
+            Ok(plan) => plan,
+            Err(no) => {
+                let reason = match no {
+                    NoPlan::AlreadyCompacted => format!("everything up to {requested} is already compacted"),
+                    NoPlan::OnlyOpenToolPairs { blocking_call } => format!(
+                        "the tool call at seq {blocking_call} has no result at or before {requested}; \
+                         cutting before it leaves nothing to compact"
+                    ),
+                };
+                return Ok(CompactionOutcome::NothingToCompact { requested_upto: Some(requested), reason });
+            }
+        };
+        let upto = plan.upto();
+        let messages: Vec<_> = view::messages_of(span.into_iter().take_while(|e| e.seq <= upto)).collect();
+        let n_messages = messages.len() as u64;
+        let n_bytes = messages.iter().map(|m| m.message.size_bytes() as u64).sum();
+        let publish = |stage| inner.progress.publish(self.id(), id, stage);
+        publish(Stage::Loaded { base: lower, requested_upto: requested, upto, n_messages, n_bytes });
+        let previous_summary = match head.splice() {
+            Some(s) if s.upto == lower => Some(self.summary(s.upto, &s.summary_hash)?.text),
+            _ => None,
+        };
+
+        // No lock is held from here to the splice: appends to this session go on meanwhile.
+        let span = Span { messages, previous_summary, focus: request.focus };
+        let text = summarize_span(&inner.summarizer, span, cfg, &publish).await?;
+
+        let summary_hash = SummaryHash::of(&text);
+        let summary_bytes = text.len() as u64;
+        inner.writer.write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())]).await?;
+        crate::testing::kill_point("compaction:after_blob");
+
+        let base_at_plan = head.base();
+        let summarizer = inner.summarizer.name().to_string();
+        let mut abandoned = None;
+        let head = engine
+            .write_events(self.id(), |now, _| {
+                let reason = if now.base() != base_at_plan {
+                    Some("the session was deleted while the summary was being written".to_string())
+                } else if now.upto().max(now.base()) != lower {
+                    Some(format!("another splice landed (now up to {}); the base {lower} is stale", now.upto()))
+                } else {
+                    let open = now.open_calls().iter().find(|c| c.seq <= upto);
+                    open.map(|call| format!("tool call {:?} at seq {} is still open", call.id, call.seq))
+                };
+                if reason.is_some() {
+                    abandoned = reason;
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                crate::testing::kill_point("compaction:before_splice");
+                let splice = Splice { upto, previous_upto: lower, summary_hash, n_messages, summary_bytes, summarizer };
+                Ok((vec![EventKind::CompactionSpliced(splice)], Vec::new()))
+            })
+            .await?;
+        if let Some(reason) = abandoned {
+            tracing::warn!(session = %self.id(), %reason, "compaction abandoned at the splice re-check");
+            return Ok(CompactionOutcome::Abandoned { requested_upto: requested, upto, reason });
+        }
+        crate::testing::kill_point("compaction:after_splice");
+        publish(Stage::Spliced { upto, summary_hash, seq: head.last_seq() });
+        tracing::info!(session = %self.id(), %upto, n_messages, "compaction spliced");
+        Ok(CompactionOutcome::Spliced {
+            requested_upto: requested,
+            upto,
+            summary_hash,
+            seq: head.last_seq(),
+            n_messages,
+        })
+    }
+}

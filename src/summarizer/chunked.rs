@@ -1,0 +1,175 @@
+//! Summarizing a span, long or short, under bounds. Short spans go to the summarizer in one call;
+//! long ones are cut into chunks of about `compaction.chunk_bytes` of transcript (never inside a
+//! message), summarized concurrently under `compaction.chunk_concurrency`, each call with its own
+//! timeout, and merged by a last call with the shorter `compaction.merge_timeout_ms` whose
+//! fallback is the previous summary plus the chunk summaries, concatenated.
+//!
+//! Every summarizer call runs in its own task: a panic in a summarizer becomes an error, and
+//! dropping the driver (cancellation, the compaction's own timeout) aborts every call in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{Summarizer, SummaryInput, SummaryTask, check_summary, render_message, truncate_bytes};
+use crate::compaction::Stage;
+use crate::config::Compaction;
+use crate::error::Error;
+use crate::view::StoredMessage;
+
+/// The smallest summary budget given to one chunk, bytes.
+const MIN_CHUNK_SUMMARY_BYTES: usize = 256;
+
+/// What to summarize.
+pub(crate) struct Span {
+    pub(crate) messages: Vec<StoredMessage>,
+    pub(crate) previous_summary: Option<String>,
+    pub(crate) focus: Option<String>,
+}
+
+/// Cuts messages into consecutive groups of at most `chunk_bytes` of rendered transcript each
+/// (a single larger message forms a group of its own).
+pub(crate) fn split_chunks(messages: Vec<StoredMessage>, chunk_bytes: usize) -> Vec<Vec<StoredMessage>> {
+    let mut chunks: Vec<Vec<StoredMessage>> = Vec::new();
+    let (mut current, mut size) = (Vec::new(), 0usize);
+    let mut line = String::new();
+    for m in messages {
+        line.clear();
+        render_message(&m, &mut line);
+        if !current.is_empty() && size + line.len() > chunk_bytes {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += line.len();
+        current.push(m);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Summarizes `span` within the bounds of `cfg`, reporting each step to `progress`.
+pub(crate) async fn summarize_span(
+    summarizer: &Arc<dyn Summarizer>,
+    span: Span,
+    cfg: &Compaction,
+    progress: &(dyn Fn(Stage) + Send + Sync),
+) -> Result<String, Error> {
+    let max_bytes = usize::try_from(cfg.max_summary_bytes).unwrap_or(usize::MAX);
+    let chunk_bytes = usize::try_from(cfg.chunk_bytes).unwrap_or(usize::MAX);
+    let chunk_timeout = Duration::from_millis(cfg.chunk_timeout_ms);
+    let Span { messages, previous_summary, focus } = span;
+    let chunks = split_chunks(messages, chunk_bytes);
+    let n_chunks = chunks.len();
+
+    if n_chunks <= 1 {
+        let reason = format!("transcript fits in one call (compaction.chunk_bytes = {chunk_bytes})");
+        tracing::info!(n_chunks, %reason, "compaction strategy: single pass");
+        progress(Stage::Strategy { n_chunks: n_chunks as u64, reason });
+        let input = SummaryInput {
+            task: SummaryTask::Whole,
+            previous_summary,
+            messages: chunks.into_iter().flatten().collect(),
+            partials: Vec::new(),
+            focus,
+            max_summary_bytes: max_bytes,
+        };
+        let reply = call(summarizer, input, chunk_timeout, "a summary call").await?;
+        return check_summary(&reply, max_bytes);
+    }
+
+    let reason = format!("transcript exceeds compaction.chunk_bytes ({chunk_bytes}): {n_chunks} chunks");
+    tracing::info!(n_chunks, %reason, "compaction strategy: chunked");
+    progress(Stage::Strategy { n_chunks: n_chunks as u64, reason });
+    let chunk_max = (max_bytes / n_chunks).max(MIN_CHUNK_SUMMARY_BYTES).min(max_bytes);
+    let permits = Arc::new(Semaphore::new(usize::try_from(cfg.chunk_concurrency).unwrap_or(1)));
+    let mut tasks = JoinSet::new();
+    for (index, messages) in chunks.into_iter().enumerate() {
+        let input = SummaryInput {
+            task: SummaryTask::Chunk { index, n_chunks },
+            previous_summary: None,
+            messages,
+            partials: Vec::new(),
+            focus: focus.clone(),
+            max_summary_bytes: chunk_max,
+        };
+        let (summarizer, permits) = (Arc::clone(summarizer), Arc::clone(&permits));
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|_| Error::Closed)?;
+            let started = Instant::now();
+            let reply = tokio::time::timeout(chunk_timeout, summarizer.summarize(input))
+                .await
+                .unwrap_or(Err(Error::Timeout { what: "a chunk summary", after_ms: millis(chunk_timeout) }))
+                .and_then(|reply| check_summary(&reply, chunk_max));
+            Ok::<_, Error>((index, started.elapsed(), reply))
+        });
+    }
+    let mut partials = vec![String::new(); n_chunks];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, elapsed, reply) = joined.map_err(panicked)??;
+        progress(Stage::ChunkDone {
+            index: index as u64,
+            n_chunks: n_chunks as u64,
+            duration_ms: millis(elapsed),
+            ok: reply.is_ok(),
+        });
+        // A failed chunk fails the compaction; dropping `tasks` aborts the others.
+        partials[index] = reply?;
+    }
+
+    progress(Stage::MergeStarted { n_chunks: n_chunks as u64 });
+    let started = Instant::now();
+    let merge = SummaryInput {
+        task: SummaryTask::Merge,
+        previous_summary: previous_summary.clone(),
+        messages: Vec::new(),
+        partials: partials.clone(),
+        focus,
+        max_summary_bytes: max_bytes,
+    };
+    let merge_timeout = Duration::from_millis(cfg.merge_timeout_ms);
+    let merged =
+        call(summarizer, merge, merge_timeout, "the merge call").await.and_then(|r| check_summary(&r, max_bytes));
+    let fell_back = merged.is_err();
+    progress(Stage::MergeDone { duration_ms: millis(started.elapsed()), fell_back });
+    match merged {
+        Ok(text) => Ok(text),
+        Err(e) => {
+            tracing::warn!(error = %e, "merge failed; using the concatenated chunk summaries");
+            let joined: Vec<String> = previous_summary.into_iter().chain(partials).collect();
+            check_summary(&truncate_bytes(&joined.join("\n\n"), max_bytes), max_bytes)
+        }
+    }
+}
+
+/// One summarizer call in its own task, bounded by `timeout`.
+async fn call(
+    summarizer: &Arc<dyn Summarizer>,
+    input: SummaryInput,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<String, Error> {
+    let summarizer = Arc::clone(summarizer);
+    let mut task = JoinSet::new();
+    task.spawn(async move {
+        tokio::time::timeout(timeout, summarizer.summarize(input))
+            .await
+            .unwrap_or(Err(Error::Timeout { what, after_ms: millis(timeout) }))
+    });
+    match task.join_next().await {
+        Some(joined) => joined.map_err(panicked)?,
+        None => Err(Error::Closed),
+    }
+}
+
+fn panicked(e: tokio::task::JoinError) -> Error {
+    Error::Summarizer { status: None, message: format!("the summarizer task failed: {e}") }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,165 @@
+//! Long spans are summarized in chunks: concurrently under `compaction.chunk_concurrency` (the
+//! peak in flight never exceeds it), each chunk with its own timeout, then merged under the
+//! shorter merge timeout whose fallback is the concatenated chunk summaries. The focus text
+//! reaches every call; garbage replies fail the compaction. All on tokio's paused clock.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{FnSummarizer, engine_with, snapshot};
+use palimpsest::{CompactionOutcome, CompactionRequest, Error, Message, Seq, Session, Stage, SummaryTask};
+
+const CHUNK_BYTES: u64 = 4_096;
+
+async fn long_session(engine: &palimpsest::Engine) -> Session {
+    let s = engine.session("long").unwrap();
+    for i in 0..60 {
+        s.append(Message::user(format!("request {i}: {}", "lorem ipsum ".repeat(40)))).await.unwrap();
+    }
+    s
+}
+
+fn tune(c: &mut palimpsest::Config) {
+    c.compaction.chunk_bytes = CHUNK_BYTES;
+    c.compaction.chunk_concurrency = 3;
+    c.compaction.chunk_timeout_ms = 10_000;
+    c.compaction.merge_timeout_ms = 2_000;
+    c.compaction.keep_last_messages = 0;
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_run_concurrently_but_never_above_the_bound() {
+    let (in_flight, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let summarizer = FnSummarizer::new({
+        let (in_flight, peak) = (Arc::clone(&in_flight), Arc::clone(&peak));
+        move |input| {
+            let (in_flight, peak) = (Arc::clone(&in_flight), Arc::clone(&peak));
+            Box::pin(async move {
+                if let SummaryTask::Chunk { index, .. } = input.task {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    // Later chunks finish first, so results arrive out of order.
+                    tokio::time::sleep(Duration::from_millis(1_000 - 10 * index as u64)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    return Ok(format!("chunk {index}"));
+                }
+                Ok(format!("merged {}", input.partials.join(",")))
+            })
+        }
+    });
+    let (engine, _dir) = engine_with(summarizer.clone(), tune);
+    let s = long_session(&engine).await;
+    let mut progress = engine.subscribe_progress();
+    let outcome = s.compact(CompactionRequest::default().with_focus("budget")).await.unwrap();
+    assert!(matches!(outcome, CompactionOutcome::Spliced { upto, .. } if upto == Seq::new(60)), "{outcome:?}");
+
+    let calls = summarizer.calls.lock().clone();
+    let n_chunks = calls.iter().filter(|c| matches!(c.task, SummaryTask::Chunk { .. })).count();
+    assert!(n_chunks >= 6, "60 messages of ~500 bytes in 4 KiB chunks: {n_chunks}");
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "the bound is reached and never exceeded");
+    // The merge sees the partials in chunk order, and everything carries the focus.
+    let merge = calls.iter().find(|c| c.task == SummaryTask::Merge).expect("a merge call");
+    let expected: Vec<String> = (0..n_chunks).map(|i| format!("chunk {i}")).collect();
+    assert_eq!(merge.partials, expected);
+    assert!(calls.iter().all(|c| c.focus.as_deref() == Some("budget")));
+    // No chunk splits a message; chunks cover the span in order.
+    let seqs: Vec<u64> = calls.iter().flat_map(|c| c.messages.iter().map(|m| m.seq.get())).collect();
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    let text = s.working_memory(10).await.unwrap().summary.unwrap().text;
+    assert!(text.starts_with("merged chunk 0,chunk 1"), "{text}");
+
+    let stages: Vec<Stage> = std::iter::from_fn(|| progress.try_recv().ok()).map(|p| p.stage).collect();
+    assert!(matches!(&stages[0], Stage::Loaded { n_messages: 60, .. }), "{stages:?}");
+    assert!(matches!(&stages[1], Stage::Strategy { n_chunks: n, .. } if *n == n_chunks as u64));
+    assert_eq!(stages.iter().filter(|s| matches!(s, Stage::ChunkDone { ok: true, .. })).count(), n_chunks);
+    assert!(stages.iter().any(|s| matches!(s, Stage::MergeDone { fell_back: false, .. })));
+    assert!(matches!(stages.last(), Some(Stage::Spliced { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_merge_that_times_out_falls_back_to_the_concatenated_chunk_summaries() {
+    let summarizer = FnSummarizer::new(|input| {
+        Box::pin(async move {
+            match input.task {
+                SummaryTask::Merge => std::future::pending().await,
+                SummaryTask::Chunk { index, .. } => Ok(format!("part {index}")),
+                SummaryTask::Whole => unreachable!("the span is long"),
+            }
+        })
+    });
+    let (engine, _dir) = engine_with(summarizer, tune);
+    let s = long_session(&engine).await;
+    let mut progress = engine.subscribe_progress();
+    let outcome = s.compact(CompactionRequest::default()).await.unwrap();
+    assert!(matches!(outcome, CompactionOutcome::Spliced { .. }), "{outcome:?}");
+    let text = s.working_memory(1).await.unwrap().summary.unwrap().text;
+    assert!(text.starts_with("part 0\n\npart 1\n\npart 2"), "{text}");
+    let stages: Vec<Stage> = std::iter::from_fn(|| progress.try_recv().ok()).map(|p| p.stage).collect();
+    assert!(stages.iter().any(|s| matches!(s, Stage::MergeDone { fell_back: true, duration_ms: 2_000 })), "{stages:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunk_that_times_out_fails_the_compaction_cleanly() {
+    let summarizer = FnSummarizer::new(|input| {
+        Box::pin(async move {
+            match input.task {
+                SummaryTask::Chunk { index: 2, .. } => std::future::pending().await,
+                _ => Ok("ok".to_string()),
+            }
+        })
+    });
+    let (engine, _dir) = engine_with(summarizer, tune);
+    let s = long_session(&engine).await;
+    let before = snapshot(&s).await;
+    let err = s.compact(CompactionRequest::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { after_ms: 10_000, .. }), "{err:?}");
+    assert_eq!(snapshot(&s).await, before);
+    assert_eq!(engine.compactions_in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary() {
+    for garbage in ["", "   \n ", "bell\u{7}", &"x".repeat(20_000)] {
+        let reply = garbage.to_string();
+        let summarizer = FnSummarizer::new(move |_| {
+            let reply = reply.clone();
+            Box::pin(async move { Ok(reply) })
+        });
+        let (engine, _dir) = engine_with(summarizer, |c| c.compaction.keep_last_messages = 0);
+        let s = engine.session("g").unwrap();
+        s.append(Message::user("hello")).await.unwrap();
+        let before = snapshot(&s).await;
+        let err = s.compact(CompactionRequest::default()).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Summarizer { status: None, message } if message.starts_with("rejected reply")),
+            "{err:?}"
+        );
+        assert_eq!(snapshot(&s).await, before);
+    }
+}
+
+#[tokio::test]
+async fn the_embedded_summarizer_keeps_goals_tools_and_open_questions() {
+    let (engine, _dir) =
+        engine_with(Arc::new(palimpsest::ExtractiveSummarizer), |c| c.compaction.keep_last_messages = 1);
+    let s = engine.session("ex").unwrap();
+    s.append(Message::user("Book a flight to Oslo under 300 EUR. Can you also check hotels?")).await.unwrap();
+    s.append(Message::assistant_tool_calls(
+        "",
+        vec![palimpsest::ToolCall::new("f1", "search_flights", r#"{"to":"OSL","max_eur":300}"#)],
+    ))
+    .await
+    .unwrap();
+    s.append(Message::tool_result("f1", "SK4411 at 249 EUR")).await.unwrap();
+    s.append(Message::assistant("Booked SK4411 for 249 EUR.")).await.unwrap();
+    s.append(Message::user("thanks")).await.unwrap();
+    let outcome = s.compact(CompactionRequest::default().with_focus("price")).await.unwrap();
+    assert!(matches!(outcome, CompactionOutcome::Spliced { .. }), "{outcome:?}");
+    let text = s.working_memory(5).await.unwrap().summary.unwrap().text;
+    for needle in ["Oslo", "search_flights", "SK4411 at 249 EUR", "Booked SK4411", "check hotels?", "Focus: price"] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
