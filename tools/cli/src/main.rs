@@ -1,1 +1,93 @@
-fn main() {}
+//! `palimpsest`: the operator's command-line tool, a thin shell over the library's public API.
+//! It never decodes keys or events itself.
+//!
+//! Map of the tool:
+//! - `main`: argument parsing, dispatch, and turning outcomes into exit codes.
+//! - `exit`: [`exit::Status`] and [`exit::CliError`], the exit-code contract (0, 1, 2).
+//! - `db`: [`db::DbArgs`], the `--db`/`--config` options every command takes, and opening the engine.
+//! - `output`: stdout writing, JSON printing, the human and JSON forms of working memory.
+//! - `demo`: `palimpsest demo`, a scripted agent conversation played into a fresh database.
+//! - `show`: `palimpsest show`, a session's working memory, now or as of a past seq.
+//!
+//! Adding a command: write `foo.rs` with `FooArgs` (clap `Args`, with `#[command(flatten)] db: DbArgs`,
+//! an `about` and an `after_help` that holds an `Example:` block) and `async fn run(FooArgs) -> Outcome`,
+//! then add one variant to [`Command`] and one arm to [`Command::run`].
+
+mod db;
+mod demo;
+mod exit;
+mod output;
+mod show;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::{CliError, Outcome};
+
+/// The exit-code contract, shown in the help of the tool and of every command.
+macro_rules! exit_codes_help {
+    () => {
+        "Exit codes:
+  0  success
+  1  the command ran and found or produced a failure (e.g. the session does not exist,
+     a record is corrupt, a write failed); the message is on stderr
+  2  the tool could not run: bad arguments, bad config, a missing, unreadable or locked
+     database; one line on stderr: `palimpsest: error: ...`"
+    };
+}
+pub(crate) use exit_codes_help;
+
+/// Session memory for LLM agents: inspect, verify and demo a palimpsest database.
+#[derive(Parser, Debug)]
+#[command(
+    name = "palimpsest",
+    version,
+    about = "Inspect, verify and demo a palimpsest database (session memory for LLM agents).",
+    long_about = "Inspect, verify and demo a palimpsest database (session memory for LLM agents).\n\n\
+        Every command takes --db DIR (the database directory) and an optional --config FILE (the\n\
+        library's configuration, JSON or TOML by extension; --db overrides its `path`). A bad config\n\
+        is refused before the database is touched. Run commands on a stopped database: only one\n\
+        process may have it open.",
+    after_help = concat!(
+        "Example:\n",
+        "  palimpsest demo --db /tmp/pal-demo\n",
+        "  palimpsest show --db /tmp/pal-demo --session demo-1-coding --limit 10\n\n",
+        exit_codes_help!()
+    )
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One variant per command; see the module docs for how to add one.
+#[derive(Subcommand, Debug)]
+enum Command {
+    Demo(demo::DemoArgs),
+    Show(show::ShowArgs),
+}
+
+impl Command {
+    async fn run(self) -> Outcome {
+        match self {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Show(args) => show::run(args).await,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::clap_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return exit::report(Err(CliError::unusable(format!("cannot start the async runtime: {e}")))),
+    };
+    let outcome = runtime.block_on(cli.command.run());
+    // Shut the runtime down (and with it any engine still held by a task) before exiting.
+    drop(runtime);
+    exit::report(outcome)
+}

@@ -1,0 +1,106 @@
+//! The options every command takes (`--db DIR`, `--config FILE`) and the one way to open the
+//! engine from them.
+//!
+//! Order matters and is the same for every command: the config is loaded and validated first,
+//! so a bad config is refused before anything on disk is touched; then the directory is checked
+//! against what the command needs ([`OpenMode`]); only then is the engine opened.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use palimpsest::{Config, Engine, Error};
+
+use crate::exit::CliError;
+
+/// `--db` and `--config`; flatten it into each command's arguments.
+#[derive(Args, Debug, Clone)]
+pub struct DbArgs {
+    /// The database directory.
+    #[arg(long, value_name = "DIR")]
+    pub db: PathBuf,
+
+    /// The library's config, a .json or .toml file (default: built-in defaults); --db overrides its `path`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// What a command expects to find at `--db`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OpenMode {
+    /// A database that is already there. A missing or empty directory is refused rather than
+    /// created, so a mistyped `--db` never leaves a new empty database behind.
+    Existing,
+    /// A new database: the directory must be missing or empty, so the command never mixes its
+    /// writes with real data.
+    Fresh,
+}
+
+impl DbArgs {
+    /// The configuration to open with: the `--config` file (validated) or the defaults, with
+    /// `path` set to `--db`. Exit 2 on any problem.
+    pub fn config(&self) -> Result<Config, CliError> {
+        let mut config = match &self.config {
+            Some(file) => Config::load(file).map_err(|e| {
+                // Name the file, unless the library's message already does.
+                let message = e.to_string();
+                let shown = file.display().to_string();
+                CliError::unusable(if message.contains(&shown) { message } else { format!("{shown}: {message}") })
+            })?,
+            None => Config::default(),
+        };
+        config.path.clone_from(&self.db);
+        config.validate().map_err(CliError::from)?;
+        Ok(config)
+    }
+
+    /// Loads the config, checks the directory against `mode`, and opens the engine (on a
+    /// blocking thread: opening runs recovery). Every failure here is exit 2: the command could
+    /// not start.
+    pub async fn open(&self, mode: OpenMode) -> Result<Engine, CliError> {
+        let config = self.config()?;
+        check_directory(&config.path, mode)?;
+        let path = config.path.clone();
+        let opened = tokio::task::spawn_blocking(move || Engine::open(config))
+            .await
+            .map_err(|e| CliError::unusable(format!("opening the database at {} failed: {e}", path.display())))?;
+        opened.map_err(|e| match e {
+            // These already name the path.
+            Error::Locked { .. } | Error::NotADatabase { .. } => CliError::unusable(e.to_string()),
+            other => CliError::unusable(format!("cannot open the database at {}: {other}", path.display())),
+        })
+    }
+}
+
+fn check_directory(path: &Path, mode: OpenMode) -> Result<(), CliError> {
+    let state = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirState::Missing,
+        Err(e) => return Err(CliError::unusable(format!("cannot read {}: {e}", path.display()))),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(CliError::unusable(format!("{} is not a directory", path.display())));
+        }
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(path)
+                .map_err(|e| CliError::unusable(format!("cannot list {}: {e}", path.display())))?;
+            if entries.next().is_none() { DirState::Empty } else { DirState::NonEmpty }
+        }
+    };
+    match (mode, state) {
+        (OpenMode::Existing, DirState::NonEmpty) | (OpenMode::Fresh, DirState::Missing | DirState::Empty) => Ok(()),
+        (OpenMode::Existing, DirState::Missing) => {
+            Err(CliError::unusable(format!("no database at {}: the directory does not exist", path.display())))
+        }
+        (OpenMode::Existing, DirState::Empty) => {
+            Err(CliError::unusable(format!("no database at {}: the directory is empty", path.display())))
+        }
+        (OpenMode::Fresh, DirState::NonEmpty) => Err(CliError::unusable(format!(
+            "{} exists and is not empty; refusing to write into it (name a new or empty directory)",
+            path.display()
+        ))),
+    }
+}
+
+enum DirState {
+    Missing,
+    Empty,
+    NonEmpty,
+}
