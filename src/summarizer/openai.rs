@@ -35,6 +35,8 @@ const TIMEOUT_WHAT: &str = "the summarizer request";
 pub struct OpenAiSummarizer {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// `url` without its password, if the base URL carried one: for logs and error messages.
+    shown_url: reqwest::Url,
     auth: Option<HeaderValue>,
     model: String,
     max_tokens: u64,
@@ -100,14 +102,17 @@ impl OpenAiSummarizer {
             .map_err(|e| Error::Summarizer {
                 status: None,
                 message: truncate_bytes(
-                    &format!("cannot build the HTTP client: {}", chain(&e)),
+                    &format!("cannot build the HTTP client: {}", causes(&e)),
                     MAX_PROVIDER_ERROR_BYTES,
                 ),
             })?;
 
+        let mut shown_url = url.clone();
+        let _ = shown_url.set_password(None);
         Ok(Self {
             client,
             url,
+            shown_url,
             auth,
             model: cfg.model.clone(),
             max_tokens: cfg.max_tokens,
@@ -129,8 +134,16 @@ impl OpenAiSummarizer {
             "temperature": self.temperature,
             "stream": false,
         });
-        let bytes = serde_json::to_vec(&body).map_err(|e| malformed(format!("cannot encode the request: {e}")))?;
-        tracing::debug!(url = %self.url, model = %self.model, task = ?input.task, request_bytes = bytes.len(), "summarizer request");
+        // Encoding a `Value` cannot fail in practice; the error is mapped rather than unwrapped.
+        let bytes = serde_json::to_vec(&body)
+            .map_err(|e| Error::Summarizer { status: None, message: format!("cannot encode the request: {e}") })?;
+        tracing::debug!(
+            url = %self.shown_url,
+            model = %self.model,
+            task = ?input.task,
+            request_bytes = bytes.len(),
+            "summarizer request"
+        );
 
         let mut request = self
             .client
@@ -140,19 +153,25 @@ impl OpenAiSummarizer {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let mut response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let mut response = request.send().await.map_err(|e| self.transport_error(&e, "sending the request"))?;
 
         let status = response.status();
         if !status.is_success() {
-            let (body, complete) =
-                read_bounded(&mut response, MAX_ERROR_BODY_BYTES).await.map_err(|e| self.transport_error(&e))?;
+            let (body, complete) = read_bounded(&mut response, MAX_ERROR_BODY_BYTES)
+                .await
+                .map_err(|e| self.transport_error(&e, "reading the error reply"))?;
             let message = provider_message(&body, complete, status.canonical_reason());
             tracing::warn!(status = status.as_u16(), %message, "summarizer provider returned an error");
             return Err(Error::Summarizer { status: Some(status.as_u16()), message });
         }
 
-        let (body, complete) =
-            read_bounded(&mut response, MAX_REPLY_BYTES).await.map_err(|e| self.transport_error(&e))?;
+        // A declared length over the limit is refused before reading any of it.
+        if response.content_length().is_some_and(|n| n > MAX_REPLY_BYTES as u64) {
+            return Err(malformed(format!("the reply body is over {MAX_REPLY_BYTES} bytes")));
+        }
+        let (body, complete) = read_bounded(&mut response, MAX_REPLY_BYTES)
+            .await
+            .map_err(|e| self.transport_error(&e, "reading the reply"))?;
         if !complete {
             return Err(malformed(format!("the reply body is over {MAX_REPLY_BYTES} bytes")));
         }
@@ -160,18 +179,18 @@ impl OpenAiSummarizer {
     }
 
     /// Turns a reqwest failure into the error a caller can act on: a timeout to retry later, or
-    /// an unreachable provider.
-    fn transport_error(&self, e: &reqwest::Error) -> Error {
+    /// an unreachable provider. `during` names the step that failed.
+    fn transport_error(&self, e: &reqwest::Error, during: &str) -> Error {
         // A connect timeout is checked first: it says the host is unreachable, not that the
         // model is slow, so it is reported as such.
         if e.is_connect() {
-            let message = format!("cannot reach {}: {}", self.url, chain(e));
+            let message = format!("cannot reach {}: {}", self.shown_url, causes(e));
             return Error::Summarizer { status: None, message: truncate_bytes(&message, MAX_PROVIDER_ERROR_BYTES) };
         }
         if e.is_timeout() {
             return Error::Timeout { what: TIMEOUT_WHAT, after_ms: self.request_timeout_ms };
         }
-        let message = format!("request to {} failed: {}", self.url, chain(e));
+        let message = format!("request to {} failed while {during}: {}", self.shown_url, causes(e));
         Error::Summarizer { status: None, message: truncate_bytes(&message, MAX_PROVIDER_ERROR_BYTES) }
     }
 }
@@ -189,9 +208,6 @@ impl Summarizer for OpenAiSummarizer {
 /// Reads at most `max` bytes of the body. Returns the bytes and whether the body ended within
 /// the bound; the rest of an oversized body is never read (the connection is dropped with it).
 async fn read_bounded(response: &mut reqwest::Response, max: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    if response.content_length().is_some_and(|n| n > max as u64) {
-        return Ok((Vec::new(), false));
-    }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = max - body.len();
@@ -285,11 +301,15 @@ fn invalid(field: &str, reason: String) -> Error {
     Error::InvalidConfig { field: field.to_string(), reason }
 }
 
-/// An error with its sources, `outer: inner: root`: reqwest's own text ("error sending request")
-/// hides the cause (connection refused, DNS) in the chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
+/// What caused an error: its sources joined as `outer: inner: root`, or its own text when it has
+/// none. reqwest's top-level text ("error sending request for url (...)") repeats the URL and
+/// hides the cause (connection refused, DNS, reset) in the chain.
+fn causes(e: &dyn std::error::Error) -> String {
+    let Some(first) = e.source() else {
+        return e.to_string();
+    };
+    let mut text = first.to_string();
+    let mut source = first.source();
     while let Some(inner) = source {
         let inner_text = inner.to_string();
         if !text.contains(&inner_text) {
