@@ -29,13 +29,26 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     encode(EVENT_FORMAT, event)
 }
 
-/// Decodes an event stored under `(session, key_seq)`; `session` is only used in errors.
+/// Decodes an event stored under `(session, key_seq)` and checks its structural rules;
+/// `session` is only used in errors.
 pub fn decode_event(session: &str, key_seq: Seq, bytes: &[u8]) -> Result<Event, Error> {
-    let corrupt =
-        |detail: String| Error::Corrupt { session: Some(session.to_string()), seq: Some(key_seq.get()), detail };
-    let event: Event = decode(EVENT_FORMAT, bytes).map_err(corrupt)?;
-    check_event(&event, key_seq).map_err(corrupt)?;
+    let event = decode_event_unchecked(session, key_seq, bytes)?;
+    check_event(&event, key_seq).map_err(|detail| Error::Corrupt {
+        session: Some(session.to_string()),
+        seq: Some(key_seq.get()),
+        detail,
+    })?;
     Ok(event)
+}
+
+/// Decodes an event without the structural checks, for audit, which checks them itself and
+/// names each failure precisely.
+pub fn decode_event_unchecked(session: &str, key_seq: Seq, bytes: &[u8]) -> Result<Event, Error> {
+    decode(EVENT_FORMAT, bytes).map_err(|detail| Error::Corrupt {
+        session: Some(session.to_string()),
+        seq: Some(key_seq.get()),
+        detail,
+    })
 }
 
 /// Encodes a session head for the heads keyspace.

@@ -55,6 +55,9 @@ pub(crate) struct Inner {
     pub(crate) compactions: InFlight,
     pub(crate) progress: ProgressBus,
     pub(crate) next_compaction: AtomicU64,
+    /// Compactions hold it shared from storing their blob to splicing; orphan collection holds it
+    /// exclusively, so a blob about to be referenced is never collected.
+    pub(crate) blob_gate: tokio::sync::RwLock<()>,
 }
 
 impl Engine {
@@ -84,6 +87,7 @@ impl Engine {
                 compactions: InFlight::default(),
                 progress: ProgressBus::default(),
                 next_compaction: AtomicU64::new(1),
+                blob_gate: tokio::sync::RwLock::new(()),
             }),
         })
     }
@@ -170,6 +174,21 @@ impl Engine {
         session: &SessionId,
         build: impl FnOnce(&Head, &Store) -> Result<(Vec<EventKind>, Vec<Op>), Error>,
     ) -> Result<Head, Error> {
+        self.write_events_from(session, |head, store| {
+            build(head, store).map(|(kinds, ops)| (None, kinds.into_iter().map(|k| (k, None)).collect(), ops))
+        })
+        .await
+    }
+
+    /// [`Engine::write_events`], where `build` may also name the seq of the first event and the
+    /// store time of each (default: now). Only an import uses these: to restore a log that begins
+    /// with a deletion into an empty session (the seq must lie past the head's), and to keep the
+    /// original times.
+    pub(crate) async fn write_events_from(
+        &self,
+        session: &SessionId,
+        build: impl FnOnce(&Head, &Store) -> Result<(Option<Seq>, Vec<(EventKind, Option<u64>)>, Vec<Op>), Error>,
+    ) -> Result<Head, Error> {
         if self.is_poisoned() {
             return Err(Error::Poisoned);
         }
@@ -181,13 +200,17 @@ impl Engine {
             .await
             .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
         let mut head = self.store().head(session)?.unwrap_or_default();
-        let (kinds, mut ops) = build(&head, self.store())?;
+        let (first_seq, kinds, mut ops) = build(&head, self.store())?;
         if kinds.is_empty() {
             return Ok(head);
         }
-        let at_ms = now_ms();
-        for kind in kinds {
-            let event = Event { seq: head.last_seq().next(), at_ms, kind };
+        if let Some(first) = first_seq {
+            assert!(first > head.last_seq(), "a first seq must lie past the head");
+            head.last_seq = Seq::new(first.get() - 1);
+        }
+        let now = now_ms();
+        for (kind, at_ms) in kinds {
+            let event = Event { seq: head.last_seq().next(), at_ms: at_ms.unwrap_or(now), kind };
             if matches!(event.kind, EventKind::CompactionSpliced(_)) {
                 ops.push(Op::Put(Ks::Splices, keys::seq_key(session, event.seq), Vec::new()));
             }
@@ -419,6 +442,6 @@ impl Session {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -37,6 +37,11 @@ pub enum Error {
     #[error("invalid {what}: {reason}")]
     InvalidArgument { what: &'static str, reason: String },
 
+    /// Line `line` (1-based) of an import is malformed or breaks a rule; nothing was imported.
+    /// Fix the file.
+    #[error("import line {line}: {reason}")]
+    InvalidImport { line: usize, reason: String },
+
     /// A configuration value is missing, of the wrong type, or out of range. Fix the config.
     #[error("invalid config: {field}: {reason}")]
     InvalidConfig { field: String, reason: String },

@@ -16,11 +16,14 @@
 //! - `store`: the fjall boundary (the only module naming fjall).
 //! - `writer`: durability, group commit, poisoning.
 //! - `guard`: bounded waits on keyed locks.
+//! - `audit`: replay every session, check the invariants, rebuild heads, collect orphan blobs.
 //! - `compaction`: pure pair-safe planning, the single-flight runner, progress events.
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
 //! - `engine`: [`Engine`] and [`Session`], the async API.
+//! - `transfer`: sessions as JSON lines (export, import of OpenAI chat messages or exported events).
 //! - `testing`: kill points behind the `testing` feature (not public API).
 
+mod audit;
 mod codec;
 mod compaction;
 mod config;
@@ -34,10 +37,15 @@ mod keys;
 mod store;
 mod summarizer;
 mod testing;
+mod transfer;
 mod view;
 mod writer;
 
 pub use crate::{
+    audit::{
+        AUDIT_PROGRESS_EVERY, AuditOptions, AuditReport, RebuildReport, ReplayResult, Replayer, Stats, Violation,
+        ViolationKind,
+    },
     compaction::{
         CompactionOutcome, CompactionPlan, CompactionRequest, MAX_FOCUS_BYTES, NoPlan, PROGRESS_DEPTH, Progress, Stage,
         is_pair_safe, plan,
@@ -55,5 +63,6 @@ pub use crate::{
         BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, OpenAiSummarizer, Summarizer, SummaryInput,
         SummaryTask, check_summary, render_transcript,
     },
+    transfer::{ImportReport, MAX_IMPORT_LINES},
     view::{StoredMessage, Summary, WorkingMemory},
 };

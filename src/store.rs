@@ -174,6 +174,18 @@ impl Store {
         iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan")))
     }
 
+    /// Every key/value pair whose key starts with `prefix`, in key order, read lazily.
+    pub(crate) fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
+        self.ks(ks)
+            .prefix(prefix)
+            .map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan")))
+    }
+
+    /// On-disk bytes of a keyspace (approximate: fjall's accounting of its tables and blobs).
+    pub(crate) fn disk_space(&self, ks: Ks) -> u64 {
+        self.ks(ks).disk_space()
+    }
+
     /// The stored head of `session`, if it has one.
     pub(crate) fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
         self.get(Ks::Heads, keys::head_key(session))?

@@ -223,6 +223,7 @@ impl Session {
 
         let summary_hash = SummaryHash::of(&text);
         let summary_bytes = text.len() as u64;
+        let _blob_gate = inner.blob_gate.read().await;
         inner.writer.write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())]).await?;
         crate::testing::kill_point("compaction:after_blob");
 

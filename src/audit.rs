@@ -1,0 +1,644 @@
+//! Replay and audit: rebuild every session's head from its log, without calling any model, and
+//! check the invariants of SPEC.md section 7. The per-session checker ([`Replayer`]) is pure: it
+//! takes decoded events one by one and reports violations; [`Engine::audit`] feeds it from the
+//! store and adds the checks that need other keyspaces (stored heads, the splice index, blobs).
+//!
+//! Audit reads lazily and keeps per-session state bounded by the session's open tool calls plus
+//! the answered calls since its last splice, so a database of millions of events audits in
+//! bounded memory.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde::Serialize;
+
+use crate::codec;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::event::{Event, EventKind};
+use crate::fold::{self, Head};
+use crate::ids::{Seq, SessionId, SummaryHash};
+use crate::keys;
+use crate::store::{Ks, Op};
+
+/// How often (in events) audit reports progress.
+pub const AUDIT_PROGRESS_EVERY: u64 = 65_536;
+
+/// What kind of thing is wrong. The names are stable: they appear in `--json` output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ViolationKind {
+    /// A key in the events keyspace is not `session 0x00 seq`.
+    MalformedKey,
+    /// An event value does not decode (damaged bytes, unknown format).
+    Undecodable,
+    /// An event decodes but breaks a structural rule (its seq is not its key's, a message breaks
+    /// the message rules).
+    InvalidEvent,
+    /// Seqs are not dense: a gap, or a log that does not start at 1 (or at a deletion).
+    SeqGap,
+    /// A splice does not start where the previous one ended, or does not move forward.
+    SpliceNotForward,
+    /// A splice covers up to or past its own position.
+    SplicePastEnd,
+    /// A splice separates a tool call from its result.
+    SpliceCutsToolPair,
+    /// A splice's summary blob is missing.
+    MissingBlob,
+    /// A blob's content does not hash to its key.
+    BlobHashMismatch,
+    /// A tool result answers no open call.
+    ToolResultWithoutCall,
+    /// The stored head differs from the replayed one.
+    HeadMismatch,
+    /// A session has events but no stored head.
+    MissingHead,
+    /// A stored head does not decode.
+    UndecodableHead,
+    /// A stored head has no events behind it.
+    HeadWithoutLog,
+    /// The splice index disagrees with the splice events.
+    SpliceIndexMismatch,
+}
+
+/// One thing found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// The session, when the violation belongs to one.
+    pub session: Option<String>,
+    /// The seq, when the violation is at one event.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub kind: ViolationKind,
+    /// Human detail.
+    pub detail: String,
+}
+
+/// What to audit.
+#[derive(Clone, Debug, Default)]
+pub struct AuditOptions {
+    /// Only this session (orphan blobs are then not computed: that needs every session).
+    pub session: Option<SessionId>,
+}
+
+/// The result of an audit.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    /// True when no violation was found.
+    pub ok: bool,
+    /// Sessions audited (with events or a head).
+    pub sessions: u64,
+    /// Events read.
+    pub events: u64,
+    /// Splice events seen.
+    pub splices: u64,
+    /// Summary blobs checked.
+    pub blobs: u64,
+    /// Everything found wrong, in key order.
+    pub violations: Vec<Violation>,
+    /// Hashes (hex) of blobs no splice references; harmless, collected by `gc`. Empty for a
+    /// single-session audit.
+    pub orphan_blobs: Vec<String>,
+}
+
+/// Replays one session's log event by event and checks it. Pure: no I/O.
+pub struct Replayer {
+    session: String,
+    head: Head,
+    next_seq: u64,
+    n_events: u64,
+    /// `max(splice upto, deletion base)`: messages at or before it are summarized or gone.
+    lower: Seq,
+    /// (call seq, result seq) of calls answered after `lower`, for the pair check at a splice.
+    answered: Vec<(Seq, Seq)>,
+    splice_seqs: Vec<Seq>,
+    referenced: Vec<(Seq, SummaryHash)>,
+    violations: Vec<Violation>,
+}
+
+impl Replayer {
+    /// Starts replaying `session`.
+    pub fn new(session: &str) -> Self {
+        Self {
+            session: session.to_string(),
+            head: Head::default(),
+            next_seq: 1,
+            n_events: 0,
+            lower: Seq::ZERO,
+            answered: Vec::new(),
+            splice_seqs: Vec::new(),
+            referenced: Vec::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn violation(&mut self, seq: Option<Seq>, kind: ViolationKind, detail: String) {
+        self.violations.push(Violation { session: Some(self.session.clone()), seq: seq.map(Seq::get), kind, detail });
+    }
+
+    /// Notes an event at `seq` that could not be decoded: it counts for density, not for the fold.
+    pub fn undecodable(&mut self, seq: Seq, detail: String) {
+        self.check_density(seq, false);
+        self.violation(Some(seq), ViolationKind::Undecodable, detail);
+    }
+
+    fn check_density(&mut self, seq: Seq, is_deletion: bool) {
+        self.n_events += 1;
+        let starts_after_deletion = self.n_events == 1 && is_deletion;
+        if seq.get() != self.next_seq && !starts_after_deletion {
+            let detail = format!("expected seq {}, found {seq}", self.next_seq);
+            self.violation(Some(seq), ViolationKind::SeqGap, detail);
+        }
+        self.next_seq = seq.get().saturating_add(1);
+    }
+
+    /// Checks and folds one decoded event stored under `key_seq`.
+    pub fn event(&mut self, key_seq: Seq, event: &Event) {
+        self.check_density(key_seq, matches!(event.kind, EventKind::SessionDeleted { .. }));
+        if event.seq != key_seq {
+            let detail = format!("value says seq {}, key says {key_seq}", event.seq);
+            self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);
+            return;
+        }
+        match &event.kind {
+            EventKind::MessageAppended(m) => {
+                if let Err(e) = m.validate(0, codec::MAX_STORED_MESSAGE_BYTES) {
+                    self.violation(Some(key_seq), ViolationKind::InvalidEvent, e.to_string());
+                }
+                if let Some(id) = &m.tool_call_id {
+                    match self.head.open_calls().iter().find(|c| &c.id == id) {
+                        Some(call) => self.answered.push((call.seq, key_seq)),
+                        None => self.violation(
+                            Some(key_seq),
+                            ViolationKind::ToolResultWithoutCall,
+                            format!("tool result for {id:?}, which is not an open call"),
+                        ),
+                    }
+                }
+            }
+            EventKind::CompactionSpliced(s) => self.splice(key_seq, s),
+            EventKind::SessionDeleted { .. } => {
+                self.lower = key_seq;
+                self.answered.clear();
+            }
+            EventKind::EpisodeBoundary { .. } | EventKind::MemoriesExtracted { .. } => {}
+        }
+        fold::apply(&mut self.head, event);
+    }
+
+    fn splice(&mut self, at: Seq, s: &crate::event::Splice) {
+        self.splice_seqs.push(at);
+        self.referenced.push((at, s.summary_hash));
+        if s.upto >= at {
+            self.violation(Some(at), ViolationKind::SplicePastEnd, format!("splice at {at} covers up to {}", s.upto));
+        }
+        if s.previous_upto != self.lower || s.upto <= self.lower {
+            let detail = format!(
+                "splice ({}, {}] does not continue from {} (the previous splice or deletion)",
+                s.previous_upto, s.upto, self.lower
+            );
+            self.violation(Some(at), ViolationKind::SpliceNotForward, detail);
+        }
+        let open_cut = self.head.open_calls().iter().find(|c| c.seq <= s.upto).map(|c| (c.seq, None));
+        let answered_cut = self
+            .answered
+            .iter()
+            .find(|(call, result)| *call <= s.upto && *result > s.upto)
+            .map(|(c, r)| (*c, Some(*r)));
+        if let Some((call, result)) = open_cut.or(answered_cut) {
+            let detail = match result {
+                Some(r) => format!("splice up to {} separates the call at {call} from its result at {r}", s.upto),
+                None => format!("splice up to {} cuts the call at {call}, which has no result yet", s.upto),
+            };
+            self.violation(Some(at), ViolationKind::SpliceCutsToolPair, detail);
+        }
+        self.lower = self.lower.max(s.upto);
+        let lower = self.lower;
+        self.answered.retain(|(call, _)| *call > lower);
+    }
+
+    /// The head rebuilt so far.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Violations found so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// Events seen.
+    pub fn n_events(&self) -> u64 {
+        self.n_events
+    }
+
+    /// Ends the replay: the rebuilt head, the seqs of splice events, the blobs they reference,
+    /// and the violations found.
+    pub fn finish(self) -> ReplayResult {
+        ReplayResult {
+            head: self.head,
+            splice_seqs: self.splice_seqs,
+            referenced: self.referenced,
+            violations: self.violations,
+        }
+    }
+}
+
+/// What a finished replay produced.
+pub struct ReplayResult {
+    /// The head rebuilt from the log.
+    pub head: Head,
+    /// Seqs of the splice events.
+    pub splice_seqs: Vec<Seq>,
+    /// (splice seq, blob) referenced by splices.
+    pub referenced: Vec<(Seq, SummaryHash)>,
+    /// What was found wrong.
+    pub violations: Vec<Violation>,
+}
+
+/// Sizes and counts of a database.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Live (not deleted) sessions.
+    pub sessions: u64,
+    /// Their ids, in order.
+    pub session_ids: Vec<String>,
+    /// Events stored.
+    pub events: u64,
+    /// Bytes of stored event values.
+    pub event_bytes: u64,
+    /// Splice events.
+    pub splices: u64,
+    /// Summary blobs.
+    pub blobs: u64,
+    /// On-disk size per keyspace.
+    pub keyspace_bytes: Vec<(String, u64)>,
+}
+
+/// What `rebuild` changed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RebuildReport {
+    /// Sessions replayed.
+    pub sessions: u64,
+    /// Heads rewritten because they differed from the log.
+    pub heads_rewritten: u64,
+    /// Splice-index entries added or removed.
+    pub index_entries_fixed: u64,
+}
+
+fn malformed(detail: String) -> Violation {
+    Violation { session: None, seq: None, kind: ViolationKind::MalformedKey, detail }
+}
+
+impl Engine {
+    /// Replays every session (or one) and checks every invariant; see the module docs.
+    /// `progress` is called with the number of events read so far, every
+    /// [`AUDIT_PROGRESS_EVERY`] events. Blocking: run it off the async runtime's workers.
+    pub fn audit(&self, options: &AuditOptions, progress: &mut dyn FnMut(u64)) -> Result<AuditReport, Error> {
+        let store = self.store();
+        let mut report = AuditReport::default();
+        let mut referenced: HashSet<SummaryHash> = HashSet::new();
+        let mut checked: HashSet<SummaryHash> = HashSet::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let rows: Box<dyn Iterator<Item = Result<_, Error>>> = match &options.session {
+            Some(id) => Box::new(store.iter_prefix(Ks::Events, &keys::session_prefix(id))),
+            None => Box::new(store.iter_from(Ks::Events, None)),
+        };
+        let mut current: Option<Replayer> = None;
+        for row in rows {
+            let (key, value) = row?;
+            let Some((id, seq)) = keys::parse_seq_key(&key).filter(|(id, _)| SessionId::new(*id).is_ok()) else {
+                report.violations.push(malformed(format!("event key {:?}", String::from_utf8_lossy(&key))));
+                continue;
+            };
+            if current.as_ref().is_none_or(|r| r.session != id) {
+                if let Some(done) = current.take() {
+                    self.finish_session(done, &mut report, &mut referenced, &mut checked)?;
+                }
+                seen.insert(id.to_string());
+                current = Some(Replayer::new(id));
+            }
+            let replayer = current.as_mut().expect("set just above");
+            match codec::decode_event_unchecked(id, seq, &value) {
+                Ok(event) => replayer.event(seq, &event),
+                Err(e) => replayer.undecodable(seq, e.to_string()),
+            }
+            report.events += 1;
+            if report.events.is_multiple_of(AUDIT_PROGRESS_EVERY) {
+                progress(report.events);
+            }
+        }
+        if let Some(done) = current.take() {
+            self.finish_session(done, &mut report, &mut referenced, &mut checked)?;
+        }
+        self.heads_without_log(options, &seen, &mut report)?;
+        if options.session.is_none() {
+            for row in store.iter_from(Ks::Blobs, None) {
+                let (key, value) = row?;
+                let Ok(bytes) = <[u8; 32]>::try_from(key.as_slice()) else {
+                    report.violations.push(malformed(format!("blob key of {} bytes", key.len())));
+                    continue;
+                };
+                let hash = SummaryHash::from_bytes(bytes);
+                report.blobs += 1;
+                if !referenced.contains(&hash) {
+                    if blake3::hash(&value).as_bytes() != hash.as_bytes() {
+                        report.violations.push(Violation {
+                            session: None,
+                            seq: None,
+                            kind: ViolationKind::BlobHashMismatch,
+                            detail: format!("orphan blob {hash} does not hash to its key"),
+                        });
+                    }
+                    report.orphan_blobs.push(hash.to_hex());
+                }
+            }
+        } else {
+            report.blobs = checked.len() as u64;
+        }
+        progress(report.events);
+        report.ok = report.violations.is_empty();
+        Ok(report)
+    }
+
+    fn finish_session(
+        &self,
+        replayer: Replayer,
+        report: &mut AuditReport,
+        referenced: &mut HashSet<SummaryHash>,
+        checked: &mut HashSet<SummaryHash>,
+    ) -> Result<(), Error> {
+        let store = self.store();
+        let session = replayer.session.clone();
+        let id = SessionId::new(session.as_str())?;
+        let result = replayer.finish();
+        report.sessions += 1;
+        report.splices += result.splice_seqs.len() as u64;
+        report.violations.extend(result.violations);
+        let violation = |seq: Option<Seq>, kind, detail| Violation {
+            session: Some(session.clone()),
+            seq: seq.map(Seq::get),
+            kind,
+            detail,
+        };
+        for (at, hash) in &result.referenced {
+            referenced.insert(*hash);
+            // Each blob is read and hashed once, however many splices share it.
+            if !checked.insert(*hash) {
+                continue;
+            }
+            let problem = match store.get(Ks::Blobs, keys::blob_key(hash))? {
+                None => Some((ViolationKind::MissingBlob, format!("summary blob {hash} is missing"))),
+                Some(bytes) if blake3::hash(&bytes).as_bytes() != hash.as_bytes() => {
+                    Some((ViolationKind::BlobHashMismatch, format!("summary blob {hash} does not hash to its key")))
+                }
+                Some(_) => None,
+            };
+            if let Some((kind, detail)) = problem {
+                report.violations.push(violation(Some(*at), kind, detail));
+            }
+        }
+        match store.get(Ks::Heads, keys::head_key(&id))? {
+            None => report.violations.push(violation(None, ViolationKind::MissingHead, "no stored head".to_string())),
+            Some(bytes) => match codec::decode_head(&session, &bytes) {
+                Err(e) => report.violations.push(violation(None, ViolationKind::UndecodableHead, e.to_string())),
+                Ok(stored) if stored != result.head => report.violations.push(violation(
+                    None,
+                    ViolationKind::HeadMismatch,
+                    describe_head_difference(&stored, &result.head),
+                )),
+                Ok(_) => {}
+            },
+        }
+        let prefix = keys::session_prefix(&id);
+        let mut indexed = Vec::new();
+        for row in store.iter_prefix(Ks::Splices, &prefix) {
+            let (key, _) = row?;
+            match keys::parse_seq_key(&key) {
+                Some((_, seq)) => indexed.push(seq),
+                None => {
+                    report.violations.push(malformed(format!("splice index key {:?}", String::from_utf8_lossy(&key))))
+                }
+            }
+        }
+        if indexed != result.splice_seqs {
+            report.violations.push(violation(
+                None,
+                ViolationKind::SpliceIndexMismatch,
+                format!("index lists splices at {indexed:?}, the log has them at {:?}", result.splice_seqs),
+            ));
+        }
+        Ok(())
+    }
+
+    fn heads_without_log(
+        &self,
+        options: &AuditOptions,
+        seen: &BTreeSet<String>,
+        report: &mut AuditReport,
+    ) -> Result<(), Error> {
+        let store = self.store();
+        let heads: Box<dyn Iterator<Item = Result<_, Error>>> = match &options.session {
+            Some(id) => Box::new(
+                store.get(Ks::Heads, keys::head_key(id))?.map(|v| Ok((keys::head_key(id).to_vec(), v))).into_iter(),
+            ),
+            None => Box::new(store.iter_from(Ks::Heads, None)),
+        };
+        for row in heads {
+            let (key, _) = row?;
+            let id = String::from_utf8_lossy(&key).into_owned();
+            if !seen.contains(&id) {
+                report.sessions += 1;
+                report.violations.push(Violation {
+                    session: Some(id),
+                    seq: None,
+                    kind: ViolationKind::HeadWithoutLog,
+                    detail: "a stored head with no events".to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites stored heads (and the splice index) from the log, for every session or one.
+    /// Undecodable events cannot be repaired here; audit reports them. Each session is rewritten
+    /// under its write lock in one batch.
+    pub async fn rebuild(&self, session: Option<&SessionId>) -> Result<RebuildReport, Error> {
+        let ids: Vec<SessionId> = match session {
+            Some(id) => vec![id.clone()],
+            None => self.all_session_ids()?,
+        };
+        let mut report = RebuildReport::default();
+        for id in ids {
+            report.sessions += 1;
+            let (head_fixed, index_fixed) = self.rebuild_session(&id).await?;
+            report.heads_rewritten += u64::from(head_fixed);
+            report.index_entries_fixed += index_fixed;
+        }
+        Ok(report)
+    }
+
+    async fn rebuild_session(&self, id: &SessionId) -> Result<(bool, u64), Error> {
+        let timeout_ms = self.config().writes.timeout_ms;
+        let _lock = self
+            .inner()
+            .locks
+            .lock(id, std::time::Duration::from_millis(timeout_ms))
+            .await
+            .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
+        let store = self.store();
+        let mut replayer = Replayer::new(id.as_str());
+        for row in store.iter_prefix(Ks::Events, &keys::session_prefix(id)) {
+            let (key, value) = row?;
+            let Some((_, seq)) = keys::parse_seq_key(&key) else { continue };
+            match codec::decode_event_unchecked(id.as_str(), seq, &value) {
+                Ok(event) => replayer.event(seq, &event),
+                Err(e) => replayer.undecodable(seq, e.to_string()),
+            }
+        }
+        let has_events = replayer.n_events() > 0;
+        let result = replayer.finish();
+        let mut ops = Vec::new();
+        let stored = store.get(Ks::Heads, keys::head_key(id))?;
+        let head_fixed = match (&stored, has_events) {
+            (Some(_), false) => {
+                ops.push(Op::Delete(Ks::Heads, keys::head_key(id).to_vec()));
+                true
+            }
+            (_, true)
+                if stored.as_deref().and_then(|b| codec::decode_head(id.as_str(), b).ok()).as_ref()
+                    != Some(&result.head) =>
+            {
+                ops.push(Op::Put(Ks::Heads, keys::head_key(id).to_vec(), codec::encode_head(&result.head)));
+                true
+            }
+            _ => false,
+        };
+        let mut indexed = HashSet::new();
+        for row in store.iter_prefix(Ks::Splices, &keys::session_prefix(id)) {
+            let (key, _) = row?;
+            match keys::parse_seq_key(&key) {
+                Some((_, seq)) if result.splice_seqs.contains(&seq) => {
+                    indexed.insert(seq);
+                }
+                _ => ops.push(Op::Delete(Ks::Splices, key)),
+            }
+        }
+        for seq in &result.splice_seqs {
+            if !indexed.contains(seq) {
+                ops.push(Op::Put(Ks::Splices, keys::seq_key(id, *seq), Vec::new()));
+            }
+        }
+        let index_fixed = (ops.len() - usize::from(head_fixed)) as u64;
+        if !ops.is_empty() {
+            self.inner().writer.write(ops).await?;
+        }
+        Ok((head_fixed, index_fixed))
+    }
+
+    /// Every session id that has events or a head, deleted or not.
+    fn all_session_ids(&self) -> Result<Vec<SessionId>, Error> {
+        let store = self.store();
+        let mut ids = BTreeSet::new();
+        let mut after: Option<Vec<u8>> = None;
+        // Jump from session to session: after each id, seek past all of its keys.
+        loop {
+            let next = store.iter_from(Ks::Events, after.as_deref()).next().transpose()?;
+            let Some((key, _)) = next else { break };
+            match keys::parse_seq_key(&key).and_then(|(id, _)| SessionId::new(id).ok()) {
+                Some(id) => {
+                    let mut past = keys::session_prefix(&id);
+                    past.extend_from_slice(&[0xff; 8]);
+                    ids.insert(id);
+                    after = Some(past);
+                }
+                None => after = Some(key),
+            }
+        }
+        for row in store.iter_from(Ks::Heads, None) {
+            let (key, _) = row?;
+            if let Some(id) = String::from_utf8(key).ok().and_then(|k| SessionId::new(k).ok()) {
+                ids.insert(id);
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Lists summary blobs no splice references and, unless `dry_run`, removes them. Waits (at most
+    /// `writes.timeout_ms`) until no compaction is between storing its blob and splicing, and keeps
+    /// new ones from starting that step until it is done, so a blob about to be referenced is
+    /// never collected.
+    pub async fn collect_orphan_blobs(&self, dry_run: bool) -> Result<Vec<SummaryHash>, Error> {
+        let timeout_ms = self.config().writes.timeout_ms;
+        let _exclusive =
+            tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), self.inner().blob_gate.write())
+                .await
+                .map_err(|_| Error::Timeout { what: "compactions to finish splicing", after_ms: timeout_ms })?;
+        let report = self.audit(&AuditOptions::default(), &mut |_| {})?;
+        let orphans: Vec<SummaryHash> =
+            report.orphan_blobs.iter().map(|h| SummaryHash::from_hex(h)).collect::<Result<_, _>>()?;
+        if !dry_run && !orphans.is_empty() {
+            let ops = orphans.iter().map(|h| Op::Delete(Ks::Blobs, keys::blob_key(h).to_vec())).collect();
+            self.inner().writer.write(ops).await?;
+        }
+        Ok(orphans)
+    }
+
+    /// Counts and sizes. Reads every key of the events and blobs keyspaces.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let store = self.store();
+        let mut stats = Stats::default();
+        for row in store.iter_from(Ks::Events, None) {
+            let (_, value) = row?;
+            stats.events += 1;
+            stats.event_bytes += value.len() as u64;
+        }
+        for row in store.iter_from(Ks::Splices, None) {
+            row?;
+            stats.splices += 1;
+        }
+        for row in store.iter_from(Ks::Blobs, None) {
+            row?;
+            stats.blobs += 1;
+        }
+        for row in store.iter_from(Ks::Heads, None) {
+            let (key, value) = row?;
+            let id = String::from_utf8_lossy(&key).into_owned();
+            if !codec::decode_head(&id, &value)?.is_deleted() {
+                stats.sessions += 1;
+                stats.session_ids.push(id);
+            }
+        }
+        stats.keyspace_bytes = [
+            (keys::EVENTS, Ks::Events),
+            (keys::HEADS, Ks::Heads),
+            (keys::SPLICES, Ks::Splices),
+            (keys::BLOBS, Ks::Blobs),
+            (keys::META, Ks::Meta),
+        ]
+        .into_iter()
+        .map(|(name, ks)| (name.to_string(), store.disk_space(ks)))
+        .collect();
+        Ok(stats)
+    }
+}
+
+fn describe_head_difference(stored: &Head, rebuilt: &Head) -> String {
+    let mut diffs = Vec::new();
+    if stored.last_seq() != rebuilt.last_seq() {
+        diffs.push(format!("last_seq stored {} rebuilt {}", stored.last_seq(), rebuilt.last_seq()));
+    }
+    if stored.n_messages() != rebuilt.n_messages() {
+        diffs.push(format!("n_messages stored {} rebuilt {}", stored.n_messages(), rebuilt.n_messages()));
+    }
+    if stored.splice() != rebuilt.splice() {
+        diffs.push(format!("splice stored {:?} rebuilt {:?}", stored.splice(), rebuilt.splice()));
+    }
+    if stored.open_calls() != rebuilt.open_calls() {
+        diffs.push(format!("{} open calls stored, {} rebuilt", stored.open_calls().len(), rebuilt.open_calls().len()));
+    }
+    if diffs.is_empty() {
+        diffs.push("episode, deletion or answered-call state differs".to_string());
+    }
+    format!("stored head differs from the log: {}", diffs.join("; "))
+}

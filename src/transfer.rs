@@ -1,0 +1,378 @@
+//! Sessions as JSON lines: export every event of a session, import OpenAI chat messages or
+//! exported events.
+//!
+//! One JSON object per line. A message line is an OpenAI chat message (`role`, `content` as a
+//! string or null, `tool_calls` with `id` and `function.{name,arguments}`, `tool_call_id`), with
+//! optional `created_at_ms`, `metadata` (string to string) and `seq`; unknown fields (such as
+//! `name` or `refusal`) are ignored. Other events carry a `type`: `compaction_spliced` (with the
+//! summary's full text, so the blob travels with it), `episode_boundary`, `memories_extracted`,
+//! `session_deleted`. Export writes `seq` and `at_ms` on every line.
+//!
+//! Import validates every line the way the library validates appends, and applies the whole file
+//! in one atomic batch or not at all; a bad line is [`Error::InvalidImport`] with its line number.
+//! Splice and deletion lines are accepted only into an empty session (where the whole log is in
+//! the file, so they can be checked), which is what a round trip needs.
+
+use std::io::Write;
+
+use serde_json::{Map, Value, json};
+
+use crate::audit::Replayer;
+use crate::engine::Session;
+use crate::error::Error;
+use crate::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall};
+use crate::fold;
+use crate::ids::{Seq, SummaryHash};
+use crate::keys;
+use crate::store::{Ks, Op};
+
+/// Most lines one import may hold.
+pub const MAX_IMPORT_LINES: usize = 100_000;
+/// Events read per page while exporting.
+const EXPORT_PAGE: usize = 1_000;
+
+/// What an import appended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ImportReport {
+    /// Events appended.
+    pub n_events: u64,
+    /// Seq of the first one.
+    pub first_seq: Seq,
+    /// Seq of the last one.
+    pub last_seq: Seq,
+}
+
+/// One parsed line.
+struct Line {
+    number: usize,
+    seq: Option<Seq>,
+    at_ms: Option<u64>,
+    kind: EventKind,
+    /// The summary text of a splice line.
+    summary: Option<String>,
+}
+
+impl Session {
+    /// Writes every event of the session, one JSON object per line, in seq order. Returns the
+    /// number of events written. Reads in pages, so memory stays bounded.
+    pub async fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
+        let head = self.head().await?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
+        let io = |e: std::io::Error| Error::Storage { op: "export write", detail: e.to_string() };
+        let mut from = Seq::new(1);
+        let mut written = 0;
+        while from <= head.last_seq() {
+            let page = self.history(from, EXPORT_PAGE).await?;
+            let Some(last) = page.last() else {
+                // Events before a deletion are gone; skip to the rest.
+                from = head.base().max(from).next();
+                continue;
+            };
+            from = last.seq.next();
+            for event in &page {
+                let line = self.event_to_json(event)?;
+                serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
+                out.write_all(b"\n").map_err(io)?;
+                written += 1;
+            }
+        }
+        out.flush().map_err(io)?;
+        Ok(written)
+    }
+
+    fn event_to_json(&self, event: &Event) -> Result<Value, Error> {
+        let mut line = match &event.kind {
+            EventKind::MessageAppended(m) => message_to_json(m),
+            EventKind::CompactionSpliced(s) => {
+                let text = self.summary(s.upto, &s.summary_hash)?.text;
+                json!({
+                    "type": "compaction_spliced", "upto": s.upto.get(), "previous_upto": s.previous_upto.get(),
+                    "summary_hash": s.summary_hash.to_hex(), "summary": text, "n_messages": s.n_messages,
+                    "summarizer": s.summarizer,
+                })
+            }
+            EventKind::EpisodeBoundary { episode, reason } => {
+                json!({ "type": "episode_boundary", "episode": episode, "reason": reason })
+            }
+            EventKind::MemoriesExtracted { namespace, from, upto, n_memories } => json!({
+                "type": "memories_extracted", "namespace": namespace, "from": from.get(), "upto": upto.get(),
+                "n_memories": n_memories,
+            }),
+            EventKind::SessionDeleted { n_events_removed } => {
+                json!({ "type": "session_deleted", "n_events_removed": n_events_removed })
+            }
+        };
+        if let Value::Object(map) = &mut line {
+            map.insert("seq".to_string(), json!(event.seq.get()));
+            map.insert("at_ms".to_string(), json!(event.at_ms));
+        }
+        Ok(line)
+    }
+
+    /// Parses JSON lines (see the module docs), validates them all against the session, and appends
+    /// them in one atomic batch. Any bad line refuses the whole import with
+    /// [`Error::InvalidImport`] naming the line; nothing is applied.
+    pub async fn import_jsonl(&self, text: &str) -> Result<ImportReport, Error> {
+        let limits = &self.engine().config().limits;
+        let max_bytes = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
+        let max_open = usize::try_from(limits.max_open_tool_calls).unwrap_or(usize::MAX);
+        let mut lines = Vec::new();
+        for (idx, raw) in text.lines().enumerate() {
+            let number = idx + 1;
+            if raw.trim().is_empty() {
+                continue;
+            }
+            if lines.len() == MAX_IMPORT_LINES {
+                return Err(invalid(number, format!("more than {MAX_IMPORT_LINES} lines; split the file")));
+            }
+            let line = parse_line(number, raw)?;
+            if let EventKind::MessageAppended(m) = &line.kind {
+                m.validate(0, max_bytes).map_err(|e| invalid(number, strip_index(&e)))?;
+            }
+            lines.push(line);
+        }
+        if lines.is_empty() {
+            return Err(invalid(1, "no lines to import".to_string()));
+        }
+        let n = lines.len() as u64;
+        let stamp = crate::engine::now_ms();
+        let head = self
+            .engine()
+            .write_events_from(self.id(), |head, _| {
+                let empty = head.last_seq() == Seq::ZERO;
+                let first_seq = match (&lines[0].kind, lines[0].seq) {
+                    (EventKind::SessionDeleted { .. }, Some(seq)) if empty && seq > Seq::ZERO => Some(seq),
+                    _ => None,
+                };
+                let mut scratch = head.clone();
+                let mut replayer = Replayer::new(self.id().as_str());
+                let mut kinds = Vec::with_capacity(lines.len());
+                let mut ops = Vec::new();
+                for (idx, line) in lines.into_iter().enumerate() {
+                    let seq = match (idx, first_seq) {
+                        (0, Some(first)) => first,
+                        _ => scratch.last_seq().next(),
+                    };
+                    if let Some(want) = line.seq
+                        && want != seq
+                    {
+                        return Err(invalid(line.number, format!("seq {want}, but this line would be seq {seq}")));
+                    }
+                    let mut kind = line.kind;
+                    match &mut kind {
+                        EventKind::MessageAppended(m) => {
+                            fold::check_message(&scratch, m, 0, max_open)
+                                .map_err(|e| invalid(line.number, strip_index(&e)))?;
+                            if m.created_at_ms == 0 {
+                                m.created_at_ms = stamp;
+                            }
+                        }
+                        EventKind::CompactionSpliced(_) | EventKind::SessionDeleted { .. } if !empty => {
+                            return Err(invalid(
+                                line.number,
+                                "splice and deletion lines can only be imported into an empty session".to_string(),
+                            ));
+                        }
+                        EventKind::SessionDeleted { .. } if idx > 0 => {
+                            return Err(invalid(line.number, "a deletion can only be the first line".to_string()));
+                        }
+                        _ => {}
+                    }
+                    let event = Event { seq, at_ms: line.at_ms.unwrap_or(stamp), kind };
+                    // Into an empty session the whole log is in the file: replay it with audit's
+                    // checks (splices forward and pair-safe). Otherwise only messages and markers
+                    // are accepted, and `check_message` has checked their pairing.
+                    if empty {
+                        let before = replayer.violations().len();
+                        replayer.event(seq, &event);
+                        if let Some(v) = replayer.violations().get(before) {
+                            return Err(invalid(line.number, format!("{:?}: {}", v.kind, v.detail)));
+                        }
+                    }
+                    if let (EventKind::CompactionSpliced(s), Some(text)) = (&event.kind, line.summary) {
+                        ops.push(Op::Put(Ks::Blobs, keys::blob_key(&s.summary_hash).to_vec(), text.into_bytes()));
+                    }
+                    fold::apply(&mut scratch, &event);
+                    kinds.push((event.kind, Some(event.at_ms)));
+                }
+                Ok((first_seq, kinds, ops))
+            })
+            .await?;
+        let last_seq = head.last_seq();
+        Ok(ImportReport { n_events: n, first_seq: Seq::new(last_seq.get() + 1 - n), last_seq })
+    }
+}
+
+fn invalid(line: usize, reason: String) -> Error {
+    Error::InvalidImport { line, reason }
+}
+
+/// A message error's text without its "message 0" prefix (the line number replaces it).
+fn strip_index(e: &Error) -> String {
+    let text = e.to_string();
+    for prefix in ["invalid message 0: ", "message 0: "] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    text
+}
+
+fn message_to_json(m: &Message) -> Value {
+    let mut map = Map::new();
+    map.insert("role".to_string(), json!(m.role.as_str()));
+    let content = if m.content.is_empty() && !m.tool_calls.is_empty() { Value::Null } else { json!(m.content) };
+    map.insert("content".to_string(), content);
+    if !m.tool_calls.is_empty() {
+        let calls: Vec<Value> = m
+            .tool_calls
+            .iter()
+            .map(
+                |c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }),
+            )
+            .collect();
+        map.insert("tool_calls".to_string(), Value::Array(calls));
+    }
+    if let Some(id) = &m.tool_call_id {
+        map.insert("tool_call_id".to_string(), json!(id));
+    }
+    map.insert("created_at_ms".to_string(), json!(m.created_at_ms));
+    if !m.metadata.is_empty() {
+        map.insert("metadata".to_string(), json!(m.metadata));
+    }
+    Value::Object(map)
+}
+
+fn parse_line(number: usize, raw: &str) -> Result<Line, Error> {
+    let bad = |reason: String| invalid(number, reason);
+    let value: Value = serde_json::from_str(raw).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let Value::Object(obj) = value else { return Err(bad("not a JSON object".to_string())) };
+    let seq = opt_u64(&obj, "seq").map_err(&bad)?.map(Seq::new);
+    let at_ms = opt_u64(&obj, "at_ms").map_err(&bad)?;
+    let kind_name = match obj.get("type") {
+        None => "message",
+        Some(Value::String(t)) => t.as_str(),
+        Some(other) => return Err(bad(format!("\"type\" must be a string, not {other}"))),
+    };
+    let mut summary = None;
+    let kind = match kind_name {
+        "message" => EventKind::MessageAppended(parse_message(&obj).map_err(&bad)?),
+        "compaction_spliced" => {
+            let text = req_str(&obj, "summary").map_err(&bad)?.to_string();
+            let hash = SummaryHash::of(&text);
+            if let Some(given) = obj.get("summary_hash") {
+                let given = given.as_str().ok_or_else(|| bad("\"summary_hash\" must be a string".to_string()))?;
+                if SummaryHash::from_hex(given).ok() != Some(hash) {
+                    return Err(bad(format!("summary_hash {given} is not the blake3 hash of the summary")));
+                }
+            }
+            let splice = Splice {
+                upto: Seq::new(req_u64(&obj, "upto").map_err(&bad)?),
+                previous_upto: Seq::new(req_u64(&obj, "previous_upto").map_err(&bad)?),
+                summary_hash: hash,
+                n_messages: opt_u64(&obj, "n_messages").map_err(&bad)?.unwrap_or(0),
+                summary_bytes: text.len() as u64,
+                summarizer: obj.get("summarizer").and_then(Value::as_str).unwrap_or("import").to_string(),
+            };
+            summary = Some(text);
+            EventKind::CompactionSpliced(splice)
+        }
+        "episode_boundary" => {
+            let reason: BoundaryReason = serde_json::from_value(obj.get("reason").cloned().unwrap_or(Value::Null))
+                .map_err(|e| bad(format!("\"reason\": {e}")))?;
+            EventKind::EpisodeBoundary { episode: req_u64(&obj, "episode").map_err(&bad)?, reason }
+        }
+        "memories_extracted" => EventKind::MemoriesExtracted {
+            namespace: req_str(&obj, "namespace").map_err(&bad)?.to_string(),
+            from: Seq::new(req_u64(&obj, "from").map_err(&bad)?),
+            upto: Seq::new(req_u64(&obj, "upto").map_err(&bad)?),
+            n_memories: req_u64(&obj, "n_memories").map_err(&bad)?,
+        },
+        "session_deleted" => EventKind::SessionDeleted {
+            n_events_removed: opt_u64(&obj, "n_events_removed").map_err(&bad)?.unwrap_or(0),
+        },
+        other => return Err(bad(format!("unknown type {other:?}"))),
+    };
+    Ok(Line { number, seq, at_ms, kind, summary })
+}
+
+fn parse_message(obj: &Map<String, Value>) -> Result<Message, String> {
+    let role: Role = req_str(obj, "role")?.parse().map_err(|e: Error| strip_index(&e))?;
+    let content = match obj.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(format!("\"content\" must be a string or null, not {}", type_name(other))),
+    };
+    let mut tool_calls = Vec::new();
+    match obj.get("tool_calls") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(calls)) => {
+            for (idx, call) in calls.iter().enumerate() {
+                let Value::Object(call) = call else { return Err(format!("tool_calls[{idx}] is not an object")) };
+                let function = match call.get("function") {
+                    Some(Value::Object(f)) => f,
+                    _ => return Err(format!("tool_calls[{idx}] has no \"function\" object")),
+                };
+                let arguments = match function.get("arguments") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    // Some providers send arguments as an object; keep it as JSON text.
+                    Some(other) => other.to_string(),
+                };
+                tool_calls.push(ToolCall::new(
+                    req_str(call, "id").map_err(|e| format!("tool_calls[{idx}]: {e}"))?,
+                    req_str(function, "name").map_err(|e| format!("tool_calls[{idx}].function: {e}"))?,
+                    arguments,
+                ));
+            }
+        }
+        Some(other) => return Err(format!("\"tool_calls\" must be an array, not {}", type_name(other))),
+    }
+    let tool_call_id = match obj.get("tool_call_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => return Err(format!("\"tool_call_id\" must be a string, not {}", type_name(other))),
+    };
+    let mut message = Message { tool_calls, tool_call_id, ..Message::new(role, content) };
+    message.created_at_ms = opt_u64(obj, "created_at_ms")?.unwrap_or(0);
+    match obj.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(meta)) => {
+            for (k, v) in meta {
+                let v = v.as_str().ok_or_else(|| format!("metadata {k:?} must be a string"))?;
+                message.metadata.insert(k.clone(), v.to_string());
+            }
+        }
+        Some(other) => return Err(format!("\"metadata\" must be an object, not {}", type_name(other))),
+    }
+    Ok(message)
+}
+
+fn req_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
+    match obj.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(format!("missing \"{field}\"")),
+        Some(other) => Err(format!("\"{field}\" must be a string, not {}", type_name(other))),
+    }
+}
+
+fn req_u64(obj: &Map<String, Value>, field: &str) -> Result<u64, String> {
+    opt_u64(obj, field)?.ok_or_else(|| format!("missing \"{field}\""))
+}
+
+fn opt_u64(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| format!("\"{field}\" must be a non-negative integer, not {v}")),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
