@@ -93,6 +93,25 @@ pub enum CompactionOutcome {
     },
 }
 
+/// Where the summarize step ended.
+enum Step {
+    /// Nothing to do; the outcome says why.
+    Done(CompactionOutcome),
+    /// A checked summary, ready to splice.
+    Summarized(Summarized),
+}
+
+/// A summary and the plan it was made for.
+struct Summarized {
+    text: String,
+    lower: Seq,
+    upto: Seq,
+    requested: Seq,
+    n_messages: u64,
+    /// The session's deletion base when the span was read; a change means it was deleted since.
+    base_at_plan: Seq,
+}
+
 /// Sessions with a compaction in flight.
 #[derive(Default)]
 pub(crate) struct InFlight {
@@ -143,9 +162,17 @@ impl Session {
         };
         let id = inner.next_compaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let timeout_ms = inner.config.compaction.timeout_ms;
-        let outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), self.run_compaction(id, request))
+        // The timeout bounds the steps that can hang (reading, the model). The splice is a bounded
+        // write of its own: a timeout firing after it was queued would report a failure for a
+        // splice that lands.
+        let summarized = tokio::time::timeout(Duration::from_millis(timeout_ms), self.summarize_step(id, request))
             .await
             .unwrap_or(Err(Error::Timeout { what: "the compaction", after_ms: timeout_ms }));
+        let outcome = match summarized {
+            Ok(Step::Done(outcome)) => Ok(outcome),
+            Ok(Step::Summarized(summarized)) => self.splice_step(id, summarized).await,
+            Err(e) => Err(e),
+        };
         match &outcome {
             Ok(CompactionOutcome::Spliced { .. }) | Ok(CompactionOutcome::AlreadyRunning) => {}
             Ok(CompactionOutcome::NothingToCompact { reason, .. })
@@ -157,7 +184,8 @@ impl Session {
         outcome
     }
 
-    async fn run_compaction(&self, id: u64, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
+    /// Steps 2 and 3 of the module docs: choose and check the cut, summarize.
+    async fn summarize_step(&self, id: u64, request: CompactionRequest) -> Result<Step, Error> {
         let engine = self.engine();
         let inner = engine.inner();
         let cfg = &inner.config.compaction;
@@ -176,13 +204,13 @@ impl Session {
                 let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
                 let last = self.last_messages(lower, head.last_seq(), keep.saturating_add(1))?;
                 if last.len() <= keep {
-                    return Ok(CompactionOutcome::NothingToCompact {
+                    return Ok(Step::Done(CompactionOutcome::NothingToCompact {
                         requested_upto: None,
                         reason: format!(
                             "{} messages after the summary; compaction.keep_last_messages keeps {keep}",
                             last.len()
                         ),
-                    });
+                    }));
                 }
                 last[0].seq
             }
@@ -203,7 +231,7 @@ impl Session {
                          cutting before it leaves nothing to compact"
                     ),
                 };
-                return Ok(CompactionOutcome::NothingToCompact { requested_upto: Some(requested), reason });
+                return Ok(Step::Done(CompactionOutcome::NothingToCompact { requested_upto: Some(requested), reason }));
             }
         };
         let upto = plan.upto();
@@ -220,14 +248,23 @@ impl Session {
         // No lock is held from here to the splice: appends to this session go on meanwhile.
         let span = Span { messages, previous_summary, focus: request.focus };
         let text = summarize_span(&inner.summarizer, span, cfg, &publish).await?;
+        Ok(Step::Summarized(Summarized { text, lower, upto, requested, n_messages, base_at_plan: head.base() }))
+    }
 
+    /// Step 4 of the module docs: store the blob, re-check and splice.
+    async fn splice_step(&self, id: u64, summarized: Summarized) -> Result<CompactionOutcome, Error> {
+        let Summarized { text, lower, upto, requested, n_messages, base_at_plan } = summarized;
+        let engine = self.engine();
+        let inner = engine.inner();
         let summary_hash = SummaryHash::of(&text);
         let summary_bytes = text.len() as u64;
-        let _blob_gate = inner.blob_gate.read().await;
+        let timeout_ms = inner.config.writes.timeout_ms;
+        let _blob_gate = tokio::time::timeout(Duration::from_millis(timeout_ms), inner.blob_gate.read())
+            .await
+            .map_err(|_| Error::Timeout { what: "orphan-blob collection to finish", after_ms: timeout_ms })?;
         inner.writer.write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())]).await?;
         crate::testing::kill_point("compaction:after_blob");
 
-        let base_at_plan = head.base();
         let summarizer = inner.summarizer.name().to_string();
         let mut abandoned = None;
         let head = engine
@@ -254,7 +291,7 @@ impl Session {
             return Ok(CompactionOutcome::Abandoned { requested_upto: requested, upto, reason });
         }
         crate::testing::kill_point("compaction:after_splice");
-        publish(Stage::Spliced { upto, summary_hash, seq: head.last_seq() });
+        inner.progress.publish(self.id(), id, Stage::Spliced { upto, summary_hash, seq: head.last_seq() });
         tracing::info!(session = %self.id(), %upto, n_messages, "compaction spliced");
         Ok(CompactionOutcome::Spliced {
             requested_upto: requested,
