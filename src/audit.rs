@@ -61,6 +61,29 @@ pub enum ViolationKind {
     SpliceIndexMismatch,
 }
 
+impl ViolationKind {
+    /// The stable snake_case name used in reports and `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationKind::MalformedKey => "malformed_key",
+            ViolationKind::Undecodable => "undecodable",
+            ViolationKind::InvalidEvent => "invalid_event",
+            ViolationKind::SeqGap => "seq_gap",
+            ViolationKind::SpliceNotForward => "splice_not_forward",
+            ViolationKind::SplicePastEnd => "splice_past_end",
+            ViolationKind::SpliceCutsToolPair => "splice_cuts_tool_pair",
+            ViolationKind::MissingBlob => "missing_blob",
+            ViolationKind::BlobHashMismatch => "blob_hash_mismatch",
+            ViolationKind::ToolResultWithoutCall => "tool_result_without_call",
+            ViolationKind::HeadMismatch => "head_mismatch",
+            ViolationKind::MissingHead => "missing_head",
+            ViolationKind::UndecodableHead => "undecodable_head",
+            ViolationKind::HeadWithoutLog => "head_without_log",
+            ViolationKind::SpliceIndexMismatch => "splice_index_mismatch",
+        }
+    }
+}
+
 /// One thing found wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Violation {
@@ -271,7 +294,8 @@ pub struct Stats {
     pub splices: u64,
     /// Summary blobs.
     pub blobs: u64,
-    /// On-disk size per keyspace.
+    /// On-disk size per keyspace, as fjall accounts it: flushed tables only, so data still in the
+    /// journal (a small or freshly written database) counts as 0.
     pub keyspace_bytes: Vec<(String, u64)>,
 }
 
@@ -641,4 +665,16 @@ fn describe_head_difference(stored: &Head, rebuilt: &Head) -> String {
         diffs.push("episode, deletion or answered-call state differs".to_string());
     }
     format!("stored head differs from the log: {}", diffs.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ViolationKind;
+
+    #[test]
+    fn kind_names_match_their_json() {
+        for kind in [ViolationKind::SeqGap, ViolationKind::SpliceCutsToolPair, ViolationKind::HeadWithoutLog] {
+            assert_eq!(serde_json::to_value(kind).expect("serializes"), kind.as_str());
+        }
+    }
 }

@@ -185,7 +185,7 @@ impl Session {
                         let before = replayer.violations().len();
                         replayer.event(seq, &event);
                         if let Some(v) = replayer.violations().get(before) {
-                            return Err(invalid(line.number, format!("{:?}: {}", v.kind, v.detail)));
+                            return Err(invalid(line.number, format!("{}: {}", v.kind.as_str(), v.detail)));
                         }
                     }
                     if let (EventKind::CompactionSpliced(s), Some(text)) = (&event.kind, line.summary) {

@@ -33,6 +33,9 @@ pub enum OpenMode {
     /// A new database: the directory must be missing or empty, so the command never mixes its
     /// writes with real data.
     Fresh,
+    /// Either: a database that is there, or a new one in a missing or empty directory (`import`,
+    /// whose whole point may be to fill a new database).
+    ExistingOrNew,
 }
 
 impl DbArgs {
@@ -57,7 +60,14 @@ impl DbArgs {
     /// blocking thread: opening runs recovery). Every failure here is exit 2: the command could
     /// not start.
     pub async fn open(&self, mode: OpenMode) -> Result<Engine, CliError> {
-        let config = self.config()?;
+        self.open_with(self.config()?, mode).await
+    }
+
+    /// Like [`DbArgs::open`], with a config the command derived from [`DbArgs::config`] (for
+    /// example with a command-line override). It is validated again here, so an override is
+    /// refused (exit 2) before anything on disk is touched.
+    pub async fn open_with(&self, config: Config, mode: OpenMode) -> Result<Engine, CliError> {
+        config.validate().map_err(CliError::from)?;
         check_directory(&config.path, mode)?;
         let path = config.path.clone();
         let opened = tokio::task::spawn_blocking(move || Engine::open(config))
@@ -85,7 +95,8 @@ fn check_directory(path: &Path, mode: OpenMode) -> Result<(), CliError> {
         }
     };
     match (mode, state) {
-        (OpenMode::Existing, DirState::NonEmpty) | (OpenMode::Fresh, DirState::Missing | DirState::Empty) => Ok(()),
+        (OpenMode::Existing | OpenMode::ExistingOrNew, DirState::NonEmpty)
+        | (OpenMode::Fresh | OpenMode::ExistingOrNew, DirState::Missing | DirState::Empty) => Ok(()),
         (OpenMode::Existing, DirState::Missing) => {
             Err(CliError::unusable(format!("no database at {}: the directory does not exist", path.display())))
         }

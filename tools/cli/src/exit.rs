@@ -21,7 +21,6 @@ pub enum Status {
     Ok,
     /// Exit 1, with nothing more printed: the command reported the failure itself (for example a
     /// check that printed its findings).
-    #[allow(dead_code, reason = "for report-style commands (audit); demo and show fail with CliError")]
     Failed,
 }
 
@@ -137,6 +136,12 @@ mod tests {
         assert!(matches!(bad_config, CliError::Unusable(m) if m.contains("limits.x")));
         let locked = CliError::from(Error::Locked { path: "/tmp/x".into() });
         assert!(matches!(locked, CliError::Unusable(_)));
+        let past_end = CliError::from(Error::InvalidArgument { what: "upto", reason: "past the end".to_string() });
+        assert!(matches!(past_end, CliError::Unusable(_)));
+        let bad_line = CliError::from(Error::InvalidImport { line: 3, reason: "not JSON".to_string() });
+        assert!(matches!(bad_line, CliError::Failed(m) if m.contains("line 3")));
+        let model = CliError::from(Error::Summarizer { status: Some(503), message: "overloaded".to_string() });
+        assert!(matches!(model, CliError::Failed(_)));
     }
 
     #[test]

@@ -6,18 +6,32 @@
 //! - `exit`: [`exit::Status`] and [`exit::CliError`], the exit-code contract (0, 1, 2).
 //! - `db`: [`db::DbArgs`], the `--db`/`--config` options every command takes, and opening the engine.
 //! - `output`: stdout writing, JSON printing, the human and JSON forms of working memory.
-//! - `demo`: `palimpsest demo`, a scripted agent conversation played into a fresh database.
+//! - `demo`: `palimpsest demo`, scripted agent conversations played into a fresh database, one of
+//!   them compacted in the background while it goes on.
 //! - `show`: `palimpsest show`, a session's working memory, now or as of a past seq.
+//! - `compact`: `palimpsest compact`, one session compacted now, with progress.
+//! - `audit`: `palimpsest audit`, replay and invariant checks; the report's human and JSON forms.
+//! - `rebuild`: `palimpsest rebuild`, stored views rewritten from the log, then audited.
+//! - `gc`: `palimpsest gc`, orphan summary blobs listed and removed.
+//! - `stats`: `palimpsest stats`, counts and sizes.
+//! - `export`, `import`: `palimpsest export` and `import`, a session as JSON lines and back.
 //!
 //! Adding a command: write `foo.rs` with `FooArgs` (clap `Args`, with `#[command(flatten)] db: DbArgs`,
 //! an `about` and an `after_help` that holds an `Example:` block) and `async fn run(FooArgs) -> Outcome`,
 //! then add one variant to [`Command`] and one arm to [`Command::run`].
 
+mod audit;
+mod compact;
 mod db;
 mod demo;
 mod exit;
+mod export;
+mod gc;
+mod import;
 mod output;
+mod rebuild;
 mod show;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -52,7 +66,9 @@ pub(crate) use exit_codes_help;
     after_help = concat!(
         "Example:\n",
         "  palimpsest demo --db /tmp/pal-demo\n",
-        "  palimpsest show --db /tmp/pal-demo --session demo-1-coding --limit 10\n\n",
+        "  palimpsest show --db /tmp/pal-demo --session demo-1-coding --limit 10\n",
+        "  palimpsest compact --db /tmp/pal-demo --session demo-2-travel\n",
+        "  palimpsest audit --db /tmp/pal-demo\n\n",
         exit_codes_help!()
     )
 )]
@@ -66,6 +82,13 @@ struct Cli {
 enum Command {
     Demo(demo::DemoArgs),
     Show(show::ShowArgs),
+    Compact(compact::CompactArgs),
+    Audit(audit::AuditArgs),
+    Rebuild(rebuild::RebuildArgs),
+    Gc(gc::GcArgs),
+    Stats(stats::StatsArgs),
+    Export(export::ExportArgs),
+    Import(import::ImportArgs),
 }
 
 impl Command {
@@ -73,6 +96,13 @@ impl Command {
         match self {
             Command::Demo(args) => demo::run(args).await,
             Command::Show(args) => show::run(args).await,
+            Command::Compact(args) => compact::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
+            Command::Rebuild(args) => rebuild::run(args).await,
+            Command::Gc(args) => gc::run(args).await,
+            Command::Stats(args) => stats::run(args).await,
+            Command::Export(args) => export::run(args).await,
+            Command::Import(args) => import::run(args).await,
         }
     }
 }

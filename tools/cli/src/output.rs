@@ -161,7 +161,7 @@ fn push_message_body(out: &mut String, m: &Message) {
 
 /// Escapes control characters other than newline and tab, so stored text cannot drive the
 /// terminal (colours, cursor moves) when printed.
-fn clean(text: &str) -> String {
+pub fn clean(text: &str) -> String {
     if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return text.to_string();
     }

@@ -1,43 +1,10 @@
 //! The `palimpsest` binary end to end: exit codes, stderr lines, the human and JSON output of
-//! `demo` and `show`, and the help text.
+//! `demo` and `show`, the help text, and what every command shares (config, exit codes, locking).
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use common::{assert_one_error_line, code, demo_db, palimpsest, stderr, stdout};
 use serde_json::Value;
-
-fn palimpsest(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palimpsest")).args(args).output().expect("the binary runs")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited, not killed")
-}
-
-/// Plays a demo of `sessions` sessions into `<tmp>/db` and returns that path.
-fn demo_db(tmp: &Path, sessions: &str) -> String {
-    let db = tmp.join("db");
-    let db = db.to_str().expect("utf-8 temp path").to_string();
-    let out = palimpsest(&["demo", "--db", &db, "--sessions", sessions]);
-    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    db
-}
-
-/// Asserts one stderr line of the documented form that mentions `needle`.
-fn assert_one_error_line(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(err.lines().count(), 1, "stderr: {err}");
-    assert!(err.starts_with("palimpsest: error: "), "stderr: {err}");
-    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
-}
 
 #[test]
 fn demo_into_a_new_directory_exits_0_and_prints_the_first_sessions_messages() {
@@ -48,10 +15,16 @@ fn demo_into_a_new_directory_exits_0_and_prints_the_first_sessions_messages() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("session demo-1-coding, last seq "), "{text}");
+    // The first session was compacted in the background: its summary comes first.
+    assert!(lines[1].starts_with("summary up to #") && lines[1].contains(", blake3 "), "{text}");
+    assert!(lines[2].starts_with("    ") && !lines[2].trim().is_empty(), "the summary's text: {text}");
     assert!(lines.iter().any(|l| l.starts_with('#') && l.contains(" user: ")), "{text}");
     assert!(lines.iter().any(|l| l.starts_with("    -> ") && l.ends_with(']')), "{text}");
     assert!(lines.iter().any(|l| l.contains(" tool: <- [call_1_")), "{text}");
-    let summary = lines.last().expect("output");
+    let [.., compacted, summary] = lines[..] else { panic!("too short: {text}") };
+    let upto = lines[1].strip_prefix("summary up to #").and_then(|r| r.split(',').next()).expect("upto");
+    let expected = format!("compacted #1..#{upto} of demo-1-coding into a summary while ");
+    assert!(compacted.starts_with(&expected) && compacted.contains(" appended"), "{compacted}");
     assert!(summary.starts_with("demo: 4 sessions, ") && summary.contains(" messages, last seq "), "{summary}");
     assert!(stderr(&out).is_empty(), "stderr: {}", stderr(&out));
 }
@@ -88,17 +61,32 @@ fn show_json_of_a_demo_session_has_the_documented_fields() {
         assert_eq!(text.lines().count(), 1, "exactly one JSON object on one line");
         let v: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(v["session"], session);
-        assert!(v["summary"].is_null());
         let messages = v["messages"].as_array().expect("messages is an array");
         let n = messages.len() as u64;
-        assert!((40..=60).contains(&n), "{session}: {n} messages");
-        assert_eq!(v["n_messages"].as_u64(), Some(n));
-        assert_eq!(v["last_seq"].as_u64(), Some(n), "every demo event is a message");
-        assert_eq!(messages[0]["role"], "system");
+        let seqs: Vec<u64> = messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+        if session == "demo-1-coding" {
+            // Compacted by the demo while its conversation went on: one splice event among the
+            // messages, the summary in front, and only the messages after it.
+            let summary = &v["summary"];
+            let upto = summary["upto"].as_u64().expect("upto");
+            assert!(summary["hash"].as_str().is_some_and(|h| h.len() == 64), "{summary}");
+            assert!(summary["text"].as_str().is_some_and(|t| !t.is_empty()), "{summary}");
+            let n_messages = v["n_messages"].as_u64().expect("n_messages");
+            assert!((44..=68).contains(&n_messages), "{session}: {n_messages} messages");
+            assert_eq!(v["last_seq"].as_u64(), Some(n_messages + 1), "one splice event");
+            assert_eq!(n, n_messages - upto, "every message after the summary");
+            assert!(seqs[0] > upto && seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
+        } else {
+            assert!(v["summary"].is_null());
+            assert!((40..=60).contains(&n), "{session}: {n} messages");
+            assert_eq!(v["n_messages"].as_u64(), Some(n));
+            assert_eq!(v["last_seq"].as_u64(), Some(n), "every demo event is a message");
+            assert_eq!(messages[0]["role"], "system");
+            assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "oldest first, dense");
+        }
         let mut saw_parallel = false;
         for (idx, m) in messages.iter().enumerate() {
             let keys: Vec<&str> = m.as_object().expect("object").keys().map(String::as_str).collect();
-            assert_eq!(m["seq"].as_u64(), Some(idx as u64 + 1), "oldest first, dense");
             assert!(m["content"].is_string() && m["created_at_ms"].as_u64().is_some_and(|t| t > 0), "{m}");
             match m["role"].as_str().expect("role") {
                 "assistant" if m.get("tool_calls").is_some() => {
@@ -151,15 +139,16 @@ fn show_at_a_past_seq_is_time_travel_with_an_unknown_count() {
 #[test]
 fn show_human_form_limits_the_window() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let db = demo_db(tmp.path(), "1");
-    let out = palimpsest(&["show", "--db", &db, "--session", "demo-1-coding", "--limit", "3"]);
+    let db = demo_db(tmp.path(), "2");
+    // Session 2: not compacted, and every event is a message, so the window is the last 3 seqs.
+    let out = palimpsest(&["show", "--db", &db, "--session", "demo-2-travel", "--limit", "3"]);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
     let text = stdout(&out);
     let blocks = text.lines().filter(|l| l.starts_with('#')).count();
     assert!(blocks <= 3 && blocks > 0, "{text}");
     let header = text.lines().next().expect("header");
     let last: u64 = header
-        .strip_prefix("session demo-1-coding, last seq ")
+        .strip_prefix("session demo-2-travel, last seq ")
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .expect("header names the last seq");
@@ -203,7 +192,19 @@ fn a_bad_config_exits_2_naming_the_field_before_anything_is_opened() {
     let cases = [(&json, "limits.max_message_bytes"), (&toml, "writes.timeout_ms")];
     for (config, field) in cases {
         let config = config.to_str().expect("utf-8");
-        for command in [&["demo"][..], &["show", "--session", "s"][..]] {
+        let commands: [&[&str]; 10] = [
+            &["demo"],
+            &["show", "--session", "s"],
+            &["compact", "--session", "s"],
+            &["audit"],
+            &["rebuild"],
+            &["gc"],
+            &["stats"],
+            &["export", "--session", "s"],
+            &["import", "--session", "s", "-"],
+            &["compact", "--session", "s", "--openai-base-url", "http://127.0.0.1:9", "--model", "m"],
+        ];
+        for command in commands {
             let mut args = command.to_vec();
             args.extend_from_slice(&["--db", db_arg, "--config", config]);
             let out = palimpsest(&args);
@@ -245,7 +246,10 @@ fn usage_errors_exit_2_with_one_line() {
 
 #[test]
 fn help_of_every_command_has_an_example_and_the_exit_codes() {
-    for args in [&["--help"][..], &["demo", "--help"][..], &["show", "--help"][..], &["help", "show"][..]] {
+    let commands = ["demo", "show", "compact", "audit", "rebuild", "gc", "stats", "export", "import"];
+    let mut cases: Vec<Vec<&str>> = vec![vec!["--help"], vec!["help", "show"]];
+    cases.extend(commands.iter().map(|c| vec![*c, "--help"]));
+    for args in &cases {
         let out = palimpsest(args);
         assert_eq!(code(&out), 0, "{args:?}");
         let text = stdout(&out);
@@ -267,6 +271,15 @@ fn a_database_held_by_another_process_exits_2_saying_locked() {
     let out = palimpsest(&["show", "--db", &db, "--session", "demo-1-coding"]);
     assert_eq!(code(&out), 2);
     assert_one_error_line(&out, "locked");
+    for command in
+        [&["audit"][..], &["stats"][..], &["gc", "--dry-run"][..], &["compact", "--session", "demo-1-coding"][..]]
+    {
+        let mut args = command.to_vec();
+        args.extend_from_slice(&["--db", &db]);
+        let out = palimpsest(&args);
+        assert_eq!(code(&out), 2, "{args:?}");
+        assert_one_error_line(&out, "locked");
+    }
     drop(held);
     let out = palimpsest(&["show", "--db", &db, "--session", "demo-1-coding"]);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));

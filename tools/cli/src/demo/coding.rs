@@ -229,3 +229,23 @@ pub(super) fn play(s: &mut Script, r: &Repo) {
          `{lint_path}`; it is equivalent, and the tests cover both branches."
     ));
 }
+
+/// What the user and agent say after the review came back: the demo appends it while the session
+/// is being compacted.
+pub(super) fn follow_up(s: &mut Script, r: &Repo) {
+    let (func, lint, author, pr) = (r.func, r.lint_module, r.author, r.pr);
+    s.user(format!("{author} approved PR #{pr}. Run the tests once more on the branch before I merge?"));
+    s.tools(
+        "",
+        vec![call("run_tests", json!({}), "test result: ok. 131 passed; 0 failed; 0 ignored; finished in 4.90s")],
+    );
+    s.answer(format!(
+        "All 131 tests pass on the branch and {author} has approved PR #{pr}: it is ready to merge. I'll leave the \
+         merge to you."
+    ));
+    s.user("Merged. Thanks, that's all for today.".to_string());
+    s.answer(format!(
+        "For your notes: `{func}` clamps a wide margin to zero again, pinned by a regression test; two clippy lints in \
+         `src/{lint}.rs` are fixed; PR #{pr} is merged."
+    ));
+}

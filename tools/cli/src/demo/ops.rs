@@ -188,3 +188,25 @@ pub(super) fn play(s: &mut Script, v: &Service, idx: u32) {
          the incident channel."
     ));
 }
+
+/// What the user and agent say once the incident is closed: the demo appends it while the
+/// session is being compacted.
+pub(super) fn follow_up(s: &mut Script, v: &Service) {
+    let (svc, region, owner) = (v.name, v.region, v.owner);
+    s.user(format!("{owner} has a fix ready. What should we watch when they redeploy {svc}?"));
+    s.tools(
+        "Getting today's baseline first.",
+        vec![call(
+            "query_metrics",
+            json!({"service": svc, "region": region, "metric": "latency_p99_ms", "window": "3h"}),
+            "min 290 ms, median 320 ms, max 350 ms since the rollback",
+        )],
+    );
+    s.answer(format!(
+        "Roll it out to one pod first and watch p99 against today's baseline of about 320 ms, plus the database query \
+         rate per request, which is what spiked last time. If both hold for 15 minutes, continue the rollout in \
+         {region}."
+    ));
+    s.user("Good plan, I'll pass it on. Thanks.".to_string());
+    s.answer(format!("Anytime. I'll keep an eye on {svc} in {region} during the redeploy if you ping me."));
+}

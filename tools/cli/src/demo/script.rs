@@ -18,6 +18,9 @@ const MESSAGE_SPACING_MS: u64 = 7_000;
 pub struct Conversation {
     pub id: String,
     pub steps: Vec<Vec<Message>>,
+    /// A few more turns after `steps`, stamped and numbered as their continuation: the demo appends
+    /// them while the session is being compacted.
+    pub follow_up: Vec<Vec<Message>>,
 }
 
 #[derive(Clone, Copy)]
@@ -60,7 +63,14 @@ pub fn conversation(idx: u32) -> Conversation {
         Kind::Travel => travel::play(&mut s, &travel::TRIPS[variant]),
         Kind::Ops => ops::play(&mut s, &ops::SERVICES[variant], idx),
     }
-    Conversation { id: session_id(idx), steps: s.steps }
+    let n_steps = s.steps.len();
+    match Kind::of(idx) {
+        Kind::Coding => coding::follow_up(&mut s, &coding::REPOS[variant]),
+        Kind::Travel => travel::follow_up(&mut s, &travel::TRIPS[variant]),
+        Kind::Ops => ops::follow_up(&mut s, &ops::SERVICES[variant]),
+    }
+    let follow_up = s.steps.split_off(n_steps);
+    Conversation { id: session_id(idx), steps: s.steps, follow_up }
 }
 
 /// One tool call of a step, with the result its tool will return.
@@ -129,8 +139,13 @@ mod tests {
     fn every_kind_and_variant_is_a_valid_conversation_of_40_to_60_messages() {
         for idx in 1..=9 {
             let c = conversation(idx);
-            let messages: Vec<&Message> = c.steps.iter().flatten().collect();
-            assert!((40..=60).contains(&messages.len()), "{}: {} messages", c.id, messages.len());
+            let main = c.steps.iter().flatten().count();
+            assert!((40..=60).contains(&main), "{}: {main} messages", c.id);
+            let n_follow_up = c.follow_up.iter().flatten().count();
+            assert!((4..=8).contains(&n_follow_up), "{}: {n_follow_up} follow-up messages", c.id);
+            let messages: Vec<&Message> = c.steps.iter().chain(&c.follow_up).flatten().collect();
+            let stamps: Vec<u64> = messages.iter().map(|m| m.created_at_ms).collect();
+            assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{}: the follow-up continues the clock", c.id);
             for (i, m) in messages.iter().enumerate() {
                 m.validate(i, 1 << 20).unwrap_or_else(|e| panic!("{}: message {i}: {e}", c.id));
             }

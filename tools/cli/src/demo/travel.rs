@@ -282,3 +282,25 @@ fn nights(from: &str, to: &str) -> u32 {
     let day = |d: &str| d.get(8..10).and_then(|x| x.parse::<u32>().ok()).unwrap_or(0);
     day(to).saturating_sub(day(from))
 }
+
+/// What the traveler and agent say after the trip is booked: the demo appends it while the
+/// session is being compacted.
+pub(super) fn follow_up(s: &mut Script, t: &Trip) {
+    let (city, venue, back) = (t.city, t.venue, t.back_date);
+    s.user(format!("One more thing: put the closing dinner in my calendar, {back} at 19:30, near {venue}."));
+    s.tools(
+        "",
+        vec![call(
+            "add_calendar_event",
+            json!({
+                "title": format!("{} closing dinner", t.event),
+                "start": format!("{back}T19:30"),
+                "location": venue,
+            }),
+            "event created",
+        )],
+    );
+    s.answer(format!("Added: the {} closing dinner on {back} at 19:30, near {venue}.", t.event));
+    s.user("Perfect, that's everything.".to_string());
+    s.answer(format!("Have a good trip to {city}, {}!", t.traveler));
+}

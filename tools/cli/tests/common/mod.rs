@@ -1,0 +1,63 @@
+//! Helpers shared by the end-to-end tests: run the binary, read its output, make a demo database.
+
+#![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// Runs `palimpsest` with `args` (stdin empty) and waits for it.
+pub fn palimpsest(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palimpsest")).args(args).output().expect("the binary runs")
+}
+
+/// Runs `palimpsest` with `args`, feeding `input` on stdin.
+pub fn palimpsest_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palimpsest"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child.stdin.take().expect("piped stdin").write_all(input).expect("write stdin");
+    child.wait_with_output().expect("the binary finishes")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+/// Parses stdout as exactly one JSON object on one line.
+pub fn json(out: &Output) -> Value {
+    let text = stdout(out);
+    assert_eq!(text.lines().count(), 1, "exactly one JSON object on one line: {text}");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// Plays a demo of `sessions` sessions into `<tmp>/db` and returns that path.
+pub fn demo_db(tmp: &Path, sessions: &str) -> String {
+    let db = tmp.join("db");
+    let db = db.to_str().expect("utf-8 temp path").to_string();
+    let out = palimpsest(&["demo", "--db", &db, "--sessions", sessions]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    db
+}
+
+/// Asserts one stderr line of the documented form that mentions `needle`.
+pub fn assert_one_error_line(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+    assert!(err.starts_with("palimpsest: error: "), "stderr: {err}");
+    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+}
