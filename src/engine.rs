@@ -150,6 +150,18 @@ impl Engine {
         self.inner.writer.is_poisoned()
     }
 
+    /// Arms (or, with `None`, disarms) a storage fault. Test builds only (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn inject_fault(&self, fault: Option<crate::testing::Fault>) {
+        self.store().faults.arm(fault);
+    }
+
+    /// How many injected faults have fired. Test builds only (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn faults_fired(&self) -> u64 {
+        self.store().faults.fired()
+    }
+
     pub(crate) fn store(&self) -> &Store {
         self.inner.writer.store()
     }

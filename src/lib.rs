@@ -66,3 +66,7 @@ pub use crate::{
     transfer::{ImportReport, MAX_IMPORT_LINES},
     view::{StoredMessage, Summary, WorkingMemory},
 };
+
+/// Test hooks (feature `testing` only): storage faults and the names of the kill points.
+#[cfg(feature = "testing")]
+pub use crate::testing::{Fault, FaultMode, FaultPoint, KILL_AFTER_ENV, KILL_AT_ENV, KILL_POINTS};

@@ -17,6 +17,20 @@ use crate::fold::Head;
 use crate::ids::{Seq, SessionId, SummaryHash};
 use crate::keys;
 
+/// The fault points, named the same with or without the `testing` feature.
+#[cfg(feature = "testing")]
+use crate::testing::FaultPoint as FaultPointAlias;
+
+/// Without the `testing` feature the fault points are plain markers.
+#[cfg(not(feature = "testing"))]
+#[derive(Clone, Copy)]
+enum FaultPointAlias {
+    Commit,
+    AfterCommit,
+    Persist,
+    Read,
+}
+
 /// fjall refuses (panics on) keys longer than this.
 const MAX_KEY_BYTES: usize = 65_535;
 
@@ -50,6 +64,8 @@ impl Op {
 
 /// An open database.
 pub(crate) struct Store {
+    #[cfg(feature = "testing")]
+    pub(crate) faults: crate::testing::Faults,
     db: Database,
     events: Keyspace,
     heads: Keyspace,
@@ -82,6 +98,8 @@ impl Store {
         })?;
         let open_ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage("open keyspace"));
         let store = Self {
+            #[cfg(feature = "testing")]
+            faults: crate::testing::Faults::default(),
             events: open_ks(keys::EVENTS)?,
             heads: open_ks(keys::HEADS)?,
             splices: open_ks(keys::SPLICES)?,
@@ -124,10 +142,12 @@ impl Store {
         }
     }
 
-    /// Commits `ops` as one atomic batch; with `sync`, fsyncs before returning.
+    /// Commits `ops` as one atomic batch; with `sync`, fsyncs before returning. The batch is written
+    /// to the journal first and then persisted, which is what fjall does inside a batch with
+    /// `SyncData` durability; one persist covers every earlier write of every keyspace.
     pub(crate) fn commit(&self, ops: &[Op], sync: bool) -> Result<(), Error> {
-        let mode = if sync { PersistMode::SyncData } else { PersistMode::Buffer };
-        let mut batch = self.db.batch().durability(Some(mode));
+        self.fault(FaultPointAlias::Commit)?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for op in ops {
             let key_len = op.key().len();
             assert!(key_len > 0 && key_len <= MAX_KEY_BYTES, "key of {key_len} bytes reached the store");
@@ -136,16 +156,36 @@ impl Store {
                 Op::Delete(ks, k) => batch.remove(self.ks(*ks), k.as_slice()),
             }
         }
-        batch.commit().map_err(storage("commit"))
+        batch.commit().map_err(storage("commit"))?;
+        self.fault(FaultPointAlias::AfterCommit)?;
+        if sync {
+            crate::testing::kill_point("store:after_write_before_sync");
+            self.fault(FaultPointAlias::Persist)?;
+            self.db.persist(PersistMode::SyncData).map_err(storage("fsync"))?;
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "testing")]
+    fn fault(&self, point: crate::testing::FaultPoint) -> Result<(), Error> {
+        self.faults.check(point)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    #[inline(always)]
+    fn fault(&self, _point: FaultPointAlias) -> Result<(), Error> {
+        Ok(())
     }
 
     /// Reads one value.
     pub(crate) fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.fault(FaultPointAlias::Read)?;
         Ok(self.ks(ks).get(key).map_err(storage("get"))?.map(|v| v.to_vec()))
     }
 
     /// Key/value pairs with keys in `[from, to]`, in key order, at most `limit` of them.
     pub(crate) fn scan(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
+        self.fault(FaultPointAlias::Read)?;
         let mut out = Vec::new();
         for guard in self.ks(ks).range(from..=to).take(limit) {
             let (k, v) = guard.into_inner().map_err(storage("scan"))?;
@@ -156,6 +196,7 @@ impl Store {
 
     /// Like [`Store::scan`] but newest (largest key) first.
     pub(crate) fn scan_rev(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
+        self.fault(FaultPointAlias::Read)?;
         let mut out = Vec::new();
         for guard in self.ks(ks).range(from..=to).rev().take(limit) {
             let (k, v) = guard.into_inner().map_err(storage("scan"))?;
@@ -171,14 +212,21 @@ impl Store {
             Some(a) => self.ks(ks).range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => self.ks(ks).iter(),
         };
-        iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan")))
+        let fault = self.fault(FaultPointAlias::Read).err();
+        fault
+            .into_iter()
+            .map(Err)
+            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
     }
 
     /// Every key/value pair whose key starts with `prefix`, in key order, read lazily.
     pub(crate) fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
-        self.ks(ks)
-            .prefix(prefix)
-            .map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan")))
+        let fault = self.fault(FaultPointAlias::Read).err();
+        let iter = self.ks(ks).prefix(prefix);
+        fault
+            .into_iter()
+            .map(Err)
+            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
     }
 
     /// On-disk bytes of a keyspace (approximate: fjall's accounting of its tables and blobs).
@@ -217,6 +265,7 @@ impl Store {
 
     /// Every event key of `session` (for deletion), in order.
     pub(crate) fn event_keys(&self, session: &SessionId) -> Result<Vec<Vec<u8>>, Error> {
+        self.fault(FaultPointAlias::Read)?;
         let mut out = Vec::new();
         for guard in self.events.prefix(keys::session_prefix(session)) {
             out.push(guard.key().map_err(storage("scan"))?.to_vec());
