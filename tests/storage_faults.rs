@@ -34,7 +34,9 @@ async fn run(engine: &Engine, op: Op) -> Result<(), Error> {
         Op::Append => s.append_many(turn(100)).await.map(drop),
         Op::Compact => s.compact(CompactionRequest::default()).await.map(drop),
         Op::Delete => s.delete().await.map(drop),
-        Op::Import => engine.session("t").unwrap().import_jsonl("{\"role\":\"user\",\"content\":\"hi\"}\n").await.map(drop),
+        Op::Import => {
+            engine.session("t").unwrap().import_jsonl("{\"role\":\"user\",\"content\":\"hi\"}\n").await.map(drop)
+        }
     }
 }
 
@@ -58,8 +60,9 @@ fn all_or_nothing(op: Op, before: &[Event], after: &[Event]) -> bool {
     }
 }
 
+/// Returns how many storage calls of the op failed in turn (one run each) before one run passed
+/// all of them.
 async fn move_the_fault_forward(point: FaultPoint, durability: Durability, op: Op) -> u64 {
-    let mut failures = 0;
     for after in 0.. {
         let dir = tempfile::tempdir().unwrap();
         let engine = open(dir.path(), durability);
@@ -72,9 +75,8 @@ async fn move_the_fault_forward(point: FaultPoint, durability: Durability, op: O
         let result = run(&engine, op).await;
         if engine.faults_fired() == 0 {
             assert!(result.is_ok(), "{point:?}/{op:?}: no fault fired but {result:?}");
-            return failures;
+            return after;
         }
-        failures += 1;
         match &result {
             Err(Error::Storage { .. }) | Err(Error::Poisoned) => {}
             other => panic!("{point:?}/{op:?} after {after}: expected a storage error, got {other:?}"),
@@ -85,7 +87,7 @@ async fn move_the_fault_forward(point: FaultPoint, durability: Durability, op: O
 
         let engine = open(dir.path(), durability);
         let s = engine.session("s").unwrap();
-        let after_history = s.history(Seq::new(1), 1000).await.map(|h| h).unwrap_or_default();
+        let after_history = s.history(Seq::new(1), 1000).await.unwrap_or_default();
         assert!(all_or_nothing(op, &before, &after_history), "{point:?}/{op:?} after {after}: partial effect");
         let report = engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap();
         assert!(report.ok, "{point:?}/{op:?} after {after}: {:?}", report.violations);

@@ -18,6 +18,19 @@ pub fn reopen(dir: &tempfile::TempDir, durability: Durability) -> Engine {
     Engine::open(config).expect("reopen")
 }
 
+/// A temp dir on tmpfs (/dev/shm) when the machine has one, else the usual temp dir. For
+/// properties that open many databases: creating one costs several fsyncs, free on tmpfs. Tests
+/// of durability itself (the kill -9 harness) use real disk directories.
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new().prefix("palimpsest-").tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
 /// A tiny deterministic PRNG (splitmix64) so tests need no extra crate.
 pub struct Rng(pub u64);
 

@@ -1,0 +1,296 @@
+//! Model-based property (feature `testing`): random sequences of up to 200 operations drive the
+//! real engine and a simple in-memory model side by side - appends (user turns, assistant turns
+//! with tool calls, tool results), compactions that start, then finish, fail or are cancelled
+//! while appends go on, reopens (which cancel an in-flight compaction, as a crash would), and
+//! injected storage failures - and after every step the two must agree on the log, the working
+//! memory and the compaction outcome. The model plans its cuts with its own obvious
+//! implementation of the pair-safe rule.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::FnSummarizer;
+use palimpsest::{
+    CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, EventKind, Fault, FaultMode, FaultPoint,
+    Message, Seq, Stage, ToolCall,
+};
+use parking_lot::Mutex;
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use tokio::sync::oneshot;
+
+#[derive(Clone, Debug)]
+enum Op {
+    User,
+    Calls(u8),
+    Result(u8),
+    StartCompaction(u8),
+    FinishCompaction,
+    FailCompaction,
+    CancelCompaction,
+    Reopen,
+    FailedWrite,
+}
+
+impl Arbitrary for Op {
+    fn arbitrary(g: &mut Gen) -> Self {
+        match u8::arbitrary(g) % 20 {
+            0..=4 => Op::User,
+            5..=7 => Op::Calls(u8::arbitrary(g) % 3 + 1),
+            8..=10 => Op::Result(u8::arbitrary(g)),
+            11 | 12 => Op::StartCompaction(u8::arbitrary(g)),
+            13 | 14 => Op::FinishCompaction,
+            15 => Op::FailCompaction,
+            16 => Op::CancelCompaction,
+            17 => Op::Reopen,
+            _ => Op::FailedWrite,
+        }
+    }
+}
+
+/// What the model remembers of each event.
+#[derive(Clone, Debug, PartialEq)]
+enum Ev {
+    Msg(Message),
+    Splice { upto: u64, text: String },
+}
+
+#[derive(Default)]
+struct Model {
+    log: Vec<Ev>,
+    open: Vec<(String, u64)>,
+    upto: u64,
+    summary: Option<String>,
+}
+
+impl Model {
+    fn last(&self) -> u64 {
+        self.log.len() as u64
+    }
+
+    /// The obvious pair-safe planner: cut before the earliest call at or before the cut whose
+    /// result is not also at or before it; repeat.
+    fn plan(&self, requested: u64) -> Option<(u64, usize)> {
+        let mut cut = requested;
+        loop {
+            if cut <= self.upto {
+                return None;
+            }
+            let answered_by = |id: &str, limit: u64| {
+                self.log[..limit as usize]
+                    .iter()
+                    .any(|e| matches!(e, Ev::Msg(m) if m.tool_call_id.as_deref() == Some(id)))
+            };
+            let blocker = self.log[..cut as usize].iter().enumerate().find_map(|(i, e)| match e {
+                Ev::Msg(m) if m.tool_calls.iter().any(|c| !answered_by(&c.id, cut)) => Some(i as u64 + 1),
+                _ => None,
+            });
+            match blocker {
+                None => break,
+                Some(call_seq) => cut = call_seq - 1,
+            }
+        }
+        let n = self.log[self.upto as usize..cut as usize].iter().filter(|e| matches!(e, Ev::Msg(_))).count();
+        Some((cut, n))
+    }
+}
+
+type Gate = Arc<Mutex<Option<oneshot::Sender<Result<(), Error>>>>>;
+
+fn open(dir: &std::path::Path, gate: &Gate) -> Engine {
+    let gate = Arc::clone(gate);
+    let summarizer = FnSummarizer::new(move |input| {
+        let gate = Arc::clone(&gate);
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            *gate.lock() = Some(tx);
+            rx.await.unwrap_or(Err(Error::Closed))?;
+            Ok(format!("summary of {} messages", input.messages.len()))
+        })
+    });
+    let mut config = Config::new(dir);
+    config.durability = Durability::Buffered;
+    Engine::open_with_summarizer(config, summarizer).expect("open")
+}
+
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<CompactionOutcome, Error>>,
+    plan: Option<(u64, usize)>,
+}
+
+async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
+    let s = engine.session("m").map_err(|e| e.to_string())?;
+    let history = match s.history(Seq::new(1), 10_000).await {
+        Ok(h) => h,
+        Err(Error::NotFound { .. }) if model.log.is_empty() => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let got: Vec<Ev> = history
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::MessageAppended(m) => Ev::Msg(m.clone().with_created_at_ms(0)),
+            EventKind::CompactionSpliced(sp) => Ev::Splice { upto: sp.upto.get(), text: String::new() },
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let want: Vec<Ev> = model
+        .log
+        .iter()
+        .map(|e| match e {
+            Ev::Splice { upto, .. } => Ev::Splice { upto: *upto, text: String::new() },
+            m => m.clone(),
+        })
+        .collect();
+    if got != want {
+        return Err(format!("log differs:\n engine {got:?}\n model  {want:?}"));
+    }
+    let wm = s.working_memory(1_000).await.map_err(|e| e.to_string())?;
+    let summary = wm.summary.map(|s| (s.upto.get(), s.text));
+    let want_summary = model.summary.clone().map(|t| (model.upto, t));
+    if summary != want_summary {
+        return Err(format!("summary {summary:?} != model {want_summary:?}"));
+    }
+    let first_after = wm.messages.first().map(|m| m.seq.get());
+    if first_after.is_some_and(|f| f <= model.upto) {
+        return Err(format!("window starts at {first_after:?}, inside the summary up to {}", model.upto));
+    }
+    Ok(())
+}
+
+fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
+    let dir = common::fast_tempdir();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let gate: Gate = Arc::new(Mutex::new(None));
+    let result: Result<(), String> = rt.block_on(async {
+        let mut engine = open(dir.path(), &gate);
+        let mut model = Model::default();
+        let mut in_flight: Option<InFlight> = None;
+        let mut next_call = 0;
+        for (step, op) in ops.into_iter().enumerate() {
+            let s = engine.session("m").map_err(|e| e.to_string())?;
+            let append = |m: Message| {
+                let s = s.clone();
+                async move { s.append(m).await.map_err(|e| format!("step {step}: {e}")) }
+            };
+            match op {
+                Op::User => {
+                    append(Message::user(format!("turn {step}"))).await?;
+                    model.log.push(Ev::Msg(Message::user(format!("turn {step}"))));
+                }
+                Op::Calls(n) => {
+                    let calls: Vec<ToolCall> = (0..n)
+                        .map(|_| {
+                            next_call += 1;
+                            ToolCall::new(format!("c{next_call}"), "tool", "{}")
+                        })
+                        .collect();
+                    let m = Message::assistant_tool_calls("", calls.clone());
+                    append(m.clone()).await?;
+                    model.log.push(Ev::Msg(m));
+                    let seq = model.last();
+                    model.open.extend(calls.into_iter().map(|c| (c.id, seq)));
+                }
+                Op::Result(pick) if !model.open.is_empty() => {
+                    let (id, _) = model.open.remove(usize::from(pick) % model.open.len());
+                    let m = Message::tool_result(&id, "done");
+                    append(m.clone()).await?;
+                    model.log.push(Ev::Msg(m));
+                }
+                Op::Result(_) => {}
+                Op::StartCompaction(x) if in_flight.is_none() && model.last() > 0 => {
+                    let requested = u64::from(x) % model.last() + 1;
+                    let plan = model.plan(requested);
+                    let mut progress = engine.subscribe_progress();
+                    let task = tokio::spawn({
+                        let s = s.clone();
+                        async move { s.compact(CompactionRequest::upto(Seq::new(requested))).await }
+                    });
+                    if plan.is_some() {
+                        // Wait until the compaction is inside the summarizer.
+                        loop {
+                            let p = tokio::time::timeout(Duration::from_secs(10), progress.recv())
+                                .await
+                                .map_err(|_| format!("step {step}: compaction never reached the summarizer"))?
+                                .map_err(|e| e.to_string())?;
+                            if matches!(p.stage, Stage::Strategy { .. }) {
+                                break;
+                            }
+                        }
+                        in_flight = Some(InFlight { task, plan });
+                    } else {
+                        let outcome = task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+                        if !matches!(outcome, CompactionOutcome::NothingToCompact { .. }) {
+                            return Err(format!("step {step}: model planned nothing, engine gave {outcome:?}"));
+                        }
+                    }
+                }
+                Op::StartCompaction(_) => {}
+                Op::FinishCompaction | Op::FailCompaction if in_flight.is_some() => {
+                    let InFlight { task, plan } = in_flight.take().expect("checked");
+                    let fail = matches!(op, Op::FailCompaction);
+                    let release =
+                        if fail { Err(Error::Summarizer { status: None, message: "no".into() }) } else { Ok(()) };
+                    gate.lock().take().expect("the summarizer waits").send(release).map_err(|_| "gate closed")?;
+                    let outcome = task.await.map_err(|e| e.to_string())?;
+                    let (upto, n) = plan.expect("in flight only with a plan");
+                    match (fail, outcome) {
+                        (true, Err(Error::Summarizer { .. })) => {}
+                        (false, Ok(CompactionOutcome::Spliced { upto: got, .. })) if got.get() == upto => {
+                            let text = format!("summary of {n} messages");
+                            model.log.push(Ev::Splice { upto, text: text.clone() });
+                            model.upto = upto;
+                            model.summary = Some(text);
+                        }
+                        (_, other) => return Err(format!("step {step}: compaction to {upto} gave {other:?}")),
+                    }
+                }
+                Op::CancelCompaction if in_flight.is_some() => {
+                    let InFlight { task, .. } = in_flight.take().expect("checked");
+                    task.abort();
+                    let _ = task.await;
+                    gate.lock().take();
+                }
+                Op::FinishCompaction | Op::FailCompaction | Op::CancelCompaction => {}
+                Op::Reopen => {
+                    if let Some(InFlight { task, .. }) = in_flight.take() {
+                        task.abort();
+                        let _ = task.await;
+                        gate.lock().take();
+                    }
+                    drop(s);
+                    drop(engine);
+                    engine = open(dir.path(), &gate);
+                }
+                Op::FailedWrite => {
+                    engine.inject_fault(Some(Fault { point: FaultPoint::Commit, after: 0, mode: FaultMode::Once }));
+                    match s.append(Message::user("lost")).await {
+                        Err(Error::Storage { .. }) => {}
+                        other => return Err(format!("step {step}: injected failure gave {other:?}")),
+                    }
+                    if let Some(InFlight { task, .. }) = in_flight.take() {
+                        task.abort();
+                        let _ = task.await;
+                        gate.lock().take();
+                    }
+                    drop(s);
+                    drop(engine);
+                    engine = open(dir.path(), &gate);
+                }
+            }
+            if in_flight.is_none() {
+                check(&engine, &model).await.map_err(|e| format!("after step {step} ({op:?}): {e}"))?;
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => TestResult::passed(),
+        Err(e) => TestResult::error(e),
+    }
+}
+
+#[test]
+fn the_engine_agrees_with_a_simple_model() {
+    QuickCheck::new().rng(Gen::new(200)).quickcheck(prop_engine_agrees_with_the_model as fn(Vec<Op>) -> TestResult);
+}
