@@ -1,0 +1,244 @@
+//! `palimpsest-bench`: runs palimpsest and a raw fjall baseline doing the same key operations in
+//! the same run, and reports ratios against the performance targets (a table, or one JSON object
+//! with `--json`). These machines are shared and noisy: ratios measured side by side hold,
+//! absolute times do not, so every figure is a median over repeats and every ratio is the median
+//! of per-repeat ratios with both sides measured back to back.
+//!
+//! Map:
+//! - `workload`: realistic messages, opening engines, building sessions fast.
+//! - `raw`: the raw fjall baseline (same keys, values copied from the engine's database).
+//! - `stats`: medians, percentiles, paired ratios.
+//! - `writes`: p3 (buffered appends vs raw inserts), p4 (group commit gain).
+//! - `stall`: p5 (append latency while a 2 s compaction is in flight).
+//! - `reads`: p1 (read growth), p2 (read vs raw), p6 (audit replay vs raw scan).
+//! - `rss`: p7 (peak RSS, measured in child processes).
+//! - `scaling`: latency by session length and by number of sessions.
+//! - `report`: targets, the JSON object and the table.
+//! - `profile`: a hidden subcommand running one hot loop alone, for `perf` or callgrind.
+
+mod profile;
+mod raw;
+mod reads;
+mod report;
+mod rss;
+mod scaling;
+mod stall;
+mod stats;
+mod workload;
+mod writes;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use palimpsest::Durability;
+use serde_json::{Map, Value, json};
+
+use crate::raw::RawDb;
+use crate::workload::log;
+
+/// Side-by-side performance ratios of palimpsest against raw fjall.
+#[derive(Parser, Debug)]
+#[command(name = "palimpsest-bench", version, about)]
+struct Args {
+    /// Smaller sizes (100k-message session instead of 1M; scaling up to 100k): a few minutes on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Hidden>,
+}
+
+/// Internal subcommands (the parent runs them in child processes).
+#[derive(Subcommand, Debug)]
+enum Hidden {
+    /// Opens a database, serves working-memory reads, prints its peak RSS as JSON.
+    #[command(name = "rss-probe", hide = true)]
+    RssProbe {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        session: String,
+        #[arg(long)]
+        calls: usize,
+    },
+    /// Runs one hot loop alone, for a profiler.
+    #[command(hide = true)]
+    Profile {
+        #[arg(value_enum)]
+        which: profile::Loop,
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+    },
+}
+
+/// Sizes and repeat counts of one run.
+pub struct Plan {
+    /// `--quick`: the smaller sizes.
+    pub quick: bool,
+    /// Messages in the large session (p1, p2, p6, p7).
+    pub large: u64,
+    /// Messages in the small session.
+    pub small: u64,
+    /// Repeats of every timed measurement (medians are over these).
+    pub repeats: usize,
+    /// `working_memory` calls per repeat.
+    pub wm_calls: usize,
+    /// Repeats of the audit-vs-scan measurement (each scans the whole large database).
+    pub replay_repeats: usize,
+    /// Single appends per p3 repeat.
+    pub append_calls: u64,
+    /// Concurrent sessions in p4.
+    pub p4_writers: usize,
+    /// Length of each p4 phase.
+    pub p4_phase: Duration,
+    /// Messages in the p5 session before the rounds.
+    pub p5_session_messages: u64,
+    /// Appends timed per p5 phase.
+    pub p5_samples: usize,
+    /// p5 rounds (each an idle phase and a phase with a compaction in flight).
+    pub p5_rounds: usize,
+    /// `working_memory` calls in each p7 child.
+    pub rss_calls: usize,
+    /// Children per database in p7.
+    pub rss_repeats: usize,
+    /// Session lengths of the scaling table.
+    pub scale_sizes: Vec<u64>,
+    /// Session counts of the scaling table.
+    pub scale_session_counts: Vec<u64>,
+    /// Messages per session in the session-count rows.
+    pub scale_per_session: u64,
+    /// Reads per scaling repeat.
+    pub scale_wm_calls: usize,
+    /// Appends per scaling repeat.
+    pub scale_appends: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        let large = if quick { 100_000 } else { 1_000_000 };
+        Self {
+            quick,
+            large,
+            small: 100,
+            repeats: if quick { 5 } else { 7 },
+            wm_calls: if quick { 2_000 } else { 5_000 },
+            replay_repeats: 5,
+            append_calls: if quick { 20_000 } else { 50_000 },
+            p4_writers: 64,
+            p4_phase: Duration::from_millis(if quick { 500 } else { 1_000 }),
+            p5_session_messages: 4_000,
+            p5_samples: 2_000,
+            p5_rounds: 5,
+            rss_calls: 10_000,
+            rss_repeats: if quick { 3 } else { 5 },
+            scale_sizes: if quick {
+                vec![100, 1_000, 10_000, 100_000]
+            } else {
+                vec![100, 1_000, 10_000, 100_000, 1_000_000]
+            },
+            scale_session_counts: if quick { vec![1, 100, 1_000] } else { vec![1, 100, 10_000] },
+            scale_per_session: 100,
+            scale_wm_calls: if quick { 500 } else { 1_000 },
+            scale_appends: if quick { 500 } else { 1_000 },
+        }
+    }
+}
+
+/// The runtime every measurement (and every rss child) uses: multi-thread, one worker per core.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores())
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn main() {
+    let args = Args::parse();
+    match &args.command {
+        Some(Hidden::RssProbe { db, session, calls }) => return rss::probe(db, session, *calls),
+        Some(Hidden::Profile { which, calls }) => return profile::run(*which, *calls),
+        None => {}
+    }
+    let plan = Plan::new(args.quick);
+    let started = Instant::now();
+    let mut out = Map::new();
+    out.insert("cores".into(), json!(cores()));
+    out.insert("quick".into(), json!(plan.quick));
+    out.insert("large_session_messages".into(), json!(plan.large));
+    out.insert("small_session_messages".into(), json!(plan.small));
+    out.insert("repeats".into(), json!(plan.repeats));
+    let runtime = runtime();
+    runtime.block_on(run(&plan, &mut out));
+    out.insert("elapsed_s".into(), json!(stats::round(started.elapsed().as_secs_f64(), 1)));
+    let out = report::finish(out);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out).expect("the report serializes"));
+    } else {
+        print!("{}", report::table(&out));
+    }
+}
+
+fn merge(out: &mut Map<String, Value>, part: Value) {
+    if let Value::Object(fields) = part {
+        out.extend(fields);
+    }
+}
+
+/// Every measurement, in an order that keeps each from disturbing the next: the write-side ones
+/// on fresh databases first, then the large database is built once and serves p7, p1, p2, p6 and
+/// the scaling table.
+async fn run(plan: &Plan, out: &mut Map<String, Value>) {
+    log("p3: buffered appends vs raw inserts");
+    merge(out, writes::append_ratio(plan).await);
+    log("p4: group commit");
+    merge(out, writes::group_commit_gain(plan).await);
+    log("p5: appends while a compaction is in flight");
+    merge(out, stall::compaction_stall(plan).await);
+
+    let (large_dir, small_dir, raw_dir) = (temp(), temp(), temp());
+    let (large_id, small_id) = ("large-session", "small-session");
+    log(format!("building a {}-message session", plan.large));
+    let start = Instant::now();
+    for (dir, id, n) in [(&large_dir, large_id, plan.large), (&small_dir, small_id, plan.small)] {
+        let engine = workload::open(dir.path(), Durability::Buffered);
+        workload::build(&workload::session(&engine, id), 0, n).await;
+    }
+    let build_s = start.elapsed().as_secs_f64();
+    out.insert("build_messages_per_s".into(), json!(stats::round(plan.large as f64 / build_s, 0)));
+    log(format!("built in {build_s:.1} s; copying it into the raw baseline"));
+    let copied = RawDb::open(raw_dir.path()).copy_from_engine_dir(large_dir.path());
+    assert_eq!(copied, plan.large, "the raw baseline holds every event");
+
+    log("p7: peak RSS in child processes");
+    merge(out, rss::rss_growth(plan, (large_dir.path(), large_id), (small_dir.path(), small_id)));
+
+    // Reopened after building, as after a restart (recovery replays the journal).
+    let large_engine = workload::open(large_dir.path(), Durability::Buffered);
+    let small_engine = workload::open(small_dir.path(), Durability::Buffered);
+    let raw = RawDb::open(raw_dir.path());
+    let (large, small) = (workload::session(&large_engine, large_id), workload::session(&small_engine, small_id));
+    log("p1/p2: working memory vs session length and vs raw fjall");
+    merge(out, reads::read_ratios(plan, &large, &small, &raw).await);
+    log("p6: audit replay vs raw full scan");
+    merge(out, reads::replay_ratio(plan, &large_engine, &raw));
+    drop(raw);
+
+    log("scaling table");
+    out.insert("scaling".into(), scaling::scaling(plan, &large, &small).await);
+    drop((large, small, large_engine, small_engine));
+
+    log("p7 diagnostic: peak RSS of the large database once flushed");
+    merge(out, rss::rss_after_flush(plan, (large_dir.path(), large_id)));
+}
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir")
+}

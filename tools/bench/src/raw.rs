@@ -1,0 +1,166 @@
+//! The raw fjall baseline: a plain fjall `Database` in its own directory holding the same keys
+//! and values as an engine database, and the bare key operations the engine's work is compared
+//! with (a head read plus a 50-key reverse scan, single inserts, a full scan).
+//!
+//! The engine's keys are mirrored here (`session ++ 0x00 ++ seq u64 BE`, see `src/keys.rs`)
+//! because `keys` is private. Values are never invented: they are copied byte for byte from an
+//! engine database opened raw after the engine closed, so both sides hold equal keys and values.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, UserKey, UserValue};
+
+use crate::workload::CACHE_MB;
+
+/// The engine's keyspace of events (`keys::EVENTS`).
+pub const EVENTS: &str = "events";
+/// The engine's keyspace of session heads (`keys::HEADS`).
+pub const HEADS: &str = "heads";
+
+/// Keys and values copied per batch.
+const COPY_BATCH: usize = 1_000;
+
+/// A stored key and value, as fjall hands them out (no copy).
+pub type Row = (UserKey, UserValue);
+
+/// The engine's event key: `session ++ 0x00 ++ seq (u64 BE)`.
+pub fn seq_key(session: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(session.len() + 9);
+    key.extend_from_slice(session.as_bytes());
+    key.push(0x00);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// An open raw database with the two keyspaces the read path touches.
+pub struct RawDb {
+    db: Database,
+    events: Keyspace,
+    heads: Keyspace,
+}
+
+impl RawDb {
+    /// Opens (or creates) a plain fjall database at `path` with the engine's cache size.
+    pub fn open(path: &Path) -> Self {
+        Self::open_with_cache(path, CACHE_MB << 20)
+    }
+
+    fn open_with_cache(path: &Path, cache_bytes: u64) -> Self {
+        let mut attempts = 0;
+        let db = loop {
+            match Database::builder(path).cache_size(cache_bytes).open() {
+                Ok(db) => break db,
+                // A database closed a moment ago may still be releasing its lock.
+                Err(fjall::Error::Locked) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("opening a raw fjall database at {} failed: {e:?}", path.display()),
+            }
+        };
+        let events = db.keyspace(EVENTS, KeyspaceCreateOptions::default).expect("opening the events keyspace");
+        let heads = db.keyspace(HEADS, KeyspaceCreateOptions::default).expect("opening the heads keyspace");
+        Self { db, events, heads }
+    }
+
+    /// Copies every event and head of the (closed) engine database at `engine_dir` into this
+    /// database, in batches, and returns the number of events copied.
+    pub fn copy_from_engine_dir(&self, engine_dir: &Path) -> u64 {
+        let source = Self::open_with_cache(engine_dir, 8 << 20);
+        let mut n_events = 0;
+        for (is_events, from, to) in [(true, &source.events, &self.events), (false, &source.heads, &self.heads)] {
+            let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+            for guard in from.iter() {
+                let (key, value) = guard.into_inner().expect("reading the engine database raw");
+                batch.insert(to, key, value);
+                n_events += u64::from(is_events);
+                if batch.len() == COPY_BATCH {
+                    std::mem::replace(&mut batch, self.db.batch().durability(Some(PersistMode::Buffer)))
+                        .commit()
+                        .expect("committing a copy batch");
+                }
+            }
+            batch.commit().expect("committing a copy batch");
+        }
+        n_events
+    }
+
+    /// Every event row of `session` in the (closed) engine database at `engine_dir`, in seq order.
+    pub fn engine_event_rows(engine_dir: &Path, session: &str) -> Vec<Row> {
+        let source = Self::open_with_cache(engine_dir, 8 << 20);
+        let mut prefix = session.as_bytes().to_vec();
+        prefix.push(0x00);
+        source.events.prefix(prefix).map(|g| g.into_inner().expect("reading the engine database raw")).collect()
+    }
+
+    /// What a plain fjall user does to serve the last `n` messages: read the session's head and
+    /// scan its newest `n` event keys in reverse. Returns the bytes read (fed to `black_box`).
+    pub fn head_and_last_n_rev(&self, session: &str, n: usize) -> usize {
+        let head = self.heads.get(session).expect("raw head read").map_or(0, |v| v.len());
+        let (from, to) = (seq_key(session, 0), seq_key(session, u64::MAX));
+        let rows: Vec<Row> =
+            self.events.range(from..=to).rev().take(n).map(|g| g.into_inner().expect("raw reverse scan")).collect();
+        black_box(head + rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+    }
+
+    /// The same read as [`RawDb::head_and_last_n_rev`] but forward from `last_seq - n + 1`, the way
+    /// the engine reads (reported for information; the target compares with the reverse scan).
+    pub fn head_and_last_n_fwd(&self, session: &str, last_seq: u64, n: usize) -> usize {
+        let head = self.heads.get(session).expect("raw head read").map_or(0, |v| v.len());
+        let first = last_seq.saturating_sub(n as u64 - 1).max(1);
+        let (from, to) = (seq_key(session, first), seq_key(session, last_seq));
+        let rows: Vec<Row> = self.events.range(from..=to).map(|g| g.into_inner().expect("raw forward scan")).collect();
+        black_box(head + rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+    }
+
+    /// Reads every event key and value in key order; returns how many.
+    pub fn scan_events(&self) -> u64 {
+        let mut n = 0u64;
+        let mut bytes = 0usize;
+        for guard in self.events.iter() {
+            let (k, v) = guard.into_inner().expect("raw full scan");
+            bytes += k.len() + v.len();
+            n += 1;
+        }
+        black_box(bytes);
+        n
+    }
+
+    /// Inserts one row into the events keyspace (a plain insert: journal write, no fsync).
+    pub fn insert_event(&self, key: UserKey, value: UserValue) {
+        self.events.insert(key, value).expect("raw insert");
+    }
+
+    /// Inserts one row into the events keyspace and fsyncs the journal (`persist(SyncData)`): one
+    /// durable write with nothing shared, i.e. the cost of one fsync plus one insert.
+    pub fn insert_event_synced(&self, key: Vec<u8>, value: &[u8]) {
+        self.events.insert(key, value).expect("raw insert");
+        self.db.persist(PersistMode::SyncData).expect("raw fsync");
+    }
+
+    /// Commits one event row and a head value in one batch, as the engine's write does (without
+    /// its reads, validation or encoding): the floor of an atomic event + head design on fjall.
+    pub fn commit_event_and_head(&self, key: UserKey, value: UserValue, head_key: &str, head: UserValue) {
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        batch.insert(&self.events, key, value);
+        batch.insert(&self.heads, head_key, head);
+        batch.commit().expect("raw batch commit");
+    }
+
+    /// The stored head of `session` in the (closed) engine database at `engine_dir`.
+    pub fn engine_head(engine_dir: &Path, session: &str) -> UserValue {
+        let source = Self::open_with_cache(engine_dir, 8 << 20);
+        source.heads.get(session).expect("reading a head raw").expect("the session has a head")
+    }
+
+    /// Flushes every keyspace's memtable of the (closed) database at `path` to disk tables, so a
+    /// later open has no journal to replay into memory.
+    pub fn flush_dir(path: &Path) {
+        let db = Self::open_with_cache(path, 8 << 20).db;
+        for name in db.list_keyspace_names() {
+            let keyspace = db.keyspace(&name, KeyspaceCreateOptions::default).expect("opening a keyspace");
+            keyspace.rotate_memtable_and_wait().expect("flushing a memtable");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Read-side ratios: working memory at a large session against a 100-message one (p1) and against
+//! a raw fjall head read plus 50-key reverse scan (p2), and audit replay against a raw full scan
+//! (p6). Each repeat runs every side back to back, so the ratios hold on a noisy machine.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use palimpsest::{AuditOptions, Engine, Session};
+use serde_json::{Value, json};
+
+use crate::Plan;
+use crate::raw::RawDb;
+use crate::stats::{mean_us_per_call, median, paired_ratio, round, us};
+use crate::workload::log;
+
+/// Messages in the working memory the targets ask about.
+pub const WINDOW: usize = 50;
+/// Untimed calls before timing, so caches and lazily opened tables are warm on both sides.
+const WARM_UP_CALLS: usize = 200;
+
+/// Mean microseconds of one `working_memory(WINDOW)` call on `session`, over `calls` calls.
+pub async fn wm_us(session: &Session, calls: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..calls {
+        let memory = session.working_memory(WINDOW).await.expect("working_memory");
+        black_box(memory);
+    }
+    us(start.elapsed()) / calls as f64
+}
+
+/// p1 and p2: the large and the small session, and the raw baseline of the large one.
+pub async fn read_ratios(plan: &Plan, large: &Session, small: &Session, raw: &RawDb) -> Value {
+    let id = large.id().as_str().to_string();
+    let last_seq = large.head().await.expect("head").expect("the large session exists").last_seq().get();
+    let memory = large.working_memory(WINDOW).await.expect("working_memory");
+    // The window rule may drop a tool result whose call fell off the front, never more.
+    assert!(memory.messages.len() + 1 >= WINDOW, "working memory holds {} messages", memory.messages.len());
+    wm_us(large, WARM_UP_CALLS).await;
+    wm_us(small, WARM_UP_CALLS).await;
+    for _ in 0..WARM_UP_CALLS {
+        raw.head_and_last_n_rev(&id, WINDOW);
+        raw.head_and_last_n_fwd(&id, last_seq, WINDOW);
+    }
+
+    let (mut at_large, mut at_small, mut raw_rev, mut raw_fwd) = (vec![], vec![], vec![], vec![]);
+    for repeat in 0..plan.repeats {
+        at_large.push(wm_us(large, plan.wm_calls).await);
+        raw_rev.push(time_raw(plan.wm_calls, || raw.head_and_last_n_rev(&id, WINDOW)));
+        at_small.push(wm_us(small, plan.wm_calls).await);
+        raw_fwd.push(time_raw(plan.wm_calls, || raw.head_and_last_n_fwd(&id, last_seq, WINDOW)));
+        log(format!(
+            "p1/p2 repeat {repeat}: wm50 {:.1} us at {} msgs, {:.1} us at {} msgs; raw rev {:.1} us, fwd {:.1} us",
+            at_large[repeat], plan.large, at_small[repeat], plan.small, raw_rev[repeat], raw_fwd[repeat]
+        ));
+    }
+    json!({
+        "p1_read_growth": round(paired_ratio(&at_large, &at_small), 3),
+        "p1_wm50_us_large": round(median(&at_large), 2),
+        "p1_wm50_us_small": round(median(&at_small), 2),
+        "p2_read_vs_raw": round(paired_ratio(&at_large, &raw_rev), 3),
+        "p2_wm50_us": round(median(&at_large), 2),
+        "p2_raw_head_rev50_us": round(median(&raw_rev), 2),
+        "p2_raw_head_fwd50_us": round(median(&raw_fwd), 2),
+        "p2_read_vs_raw_fwd": round(paired_ratio(&at_large, &raw_fwd), 3),
+    })
+}
+
+fn time_raw(calls: usize, mut op: impl FnMut() -> usize) -> f64 {
+    mean_us_per_call(calls, || {
+        black_box(op());
+    })
+}
+
+/// p6: `Engine::audit` over the whole large database against a raw scan of the same events.
+pub fn replay_ratio(plan: &Plan, engine: &Engine, raw: &RawDb) -> Value {
+    let (mut audit_rate, mut scan_rate, mut n_events) = (vec![], vec![], 0);
+    for repeat in 0..plan.replay_repeats {
+        let start = Instant::now();
+        let report = engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit");
+        let audit_s = start.elapsed().as_secs_f64();
+        assert!(report.ok, "the bench database audits clean: {:?}", report.violations.first());
+        n_events = report.events;
+        audit_rate.push(report.events as f64 / audit_s);
+
+        let start = Instant::now();
+        let scanned = raw.scan_events();
+        let scan_s = start.elapsed().as_secs_f64();
+        assert_eq!(scanned, report.events, "the raw baseline holds the same events");
+        scan_rate.push(scanned as f64 / scan_s);
+        log(format!(
+            "p6 repeat {repeat}: audit {:.0} events/s, raw scan {:.0} keys/s ({} events)",
+            audit_rate[repeat], scan_rate[repeat], report.events
+        ));
+    }
+    json!({
+        "p6_replay_vs_raw": round(paired_ratio(&audit_rate, &scan_rate), 3),
+        "p6_audit_events_per_s": round(median(&audit_rate), 0),
+        "p6_raw_scan_keys_per_s": round(median(&scan_rate), 0),
+        "p6_events": n_events,
+    })
+}

@@ -1,0 +1,141 @@
+//! Write-side ratios: buffered single-message appends against raw fjall inserts of the same bytes
+//! (p3), and durable appends from 64 concurrent sessions against one writer (p4, group commit).
+
+use std::time::{Duration, Instant};
+
+use palimpsest::{Durability, Session};
+use serde_json::{Value, json};
+
+use crate::Plan;
+use crate::raw::RawDb;
+use crate::stats::{median, paired_ratio, round};
+use crate::workload::{self, log, message};
+
+/// p3. Each repeat appends `plan.append_calls` messages to a fresh engine database, one per
+/// append, then inserts the very keys and values the engine stored into a fresh raw database, one
+/// per insert. Database opening and the copy in between are not timed. For information, a third
+/// side commits each event with the session's head value in one raw batch, as the engine's write
+/// does minus its reads and encoding: the most an atomic event + head design can reach on fjall.
+pub async fn append_ratio(plan: &Plan) -> Value {
+    let id = "append-bench";
+    let n = plan.append_calls as f64;
+    let (mut engine_rate, mut raw_rate, mut batch_rate) = (vec![], vec![], vec![]);
+    for repeat in 0..plan.repeats {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let engine = workload::open(dir.path(), Durability::Buffered);
+        let session = workload::session(&engine, id);
+        // Made before the clock starts: the raw side gets its bytes ready-made too.
+        let messages: Vec<_> = (0..plan.append_calls).map(message).collect();
+        let start = Instant::now();
+        for m in messages {
+            session.append(m).await.expect("append");
+        }
+        engine_rate.push(n / start.elapsed().as_secs_f64());
+        drop((session, engine));
+
+        let rows = RawDb::engine_event_rows(dir.path(), id);
+        let head = RawDb::engine_head(dir.path(), id);
+        assert_eq!(rows.len() as u64, plan.append_calls, "the engine stored one event per append");
+        let (raw_dir, batch_dir) = (tempfile::tempdir().expect("a temp dir"), tempfile::tempdir().expect("a temp dir"));
+        let raw = RawDb::open(raw_dir.path());
+        let start = Instant::now();
+        for (key, value) in rows.iter().cloned() {
+            raw.insert_event(key, value);
+        }
+        raw_rate.push(n / start.elapsed().as_secs_f64());
+
+        let raw = RawDb::open(batch_dir.path());
+        let start = Instant::now();
+        for (key, value) in rows {
+            raw.commit_event_and_head(key, value, id, head.clone());
+        }
+        batch_rate.push(n / start.elapsed().as_secs_f64());
+        log(format!(
+            "p3 repeat {repeat}: engine {:.0} appends/s, raw {:.0} inserts/s, raw event+head batches {:.0}/s",
+            engine_rate[repeat], raw_rate[repeat], batch_rate[repeat]
+        ));
+    }
+    json!({
+        "p3_append_vs_raw": round(paired_ratio(&engine_rate, &raw_rate), 3),
+        "p3_engine_appends_per_s": round(median(&engine_rate), 0),
+        "p3_raw_inserts_per_s": round(median(&raw_rate), 0),
+        "p3_raw_event_head_batches_per_s": round(median(&batch_rate), 0),
+        "p3_append_vs_raw_event_head_batch": round(paired_ratio(&engine_rate, &batch_rate), 3),
+        "p3_appends_per_repeat": plan.append_calls,
+    })
+}
+
+/// Appends from every session in `sessions` concurrently (one task each) for `phase`; returns the
+/// appends per second. `next` holds each session's next workload message index.
+async fn sync_appends_per_s(sessions: &[Session], next: &mut [u64], phase: Duration) -> f64 {
+    let start = Instant::now();
+    let deadline = start + phase;
+    let mut tasks = Vec::with_capacity(sessions.len());
+    for (session, &from) in sessions.iter().zip(next.iter()) {
+        let session = session.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut idx = from;
+            while Instant::now() < deadline {
+                session.append(message(idx)).await.expect("durable append");
+                idx += 1;
+            }
+            idx
+        }));
+    }
+    let mut appended = 0;
+    for (task, slot) in tasks.into_iter().zip(next.iter_mut()) {
+        let idx = task.await.expect("an append task panicked");
+        appended += idx - *slot;
+        *slot = idx;
+    }
+    appended as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Bytes of the value each raw durable insert writes (about an event).
+const RAW_SYNC_VALUE_BYTES: usize = 300;
+
+/// p4. Durable (`Sync`) appends per second with `plan.p4_writers` sessions appending at once,
+/// each from its own task on the multi-thread runtime, against a single writer; alternating.
+/// For information, each repeat also times raw fjall insert + fsync in a loop: what one fsync
+/// costs at that moment, which bounds the gain group commit can show (a cheap fsync leaves
+/// little to share, and the 64 writers are then bound by CPU instead).
+pub async fn group_commit_gain(plan: &Plan) -> Value {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let engine = workload::open(dir.path(), Durability::Sync);
+    let sessions: Vec<Session> =
+        (0..plan.p4_writers).map(|i| workload::session(&engine, &format!("writer-{i:03}"))).collect();
+    let mut next = vec![0u64; sessions.len()];
+    // Warm up: every session exists and the group-commit thread has run.
+    sync_appends_per_s(&sessions, &mut next, Duration::from_millis(100)).await;
+
+    let raw_dir = tempfile::tempdir().expect("a temp dir");
+    let raw = RawDb::open(raw_dir.path());
+    let value = vec![b'x'; RAW_SYNC_VALUE_BYTES];
+    let mut raw_seq = 0u64;
+
+    let (mut one, mut many, mut raw_sync) = (vec![], vec![], vec![]);
+    for repeat in 0..plan.repeats {
+        one.push(sync_appends_per_s(&sessions[..1], &mut next[..1], plan.p4_phase).await);
+        many.push(sync_appends_per_s(&sessions, &mut next, plan.p4_phase).await);
+        let start = Instant::now();
+        let first = raw_seq;
+        while start.elapsed() < plan.p4_phase {
+            raw_seq += 1;
+            raw.insert_event_synced(crate::raw::seq_key("raw-sync", raw_seq), &value);
+        }
+        raw_sync.push((raw_seq - first) as f64 / start.elapsed().as_secs_f64());
+        log(format!(
+            "p4 repeat {repeat}: {:.0} durable appends/s with 1 writer, {:.0} with {}; raw insert+fsync {:.0}/s",
+            one[repeat], many[repeat], plan.p4_writers, raw_sync[repeat]
+        ));
+    }
+    json!({
+        "p4_group_commit_gain": round(paired_ratio(&many, &one), 3),
+        "p4_sync_appends_per_s_many": round(median(&many), 0),
+        "p4_sync_appends_per_s_one": round(median(&one), 0),
+        "p4_raw_insert_fsync_per_s": round(median(&raw_sync), 0),
+        "p4_one_writer_vs_raw_fsync": round(paired_ratio(&one, &raw_sync), 3),
+        "p4_writers": plan.p4_writers,
+        "p4_phase_ms": plan.p4_phase.as_millis() as u64,
+    })
+}
