@@ -6,8 +6,8 @@
 //! Encode and decode check the same structural rules (paired assertions): an event that would not
 //! decode cleanly is never written, and one that decodes to something impossible is reported.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::event::{Event, EventKind};
@@ -76,13 +76,20 @@ fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         None => Err("empty value".to_string()),
         Some((&v, body)) if v == version => {
-            let mut rest = body;
-            let value = T::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
-                .map_err(|e| format!("undecodable (format {v}): {e}"))?;
-            if !rest.is_empty() {
-                return Err(format!("{} trailing bytes after the record", rest.len()));
+            // Decoding from the slice lets strings be built straight from the stored bytes,
+            // without first copying each through an `io::Read` scratch buffer.
+            let mut de = rmp_serde::Deserializer::from_read_ref(body);
+            let value = T::deserialize(&mut de).map_err(|e| format!("undecodable (format {v}): {e}"))?;
+            // The borrowed reader cannot say how much is left; reading one more value must hit
+            // the end of the input, or there are trailing bytes.
+            match serde::de::IgnoredAny::deserialize(&mut de) {
+                Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    Ok(value)
+                }
+                _ => Err("trailing bytes after the record".to_string()),
             }
-            Ok(value)
         }
         Some((&v, _)) => Err(format!("unknown format version {v} (this build reads {version})")),
     }

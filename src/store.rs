@@ -31,6 +31,11 @@ enum FaultPointAlias {
     Read,
 }
 
+/// Memtable size of every keyspace (fixed when a keyspace is created).
+const MEMTABLE_BYTES: u64 = 8 << 20;
+/// Longest wait for memtables to flush when the store closes.
+const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// fjall refuses (panics on) keys longer than this.
 const MAX_KEY_BYTES: usize = 65_535;
 
@@ -96,7 +101,10 @@ impl Store {
             }
             other => Error::Storage { op: "open", detail: format!("{other:?}") },
         })?;
-        let open_ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage("open keyspace"));
+        // A bounded memtable bounds what journal recovery must replay into memory at open, and
+        // so the memory a restarted engine needs, whatever the sessions' lengths.
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let open_ks = |name: &str| db.keyspace(name, options).map_err(storage("open keyspace"));
         let store = Self {
             #[cfg(feature = "testing")]
             faults: crate::testing::Faults::default(),
@@ -241,19 +249,22 @@ impl Store {
             .transpose()
     }
 
-    /// Events of `session` with seq in `[from, to]`, at most `limit`, decoded.
+    /// Events of `session` with seq in `[from, to]`, at most `limit`, decoded straight from
+    /// fjall's slices (the hot path of working memory: no intermediate copies).
     pub(crate) fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
-        let rows = self.scan(Ks::Events, &keys::seq_key(session, from), &keys::seq_key(session, to), limit)?;
-        rows.into_iter()
-            .map(|(k, v)| {
-                let (_, seq) = keys::parse_seq_key(&k).ok_or_else(|| Error::Corrupt {
-                    session: Some(session.to_string()),
-                    seq: None,
-                    detail: "malformed event key".to_string(),
-                })?;
-                codec::decode_event(session.as_str(), seq, &v)
-            })
-            .collect()
+        self.fault(FaultPointAlias::Read)?;
+        let (lo, hi) = (keys::seq_key(session, from), keys::seq_key(session, to));
+        let mut out = Vec::new();
+        for guard in self.events.range(lo..=hi).take(limit) {
+            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
+            let (_, seq) = keys::parse_seq_key(&k).ok_or_else(|| Error::Corrupt {
+                session: Some(session.to_string()),
+                seq: None,
+                detail: "malformed event key".to_string(),
+            })?;
+            out.push(codec::decode_event(session.as_str(), seq, &v)?);
+        }
+        Ok(out)
     }
 
     /// One event, if present.
@@ -284,6 +295,34 @@ impl Store {
                 })
             })
             .transpose()
+    }
+}
+
+impl Drop for Store {
+    /// Flushes memtables to tables on a clean close, so the next open replays (and holds in
+    /// memory) nothing but what came after. Bounded: past `CLOSE_FLUSH_TIMEOUT` the rest is
+    /// left to journal recovery, which is always correct, only slower.
+    fn drop(&mut self) {
+        // A directory removed under an open database (a test's temp dir, an operator's rm -rf)
+        // has nowhere to flush to.
+        if !self.path.join(FJALL_MARKER).exists() {
+            return;
+        }
+        let all = [&self.events, &self.heads, &self.splices, &self.blobs, &self.meta];
+        for ks in all {
+            if let Err(e) = ks.rotate_memtable() {
+                tracing::warn!(error = ?e, "could not flush a memtable at close; recovery will replay it");
+                return;
+            }
+        }
+        let deadline = std::time::Instant::now() + CLOSE_FLUSH_TIMEOUT;
+        while all.iter().any(|ks| ks.sealed_memtable_count() > 0) {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("memtables still flushing at close; recovery will replay them");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 }
 
