@@ -15,6 +15,14 @@ use crate::ids::{Seq, SummaryHash};
 /// precise [`Error::ToolCallAlreadyAnswered`] instead of [`Error::UnknownToolCall`].
 pub const RECENTLY_ANSWERED: usize = 16;
 
+/// A call id as the head remembers it once answered: the first 8 bytes of its blake3 hash. Fixed
+/// width keeps the head's decode, clone and drop free of per-id allocations on every append; a
+/// collision could only turn one refusal into the other (both refuse the message).
+fn answered_tag(id: &str) -> u64 {
+    let hash = blake3::hash(id.as_bytes());
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("a blake3 hash has 32 bytes"))
+}
+
 /// The latest splice, as the view sees it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SpliceRef {
@@ -43,7 +51,7 @@ pub struct Head {
     pub(crate) n_messages: u64,
     pub(crate) splice: Option<SpliceRef>,
     pub(crate) open_calls: Vec<OpenCall>,
-    pub(crate) recently_answered: Vec<String>,
+    pub(crate) recently_answered: Vec<u64>,
     pub(crate) episode: u64,
     pub(crate) episode_turns: u64,
     pub(crate) base: Seq,
@@ -107,7 +115,7 @@ pub fn apply(head: &mut Head, event: &Event) {
                 if head.recently_answered.len() == RECENTLY_ANSWERED {
                     head.recently_answered.remove(0);
                 }
-                head.recently_answered.push(id.clone());
+                head.recently_answered.push(answered_tag(id));
             }
         }
         EventKind::CompactionSpliced(s) => {
@@ -132,7 +140,7 @@ pub fn check_message(head: &Head, message: &Message, index: usize, max_open_call
         && !head.open_calls.iter().any(|c| &c.id == id)
     {
         let call_id = id.clone();
-        return Err(if head.recently_answered.contains(id) {
+        return Err(if head.recently_answered.contains(&answered_tag(id)) {
             Error::ToolCallAlreadyAnswered { index, call_id }
         } else {
             Error::UnknownToolCall { index, call_id }
