@@ -155,11 +155,16 @@ async fn the_embedded_summarizer_keeps_goals_tools_and_open_questions() {
     .unwrap();
     s.append(Message::tool_result("f1", "SK4411 at 249 EUR")).await.unwrap();
     s.append(Message::assistant("Booked SK4411 for 249 EUR.")).await.unwrap();
+    s.append(Message::user("Which terminal does it leave from?")).await.unwrap();
     s.append(Message::user("thanks")).await.unwrap();
     let outcome = s.compact(CompactionRequest::default().with_focus("price")).await.unwrap();
     assert!(matches!(outcome, CompactionOutcome::Spliced { .. }), "{outcome:?}");
     let text = s.working_memory(5).await.unwrap().summary.unwrap().text;
-    for needle in ["Oslo", "search_flights", "SK4411 at 249 EUR", "Booked SK4411", "check hotels?", "Focus: price"] {
+    for needle in ["Oslo", "search_flights", "SK4411 at 249 EUR", "Booked SK4411", "Focus: price"] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    // A question the assistant answered is not open; the one after the last answer is.
+    let open = &text[text.find("Open questions:").expect("an open question")..];
+    assert!(open.contains("user asked: Which terminal does it leave from?"), "{text}");
+    assert!(!open.contains("check hotels?"), "an answered question is listed as open:\n{text}");
 }

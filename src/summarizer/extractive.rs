@@ -95,6 +95,8 @@ fn carry_over(summary: &str) -> Vec<Line> {
 fn extract(input: &SummaryInput) -> Vec<Line> {
     let mut lines = Vec::new();
     let mut open: Vec<(&str, String)> = Vec::new();
+    // A user question stays open until an assistant message with text follows it.
+    let mut questions: Vec<String> = Vec::new();
     for m in &input.messages {
         let msg = &m.message;
         let first = excerpt(&msg.content, EXCERPT_BYTES);
@@ -102,12 +104,15 @@ fn extract(input: &SummaryInput) -> Vec<Line> {
             Role::User if !first.is_empty() => {
                 lines.push(Line { section: Section::Goals, text: format!("[{}] {first}", m.seq) });
                 if let Some(q) = last_question(&msg.content) {
-                    lines.push(Line { section: Section::Open, text: format!("[{}] user asked: {q}", m.seq) });
+                    questions.push(format!("[{}] user asked: {q}", m.seq));
                 }
             }
-            Role::Assistant | Role::System if !first.is_empty() => {
-                let section = if msg.role == Role::System { Section::Goals } else { Section::Decisions };
-                lines.push(Line { section, text: format!("[{}] {first}", m.seq) });
+            Role::Assistant if !first.is_empty() => {
+                questions.clear();
+                lines.push(Line { section: Section::Decisions, text: format!("[{}] {first}", m.seq) });
+            }
+            Role::System if !first.is_empty() => {
+                lines.push(Line { section: Section::Goals, text: format!("[{}] {first}", m.seq) });
             }
             Role::Tool => {
                 let id = msg.tool_call_id.as_deref().unwrap_or_default();
@@ -129,6 +134,7 @@ fn extract(input: &SummaryInput) -> Vec<Line> {
             open.push((call.id.as_str(), format!("{}({args})", call.name)));
         }
     }
+    lines.extend(questions.into_iter().map(|text| Line { section: Section::Open, text }));
     for (id, call) in open {
         lines.push(Line { section: Section::Open, text: format!("{call} #{id} has no result yet") });
     }
