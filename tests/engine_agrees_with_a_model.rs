@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::FnSummarizer;
 use palimpsest::{
-    CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, EventKind, Fault, FaultMode, FaultPoint,
-    Message, Seq, Stage, ToolCall,
+    BoundaryReason, CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, EventKind, Fault,
+    FaultMode, FaultPoint, Message, Seq, Stage, ToolCall,
 };
 use parking_lot::Mutex;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
@@ -49,12 +49,16 @@ impl Arbitrary for Op {
     }
 }
 
-/// What the model remembers of each event.
+/// What the model remembers of each event (`TurnCap`: the boundary the turn cap writes before a user message).
 #[derive(Clone, Debug, PartialEq)]
 enum Ev {
     Msg(Message),
     Splice { upto: u64, text: String },
+    TurnCap { episode: u64 },
 }
+
+/// `episodes.max_turns_per_episode` of the engine under test (the default).
+const MAX_TURNS: u64 = 30;
 
 #[derive(Default)]
 struct Model {
@@ -62,6 +66,8 @@ struct Model {
     open: Vec<(String, u64)>,
     upto: u64,
     summary: Option<String>,
+    episode: u64,
+    episode_turns: u64,
 }
 
 impl Model {
@@ -119,6 +125,15 @@ struct InFlight {
     plan: Option<(u64, usize)>,
 }
 
+/// Cancels an in-flight compaction the way a crash or a caller dropping the future would.
+async fn cancel(in_flight: Option<InFlight>, gate: &Gate) {
+    if let Some(InFlight { task, .. }) = in_flight {
+        task.abort();
+        let _ = task.await;
+        gate.lock().take();
+    }
+}
+
 async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
     let s = engine.session("m").map_err(|e| e.to_string())?;
     let history = match s.history(Seq::new(1), 10_000).await {
@@ -131,6 +146,9 @@ async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
         .map(|e| match &e.kind {
             EventKind::MessageAppended(m) => Ev::Msg(m.clone().with_created_at_ms(0)),
             EventKind::CompactionSpliced(sp) => Ev::Splice { upto: sp.upto.get(), text: String::new() },
+            EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap } => {
+                Ev::TurnCap { episode: *episode }
+            }
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -176,7 +194,12 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
             match op {
                 Op::User => {
                     append(Message::user(format!("turn {step}"))).await?;
+                    if model.episode_turns == MAX_TURNS {
+                        model.log.push(Ev::TurnCap { episode: model.episode });
+                        (model.episode, model.episode_turns) = (model.episode + 1, 0);
+                    }
                     model.log.push(Ev::Msg(Message::user(format!("turn {step}"))));
+                    model.episode_turns += 1;
                 }
                 Op::Calls(n) => {
                     let calls: Vec<ToolCall> = (0..n)
@@ -245,19 +268,10 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                         (_, other) => return Err(format!("step {step}: compaction to {upto} gave {other:?}")),
                     }
                 }
-                Op::CancelCompaction if in_flight.is_some() => {
-                    let InFlight { task, .. } = in_flight.take().expect("checked");
-                    task.abort();
-                    let _ = task.await;
-                    gate.lock().take();
-                }
-                Op::FinishCompaction | Op::FailCompaction | Op::CancelCompaction => {}
+                Op::CancelCompaction => cancel(in_flight.take(), &gate).await,
+                Op::FinishCompaction | Op::FailCompaction => {}
                 Op::Reopen => {
-                    if let Some(InFlight { task, .. }) = in_flight.take() {
-                        task.abort();
-                        let _ = task.await;
-                        gate.lock().take();
-                    }
+                    cancel(in_flight.take(), &gate).await;
                     drop(s);
                     drop(engine);
                     engine = open(dir.path(), &gate);
@@ -268,11 +282,7 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                         Err(Error::Storage { .. }) => {}
                         other => return Err(format!("step {step}: injected failure gave {other:?}")),
                     }
-                    if let Some(InFlight { task, .. }) = in_flight.take() {
-                        task.abort();
-                        let _ = task.await;
-                        gate.lock().take();
-                    }
+                    cancel(in_flight.take(), &gate).await;
                     drop(s);
                     drop(engine);
                     engine = open(dir.path(), &gate);
