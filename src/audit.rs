@@ -639,6 +639,7 @@ impl Engine {
             (keys::SPLICES, Ks::Splices),
             (keys::BLOBS, Ks::Blobs),
             (keys::META, Ks::Meta),
+            (keys::MEMORIES, Ks::Memories),
         ]
         .into_iter()
         .map(|(name, ks)| (name.to_string(), store.disk_space(ks)))

@@ -27,6 +27,14 @@ pub struct Config {
     pub compaction: Compaction,
     /// Which summarizer compaction uses, and its settings.
     pub summarizer: SummarizerConfig,
+    /// Bounded waits on namespace locks (memory extraction).
+    pub locks: Locks,
+    /// Episodes: the classifier and the turn cap.
+    pub episodes: Episodes,
+    /// Background work: the model-call budget and extraction bounds.
+    pub background: Background,
+    /// Long-term memory extraction.
+    pub extraction: Extraction,
 }
 
 impl Default for Config {
@@ -39,6 +47,10 @@ impl Default for Config {
             writes: Writes::default(),
             compaction: Compaction::default(),
             summarizer: SummarizerConfig::default(),
+            locks: Locks::default(),
+            episodes: Episodes::default(),
+            background: Background::default(),
+            extraction: Extraction::default(),
         }
     }
 }
@@ -196,6 +208,120 @@ impl Default for OpenAiConfig {
     }
 }
 
+/// What a namespace-lock acquisition does when its bounds run out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLockTimeout {
+    /// Fail with [`Error::LockTimeout`] (a failed extraction, recorded as such).
+    #[default]
+    Error,
+    /// Skip the work that wanted the lock (a skipped extraction, recorded as such).
+    Skip,
+}
+
+/// Bounded waits on namespace locks. Zero never means unlimited: `max_retries = 0` is one try.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Locks {
+    /// Longest wait of one retry for the holder to let go, ms. Default 200, range 1..=60,000.
+    pub retry_interval_ms: u64,
+    /// Retries after the first try; `null`: no count bound. Default 10, range 0..=100,000.
+    pub max_retries: Option<u64>,
+    /// Total wait, ms; `null`: no time bound. Default 5,000, range 1..=3,600,000.
+    pub timeout_ms: Option<u64>,
+    /// `error` (default) or `skip`.
+    pub on_timeout: OnLockTimeout,
+    /// Must be true for `max_retries` and `timeout_ms` to be both null (an unbounded wait).
+    pub allow_unlimited: bool,
+}
+
+impl Default for Locks {
+    fn default() -> Self {
+        Self {
+            retry_interval_ms: 200,
+            max_retries: Some(10),
+            timeout_ms: Some(5_000),
+            on_timeout: OnLockTimeout::Error,
+            allow_unlimited: false,
+        }
+    }
+}
+
+/// Which episode classifier the engine builds from config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifierKind {
+    /// The embedded lexical classifier: deterministic, offline.
+    #[default]
+    Embedded,
+    /// A model at the `summarizer.openai` endpoint.
+    Openai,
+}
+
+/// Episodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Episodes {
+    /// User turns after which an episode is closed before the next one. Default 30, range 5..=200.
+    pub max_turns_per_episode: u64,
+    /// Longest wait for the classifier, ms; then the turn is a new task. Default 5,000, range 1,000..=30,000.
+    pub classify_timeout_ms: u64,
+    /// `embedded` (default) or `openai`.
+    pub classifier: ClassifierKind,
+}
+
+impl Default for Episodes {
+    fn default() -> Self {
+        Self { max_turns_per_episode: 30, classify_timeout_ms: 5_000, classifier: ClassifierKind::Embedded }
+    }
+}
+
+/// Background work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Background {
+    /// Background model calls running at once (extraction, background compaction). Default 2, range 1..=8.
+    pub model_concurrency: u64,
+    /// Hard timeout of one extraction (permit wait, model call, lock, write), ms.
+    /// Default 90,000, range 1,000..=3,600,000.
+    pub extraction_timeout_ms: u64,
+    /// Extractions one session may have queued; more are skipped. Default 64, range 1..=10,000.
+    pub extraction_queue_depth: u64,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self { model_concurrency: 2, extraction_timeout_ms: 90_000, extraction_queue_depth: 64 }
+    }
+}
+
+/// Which memory extractor the engine builds from config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractorKind {
+    /// The embedded rule extractor: deterministic, offline.
+    #[default]
+    Embedded,
+    /// A model at the `summarizer.openai` endpoint.
+    Openai,
+}
+
+/// Long-term memory extraction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Extraction {
+    /// Extract after every splice and closed episode. Default true.
+    pub enabled: bool,
+    /// `embedded` (default) or `openai`.
+    pub extractor: ExtractorKind,
+}
+
+impl Default for Extraction {
+    fn default() -> Self {
+        Self { enabled: true, extractor: ExtractorKind::Embedded }
+    }
+}
+
 impl Config {
     /// A default config for the database at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -299,6 +425,29 @@ impl Config {
         if !(0.0..=2.0).contains(&o.temperature) {
             return Err(bad("summarizer.openai.temperature", format!("{} is out of range 0..=2", o.temperature)));
         }
+        let k = &self.locks;
+        in_range("locks.retry_interval_ms", k.retry_interval_ms, 1, 60_000)?;
+        if let Some(n) = k.max_retries {
+            in_range("locks.max_retries", n, 0, 100_000)?;
+        }
+        if let Some(ms) = k.timeout_ms {
+            in_range("locks.timeout_ms", ms, 1, 3_600_000)?;
+        }
+        if k.max_retries.is_none() && k.timeout_ms.is_none() && !k.allow_unlimited {
+            return Err(bad(
+                "locks.max_retries",
+                "null together with a null locks.timeout_ms waits without bound; set one of them, \
+                 or set locks.allow_unlimited = true to mean it"
+                    .to_string(),
+            ));
+        }
+        let e = &self.episodes;
+        in_range("episodes.max_turns_per_episode", e.max_turns_per_episode, 5, 200)?;
+        in_range("episodes.classify_timeout_ms", e.classify_timeout_ms, 1_000, 30_000)?;
+        let b = &self.background;
+        in_range("background.model_concurrency", b.model_concurrency, 1, 8)?;
+        in_range("background.extraction_timeout_ms", b.extraction_timeout_ms, 1_000, 3_600_000)?;
+        in_range("background.extraction_queue_depth", b.extraction_queue_depth, 1, 10_000)?;
         Ok(())
     }
 }

@@ -6,19 +6,22 @@
 //! head, and commit events + head (+ index entries) as one atomic batch. Appends to one session are
 //! therefore totally ordered; different sessions only share the group-commit thread.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec;
 use crate::compaction::Progress;
 use crate::compaction::progress::ProgressBus;
 use crate::compaction::run::InFlight;
-use crate::config::{Config, SummarizerKind};
+use crate::config::{ClassifierKind, Config, ExtractorKind, SummarizerKind};
+use crate::episode::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
 use crate::error::Error;
-use crate::event::{Event, EventKind, Message};
+use crate::event::{Event, EventKind, Message, Role};
+use crate::extract::queue::Extractions;
+use crate::extract::{MemoryExtractor, OpenAiExtractor, RuleExtractor};
 use crate::fold::{self, Head};
-use crate::guard::KeyedLocks;
+use crate::guard::{Guards, KeyedLocks};
 use crate::ids::{Seq, SessionId};
 use crate::keys;
 use crate::store::{Ks, Op, Store};
@@ -58,26 +61,75 @@ pub(crate) struct Inner {
     /// Compactions hold it shared from storing their blob to splicing; orphan collection holds it
     /// exclusively, so a blob about to be referenced is never collected.
     pub(crate) blob_gate: tokio::sync::RwLock<()>,
+    /// Namespace locks, the background model budget, and their counters.
+    pub(crate) guards: Guards,
+    pub(crate) classifier: Arc<dyn EpisodeClassifier>,
+    pub(crate) extractor: Arc<dyn MemoryExtractor>,
+    pub(crate) extractions: Arc<Extractions>,
+}
+
+/// Pluggable parts of an engine; each `None` is built from the config
+/// (`summarizer.kind`, `episodes.classifier`, `extraction.extractor`).
+#[derive(Clone, Default)]
+pub struct Components {
+    /// Writes compaction summaries.
+    pub summarizer: Option<Arc<dyn Summarizer>>,
+    /// Decides whether a user turn starts a new episode.
+    pub classifier: Option<Arc<dyn EpisodeClassifier>>,
+    /// Extracts long-term memories in the background.
+    pub extractor: Option<Arc<dyn MemoryExtractor>>,
 }
 
 impl Engine {
     /// Validates `config`, opens (or creates) the database and runs recovery. Blocking: in async
     /// code, call it before serving or inside `spawn_blocking`.
     pub fn open(config: Config) -> Result<Self, Error> {
-        config.validate()?;
-        let summarizer: Arc<dyn Summarizer> = match config.summarizer.kind {
-            SummarizerKind::Extractive => Arc::new(ExtractiveSummarizer),
-            SummarizerKind::Openai => Arc::new(OpenAiSummarizer::new(&config.summarizer.openai)?),
-        };
-        Self::open_with_summarizer(config, summarizer)
+        Self::open_with(config, Components::default())
     }
 
     /// Like [`Engine::open`], with a summarizer of the caller's instead of the configured one.
     pub fn open_with_summarizer(config: Config, summarizer: Arc<dyn Summarizer>) -> Result<Self, Error> {
+        Self::open_with(config, Components { summarizer: Some(summarizer), ..Components::default() })
+    }
+
+    /// Like [`Engine::open`], with any of the pluggable parts the caller's.
+    pub fn open_with(config: Config, components: Components) -> Result<Self, Error> {
         config.validate()?;
+        // One client for every model-based part that was not supplied, built only if one needs it.
+        let mut client: Option<Arc<OpenAiSummarizer>> = None;
+        let mut openai = || -> Result<Arc<OpenAiSummarizer>, Error> {
+            if let Some(c) = &client {
+                return Ok(Arc::clone(c));
+            }
+            let c = Arc::new(OpenAiSummarizer::new(&config.summarizer.openai)?);
+            client = Some(Arc::clone(&c));
+            Ok(c)
+        };
+        let summarizer: Arc<dyn Summarizer> = match (components.summarizer, config.summarizer.kind) {
+            (Some(s), _) => s,
+            (None, SummarizerKind::Extractive) => Arc::new(ExtractiveSummarizer),
+            (None, SummarizerKind::Openai) => openai()?,
+        };
+        let classifier: Arc<dyn EpisodeClassifier> = match (components.classifier, config.episodes.classifier) {
+            (Some(c), _) => c,
+            (None, ClassifierKind::Embedded) => Arc::new(LexicalClassifier),
+            (None, ClassifierKind::Openai) => Arc::new(OpenAiClassifier::new(openai()?)),
+        };
+        let extractor: Arc<dyn MemoryExtractor> = match (components.extractor, config.extraction.extractor) {
+            (Some(e), _) => e,
+            (None, ExtractorKind::Embedded) => Arc::new(RuleExtractor),
+            (None, ExtractorKind::Openai) => Arc::new(OpenAiExtractor::new(openai()?)),
+        };
         let store = Arc::new(Store::open(&config.path, config.cache_mb)?);
         let writer = Writer::start(store, config.durability, &config.writes)?;
         tracing::info!(path = %config.path.display(), durability = ?config.durability, summarizer = summarizer.name(), "engine open");
+        let guards = Guards::new(&config);
+        let bg = &config.background;
+        let extractions = Arc::new(Extractions::new(
+            Arc::clone(&guards.counters),
+            bg.extraction_queue_depth,
+            bg.extraction_timeout_ms,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -88,8 +140,23 @@ impl Engine {
                 progress: ProgressBus::default(),
                 next_compaction: AtomicU64::new(1),
                 blob_gate: tokio::sync::RwLock::new(()),
+                guards,
+                classifier,
+                extractor,
+                extractions,
             }),
         })
+    }
+
+    /// A reference that does not keep the database open: background workers hold one between
+    /// jobs, so dropping the last handle closes the database even with work queued.
+    pub(crate) fn downgrade(&self) -> Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The engine behind `weak`, if it is still open.
+    pub(crate) fn upgrade(weak: &Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
     }
 
     /// Subscribes to compaction progress of every session. A subscriber that falls more than
@@ -262,7 +329,10 @@ impl Session {
         Ok(seqs.start)
     }
 
-    /// Appends messages atomically, in order: either all are stored or none. Returns their seqs.
+    /// Appends messages atomically, in order: either all are stored or none. Returns the range
+    /// from the first message's seq to just past the last one's. A user message that would pass
+    /// `episodes.max_turns_per_episode` gets a `TurnCap` episode boundary written just before it
+    /// in the same batch, so the range may include boundaries (and the first message may follow one).
     pub async fn append_many(&self, mut messages: Vec<Message>) -> Result<std::ops::Range<Seq>, Error> {
         let limits = &self.engine.inner.config.limits;
         if messages.is_empty() || messages.len() as u64 > limits.max_batch_messages {
@@ -284,7 +354,8 @@ impl Session {
                 m.created_at_ms = stamp;
             }
         }
-        let n = messages.len() as u64;
+        let cap = self.engine.inner.config.episodes.max_turns_per_episode;
+        let (mut first, mut boundaries) = (Seq::ZERO, Vec::new());
         let head = self
             .engine
             .write_events(&self.id, |head, _| {
@@ -293,16 +364,25 @@ impl Session {
                 let mut kinds = Vec::with_capacity(messages.len());
                 for (idx, m) in messages.into_iter().enumerate() {
                     fold::check_message(&scratch, &m, idx, max_open)?;
-                    let kind = EventKind::MessageAppended(m);
-                    let ev = Event { seq: scratch.last_seq().next(), at_ms: 0, kind };
-                    fold::apply(&mut scratch, &ev);
-                    kinds.push(ev.kind);
+                    // A full episode is closed before its next user turn, in this same batch.
+                    if m.role == Role::User
+                        && let Some(boundary) = episode::turn_cap_boundary(&scratch, cap)
+                    {
+                        boundaries.push(scratch.last_seq().next());
+                        episode::push_kind(&mut scratch, &mut kinds, boundary);
+                    }
+                    if idx == 0 {
+                        first = scratch.last_seq().next();
+                    }
+                    episode::push_kind(&mut scratch, &mut kinds, EventKind::MessageAppended(m));
                 }
                 Ok((kinds, Vec::new()))
             })
             .await?;
-        let end = head.last_seq().next();
-        Ok(Seq::new(end.get() - n)..end)
+        for boundary in boundaries {
+            self.engine.schedule_episode_extraction(&self.id, boundary);
+        }
+        Ok(first..head.last_seq().next())
     }
 
     /// The session's head (fold state), or `None` if it has no events.

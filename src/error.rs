@@ -55,6 +55,11 @@ pub enum Error {
     #[error("timed out after {after_ms} ms waiting for {what}")]
     Timeout { what: &'static str, after_ms: u64 },
 
+    /// A namespace lock stayed held by someone else through `attempts` attempts and `waited_ms`
+    /// ms (the `locks` bounds) and `locks.on_timeout` is `error`. Retry later; nothing was written.
+    #[error("namespace {namespace:?} stayed locked through {attempts} attempts ({waited_ms} ms)")]
+    LockTimeout { namespace: String, attempts: u64, waited_ms: u64 },
+
     /// The storage layer failed. If it failed during a write the engine is now poisoned.
     /// Surface it; reopen the engine once the cause (disk full, I/O error) is fixed.
     #[error("storage error during {op}: {detail}")]

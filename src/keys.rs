@@ -7,6 +7,7 @@
 //! | `splices` | session id, 0x00, seq of splice (BE)  | empty: an index of splice events     |
 //! | `blobs`   | blake3 hash (32 bytes)                | summary text, UTF-8                  |
 //! | `meta`    | ASCII name (`format`)                 | see SPEC.md                          |
+//! | `memories`| namespace, 0x00, memory id (32 bytes) | memory record (version byte + msgpack) |
 //!
 //! Session ids never contain 0x00, so `id ++ 0x00` is a prefix that matches exactly one session,
 //! and big-endian seqs make a session's events sort by number.
@@ -23,6 +24,9 @@ pub const SPLICES: &str = "splices";
 pub const BLOBS: &str = "blobs";
 /// Keyspace of database-wide records.
 pub const META: &str = "meta";
+
+/// Keyspace of long-term memories by (namespace, id).
+pub const MEMORIES: &str = "memories";
 
 /// The `meta` key holding the database format version.
 pub const META_FORMAT: &[u8] = b"format";
@@ -63,6 +67,21 @@ pub fn parse_seq_key(key: &[u8]) -> Option<(&str, Seq)> {
 /// The key of a session's head.
 pub fn head_key(session: &SessionId) -> &[u8] {
     session.as_str().as_bytes()
+}
+
+/// The prefix shared by every memory key of `namespace` (a session id's prefix: no 0x00 in it).
+pub fn memory_prefix(namespace: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(namespace.len() + 1 + 32);
+    key.extend_from_slice(namespace.as_bytes());
+    key.push(SEPARATOR);
+    key
+}
+
+/// The key of memory `id` (blake3 of namespace and text) in `namespace`.
+pub fn memory_key(namespace: &str, id: &[u8; 32]) -> Vec<u8> {
+    let mut key = memory_prefix(namespace);
+    key.extend_from_slice(id);
+    key
 }
 
 /// The key of a summary blob.

@@ -15,7 +15,9 @@
 //! - `view`: pure: which messages working memory shows.
 //! - `store`: the fjall boundary (the only module naming fjall).
 //! - `writer`: durability, group commit, poisoning.
-//! - `guard`: bounded waits on keyed locks.
+//! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
+//! - `episode`: the [`EpisodeClassifier`] trait, the lexical default, turn caps and boundaries.
+//! - `extract`: background memory extraction into namespaces, its queue and `drain`.
 //! - `audit`: replay every session, check the invariants, rebuild heads, collect orphan blobs.
 //! - `compaction`: pure pair-safe planning, the single-flight runner, progress events.
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
@@ -28,8 +30,10 @@ mod codec;
 mod compaction;
 mod config;
 mod engine;
+mod episode;
 mod error;
 mod event;
+mod extract;
 mod fold;
 mod guard;
 mod ids;
@@ -51,13 +55,23 @@ pub use crate::{
         is_pair_safe, plan,
     },
     config::{
-        Compaction as CompactionConfig, Config, Durability, Limits, OpenAiConfig, SummarizerConfig, SummarizerKind,
-        Writes,
+        Background as BackgroundConfig, ClassifierKind, Compaction as CompactionConfig, Config, Durability,
+        Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits, Locks as LocksConfig,
+        OnLockTimeout, OpenAiConfig, SummarizerConfig, SummarizerKind, Writes,
     },
-    engine::{Engine, Session},
+    engine::{Components, Engine, Session},
+    episode::{
+        Boundary, CLASSIFY_CONTEXT_EVENTS, ClassifyInput, EpisodeClassifier, EpisodeDecision, LexicalClassifier,
+        OpenAiClassifier, TurnOutcome,
+    },
     error::{Error, Result},
     event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall},
+    extract::{
+        DrainReport, ExtractInput, ExtractionError, MAX_EXTRACTION_ERROR_BYTES, MAX_MEMORIES_PER_EXTRACTION,
+        MAX_MEMORY_BYTES, Memory, MemoryExtractor, OpenAiExtractor, RuleExtractor, namespace_of,
+    },
     fold::{Head, OpenCall, SpliceRef, apply, check_message, replay},
+    guard::{GuardStats, LockOutcome, NamespaceGuard},
     ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, SummaryHash},
     summarizer::{
         BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, OpenAiSummarizer, Summarizer, SummaryInput,

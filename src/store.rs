@@ -47,6 +47,7 @@ pub(crate) enum Ks {
     Splices,
     Blobs,
     Meta,
+    Memories,
 }
 
 /// A stored key and its value.
@@ -77,6 +78,7 @@ pub(crate) struct Store {
     splices: Keyspace,
     blobs: Keyspace,
     meta: Keyspace,
+    memories: Keyspace,
     path: PathBuf,
 }
 
@@ -113,6 +115,7 @@ impl Store {
             splices: open_ks(keys::SPLICES)?,
             blobs: open_ks(keys::BLOBS)?,
             meta: open_ks(keys::META)?,
+            memories: open_ks(keys::MEMORIES)?,
             db,
             path: path.to_path_buf(),
         };
@@ -147,6 +150,7 @@ impl Store {
             Ks::Splices => &self.splices,
             Ks::Blobs => &self.blobs,
             Ks::Meta => &self.meta,
+            Ks::Memories => &self.memories,
         }
     }
 
@@ -308,7 +312,7 @@ impl Drop for Store {
         if !self.path.join(FJALL_MARKER).exists() {
             return;
         }
-        let all = [&self.events, &self.heads, &self.splices, &self.blobs, &self.meta];
+        let all = [&self.events, &self.heads, &self.splices, &self.blobs, &self.meta, &self.memories];
         for ks in all {
             if let Err(e) = ks.rotate_memtable() {
                 tracing::warn!(error = ?e, "could not flush a memtable at close; recovery will replay it");

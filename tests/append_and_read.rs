@@ -145,7 +145,11 @@ async fn time_travel_shows_the_window_as_of_a_past_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_to_one_session_are_totally_ordered() {
-    let (engine, _dir) = engine(Durability::Sync);
+    // 200 user turns, all within one episode (no turn-cap boundary), so the seqs are 1..=200.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = palimpsest::Config::new(dir.path().join("db"));
+    config.episodes.max_turns_per_episode = 200;
+    let engine = palimpsest::Engine::open(config).unwrap();
     let mut tasks = Vec::new();
     for w in 0..8 {
         let s = engine.session("shared").unwrap();

@@ -23,6 +23,8 @@ async fn long_session(engine: &palimpsest::Engine) -> Session {
 }
 
 fn tune(c: &mut palimpsest::Config) {
+    // The long session's 60 user turns stay one episode, so seqs are those of the messages.
+    c.episodes.max_turns_per_episode = 200;
     c.compaction.chunk_bytes = CHUNK_BYTES;
     c.compaction.chunk_concurrency = 3;
     c.compaction.chunk_timeout_ms = 10_000;

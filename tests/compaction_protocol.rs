@@ -34,7 +34,8 @@ async fn wait_for_strategy(progress: &mut tokio::sync::broadcast::Receiver<palim
 #[tokio::test(start_paused = true)]
 async fn appends_keep_completing_while_the_summarizer_is_busy() {
     let gate = Arc::new(Notify::new());
-    let (engine, _dir) = engine_with(gated(Arc::clone(&gate)), |_| {});
+    // 35 turns in one episode: this test counts seqs of messages and the splice only.
+    let (engine, _dir) = engine_with(gated(Arc::clone(&gate)), |c| c.episodes.max_turns_per_episode = 200);
     let s = engine.session("busy").unwrap();
     for i in 0..10 {
         s.append_many(turn(i)).await.unwrap();

@@ -23,6 +23,8 @@ async fn many_writers_and_compactions_keep_every_log_dense_and_valid() {
     let mut config = Config::new(dir.path().join("db"));
     config.durability = Durability::Sync;
     config.compaction.keep_last_messages = 8;
+    // Each session's 48 messages stay one episode: the event count below is messages and splices.
+    config.episodes.max_turns_per_episode = 200;
     let summarizer = FnSummarizer::new(|input| {
         Box::pin(async move {
             tokio::task::yield_now().await;

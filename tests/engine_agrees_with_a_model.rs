@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::FnSummarizer;
 use palimpsest::{
-    CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, EventKind, Fault, FaultMode, FaultPoint,
-    Message, Seq, Stage, ToolCall,
+    BoundaryReason, CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, EventKind, Fault,
+    FaultMode, FaultPoint, Message, Seq, Stage, ToolCall,
 };
 use parking_lot::Mutex;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
@@ -49,12 +49,16 @@ impl Arbitrary for Op {
     }
 }
 
-/// What the model remembers of each event.
+/// What the model remembers of each event (`TurnCap`: the boundary the turn cap writes before a user message).
 #[derive(Clone, Debug, PartialEq)]
 enum Ev {
     Msg(Message),
     Splice { upto: u64, text: String },
+    TurnCap { episode: u64 },
 }
+
+/// `episodes.max_turns_per_episode` of the engine under test (the default).
+const MAX_TURNS: u64 = 30;
 
 #[derive(Default)]
 struct Model {
@@ -62,6 +66,8 @@ struct Model {
     open: Vec<(String, u64)>,
     upto: u64,
     summary: Option<String>,
+    episode: u64,
+    episode_turns: u64,
 }
 
 impl Model {
@@ -140,6 +146,9 @@ async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
         .map(|e| match &e.kind {
             EventKind::MessageAppended(m) => Ev::Msg(m.clone().with_created_at_ms(0)),
             EventKind::CompactionSpliced(sp) => Ev::Splice { upto: sp.upto.get(), text: String::new() },
+            EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap } => {
+                Ev::TurnCap { episode: *episode }
+            }
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -185,7 +194,12 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
             match op {
                 Op::User => {
                     append(Message::user(format!("turn {step}"))).await?;
+                    if model.episode_turns == MAX_TURNS {
+                        model.log.push(Ev::TurnCap { episode: model.episode });
+                        (model.episode, model.episode_turns) = (model.episode + 1, 0);
+                    }
                     model.log.push(Ev::Msg(Message::user(format!("turn {step}"))));
+                    model.episode_turns += 1;
                 }
                 Op::Calls(n) => {
                     let calls: Vec<ToolCall> = (0..n)

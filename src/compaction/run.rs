@@ -184,6 +184,29 @@ impl Session {
         outcome
     }
 
+    /// Runs [`Session::compact`] on a spawned task that first takes a permit of the background
+    /// model budget (`background.model_concurrency`), waiting at most `compaction.timeout_ms` for
+    /// it, so background compactions never run more model calls at once than the budget allows.
+    /// A compaction awaited directly with `compact` takes no permit: it is the foreground.
+    /// Needs a tokio runtime ([`Error::InvalidArgument`] without one).
+    pub fn compact_in_background(
+        &self,
+        request: CompactionRequest,
+    ) -> Result<tokio::task::JoinHandle<Result<CompactionOutcome, Error>>, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::InvalidArgument {
+            what: "runtime",
+            reason: format!("compact_in_background needs a tokio runtime: {e}"),
+        })?;
+        let session = self.clone();
+        Ok(runtime.spawn(async move {
+            let inner = session.engine().inner();
+            let timeout = Duration::from_millis(inner.config.compaction.timeout_ms);
+            let guards = &inner.guards;
+            let _permit = guards.budget.acquire(timeout, "a background model permit", &guards.counters).await?;
+            session.compact(request).await
+        }))
+    }
+
     /// Steps 2 and 3 of the module docs: choose and check the cut, summarize.
     async fn summarize_step(&self, id: u64, request: CompactionRequest) -> Result<Step, Error> {
         let engine = self.engine();
@@ -293,6 +316,9 @@ impl Session {
         crate::testing::kill_point("compaction:after_splice");
         inner.progress.publish(self.id(), id, Stage::Spliced { upto, summary_hash, seq: head.last_seq() });
         tracing::info!(session = %self.id(), %upto, n_messages, "compaction spliced");
+        // The compacted span goes to memory extraction in the background; this compaction (and
+        // whoever awaits it) does not wait for it.
+        engine.schedule_extraction(self.id(), Some(lower), upto);
         Ok(CompactionOutcome::Spliced {
             requested_upto: requested,
             upto,

@@ -1,8 +1,13 @@
-//! Guards for busy deployments: bounded waits on locks.
+//! Guards for busy deployments: bounded waits on locks, and one budget for background model calls.
 //!
-//! [`KeyedLocks`] hands out one async mutex per key (a session, later a namespace), waits for it
+//! [`KeyedLocks`] hands out one async mutex per key (a session, a namespace), waits for it
 //! at most a given time, and forgets a key as soon as nobody holds or waits for it, so the
 //! registry never grows with the number of keys ever seen.
+//!
+//! - `lock`: namespace locks acquired under the `locks` policy (retry interval, retries, timeout,
+//!   error or skip), with telemetry.
+//! - `budget`: the one semaphore every background model call takes a permit from.
+//! - `stats`: the counters behind [`crate::Engine::guard_stats`].
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -11,6 +16,72 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::ids::SessionId;
+
+pub(crate) mod budget;
+pub(crate) mod lock;
+pub(crate) mod stats;
+
+pub use lock::{LockOutcome, NamespaceGuard};
+pub use stats::GuardStats;
+
+/// The engine's guards: namespace locks, the background budget, and their counters.
+pub(crate) struct Guards {
+    pub(crate) namespaces: lock::NamespaceLocks,
+    pub(crate) budget: budget::Budget,
+    pub(crate) counters: Arc<stats::Counters>,
+}
+
+impl Guards {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            namespaces: lock::NamespaceLocks::new(config.locks.clone()),
+            budget: budget::Budget::new(config.background.model_concurrency),
+            counters: Arc::new(stats::Counters::default()),
+        }
+    }
+}
+
+impl Engine {
+    /// A snapshot of the guards' counters and gauges: namespace locks, the background budget,
+    /// extraction and episode classification. See [`GuardStats`].
+    pub fn guard_stats(&self) -> GuardStats {
+        let inner = self.inner();
+        let mut stats = inner.guards.counters.snapshot();
+        stats.background_permits = inner.guards.budget.permits();
+        stats.background_permits_in_use = inner.guards.budget.in_use();
+        stats.background_waiters = inner.guards.budget.waiters();
+        stats.extractions_pending = inner.extractions.pending();
+        stats.extractions_running = inner.extractions.running();
+        stats.extraction_sessions = inner.extractions.sessions();
+        stats
+    }
+
+    /// Namespaces whose lock is held or awaited right now.
+    pub fn namespaces_locked(&self) -> usize {
+        self.inner().guards.namespaces.len()
+    }
+
+    /// Takes `namespace`'s lock for `session` under the `locks` policy: the lock memory
+    /// extraction holds while it writes into the namespace. Returns [`LockOutcome::Held`], or
+    /// [`LockOutcome::Skipped`] when the bounds ran out and `locks.on_timeout` is `skip`; with
+    /// `error` that is [`Error::LockTimeout`]. An empty namespace is [`Error::InvalidArgument`].
+    pub async fn lock_namespace(&self, namespace: &str, session: &SessionId) -> Result<LockOutcome, Error> {
+        check_namespace(namespace)?;
+        let guards = &self.inner().guards;
+        guards.namespaces.acquire(namespace, session, &guards.counters).await
+    }
+}
+
+/// A namespace follows the session-id rules (it is a session id's prefix), so its keys are bounded
+/// and never contain the separator byte.
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), Error> {
+    SessionId::new(namespace).map(drop).map_err(|e| Error::InvalidArgument { what: "namespace", reason: e.to_string() })
+}
 
 type Slots<K> = Arc<Mutex<HashMap<K, Arc<AsyncMutex<()>>>>>;
 
@@ -60,6 +131,17 @@ impl<K: Eq + Hash + Clone> KeyedLocks<K> {
             SlotRef { key: key.clone(), slot, slots: Arc::clone(&self.slots) }
         };
         let guard = tokio::time::timeout(timeout, Arc::clone(&slot_ref.slot).lock_owned()).await.ok()?;
+        Some(KeyedGuard { _guard: guard, _slot: slot_ref })
+    }
+
+    /// Takes `key`'s lock if it is free right now, without waiting.
+    pub(crate) fn try_lock(&self, key: &K) -> Option<KeyedGuard<K>> {
+        let slot_ref = {
+            let mut slots = self.slots.lock();
+            let slot = Arc::clone(slots.entry(key.clone()).or_default());
+            SlotRef { key: key.clone(), slot, slots: Arc::clone(&self.slots) }
+        };
+        let guard = Arc::clone(&slot_ref.slot).try_lock_owned().ok()?;
         Some(KeyedGuard { _guard: guard, _slot: slot_ref })
     }
 

@@ -124,11 +124,18 @@ impl OpenAiSummarizer {
 
     async fn call(&self, input: SummaryInput) -> Result<String, Error> {
         let prompt = super::prompt::build(&input);
+        self.complete(&prompt.system, &prompt.user, &format!("{:?}", input.task)).await
+    }
+
+    /// One chat completion of a system and a user message; returns the reply text unchecked.
+    /// `task` names the request in logs. Shared by the summarizer and by the model-based episode
+    /// classifier and memory extractor, so they reuse one client, its bounds and its error mapping.
+    pub(crate) async fn complete(&self, system: &str, user: &str, task: &str) -> Result<String, Error> {
         let body = json!({
             "model": self.model,
             "messages": [
-                {"role": "system", "content": prompt.system},
-                {"role": "user", "content": prompt.user},
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
             ],
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
@@ -140,7 +147,7 @@ impl OpenAiSummarizer {
         tracing::debug!(
             url = %self.shown_url,
             model = %self.model,
-            task = ?input.task,
+            task,
             request_bytes = bytes.len(),
             "summarizer request"
         );

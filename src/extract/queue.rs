@@ -1,0 +1,455 @@
+//! The background extraction queue.
+//!
+//! Each session with work has one registry entry: a queue of jobs (at most
+//! `background.extraction_queue_depth`; a job beyond that is skipped and recorded) and one worker
+//! task that runs them one at a time, in order. Different sessions have different workers, so they
+//! run in parallel, bounded only by the background budget each job's extractor call takes a permit
+//! from. A worker that finds its queue empty removes the entry under the registry lock and ends,
+//! so the registry holds only sessions with work and never grows with the sessions ever seen.
+//!
+//! Every job runs under `background.extraction_timeout_ms` (the permit wait, the extractor call,
+//! the namespace lock and the write together). Workers hold the engine weakly between jobs: a
+//! dropped engine closes its database even with work queued (that work is then skipped).
+//! [`crate::Engine::drain`] waits for the queue to empty, and on timeout can cancel what is left:
+//! it aborts the workers and waits (bounded) until they are gone.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{ExtractInput, encode_memory, memory_id, namespace_of, normalize};
+use crate::engine::{Engine, Inner, now_ms};
+use crate::error::Error;
+use crate::event::EventKind;
+use crate::guard::LockOutcome;
+use crate::guard::stats::{Counters, add};
+use crate::ids::{Seq, SessionId};
+use crate::keys;
+use crate::store::{Ks, Op};
+use crate::summarizer::truncate_bytes;
+use crate::view::messages_of;
+
+/// Sessions whose last extraction error is kept; the oldest is forgotten first.
+pub const MAX_ERRORS_KEPT: usize = 1_024;
+/// Longest error message kept, bytes.
+pub const MAX_EXTRACTION_ERROR_BYTES: usize = 512;
+/// Most events scanned back from an episode's boundary to find where the episode began.
+pub const MAX_EPISODE_SCAN_EVENTS: u64 = 4_096;
+/// How long a cancelling drain waits for aborted workers to be gone.
+const ABORT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one drain left behind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    /// Extractions still queued or running when the drain returned (0 after a cancellation,
+    /// unless new work was scheduled meanwhile).
+    pub left: u64,
+    /// Extractions the drain cancelled.
+    pub cancelled: u64,
+}
+
+/// The last failed (or timed-out, or dropped) extraction of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExtractionError {
+    /// The session.
+    pub session: String,
+    /// The span: messages in (`from`, `upto`]; `from` is `None` for an episode whose start was
+    /// not found yet.
+    pub from: Option<Seq>,
+    /// See `from`.
+    pub upto: Seq,
+    /// What went wrong, at most [`MAX_EXTRACTION_ERROR_BYTES`].
+    pub message: String,
+    /// Time the job waited in its queue, ms.
+    pub queue_wait_ms: u64,
+    /// Time it ran, ms.
+    pub duration_ms: u64,
+    /// When it ended, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// One extraction to run.
+#[derive(Clone, Debug)]
+pub(crate) struct Job {
+    pub(crate) session: SessionId,
+    /// Exclusive start of the span; `None`: the start of the episode that ends at `upto`.
+    pub(crate) from: Option<Seq>,
+    pub(crate) upto: Seq,
+    pub(crate) enqueued_at: Instant,
+}
+
+struct Entry {
+    jobs: VecDeque<Job>,
+    worker: u64,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// How a job ended (errors aside).
+enum Ended {
+    Done { n_new: u64 },
+    Skipped(String),
+}
+
+/// The registry of per-session queues and the telemetry around it.
+pub(crate) struct Extractions {
+    registry: Mutex<HashMap<SessionId, Entry>>,
+    next_worker: AtomicU64,
+    pending: AtomicU64,
+    running: AtomicU64,
+    idle: Notify,
+    errors: Mutex<VecDeque<ExtractionError>>,
+    counters: Arc<Counters>,
+    depth: usize,
+    timeout: Duration,
+}
+
+/// Counts a running job. Dropping it uncounts the job; dropped before `finished` is set, it was
+/// dropped by a cancelling drain aborting its worker (counted as cancelled) or by a panic in the
+/// extractor unwinding the worker (counted as failed).
+struct Running {
+    extractions: Arc<Extractions>,
+    finished: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            add(&self.extractions.counters.extractions_failed, 1);
+            tracing::error!("a memory extraction panicked; its session's next job starts a new worker");
+        } else if !self.finished {
+            add(&self.extractions.counters.extractions_cancelled, 1);
+        }
+        self.extractions.running.fetch_sub(1, Ordering::AcqRel);
+        self.extractions.wake_if_idle();
+    }
+}
+
+impl Extractions {
+    pub(crate) fn new(counters: Arc<Counters>, depth: u64, timeout_ms: u64) -> Self {
+        Self {
+            registry: Mutex::new(HashMap::new()),
+            next_worker: AtomicU64::new(1),
+            pending: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            idle: Notify::new(),
+            errors: Mutex::new(VecDeque::new()),
+            counters,
+            depth: usize::try_from(depth).unwrap_or(usize::MAX).max(1),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    /// Jobs queued or running.
+    fn outstanding(&self) -> u64 {
+        self.pending.load(Ordering::Acquire) + self.running.load(Ordering::Acquire)
+    }
+
+    fn wake_if_idle(&self) {
+        if self.outstanding() == 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub(crate) fn sessions(&self) -> u64 {
+        self.registry.lock().len() as u64
+    }
+
+    pub(crate) fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn running(&self) -> u64 {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// The last recorded error of `session`.
+    pub(crate) fn last_error(&self, session: &SessionId) -> Option<ExtractionError> {
+        self.errors.lock().iter().rev().find(|e| e.session == session.as_str()).cloned()
+    }
+
+    fn record_error(&self, job: &Job, message: String, queue_wait: Duration, duration: Duration) {
+        let error = ExtractionError {
+            session: job.session.as_str().to_string(),
+            from: job.from,
+            upto: job.upto,
+            message: truncate_bytes(&message, MAX_EXTRACTION_ERROR_BYTES),
+            queue_wait_ms: millis(queue_wait),
+            duration_ms: millis(duration),
+            at_ms: now_ms(),
+        };
+        let mut errors = self.errors.lock();
+        errors.retain(|e| e.session != error.session);
+        if errors.len() == MAX_ERRORS_KEPT {
+            errors.pop_front();
+        }
+        errors.push_back(error);
+    }
+
+    /// Queues `job` and starts its session's worker if there is none. Returns false (and records
+    /// why) when the job was not queued: a full queue, or no tokio runtime to run it on.
+    pub(crate) fn schedule(self: &Arc<Self>, engine: Weak<Inner>, job: Job) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            add(&self.counters.extractions_skipped, 1);
+            tracing::warn!(session = %job.session, "memory extraction skipped: no tokio runtime to run it on");
+            self.record_error(&job, "skipped: no tokio runtime".to_string(), Duration::ZERO, Duration::ZERO);
+            return false;
+        };
+        let mut registry = self.registry.lock();
+        let entry = registry.entry(job.session.clone()).or_insert_with(|| Entry {
+            jobs: VecDeque::new(),
+            worker: 0, // set when its worker starts, just below
+            handle: None,
+        });
+        if entry.jobs.len() >= self.depth {
+            drop(registry);
+            add(&self.counters.extractions_skipped, 1);
+            tracing::warn!(session = %job.session, depth = self.depth, "memory extraction skipped: the session's queue is full (background.extraction_queue_depth)");
+            self.record_error(
+                &job,
+                "skipped: the session's extraction queue is full".to_string(),
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+            return false;
+        }
+        tracing::debug!(session = %job.session, from = ?job.from, upto = %job.upto, "memory extraction queued");
+        let session = job.session.clone();
+        entry.jobs.push_back(job);
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        add(&self.counters.extractions_scheduled, 1);
+        // An entry whose worker has finished lost it to a panic (a worker that ends normally
+        // removes its entry first): a new worker takes over the queue.
+        if entry.handle.as_ref().is_none_or(JoinHandle::is_finished) {
+            entry.worker = self.next_worker.fetch_add(1, Ordering::Relaxed);
+            entry.handle = Some(runtime.spawn(Arc::clone(self).work(engine, session, entry.worker)));
+        }
+        true
+    }
+
+    /// Takes the next job of `session` for worker `worker`, or removes the idle entry.
+    fn next_job(self: &Arc<Self>, session: &SessionId, worker: u64) -> Option<(Job, Running)> {
+        let mut registry = self.registry.lock();
+        let entry = registry.get_mut(session).filter(|e| e.worker == worker)?;
+        match entry.jobs.pop_front() {
+            Some(job) => {
+                // Running is counted before pending is uncounted, so the total never dips to zero
+                // while work remains (a drain would wake too early).
+                self.running.fetch_add(1, Ordering::AcqRel);
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                Some((job, Running { extractions: Arc::clone(self), finished: false }))
+            }
+            None => {
+                registry.remove(session);
+                None
+            }
+        }
+    }
+
+    /// The worker of one session: its jobs one at a time, then gone.
+    async fn work(self: Arc<Self>, engine: Weak<Inner>, session: SessionId, worker: u64) {
+        while let Some((job, mut running)) = self.next_job(&session, worker) {
+            let queue_wait = job.enqueued_at.elapsed();
+            let started = Instant::now();
+            let result = match Engine::upgrade(&engine) {
+                Some(engine) => tokio::time::timeout(self.timeout, run(&engine, &job)).await,
+                None => Ok(Ok(Ended::Skipped("the engine was closed".to_string()))),
+            };
+            let duration = started.elapsed();
+            let (c, id) = (&self.counters, &job.session);
+            let (wait_ms, run_ms) = (millis(queue_wait), millis(duration));
+            match result {
+                Ok(Ok(Ended::Done { n_new })) => {
+                    add(&c.extractions_done, 1);
+                    tracing::debug!(session = %id, upto = %job.upto, n_new, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction done");
+                }
+                Ok(Ok(Ended::Skipped(why))) => {
+                    add(&c.extractions_skipped, 1);
+                    tracing::info!(session = %id, upto = %job.upto, %why, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction skipped");
+                    self.record_error(&job, format!("skipped: {why}"), queue_wait, duration);
+                }
+                Ok(Err(e)) => {
+                    add(&c.extractions_failed, 1);
+                    tracing::warn!(session = %id, upto = %job.upto, error = %e, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction failed");
+                    self.record_error(&job, e.to_string(), queue_wait, duration);
+                }
+                Err(_) => {
+                    add(&c.extractions_timed_out, 1);
+                    let after_ms = millis(self.timeout);
+                    tracing::warn!(session = %id, upto = %job.upto, after_ms, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction timed out (background.extraction_timeout_ms)");
+                    self.record_error(&job, format!("timed out after {after_ms} ms"), queue_wait, duration);
+                }
+            }
+            running.finished = true;
+        }
+    }
+
+    /// See [`Engine::drain`].
+    pub(crate) async fn drain(&self, timeout: Duration, cancel_on_timeout: bool) -> DrainReport {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake between the check and the wait is not lost.
+            notified.as_mut().enable();
+            if self.outstanding() == 0 {
+                return DrainReport::default();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        if !cancel_on_timeout {
+            return DrainReport { left: self.outstanding(), cancelled: 0 };
+        }
+        let cancelled_before = crate::guard::stats::get(&self.counters.extractions_cancelled);
+        let (queued, handles) = {
+            let mut registry = self.registry.lock();
+            let (mut queued, mut handles) = (0, Vec::new());
+            for (_, entry) in registry.drain() {
+                queued += entry.jobs.len() as u64;
+                handles.extend(entry.handle);
+            }
+            self.pending.fetch_sub(queued, Ordering::AcqRel);
+            handles.iter().for_each(JoinHandle::abort);
+            (queued, handles)
+        };
+        add(&self.counters.extractions_cancelled, queued);
+        for handle in handles {
+            // Bounded: an aborted task ends at its next await; a job stuck in blocking code would
+            // show up in `left`.
+            let _ = tokio::time::timeout(ABORT_JOIN_TIMEOUT, handle).await;
+        }
+        self.wake_if_idle();
+        let cancelled = crate::guard::stats::get(&self.counters.extractions_cancelled).saturating_sub(cancelled_before);
+        tracing::warn!(cancelled, "drain cancelled background memory extractions");
+        DrainReport { left: self.outstanding(), cancelled }
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err(message)`.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic".to_string());
+                Poll::Ready(Err(message))
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs one job; see the module docs of `extract`.
+async fn run(engine: &Engine, job: &Job) -> Result<Ended, Error> {
+    let inner = engine.inner();
+    let store = engine.store();
+    let id = &job.session;
+    let Some(head) = store.head(id)?.filter(|h| !h.is_deleted()) else {
+        return Ok(Ended::Skipped("the session was deleted".to_string()));
+    };
+    let from = match job.from {
+        Some(from) => from,
+        None => episode_start(engine, id, job.upto, head.base())?,
+    }
+    .max(head.base());
+    if job.upto <= from {
+        return Ok(Ended::Done { n_new: 0 });
+    }
+    let max_span = inner.config.compaction.max_span_messages;
+    let to = job.upto.min(Seq::new(from.get().saturating_add(max_span)));
+    let messages: Vec<_> = messages_of(store.events(id, from.next(), to, usize::MAX)?).collect();
+    if messages.is_empty() {
+        return Ok(Ended::Done { n_new: 0 });
+    }
+    let namespace = namespace_of(id).to_string();
+    let input = ExtractInput { session: id.clone(), namespace: namespace.clone(), messages };
+    let texts = {
+        let guards = &inner.guards;
+        let _permit =
+            guards.budget.acquire(inner.extractions.timeout, "a background model permit", &guards.counters).await?;
+        // A panic in the extractor (caller-supplied code) fails this job, not the session's worker.
+        CatchPanic(inner.extractor.extract(input)).await.map_err(|panic| Error::Summarizer {
+            status: None,
+            message: format!("the extractor panicked: {panic}"),
+        })??
+    };
+    let texts = normalize(texts);
+    if texts.is_empty() {
+        return Ok(Ended::Done { n_new: 0 });
+    }
+
+    let _lock = match inner.guards.namespaces.acquire(&namespace, id, &inner.guards.counters).await? {
+        LockOutcome::Held(guard) => guard,
+        LockOutcome::Skipped { attempts, waited_ms } => {
+            return Ok(Ended::Skipped(format!(
+                "namespace {namespace:?} stayed locked ({attempts} attempts, {waited_ms} ms; locks.on_timeout = skip)"
+            )));
+        }
+    };
+    let mut n_new = 0;
+    let at_ms = now_ms();
+    engine
+        .write_events(id, |head, store| {
+            if head.is_deleted() || head.base() > from {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let mut ops = Vec::new();
+            for text in &texts {
+                let key = keys::memory_key(&namespace, &memory_id(&namespace, text));
+                if store.get(Ks::Memories, &key)?.is_none() {
+                    ops.push(Op::Put(Ks::Memories, key, encode_memory(text, id, from, to, at_ms)));
+                }
+            }
+            n_new = ops.len() as u64;
+            if ops.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let kind = EventKind::MemoriesExtracted { namespace: namespace.clone(), from, upto: to, n_memories: n_new };
+            Ok((vec![kind], ops))
+        })
+        .await?;
+    add(&inner.guards.counters.memories_written, n_new);
+    Ok(Ended::Done { n_new })
+}
+
+/// Where the episode ending at `boundary` began: the seq of the previous boundary, or the
+/// deletion base, searched at most [`MAX_EPISODE_SCAN_EVENTS`] events back.
+fn episode_start(engine: &Engine, id: &SessionId, boundary: Seq, base: Seq) -> Result<Seq, Error> {
+    const PAGE: u64 = 256;
+    let floor = boundary.get().saturating_sub(MAX_EPISODE_SCAN_EVENTS).max(base.get());
+    let mut end = boundary.get().saturating_sub(1);
+    while end > floor {
+        let start = end.saturating_sub(PAGE - 1).max(floor + 1);
+        let events = engine.store().events(id, Seq::new(start), Seq::new(end), usize::MAX)?;
+        if let Some(e) = events.iter().rev().find(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })) {
+            return Ok(e.seq);
+        }
+        end = start - 1;
+    }
+    Ok(Seq::new(floor))
+}
