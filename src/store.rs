@@ -332,6 +332,12 @@ impl Drop for Store {
 
 /// fjall happily creates its files inside any directory; refuse one that already holds something
 /// that is not a fjall database, so a wrong `--db` never scribbles into someone's folder.
+///
+/// One exception: fjall creates `lock`, `keyspaces/` and `0.jnl` before it writes (and fsyncs) its
+/// `version` marker, and cannot itself reopen a directory where a crash stopped it in between. No
+/// write can have been acknowledged there (the marker precedes any data, and an engine is not open
+/// until it exists), so a directory holding exactly those creation artifacts, with `keyspaces/`
+/// still empty, is an interrupted creation: it is cleared and created afresh.
 fn refuse_foreign_directory(path: &Path) -> Result<(), Error> {
     let not_db = |reason: String| Error::NotADatabase { path: path.to_path_buf(), reason };
     match std::fs::metadata(path) {
@@ -339,15 +345,35 @@ fn refuse_foreign_directory(path: &Path) -> Result<(), Error> {
         Err(e) => Err(not_db(format!("cannot read it: {e}"))),
         Ok(meta) if !meta.is_dir() => Err(not_db("it is not a directory".to_string())),
         Ok(_) => {
-            let mut entries = std::fs::read_dir(path).map_err(|e| not_db(format!("cannot list it: {e}")))?;
-            let empty = entries.next().is_none();
-            if empty || path.join(FJALL_MARKER).exists() {
-                Ok(())
-            } else {
-                Err(not_db(format!("the directory is not empty and has no {FJALL_MARKER} file")))
+            if path.join(FJALL_MARKER).exists() {
+                return Ok(());
             }
+            let names = entry_names(path).map_err(|e| not_db(format!("cannot list it: {e}")))?;
+            if names.is_empty() {
+                return Ok(());
+            }
+            let creation_only = names.iter().all(|n| FJALL_CREATION_ARTIFACTS.contains(&n.as_str()))
+                && entry_names(&path.join("keyspaces")).map_or(true, |k| k.is_empty());
+            if !creation_only {
+                return Err(not_db(format!("the directory is not empty and has no {FJALL_MARKER} file")));
+            }
+            tracing::warn!(path = %path.display(), "clearing a database whose creation was interrupted");
+            for name in names {
+                let entry = path.join(&name);
+                let removed = if entry.is_dir() { std::fs::remove_dir(&entry) } else { std::fs::remove_file(&entry) };
+                removed.map_err(|e| not_db(format!("cannot clear the interrupted creation ({name}): {e}")))?;
+            }
+            Ok(())
         }
     }
+}
+
+/// What fjall writes before its `version` marker when it creates a database.
+const FJALL_CREATION_ARTIFACTS: [&str; 3] = ["lock", "keyspaces", "0.jnl"];
+
+/// The names in a directory.
+fn entry_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect()
 }
 
 /// A file fjall writes at the root of every database it creates.

@@ -186,3 +186,25 @@ fn a_directory_that_is_not_a_database_is_refused() {
     assert!(matches!(err, Error::NotADatabase { .. }), "{err:?}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was written");
 }
+
+#[tokio::test]
+async fn a_database_whose_creation_was_interrupted_is_created_afresh() {
+    // What fjall leaves when killed after its lock, keyspace folder and first journal but
+    // before its version marker: no data can have been acknowledged yet.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(db.join("keyspaces")).unwrap();
+    std::fs::write(db.join("lock"), b"").unwrap();
+    std::fs::write(db.join("0.jnl"), b"").unwrap();
+    let engine = palimpsest::Engine::open(palimpsest::Config::new(&db)).expect("an interrupted creation is redone");
+    engine.session("s").unwrap().append(Message::user("hello")).await.unwrap();
+
+    // Anything more than fjall's creation artifacts is still refused.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("keyspaces")).unwrap();
+    std::fs::write(other.path().join("lock"), b"").unwrap();
+    std::fs::write(other.path().join("notes.txt"), b"mine").unwrap();
+    let err = palimpsest::Engine::open(palimpsest::Config::new(other.path())).err().expect("refused");
+    assert!(matches!(err, Error::NotADatabase { .. }), "{err:?}");
+    assert!(other.path().join("lock").exists(), "nothing of a foreign directory is removed");
+}
