@@ -9,7 +9,8 @@
 //! carries over from round to round. After each death the parent reopens and checks: every
 //! acknowledged event is present byte for byte, every reported splice is there, every session
 //! is a dense log, and the audit (density, heads equal to the replay, splices forward and
-//! pair-safe, blobs present) is clean.
+//! pair-safe, blobs present) is clean. Every 25th round starts on a fresh database, so kills at
+//! start-up also land while a database is being created.
 //!
 //! For `buffered` the promise is surviving process death, not power loss; this harness kills
 //! processes, so it holds both modes to the same check.
@@ -161,11 +162,20 @@ fn parent() {
     let seed0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64;
     println!("kill9: {rounds} rounds, seed {seed0}");
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("db");
+    let mut db = dir.path().join("db-0");
     let mut rng = Rng(seed0);
     let mut expected = Expected::default();
     let (mut during_open, mut at_kill_points, mut sigkills) = (0, 0, 0);
+    let (mut earlier_acked, mut earlier_splices) = (0, 0);
     for round in 0..rounds {
+        // Every 25th round starts a fresh database, so start-up kills also land while the database
+        // is being created, not only while it is recovered.
+        if round > 0 && round % 25 == 0 {
+            db = dir.path().join(format!("db-{round}"));
+            earlier_acked += expected.acked.values().map(BTreeMap::len).sum::<usize>();
+            earlier_splices += expected.splices.values().map(BTreeMap::len).sum::<usize>();
+            expected = Expected::default();
+        }
         let durability = if round % 2 == 0 { "sync" } else { "buffered" };
         let mut command = Command::new(std::env::current_exe().expect("exe"));
         command.env(CHILD_ENV, format!("{}|{}|{durability}", db.display(), rng.next() % 1_000_000_007));
@@ -214,8 +224,8 @@ fn parent() {
         }
         verify(&db, &expected, round);
     }
-    let n_acked: usize = expected.acked.values().map(BTreeMap::len).sum();
-    let n_splices: usize = expected.splices.values().map(BTreeMap::len).sum();
+    let n_acked = earlier_acked + expected.acked.values().map(BTreeMap::len).sum::<usize>();
+    let n_splices = earlier_splices + expected.splices.values().map(BTreeMap::len).sum::<usize>();
     println!(
         "kill9: {rounds} deaths ({sigkills} SIGKILL mid-workload, {during_open} SIGKILL at start-up, \
          {at_kill_points} at kill points); {n_acked} acknowledged events and {n_splices} splices intact"
