@@ -273,6 +273,8 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                 Op::Reopen => {
                     cancel(in_flight.take(), &gate).await;
                     drop(s);
+                    // Background extraction jobs keep the database open while they run: drain them first (SPEC 6b).
+                    engine.drain(std::time::Duration::from_secs(30), true).await;
                     drop(engine);
                     engine = open(dir.path(), &gate);
                 }
@@ -284,6 +286,8 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                     }
                     cancel(in_flight.take(), &gate).await;
                     drop(s);
+                    // Background extraction jobs keep the database open while they run: drain them first (SPEC 6b).
+                    engine.drain(std::time::Duration::from_secs(30), true).await;
                     drop(engine);
                     engine = open(dir.path(), &gate);
                 }

@@ -89,6 +89,8 @@ fn prop_audits_clean(ops: Vec<Op>) -> TestResult {
                     }
                 }
                 Op::Reopen => {
+                    // Background extraction jobs keep the database open while they run: drain them first (SPEC 6b).
+                    engine.drain(std::time::Duration::from_secs(30), true).await;
                     drop(engine);
                     engine = open(dir.path());
                 }

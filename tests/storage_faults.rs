@@ -143,6 +143,8 @@ async fn random_faults_never_lose_an_acknowledged_event() {
     let mut reopens = 0;
     for round in 0..400u64 {
         if engine.is_poisoned() {
+            // Background extraction jobs keep the database open while they run: drain them first (SPEC 6b).
+            engine.drain(std::time::Duration::from_secs(30), true).await;
             drop(engine);
             engine = open(dir.path(), Durability::Sync);
             reopens += 1;
@@ -158,6 +160,8 @@ async fn random_faults_never_lose_an_acknowledged_event() {
             let _ = s.compact(CompactionRequest::default()).await;
         }
     }
+    // Background extraction jobs keep the database open while they run: drain them first (SPEC 6b).
+    engine.drain(std::time::Duration::from_secs(30), true).await;
     drop(engine);
     let engine = open(dir.path(), Durability::Sync);
     for (id, seq, text) in &acked {
