@@ -2,8 +2,8 @@
 //! core (`fold`, `view`) with the effects (`store`, `writer`, the clock).
 //!
 //! Every write follows one path, [`Engine::write_events`]: take the session's lock (bounded wait),
-//! read its head, let the caller validate against it and produce event kinds, fold them into the
-//! head, and commit events + head (+ index entries) as one atomic batch. Appends to one session are
+//! read its head into a [`Batch`], let the caller check each event against the batch's head and push
+//! it (each push folds it, once), and commit events + head (+ index entries) as one atomic batch. Appends to one session are
 //! therefore totally ordered; different sessions only share the group-commit thread.
 
 use std::sync::atomic::AtomicU64;
@@ -17,7 +17,7 @@ use crate::compaction::run::InFlight;
 use crate::config::{ClassifierKind, Config, ExtractorKind, SummarizerKind};
 use crate::episode::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
 use crate::error::Error;
-use crate::event::{Event, EventKind, Message, Role};
+use crate::event::{BoundaryReason, Event, EventKind, Message, Role};
 use crate::extract::queue::Extractions;
 use crate::extract::{MemoryExtractor, OpenAiExtractor, RuleExtractor};
 use crate::fold::{self, Head};
@@ -245,28 +245,13 @@ impl Engine {
         }
     }
 
-    /// The one write path; see the module docs. Under the session's lock, `build` sees the current
-    /// head and the store and returns the event kinds to append plus any extra ops (deletions), or
-    /// an error that leaves everything untouched. Returns the new head.
+    /// The one write path; see the module docs. Under the session's lock, `build` gets a [`Batch`]
+    /// holding the current head and pushes the events to append (and any extra ops), or returns an
+    /// error that leaves everything untouched. Returns the new head.
     pub(crate) async fn write_events(
         &self,
         session: &SessionId,
-        build: impl FnOnce(&Head, &Store) -> Result<(Vec<EventKind>, Vec<Op>), Error>,
-    ) -> Result<Head, Error> {
-        self.write_events_from(session, |head, store| {
-            build(head, store).map(|(kinds, ops)| (None, kinds.into_iter().map(|k| (k, None)).collect(), ops))
-        })
-        .await
-    }
-
-    /// [`Engine::write_events`], where `build` may also name the seq of the first event and the
-    /// store time of each (default: now). Only an import uses these: to restore a log that begins
-    /// with a deletion into an empty session (the seq must lie past the head's), and to keep the
-    /// original times.
-    pub(crate) async fn write_events_from(
-        &self,
-        session: &SessionId,
-        build: impl FnOnce(&Head, &Store) -> Result<(Option<Seq>, Vec<(EventKind, Option<u64>)>, Vec<Op>), Error>,
+        build: impl FnOnce(&mut Batch, &Store) -> Result<(), Error>,
     ) -> Result<Head, Error> {
         if self.is_poisoned() {
             return Err(Error::Poisoned);
@@ -278,29 +263,72 @@ impl Engine {
             .lock(session, Duration::from_millis(timeout_ms))
             .await
             .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
-        let mut head = self.store().head(session)?.unwrap_or_default();
-        let (first_seq, kinds, mut ops) = build(&head, self.store())?;
-        if kinds.is_empty() {
+        let head = self.store().head(session)?.unwrap_or_default();
+        let mut batch = Batch { head, events: Vec::new(), ops: Vec::new(), now_ms: now_ms() };
+        build(&mut batch, self.store())?;
+        let Batch { head, events, mut ops, .. } = batch;
+        if events.is_empty() {
             return Ok(head);
         }
-        if let Some(first) = first_seq {
-            assert!(first > head.last_seq(), "a first seq must lie past the head");
-            head.last_seq = Seq::new(first.get() - 1);
-        }
-        let now = now_ms();
-        for (kind, at_ms) in kinds {
-            let event = Event { seq: head.last_seq().next(), at_ms: at_ms.unwrap_or(now), kind };
+        for event in &events {
             if matches!(event.kind, EventKind::CompactionSpliced(_)) {
                 ops.push(Op::Put(Ks::Splices, keys::seq_key(session, event.seq), Vec::new()));
             }
-            ops.push(Op::Put(Ks::Events, keys::seq_key(session, event.seq), codec::encode_event(&event)));
-            fold::apply(&mut head, &event);
+            ops.push(Op::Put(Ks::Events, keys::seq_key(session, event.seq), codec::encode_event(event)));
         }
         ops.push(Op::Put(Ks::Heads, keys::head_key(session).to_vec(), codec::encode_head(&head)));
         crate::testing::kill_point("write:before_commit");
         self.inner.writer.write(ops).await?;
         crate::testing::kill_point("write:after_commit");
         Ok(head)
+    }
+}
+
+/// The events of one write, prepared under the session's lock. Each push folds its event into the
+/// batch's head at once, so a builder checks the next event against the state the previous ones
+/// left, and every event is folded exactly once.
+pub(crate) struct Batch {
+    head: Head,
+    events: Vec<Event>,
+    ops: Vec<Op>,
+    now_ms: u64,
+}
+
+impl Batch {
+    /// The head as it will be after the events pushed so far.
+    pub(crate) fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// The seq the next pushed event gets.
+    pub(crate) fn next_seq(&self) -> Seq {
+        self.head.last_seq().next()
+    }
+
+    /// Appends an event stamped now; returns its seq.
+    pub(crate) fn push(&mut self, kind: EventKind) -> Seq {
+        self.push_at(kind, self.now_ms)
+    }
+
+    /// Appends an event with the given store time (an import keeps the original times).
+    pub(crate) fn push_at(&mut self, kind: EventKind, at_ms: u64) -> Seq {
+        let event = Event { seq: self.next_seq(), at_ms, kind };
+        fold::apply(&mut self.head, &event);
+        let seq = event.seq;
+        self.events.push(event);
+        seq
+    }
+
+    /// Makes the next event start at `first`, past the head: only an import into an empty session
+    /// uses it, to restore a log that begins with a deletion. An event must be pushed next.
+    pub(crate) fn start_at(&mut self, first: Seq) {
+        assert!(self.events.is_empty() && first > self.head.last_seq(), "a batch can only start past its head");
+        self.head.last_seq = Seq::new(first.get() - 1);
+    }
+
+    /// Adds a write that goes in the same atomic batch (deletions, blobs, memory records).
+    pub(crate) fn op(&mut self, op: Op) {
+        self.ops.push(op);
     }
 }
 
@@ -358,25 +386,22 @@ impl Session {
         let (mut first, mut boundaries) = (Seq::ZERO, Vec::new());
         let head = self
             .engine
-            .write_events(&self.id, |head, _| {
-                // Validate the whole batch against the head as it will be after each message.
-                let mut scratch = head.clone();
-                let mut kinds = Vec::with_capacity(messages.len());
+            .write_events(&self.id, |batch, _| {
+                // Each message is checked against the head as the earlier ones in the batch left it.
                 for (idx, m) in messages.into_iter().enumerate() {
-                    fold::check_message(&scratch, &m, idx, max_open)?;
+                    fold::check_message(batch.head(), &m, idx, max_open)?;
                     // A full episode is closed before its next user turn, in this same batch.
-                    if m.role == Role::User
-                        && let Some(boundary) = episode::turn_cap_boundary(&scratch, cap)
-                    {
-                        boundaries.push(scratch.last_seq().next());
-                        episode::push_kind(&mut scratch, &mut kinds, boundary);
+                    if m.role == Role::User && episode::turn_cap_reached(batch.head(), cap) {
+                        let episode = batch.head().episode();
+                        boundaries
+                            .push(batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap }));
                     }
+                    let seq = batch.push(EventKind::MessageAppended(m));
                     if idx == 0 {
-                        first = scratch.last_seq().next();
+                        first = seq;
                     }
-                    episode::push_kind(&mut scratch, &mut kinds, EventKind::MessageAppended(m));
                 }
-                Ok((kinds, Vec::new()))
+                Ok(())
             })
             .await?;
         for boundary in boundaries {
@@ -469,16 +494,21 @@ impl Session {
         let id = &self.id;
         let head = self
             .engine
-            .write_events(id, |head, store| {
-                if head.last_seq() == Seq::ZERO || head.is_deleted() {
+            .write_events(id, |batch, store| {
+                if batch.head().last_seq() == Seq::ZERO || batch.head().is_deleted() {
                     return Err(Error::NotFound { session: id.to_string() });
                 }
-                let mut ops: Vec<Op> = store.event_keys(id)?.into_iter().map(|k| Op::Delete(Ks::Events, k)).collect();
-                let n_events_removed = ops.len() as u64;
+                let event_keys = store.event_keys(id)?;
+                let n_events_removed = event_keys.len() as u64;
+                for key in event_keys {
+                    batch.op(Op::Delete(Ks::Events, key));
+                }
                 let (first, last) = (keys::seq_key(id, Seq::ZERO), keys::seq_key(id, Seq::new(u64::MAX)));
-                let splices = store.scan(Ks::Splices, &first, &last, usize::MAX)?;
-                ops.extend(splices.into_iter().map(|(k, _)| Op::Delete(Ks::Splices, k)));
-                Ok((vec![EventKind::SessionDeleted { n_events_removed }], ops))
+                for (key, _) in store.scan(Ks::Splices, &first, &last, usize::MAX)? {
+                    batch.op(Op::Delete(Ks::Splices, key));
+                }
+                batch.push(EventKind::SessionDeleted { n_events_removed });
+                Ok(())
             })
             .await?;
         Ok(head.last_seq())

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::engine::{Session, now_ms};
 use crate::error::Error;
-use crate::event::{BoundaryReason, Event, EventKind, Message, Role};
+use crate::event::{BoundaryReason, EventKind, Message, Role};
 use crate::fold::{self, Head};
 use crate::guard::stats::add;
 use crate::ids::{Seq, SessionId};
@@ -94,17 +94,9 @@ pub struct TurnOutcome {
     pub decision: EpisodeDecision,
 }
 
-/// The boundary the turn cap demands before one more user message, if any.
-pub(crate) fn turn_cap_boundary(head: &Head, max_turns: u64) -> Option<EventKind> {
-    (head.episode_turns() >= max_turns)
-        .then_some(EventKind::EpisodeBoundary { episode: head.episode(), reason: BoundaryReason::TurnCap })
-}
-
-/// Folds `kind` into `scratch` and queues it, for builders validating a batch event by event.
-pub(crate) fn push_kind(scratch: &mut Head, kinds: &mut Vec<EventKind>, kind: EventKind) {
-    let event = Event { seq: scratch.last_seq().next(), at_ms: 0, kind };
-    fold::apply(scratch, &event);
-    kinds.push(event.kind);
+/// True when the turn cap demands a boundary before one more user message.
+pub(crate) fn turn_cap_reached(head: &Head, max_turns: u64) -> bool {
+    head.episode_turns() >= max_turns
 }
 
 /// Runs `classifier` under `timeout`; a timeout or an error becomes `NewTask`/`ClassifierFallback`.
@@ -173,26 +165,23 @@ impl Session {
         let mut boundary = None;
         let head = self
             .engine()
-            .write_events(self.id(), |head, _| {
-                let mut scratch = head.clone();
-                let mut kinds = Vec::with_capacity(2);
+            .write_events(self.id(), |batch, _| {
                 // Re-decided on the current head: a turn appended meanwhile may have closed the
                 // episode already (then there is nothing left to close) or brought it to the cap.
+                let head = batch.head();
                 let close = if decision == EpisodeDecision::NewTask && head.episode_turns() > 0 {
-                    Some(EventKind::EpisodeBoundary { episode: head.episode(), reason })
+                    Some((head.episode(), reason))
                 } else {
-                    turn_cap_boundary(head, cap)
+                    turn_cap_reached(head, cap).then_some((head.episode(), BoundaryReason::TurnCap))
                 };
-                if let Some(kind) = close {
-                    if let EventKind::EpisodeBoundary { episode, reason } = &kind {
-                        boundary =
-                            Some(Boundary { seq: scratch.last_seq().next(), episode: *episode, reason: *reason });
-                    }
-                    push_kind(&mut scratch, &mut kinds, kind);
+                // Checked against the head the boundary leaves, so an error leaves nothing written.
+                if let Some((episode, reason)) = close {
+                    let seq = batch.push(EventKind::EpisodeBoundary { episode, reason });
+                    boundary = Some(Boundary { seq, episode, reason });
                 }
-                fold::check_message(&scratch, &message, 0, max_open)?;
-                push_kind(&mut scratch, &mut kinds, EventKind::MessageAppended(message));
-                Ok((kinds, Vec::new()))
+                fold::check_message(batch.head(), &message, 0, max_open)?;
+                batch.push(EventKind::MessageAppended(message));
+                Ok(())
             })
             .await?;
         if let Some(b) = &boundary {
@@ -210,16 +199,18 @@ impl Session {
         let mut wrote = false;
         let head = self
             .engine()
-            .write_events(id, |head, _| {
+            .write_events(id, |batch, _| {
+                let head = batch.head();
                 if head.last_seq() == Seq::ZERO || head.is_deleted() {
                     return Err(Error::NotFound { session: id.to_string() });
                 }
                 if head.episode_turns() == 0 {
-                    return Ok((Vec::new(), Vec::new()));
+                    return Ok(());
                 }
                 wrote = true;
-                let kind = EventKind::EpisodeBoundary { episode: head.episode(), reason: BoundaryReason::Explicit };
-                Ok((vec![kind], Vec::new()))
+                let episode = head.episode();
+                batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::Explicit });
+                Ok(())
             })
             .await?;
         if !wrote {

@@ -137,21 +137,17 @@ impl Session {
         let stamp = crate::engine::now_ms();
         let head = self
             .engine()
-            .write_events_from(self.id(), |head, _| {
-                let empty = head.last_seq() == Seq::ZERO;
-                let first_seq = match (&lines[0].kind, lines[0].seq) {
-                    (EventKind::SessionDeleted { .. }, Some(seq)) if empty && seq > Seq::ZERO => Some(seq),
-                    _ => None,
-                };
-                let mut scratch = head.clone();
+            .write_events(self.id(), |batch, _| {
+                let empty = batch.head().last_seq() == Seq::ZERO;
+                if let (EventKind::SessionDeleted { .. }, Some(seq)) = (&lines[0].kind, lines[0].seq)
+                    && empty
+                    && seq > Seq::ZERO
+                {
+                    batch.start_at(seq);
+                }
                 let mut replayer = Replayer::new(self.id().as_str());
-                let mut kinds = Vec::with_capacity(lines.len());
-                let mut ops = Vec::new();
                 for (idx, line) in lines.into_iter().enumerate() {
-                    let seq = match (idx, first_seq) {
-                        (0, Some(first)) => first,
-                        _ => scratch.last_seq().next(),
-                    };
+                    let seq = batch.next_seq();
                     if let Some(want) = line.seq
                         && want != seq
                     {
@@ -160,7 +156,7 @@ impl Session {
                     let mut kind = line.kind;
                     match &mut kind {
                         EventKind::MessageAppended(m) => {
-                            fold::check_message(&scratch, m, 0, max_open)
+                            fold::check_message(batch.head(), m, 0, max_open)
                                 .map_err(|e| invalid(line.number, strip_index(&e)))?;
                             if m.created_at_ms == 0 {
                                 m.created_at_ms = stamp;
@@ -189,12 +185,11 @@ impl Session {
                         }
                     }
                     if let (EventKind::CompactionSpliced(s), Some(text)) = (&event.kind, line.summary) {
-                        ops.push(Op::Put(Ks::Blobs, keys::blob_key(&s.summary_hash).to_vec(), text.into_bytes()));
+                        batch.op(Op::Put(Ks::Blobs, keys::blob_key(&s.summary_hash).to_vec(), text.into_bytes()));
                     }
-                    fold::apply(&mut scratch, &event);
-                    kinds.push((event.kind, Some(event.at_ms)));
+                    batch.push_at(event.kind, event.at_ms);
                 }
-                Ok((first_seq, kinds, ops))
+                Ok(())
             })
             .await?;
         let last_seq = head.last_seq();

@@ -291,7 +291,8 @@ impl Session {
         let summarizer = inner.summarizer.name().to_string();
         let mut abandoned = None;
         let head = engine
-            .write_events(self.id(), |now, _| {
+            .write_events(self.id(), |batch, _| {
+                let now = batch.head();
                 let reason = if now.base() != base_at_plan {
                     Some("the session was deleted while the summary was being written".to_string())
                 } else if now.upto().max(now.base()) != lower {
@@ -302,11 +303,12 @@ impl Session {
                 };
                 if reason.is_some() {
                     abandoned = reason;
-                    return Ok((Vec::new(), Vec::new()));
+                    return Ok(());
                 }
                 crate::testing::kill_point("compaction:before_splice");
                 let splice = Splice { upto, previous_upto: lower, summary_hash, n_messages, summary_bytes, summarizer };
-                Ok((vec![EventKind::CompactionSpliced(splice)], Vec::new()))
+                batch.push(EventKind::CompactionSpliced(splice));
+                Ok(())
             })
             .await?;
         if let Some(reason) = abandoned {

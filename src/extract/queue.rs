@@ -414,23 +414,23 @@ async fn run(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     let mut n_new = 0;
     let at_ms = now_ms();
     engine
-        .write_events(id, |head, store| {
-            if head.is_deleted() || head.base() > from {
-                return Ok((Vec::new(), Vec::new()));
+        .write_events(id, |batch, store| {
+            if batch.head().is_deleted() || batch.head().base() > from {
+                return Ok(());
             }
-            let mut ops = Vec::new();
             for text in &texts {
                 let key = keys::memory_key(&namespace, &memory_id(&namespace, text));
                 if store.get(Ks::Memories, &key)?.is_none() {
-                    ops.push(Op::Put(Ks::Memories, key, encode_memory(text, id, from, to, at_ms)));
+                    batch.op(Op::Put(Ks::Memories, key, encode_memory(text, id, from, to, at_ms)));
+                    n_new += 1;
                 }
             }
-            n_new = ops.len() as u64;
-            if ops.is_empty() {
-                return Ok((Vec::new(), Vec::new()));
+            // Nothing new, nothing written: the ops alone would not be committed without an event.
+            if n_new > 0 {
+                let (namespace, upto) = (namespace.clone(), to);
+                batch.push(EventKind::MemoriesExtracted { namespace, from, upto, n_memories: n_new });
             }
-            let kind = EventKind::MemoriesExtracted { namespace: namespace.clone(), from, upto: to, n_memories: n_new };
-            Ok((vec![kind], ops))
+            Ok(())
         })
         .await?;
     add(&inner.guards.counters.memories_written, n_new);
