@@ -33,6 +33,11 @@ use crate::writer::Writer;
 /// when many non-message events sit among the messages.
 const MIN_WINDOW_PAGE: u64 = 16;
 
+/// The first read of a window takes this many events more per 16 asked for (plus 2): episode
+/// boundaries and splices sit among the messages, and without the slack a window that holds one
+/// of them needs a second range scan for its last message.
+const WINDOW_SLACK_PER_16: u64 = 1;
+
 /// An open palimpsest database. Cheap to clone; all clones share one database.
 ///
 /// ```no_run
@@ -547,8 +552,10 @@ impl Session {
         let (mut got, mut end) = (0usize, end.get());
         while got < n && end > lower.get() {
             let need = (n - got) as u64;
-            // The first read is exactly the window; later ones make up for non-message events.
-            let page = if pages.is_empty() { need } else { need.max(MIN_WINDOW_PAGE) };
+            // The first read is the window plus a little slack; later ones make up for non-message
+            // events beyond it.
+            let page =
+                if pages.is_empty() { need + need / 16 * WINDOW_SLACK_PER_16 + 2 } else { need.max(MIN_WINDOW_PAGE) };
             let start = end.saturating_sub(page - 1).max(lower.get() + 1);
             let events = self.engine.store().events(&self.id, Seq::new(start), Seq::new(end), usize::MAX)?;
             let page: Vec<_> = view::messages_of(events).collect();
