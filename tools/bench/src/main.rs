@@ -215,7 +215,8 @@ async fn run(plan: &Plan, out: &mut Map<String, Value>) {
     out.insert("build_messages_per_s".into(), json!(stats::round(plan.large as f64 / build_s, 0)));
     log(format!("built in {build_s:.1} s; copying it into the raw baseline"));
     let copied = RawDb::open(raw_dir.path()).copy_from_engine_dir(large_dir.path());
-    assert_eq!(copied, plan.large, "the raw baseline holds every event");
+    // Every message, plus the episode boundaries the turn cap writes between user turns.
+    assert!(copied >= plan.large, "the raw baseline holds every event: {copied} copied");
 
     log("p7: peak RSS in child processes");
     merge(out, rss::rss_growth(plan, (large_dir.path(), large_id), (small_dir.path(), small_id)));

@@ -35,7 +35,9 @@ pub async fn append_ratio(plan: &Plan) -> Value {
 
         let rows = RawDb::engine_event_rows(dir.path(), id);
         let head = RawDb::engine_head(dir.path(), id);
-        assert_eq!(rows.len() as u64, plan.append_calls, "the engine stored one event per append");
+        // Every append, plus the episode boundaries the turn cap writes between user turns. The raw
+        // side inserts exactly these rows, so both sides handle the same bytes.
+        assert!(rows.len() as u64 >= plan.append_calls, "the engine stored every append: {} rows", rows.len());
         let (raw_dir, batch_dir) = (tempfile::tempdir().expect("a temp dir"), tempfile::tempdir().expect("a temp dir"));
         let raw = RawDb::open(raw_dir.path());
         let start = Instant::now();
