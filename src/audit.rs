@@ -504,7 +504,7 @@ impl Engine {
 
     async fn rebuild_session(&self, id: &SessionId) -> Result<(bool, u64), Error> {
         let timeout_ms = self.config().writes.timeout_ms;
-        let _lock = self
+        let lock = self
             .inner()
             .locks
             .lock(id, std::time::Duration::from_millis(timeout_ms))
@@ -555,7 +555,7 @@ impl Engine {
         }
         let index_fixed = (ops.len() - usize::from(head_fixed)) as u64;
         if !ops.is_empty() {
-            self.inner().writer.write(ops).await?;
+            self.inner().writer.write(ops, Box::new(lock)).await?;
         }
         Ok((head_fixed, index_fixed))
     }
@@ -603,7 +603,7 @@ impl Engine {
             report.orphan_blobs.iter().map(|h| SummaryHash::from_hex(h)).collect::<Result<_, _>>()?;
         if !dry_run && !orphans.is_empty() {
             let ops = orphans.iter().map(|h| Op::Delete(Ks::Blobs, keys::blob_key(h).to_vec())).collect();
-            self.inner().writer.write(ops).await?;
+            self.inner().writer.write(ops, Box::new(())).await?;
         }
         Ok(orphans)
     }

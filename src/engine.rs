@@ -262,7 +262,7 @@ impl Engine {
             return Err(Error::Poisoned);
         }
         let timeout_ms = self.inner.config.writes.timeout_ms;
-        let _lock = self
+        let lock = self
             .inner
             .locks
             .lock(session, Duration::from_millis(timeout_ms))
@@ -283,7 +283,9 @@ impl Engine {
         }
         ops.push(Op::Put(Ks::Heads, keys::head_key(session).to_vec(), codec::encode_head(&head)));
         crate::testing::kill_point("write:before_commit");
-        self.inner.writer.write(ops).await?;
+        // The lock travels with the batch and is released once it is committed, even if this
+        // future is dropped while the batch waits for its group commit.
+        self.inner.writer.write(ops, Box::new(lock)).await?;
         crate::testing::kill_point("write:after_commit");
         Ok(head)
     }

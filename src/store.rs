@@ -29,6 +29,7 @@ enum FaultPointAlias {
     AfterCommit,
     Persist,
     Read,
+    CommitPanics,
 }
 
 /// Memtable size of every keyspace (fixed when a keyspace is created).
@@ -159,6 +160,9 @@ impl Store {
     /// `SyncData` durability; one persist covers every earlier write of every keyspace.
     pub(crate) fn commit(&self, ops: &[Op], sync: bool) -> Result<(), Error> {
         self.fault(FaultPointAlias::Commit)?;
+        if self.fault(FaultPointAlias::CommitPanics).is_err() {
+            panic!("injected panic in a commit");
+        }
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for op in ops {
             let key_len = op.key().len();

@@ -71,6 +71,8 @@ mod enabled {
         Persist,
         /// A read (point read or scan) fails.
         Read,
+        /// A batch commit panics before anything is written (a bug below the engine).
+        CommitPanics,
     }
 
     /// How often the armed fault fires.

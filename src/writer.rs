@@ -10,23 +10,37 @@
 //! Any failed commit or fsync poisons the writer: what reached the disk is unknown, so every
 //! later write is refused with [`Error::Poisoned`] until the engine is reopened and recovery
 //! re-reads the truth. A write whose ack does not arrive in time poisons it too, for the same
-//! reason (the write may still land).
+//! reason (the write may still land), and so does a panic on the writer thread.
+//!
+//! Cancellation: once a batch is queued it is committed (or the writer is poisoned) whatever the
+//! caller does. What the batch was built under (the session's lock guard, passed in as `hold`)
+//! and its place in the queue (the admission permit) travel inside the queued request and are
+//! released by the writer thread only after the commit and its fsync, so a caller that drops its
+//! future cannot let the next writer read a head older than the batch still in flight.
 
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use tokio::sync::{Semaphore, oneshot};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::config::{Durability, Writes};
 use crate::error::Error;
 use crate::store::{Op, Store};
 
+/// Whatever a write was built under and must keep until it is committed (a session's lock guard).
+pub(crate) type Hold = Box<dyn Any + Send>;
+
 struct Request {
     ops: Vec<Op>,
     ack: oneshot::Sender<Result<(), Error>>,
+    /// Released by the writer thread after the commit, never by the caller (see the module docs).
+    _hold: Hold,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Commits batches according to the configured durability.
@@ -36,8 +50,8 @@ pub(crate) struct Writer {
     poisoned: Arc<AtomicBool>,
     /// Present in `sync` mode only; dropped first on shutdown so the thread drains and exits.
     queue: Option<Sender<Request>>,
-    /// Bounds how many requests wait in the queue, so the channel's send never blocks.
-    admission: Semaphore,
+    /// Bounds how many requests are queued or being committed, so the channel's send never blocks.
+    admission: Arc<Semaphore>,
     timeout: Duration,
     thread: Option<JoinHandle<()>>,
 }
@@ -64,7 +78,7 @@ impl Writer {
             durability,
             poisoned,
             queue,
-            admission: Semaphore::new(depth.min(Semaphore::MAX_PERMITS)),
+            admission: Arc::new(Semaphore::new(depth.min(Semaphore::MAX_PERMITS))),
             timeout: Duration::from_millis(cfg.timeout_ms),
             thread,
         })
@@ -81,27 +95,42 @@ impl Writer {
     }
 
     /// Commits `ops` atomically with the configured durability. On `Ok` the batch is acknowledged.
-    pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), Error> {
+    /// `hold` (the session's lock guard, or `()`) is released only once the batch is committed.
+    ///
+    /// Cancel safety: not cancel safe in the sense that dropping the future undoes nothing. Once
+    /// the batch is queued (`sync`) or committing (`buffered`, which commits inline without a
+    /// suspension point), it lands or the writer is poisoned, and `hold` is kept until then.
+    /// Dropped before it was queued (while waiting for a place in the queue), nothing is written.
+    pub(crate) async fn write(&self, ops: Vec<Op>, hold: Hold) -> Result<(), Error> {
         if self.is_poisoned() {
             return Err(Error::Poisoned);
         }
         let Some(queue) = &self.queue else {
-            return self.store.commit(&ops, false).inspect_err(|e| self.poison(&e.to_string()));
+            let result = guarded_commit(&self.store, &ops, false).inspect_err(|e| self.poison(&e.to_string()));
+            drop(hold);
+            return result;
         };
         debug_assert_eq!(self.durability, Durability::Sync);
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        let permit = tokio::time::timeout(self.timeout, self.admission.acquire())
+        let full = || Error::Timeout { what: "a place in the group-commit queue", after_ms: timeout_ms };
+        let permit = tokio::time::timeout(self.timeout, Arc::clone(&self.admission).acquire_owned())
             .await
-            .map_err(|_| Error::Timeout { what: "a place in the group-commit queue", after_ms: timeout_ms })?
+            .map_err(|_| full())?
             .map_err(|_| Error::Closed)?;
         let (ack, done) = oneshot::channel();
-        // Cannot block: the semaphore admits at most `queue_depth` requests, the channel's capacity.
-        queue.try_send(Request { ops, ack }).map_err(|_| Error::Closed)?;
-        let result = tokio::time::timeout(self.timeout, done).await;
-        drop(permit);
-        match result {
+        // Cannot be full: the semaphore admits at most `queue_depth` requests, the channel's capacity.
+        queue.try_send(Request { ops, ack, _hold: hold, _permit: permit }).map_err(|e| match e {
+            TrySendError::Full(_) => full(),
+            TrySendError::Disconnected(_) => Error::Closed,
+        })?;
+        match tokio::time::timeout(self.timeout, done).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Error::Closed),
+            Ok(Err(_)) => {
+                // The thread drops a request unanswered only when it died (a panic outside the
+                // guarded commit): what reached the disk is unknown.
+                self.poison("the group-commit thread died");
+                Err(Error::Poisoned)
+            }
             Err(_) => {
                 self.poison("group commit did not acknowledge in time");
                 Err(Error::Timeout { what: "the group commit to acknowledge", after_ms: timeout_ms })
@@ -143,7 +172,7 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
             Err(Error::Poisoned)
         } else {
             let ops: Vec<Op> = group.iter_mut().flat_map(|r| std::mem::take(&mut r.ops)).collect();
-            store.commit(&ops, true)
+            guarded_commit(store, &ops, true)
         };
         if let Err(e) = &result
             && !poisoned.swap(true, Ordering::AcqRel)
@@ -157,8 +186,27 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
                 Err(Error::Poisoned) => Err(Error::Poisoned),
                 Err(e) => Err(Error::Storage { op: "group commit", detail: e.to_string() }),
             };
-            // The caller may have timed out and gone; its outcome is then reported by the poison.
+            // The caller may have gone (timed out or cancelled); the outcome then stands on the
+            // disk and, if it failed, in the poison. Dropping `req` releases its hold and permit.
             let _ = req.ack.send(outcome);
         }
+    }
+}
+
+/// Commits `ops`, turning a panic below the engine into a failed commit: it must not leave callers
+/// waiting, kill the writer thread, or leave the engine writable.
+fn guarded_commit(store: &Store, ops: &[Op], sync: bool) -> Result<(), Error> {
+    catch_unwind(AssertUnwindSafe(|| store.commit(ops, sync))).unwrap_or_else(|panic| {
+        let what = panic_message(panic.as_ref());
+        Err(Error::Storage { op: "commit", detail: format!("the commit panicked: {what}") })
+    })
+}
+
+/// The text of a panic payload, for the poison message.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a non-string panic".to_string(),
     }
 }

@@ -285,7 +285,10 @@ impl Session {
         let _blob_gate = tokio::time::timeout(Duration::from_millis(timeout_ms), inner.blob_gate.read())
             .await
             .map_err(|_| Error::Timeout { what: "orphan-blob collection to finish", after_ms: timeout_ms })?;
-        inner.writer.write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())]).await?;
+        inner
+            .writer
+            .write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())], Box::new(()))
+            .await?;
         crate::testing::kill_point("compaction:after_blob");
 
         let summarizer = inner.summarizer.name().to_string();
