@@ -24,7 +24,7 @@ use crate::fold::{self, Head};
 use crate::guard::{Guards, KeyedLocks};
 use crate::ids::{Seq, SessionId};
 use crate::keys;
-use crate::store::{Ks, Op, Store};
+use crate::store::{Ks, Op, Store, View};
 use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
 use crate::view::{self, Summary, WorkingMemory};
 use crate::writer::Writer;
@@ -427,12 +427,13 @@ impl Session {
     /// whatever the session's length. A session with no events, or deleted, is [`Error::NotFound`].
     pub async fn working_memory(&self, limit: usize) -> Result<WorkingMemory, Error> {
         self.engine.check_read_limit(limit)?;
-        let head = self.live_head()?;
+        let view = self.engine.store().view();
+        let head = self.live_head(&view)?;
         let summary = match head.splice() {
-            Some(s) => Some(self.summary(s.upto, &s.summary_hash)?),
+            Some(s) => Some(self.summary(&view, s.upto, &s.summary_hash)?),
             None => None,
         };
-        let messages = self.window(head.upto().max(head.base()), head.last_seq(), limit)?;
+        let messages = self.window(&view, head.upto().max(head.base()), head.last_seq(), limit)?;
         Ok(WorkingMemory {
             session: self.id.clone(),
             last_seq: head.last_seq(),
@@ -446,21 +447,28 @@ impl Session {
     /// for a past seq: counting would walk the log.
     pub async fn working_memory_at(&self, at: Seq, limit: usize) -> Result<WorkingMemory, Error> {
         self.engine.check_read_limit(limit)?;
-        let head = self.live_head()?;
-        if at == head.last_seq() {
-            return self.working_memory(limit).await;
-        }
+        let view = self.engine.store().view();
+        let head = self.live_head(&view)?;
         if at > head.last_seq() || at <= head.base() {
             return Err(Error::InvalidArgument {
                 what: "seq",
                 reason: format!("{at} is outside the session's log ({}..={})", head.base().next(), head.last_seq()),
             });
         }
-        let store = self.engine.store();
+        if at == head.last_seq() {
+            // The head is the fold up to `at`: no index lookup, and the message count is known.
+            let summary = match head.splice() {
+                Some(s) => Some(self.summary(&view, s.upto, &s.summary_hash)?),
+                None => None,
+            };
+            let messages = self.window(&view, head.upto().max(head.base()), at, limit)?;
+            let n_messages = Some(head.n_messages());
+            return Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages, summary, messages });
+        }
         let prefix = keys::seq_key(&self.id, Seq::ZERO);
-        let latest = store.scan_rev(Ks::Splices, &prefix, &keys::seq_key(&self.id, at), 1)?;
+        let latest = view.scan_rev(Ks::Splices, &prefix, &keys::seq_key(&self.id, at), 1)?;
         let splice = match latest.first().and_then(|(k, _)| keys::parse_seq_key(k)) {
-            Some((_, splice_seq)) => match store.event(&self.id, splice_seq)?.map(|e| e.kind) {
+            Some((_, splice_seq)) => match view.event(&self.id, splice_seq)?.map(|e| e.kind) {
                 Some(EventKind::CompactionSpliced(s)) => Some(s),
                 _ => {
                     return Err(Error::Corrupt {
@@ -473,11 +481,11 @@ impl Session {
             None => None,
         };
         let summary = match &splice {
-            Some(s) => Some(self.summary(s.upto, &s.summary_hash)?),
+            Some(s) => Some(self.summary(&view, s.upto, &s.summary_hash)?),
             None => None,
         };
         let lower = splice.as_ref().map_or(Seq::ZERO, |s| s.upto).max(head.base());
-        let messages = self.window(lower, at, limit)?;
+        let messages = self.window(&view, lower, at, limit)?;
         Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages: None, summary, messages })
     }
 
@@ -485,13 +493,14 @@ impl Session {
     /// still here: compaction hides them from working memory only.
     pub async fn history(&self, from: Seq, limit: usize) -> Result<Vec<Event>, Error> {
         self.engine.check_read_limit(limit)?;
-        let head = self.engine.store().head(&self.id)?.ok_or_else(|| self.not_found())?;
+        let view = self.engine.store().view();
+        let head = view.head(&self.id)?.ok_or_else(|| self.not_found())?;
         let from = from.max(Seq::new(1));
         if limit == 0 || from > head.last_seq() {
             return Ok(Vec::new());
         }
         let to = Seq::new(from.get().saturating_add(limit as u64 - 1).min(head.last_seq().get()));
-        self.engine.store().events(&self.id, from, to, limit)
+        view.events(&self.id, from, to, limit)
     }
 
     /// Deletes the session: every event is removed and a `SessionDeleted` event is written in the
@@ -525,15 +534,17 @@ impl Session {
         Error::NotFound { session: self.id.to_string() }
     }
 
-    pub(crate) fn live_head(&self) -> Result<Head, Error> {
-        match self.engine.store().head(&self.id)? {
+    /// The head in `view`, unless the session has no events or is deleted ([`Error::NotFound`]).
+    pub(crate) fn live_head(&self, view: &View<'_>) -> Result<Head, Error> {
+        match view.head(&self.id)? {
             Some(head) if !head.is_deleted() => Ok(head),
             _ => Err(self.not_found()),
         }
     }
 
-    pub(crate) fn summary(&self, upto: Seq, hash: &crate::ids::SummaryHash) -> Result<Summary, Error> {
-        let text = self.engine.store().blob(hash)?.ok_or_else(|| Error::Corrupt {
+    /// The summary a splice up to `upto` names, from `view`; a missing blob is corrupt.
+    pub(crate) fn summary(&self, view: &View<'_>, upto: Seq, hash: &crate::ids::SummaryHash) -> Result<Summary, Error> {
+        let text = view.blob(hash)?.ok_or_else(|| Error::Corrupt {
             session: Some(self.id.to_string()),
             seq: None,
             detail: format!("summary blob {hash} (splice up to {upto}) is missing"),
@@ -542,14 +553,20 @@ impl Session {
     }
 
     /// The last `limit` messages with seq in `(lower, end]`, after the window rule.
-    fn window(&self, lower: Seq, end: Seq, limit: usize) -> Result<Vec<view::StoredMessage>, Error> {
-        Ok(view::window(self.last_messages(lower, end, limit)?, limit))
+    fn window(&self, view: &View<'_>, lower: Seq, end: Seq, limit: usize) -> Result<Vec<view::StoredMessage>, Error> {
+        Ok(view::window(self.last_messages(view, lower, end, limit)?, limit))
     }
 
     /// The last (up to) `n` messages with seq in `(lower, end]`, oldest first. Reads forward from
     /// `end - n + 1` (forward scans beat reverse ones in fjall's memtable) and pages back only
     /// when non-message events took some of the range, so the cost is O(n), not O(session).
-    pub(crate) fn last_messages(&self, lower: Seq, end: Seq, n: usize) -> Result<Vec<view::StoredMessage>, Error> {
+    pub(crate) fn last_messages(
+        &self,
+        view: &View<'_>,
+        lower: Seq,
+        end: Seq,
+        n: usize,
+    ) -> Result<Vec<view::StoredMessage>, Error> {
         let mut pages: Vec<Vec<view::StoredMessage>> = Vec::new();
         let (mut got, mut end) = (0usize, end.get());
         while got < n && end > lower.get() {
@@ -559,7 +576,7 @@ impl Session {
             let page =
                 if pages.is_empty() { need + need / 16 * WINDOW_SLACK_PER_16 + 2 } else { need.max(MIN_WINDOW_PAGE) };
             let start = end.saturating_sub(page - 1).max(lower.get() + 1);
-            let events = self.engine.store().events(&self.id, Seq::new(start), Seq::new(end), usize::MAX)?;
+            let events = view.events(&self.id, Seq::new(start), Seq::new(end), usize::MAX)?;
             let page: Vec<_> = view::messages_of(events).collect();
             got += page.len();
             pages.push(page);

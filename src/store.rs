@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
 use crate::codec;
 use crate::error::Error;
@@ -210,17 +210,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Like [`Store::scan`] but newest (largest key) first.
-    pub(crate) fn scan_rev(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
-        self.fault(FaultPointAlias::Read)?;
-        let mut out = Vec::new();
-        for guard in self.ks(ks).range(from..=to).rev().take(limit) {
-            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
-    }
-
     /// Every key/value pair of a keyspace in key order, starting after `after` (exclusive), for
     /// whole-database walks (audit, listing). The iterator reads lazily, so memory stays bounded.
     pub(crate) fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
@@ -250,6 +239,59 @@ impl Store {
         self.ks(ks).disk_space()
     }
 
+    /// A consistent read view of the whole database as it is now (see [`View`]).
+    pub(crate) fn view(&self) -> View<'_> {
+        View { store: self, snapshot: self.db.snapshot() }
+    }
+
+    /// The stored head of `session`, if it has one.
+    pub(crate) fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
+        self.view().head(session)
+    }
+
+    /// Events of `session` with seq in `[from, to]`, at most `limit` (see [`View::events`]).
+    pub(crate) fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
+        self.view().events(session, from, to, limit)
+    }
+
+    /// Every event key of `session` (for deletion), in order.
+    pub(crate) fn event_keys(&self, session: &SessionId) -> Result<Vec<Vec<u8>>, Error> {
+        self.fault(FaultPointAlias::Read)?;
+        let mut out = Vec::new();
+        for guard in self.events.prefix(keys::session_prefix(session)) {
+            out.push(guard.key().map_err(storage("scan"))?.to_vec());
+        }
+        Ok(out)
+    }
+}
+
+/// A consistent read view across every keyspace: a fjall snapshot, so every read through one view
+/// sees the database as of one instant. A read made of several lookups (a head, a blob, a range of
+/// events) answers from one state even while writers commit, so a concurrent deletion or splice
+/// cannot tear it. Keep views short-lived: a snapshot holds back garbage collection of old versions.
+pub(crate) struct View<'a> {
+    store: &'a Store,
+    snapshot: Snapshot,
+}
+
+impl View<'_> {
+    /// Reads one value.
+    pub(crate) fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.store.fault(FaultPointAlias::Read)?;
+        Ok(self.snapshot.get(self.store.ks(ks), key).map_err(storage("get"))?.map(|v| v.to_vec()))
+    }
+
+    /// Key/value pairs with keys in `[from, to]`, newest (largest key) first, at most `limit`.
+    pub(crate) fn scan_rev(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
+        self.store.fault(FaultPointAlias::Read)?;
+        let mut out = Vec::new();
+        for guard in self.snapshot.range(self.store.ks(ks), from..=to).rev().take(limit) {
+            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The stored head of `session`, if it has one.
     pub(crate) fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
         self.get(Ks::Heads, keys::head_key(session))?
@@ -260,10 +302,10 @@ impl Store {
     /// Events of `session` with seq in `[from, to]`, at most `limit`, decoded straight from
     /// fjall's slices (the hot path of working memory: no intermediate copies).
     pub(crate) fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
-        self.fault(FaultPointAlias::Read)?;
+        self.store.fault(FaultPointAlias::Read)?;
         let (lo, hi) = (keys::seq_key(session, from), keys::seq_key(session, to));
         let mut out = Vec::new();
-        for guard in self.events.range(lo..=hi).take(limit) {
+        for guard in self.snapshot.range(&self.store.events, lo..=hi).take(limit) {
             let (k, v) = guard.into_inner().map_err(storage("scan"))?;
             let (_, seq) = keys::parse_seq_key(&k).ok_or_else(|| Error::Corrupt {
                 session: Some(session.to_string()),
@@ -280,16 +322,6 @@ impl Store {
         self.get(Ks::Events, &keys::seq_key(session, seq))?
             .map(|v| codec::decode_event(session.as_str(), seq, &v))
             .transpose()
-    }
-
-    /// Every event key of `session` (for deletion), in order.
-    pub(crate) fn event_keys(&self, session: &SessionId) -> Result<Vec<Vec<u8>>, Error> {
-        self.fault(FaultPointAlias::Read)?;
-        let mut out = Vec::new();
-        for guard in self.events.prefix(keys::session_prefix(session)) {
-            out.push(guard.key().map_err(storage("scan"))?.to_vec());
-        }
-        Ok(out)
     }
 
     /// The summary text stored under `hash`, if present. A blob that is not UTF-8 is corrupt.

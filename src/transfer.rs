@@ -83,7 +83,7 @@ impl Session {
         let mut line = match &event.kind {
             EventKind::MessageAppended(m) => message_to_json(m),
             EventKind::CompactionSpliced(s) => {
-                let text = self.summary(s.upto, &s.summary_hash)?.text;
+                let text = self.summary(&self.engine().store().view(), s.upto, &s.summary_hash)?.text;
                 json!({
                     "type": "compaction_spliced", "upto": s.upto.get(), "previous_upto": s.previous_upto.get(),
                     "summary_hash": s.summary_hash.to_hex(), "summary": text, "n_messages": s.n_messages,

@@ -212,7 +212,9 @@ impl Session {
         let engine = self.engine();
         let inner = engine.inner();
         let cfg = &inner.config.compaction;
-        let head = self.live_head()?;
+        // One snapshot for the whole load, so the plan sees one state of the session.
+        let view = engine.store().view();
+        let head = self.live_head(&view)?;
         // Messages at or before `lower` are already summarized (or deleted).
         let lower = head.upto().max(head.base());
         let requested = match request.upto {
@@ -225,7 +227,7 @@ impl Session {
             Some(upto) => upto,
             None => {
                 let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
-                let last = self.last_messages(lower, head.last_seq(), keep.saturating_add(1))?;
+                let last = self.last_messages(&view, lower, head.last_seq(), keep.saturating_add(1))?;
                 if last.len() <= keep {
                     return Ok(Step::Done(CompactionOutcome::NothingToCompact {
                         requested_upto: None,
@@ -239,11 +241,8 @@ impl Session {
             }
         };
         let requested = requested.min(Seq::new(lower.get().saturating_add(cfg.max_span_messages)));
-        let span = if requested > lower {
-            engine.store().events(self.id(), lower.next(), requested, usize::MAX)?
-        } else {
-            Vec::new()
-        };
+        let span =
+            if requested > lower { view.events(self.id(), lower.next(), requested, usize::MAX)? } else { Vec::new() };
         let plan = match plan(lower, requested, &span) {
             Ok(plan) => plan,
             Err(no) => {
@@ -264,9 +263,11 @@ impl Session {
         let publish = |stage| inner.progress.publish(self.id(), id, stage);
         publish(Stage::Loaded { base: lower, requested_upto: requested, upto, n_messages, n_bytes });
         let previous_summary = match head.splice() {
-            Some(s) if s.upto == lower => Some(self.summary(s.upto, &s.summary_hash)?.text),
+            Some(s) if s.upto == lower => Some(self.summary(&view, s.upto, &s.summary_hash)?.text),
             _ => None,
         };
+        // A snapshot held through a long model call would hold back fjall's garbage collection.
+        drop(view);
 
         // No lock is held from here to the splice: appends to this session go on meanwhile.
         let span = Span { messages, previous_summary, focus: request.focus };
