@@ -18,7 +18,7 @@ use crate::event::{Event, EventKind};
 use crate::fold::{self, Head};
 use crate::ids::{Seq, SessionId, SummaryHash};
 use crate::keys;
-use crate::store::{Ks, Op};
+use crate::store::{Ks, Op, View};
 
 /// How often (in events) audit reports progress.
 pub const AUDIT_PROGRESS_EVERY: u64 = 65_536;
@@ -319,7 +319,10 @@ impl Engine {
     /// `progress` is called with the number of events read so far, every
     /// [`AUDIT_PROGRESS_EVERY`] events. Blocking: run it off the async runtime's workers.
     pub fn audit(&self, options: &AuditOptions, progress: &mut dyn FnMut(u64)) -> Result<AuditReport, Error> {
-        let store = self.store();
+        // One snapshot for the whole audit: with the engine open, writers and the purger go on
+        // committing, and the log, heads, index and markers must be read as of one instant.
+        let view = self.store().view();
+        let store = &view;
         let mut report = AuditReport::default();
         let mut referenced: HashSet<SummaryHash> = HashSet::new();
         let mut checked: HashSet<SummaryHash> = HashSet::new();
@@ -329,6 +332,8 @@ impl Engine {
             None => Box::new(store.iter_from(Ks::Events, None)),
         };
         let mut current: Option<Replayer> = None;
+        // Events below a session's purge floor are dead (a deletion not yet purged): skipped.
+        let mut floor = Seq::ZERO;
         for row in rows {
             let (key, value) = row?;
             let Some((id, seq)) = keys::parse_seq_key(&key).filter(|(id, _)| SessionId::new(*id).is_ok()) else {
@@ -337,25 +342,29 @@ impl Engine {
             };
             if current.as_ref().is_none_or(|r| r.session != id) {
                 if let Some(done) = current.take() {
-                    self.finish_session(done, &mut report, &mut referenced, &mut checked)?;
+                    self.finish_session(store, done, floor, &mut report, &mut referenced, &mut checked)?;
                 }
                 seen.insert(id.to_string());
                 current = Some(Replayer::new(id));
+                floor = crate::purge::floor(store, &SessionId::new(id)?)?;
+            }
+            report.events += 1;
+            if seq < floor {
+                continue;
             }
             let replayer = current.as_mut().expect("set just above");
             match codec::decode_event_unchecked(id, seq, &value) {
                 Ok(event) => replayer.event(seq, &event),
                 Err(e) => replayer.undecodable(seq, e.to_string()),
             }
-            report.events += 1;
             if report.events.is_multiple_of(AUDIT_PROGRESS_EVERY) {
                 progress(report.events);
             }
         }
         if let Some(done) = current.take() {
-            self.finish_session(done, &mut report, &mut referenced, &mut checked)?;
+            self.finish_session(store, done, floor, &mut report, &mut referenced, &mut checked)?;
         }
-        self.heads_without_log(options, &seen, &mut report)?;
+        self.heads_without_log(store, options, &seen, &mut report)?;
         if options.session.is_none() {
             for row in store.iter_from(Ks::Blobs, None) {
                 let (key, value) = row?;
@@ -387,12 +396,13 @@ impl Engine {
 
     fn finish_session(
         &self,
+        store: &View<'_>,
         replayer: Replayer,
+        floor: Seq,
         report: &mut AuditReport,
         referenced: &mut HashSet<SummaryHash>,
         checked: &mut HashSet<SummaryHash>,
     ) -> Result<(), Error> {
-        let store = self.store();
         let session = replayer.session.clone();
         let id = SessionId::new(session.as_str())?;
         let result = replayer.finish();
@@ -439,6 +449,7 @@ impl Engine {
         for row in store.iter_prefix(Ks::Splices, &prefix) {
             let (key, _) = row?;
             match keys::parse_seq_key(&key) {
+                Some((_, seq)) if seq < floor => {}
                 Some((_, seq)) => indexed.push(seq),
                 None => {
                     report.violations.push(malformed(format!("splice index key {:?}", String::from_utf8_lossy(&key))))
@@ -457,11 +468,11 @@ impl Engine {
 
     fn heads_without_log(
         &self,
+        store: &View<'_>,
         options: &AuditOptions,
         seen: &BTreeSet<String>,
         report: &mut AuditReport,
     ) -> Result<(), Error> {
-        let store = self.store();
         let heads: Box<dyn Iterator<Item = Result<_, Error>>> = match &options.session {
             Some(id) => Box::new(
                 store.get(Ks::Heads, keys::head_key(id))?.map(|v| Ok((keys::head_key(id).to_vec(), v))).into_iter(),
@@ -510,11 +521,16 @@ impl Engine {
             .lock(id, std::time::Duration::from_millis(timeout_ms))
             .await
             .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
-        let store = self.store();
+        // Under the session's lock nothing else writes this session, but the purger may be removing
+        // its dead events: read the log, head, index and markers as of one instant.
+        let view = self.store().view();
+        let store = &view;
         let mut replayer = Replayer::new(id.as_str());
+        // Dead events (below the purge floor) are the purger's, not part of the log to rebuild.
+        let floor = crate::purge::floor(store, id)?;
         for row in store.iter_prefix(Ks::Events, &keys::session_prefix(id)) {
             let (key, value) = row?;
-            let Some((_, seq)) = keys::parse_seq_key(&key) else { continue };
+            let Some((_, seq)) = keys::parse_seq_key(&key).filter(|(_, seq)| *seq >= floor) else { continue };
             match codec::decode_event_unchecked(id.as_str(), seq, &value) {
                 Ok(event) => replayer.event(seq, &event),
                 Err(e) => replayer.undecodable(seq, e.to_string()),
@@ -542,7 +558,7 @@ impl Engine {
         for row in store.iter_prefix(Ks::Splices, &keys::session_prefix(id)) {
             let (key, _) = row?;
             match keys::parse_seq_key(&key) {
-                Some((_, seq)) if result.splice_seqs.contains(&seq) => {
+                Some((_, seq)) if seq < floor || result.splice_seqs.contains(&seq) => {
                     indexed.insert(seq);
                 }
                 _ => ops.push(Op::Delete(Ks::Splices, key)),

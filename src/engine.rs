@@ -24,6 +24,7 @@ use crate::fold::{self, Head};
 use crate::guard::{Guards, KeyedLocks};
 use crate::ids::{Seq, SessionId};
 use crate::keys;
+use crate::purge::{self, Purger};
 use crate::store::{Ks, Op, Store, View};
 use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
 use crate::view::{self, Summary, WorkingMemory};
@@ -71,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) classifier: Arc<dyn EpisodeClassifier>,
     pub(crate) extractor: Arc<dyn MemoryExtractor>,
     pub(crate) extractions: Arc<Extractions>,
+    /// Removes deleted sessions' dead events beside the writers.
+    pub(crate) purger: Purger,
 }
 
 /// Pluggable parts of an engine; each `None` is built from the config
@@ -126,7 +129,8 @@ impl Engine {
             (None, ExtractorKind::Openai) => Arc::new(OpenAiExtractor::new(openai()?)),
         };
         let store = Arc::new(Store::open(&config.path, config.cache_mb)?);
-        let writer = Writer::start(store, config.durability, &config.writes)?;
+        let writer = Writer::start(Arc::clone(&store), config.durability, &config.writes)?;
+        let purger = Purger::start(store, writer.committer())?;
         tracing::info!(path = %config.path.display(), durability = ?config.durability, summarizer = summarizer.name(), "engine open");
         let guards = Guards::new(&config);
         let bg = &config.background;
@@ -149,6 +153,7 @@ impl Engine {
                 classifier,
                 extractor,
                 extractions,
+                purger,
             }),
         })
     }
@@ -215,6 +220,18 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// Deletions whose dead events are still being removed in the background (queued or running).
+    pub fn purges_pending(&self) -> u64 {
+        self.inner.purger.pending()
+    }
+
+    /// Blocks until every queued deletion purge has finished, at most `timeout`; true when none is
+    /// left. An operator's tool or a test calls it before measuring space; nothing depends on it
+    /// for correctness (dead events are invisible to readers and audit from the deletion on).
+    pub fn wait_for_purges(&self, timeout: Duration) -> bool {
+        self.inner.purger.wait_idle(timeout)
     }
 
     /// True after a failed write: every later write fails until the engine is reopened.
@@ -465,8 +482,9 @@ impl Session {
             let n_messages = Some(head.n_messages());
             return Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages, summary, messages });
         }
-        let prefix = keys::seq_key(&self.id, Seq::ZERO);
-        let latest = view.scan_rev(Ks::Splices, &prefix, &keys::seq_key(&self.id, at), 1)?;
+        // Splices below the latest deletion are dead (their index entries may not be purged yet).
+        let first = keys::seq_key(&self.id, head.base());
+        let latest = view.scan_rev(Ks::Splices, &first, &keys::seq_key(&self.id, at), 1)?;
         let splice = match latest.first().and_then(|(k, _)| keys::parse_seq_key(k)) {
             Some((_, splice_seq)) => match view.event(&self.id, splice_seq)?.map(|e| e.kind) {
                 Some(EventKind::CompactionSpliced(s)) => Some(s),
@@ -495,7 +513,8 @@ impl Session {
         self.engine.check_read_limit(limit)?;
         let view = self.engine.store().view();
         let head = view.head(&self.id)?.ok_or_else(|| self.not_found())?;
-        let from = from.max(Seq::new(1));
+        // Events below the latest deletion are dead (and being purged): history starts at it.
+        let from = from.max(head.base()).max(Seq::new(1));
         if limit == 0 || from > head.last_seq() {
             return Ok(Vec::new());
         }
@@ -503,31 +522,33 @@ impl Session {
         view.events(&self.id, from, to, limit)
     }
 
-    /// Deletes the session: every event is removed and a `SessionDeleted` event is written in the
-    /// same batch, so audit sees the deletion. Appending afterwards starts the session afresh
-    /// (numbering continues). Summary blobs become orphans for `gc`. Returns the deletion's seq.
+    /// Deletes the session. One small batch records the deletion whatever the session's length: the
+    /// `SessionDeleted` event (so audit sees it), the head, and a purge marker. From then on the
+    /// session reads as not found and its earlier events are dead; a background thread removes them
+    /// in bounded chunks (see SPEC.md section 5, "Deletion"). Appending afterwards starts the session
+    /// afresh (numbering continues). Summary blobs become orphans for `gc`. Returns the deletion's seq.
+    ///
+    /// Cancel safety: dropping the future before the deletion is queued deletes nothing; after, the
+    /// deletion lands (and its purge then waits for the next open, which resumes it from the marker).
     pub async fn delete(&self) -> Result<Seq, Error> {
         let id = &self.id;
         let head = self
             .engine
-            .write_events(id, |batch, store| {
-                if batch.head().last_seq() == Seq::ZERO || batch.head().is_deleted() {
+            .write_events(id, |batch, _| {
+                let head = batch.head();
+                if head.last_seq() == Seq::ZERO || head.is_deleted() {
                     return Err(Error::NotFound { session: id.to_string() });
                 }
-                let event_keys = store.event_keys(id)?;
-                let n_events_removed = event_keys.len() as u64;
-                for key in event_keys {
-                    batch.op(Op::Delete(Ks::Events, key));
-                }
-                let (first, last) = (keys::seq_key(id, Seq::ZERO), keys::seq_key(id, Seq::new(u64::MAX)));
-                for (key, _) in store.scan(Ks::Splices, &first, &last, usize::MAX)? {
-                    batch.op(Op::Delete(Ks::Splices, key));
-                }
-                batch.push(EventKind::SessionDeleted { n_events_removed });
+                // The events still stored: from the previous deletion (itself one) to the last.
+                let n_events_removed = head.last_seq().get() - head.base().get() + u64::from(head.base() > Seq::ZERO);
+                let seq = batch.push(EventKind::SessionDeleted { n_events_removed });
+                batch.op(Op::Put(Ks::Meta, keys::purge_key(id, seq), Vec::new()));
                 Ok(())
             })
             .await?;
-        Ok(head.last_seq())
+        let base = head.last_seq();
+        self.engine.inner.purger.enqueue(purge::Job { session: id.clone(), base });
+        Ok(base)
     }
 
     fn not_found(&self) -> Error {

@@ -32,6 +32,9 @@ pub const MEMORIES: &str = "memories";
 pub const META_FORMAT: &[u8] = b"format";
 
 const SEPARATOR: u8 = 0x00;
+/// Prefix of the purge markers in `meta`: `purge 0x00 session 0x00 base: u64 BE`, one per
+/// deletion whose dead events are not all removed yet (see `purge`).
+pub const META_PURGE_PREFIX: &[u8] = b"purge\x00";
 const SEQ_BYTES: usize = 8;
 
 /// The prefix shared by every event (or splice-index) key of `session`.
@@ -108,4 +111,23 @@ mod tests {
         assert!(!keys[3].starts_with(&session_prefix(&a)));
         assert_eq!(parse_seq_key(b"short"), None);
     }
+}
+
+/// The purge marker of the deletion of `session` at `base` (in `meta`).
+pub fn purge_key(session: &SessionId, base: Seq) -> Vec<u8> {
+    let mut key = META_PURGE_PREFIX.to_vec();
+    key.extend_from_slice(&seq_key(session, base));
+    key
+}
+
+/// The session and deletion seq of a purge marker key, if well formed.
+pub fn parse_purge_key(key: &[u8]) -> Option<(&str, Seq)> {
+    parse_seq_key(key.strip_prefix(META_PURGE_PREFIX)?)
+}
+
+/// The prefix of every purge marker of `session`.
+pub fn purge_prefix(session: &SessionId) -> Vec<u8> {
+    let mut key = META_PURGE_PREFIX.to_vec();
+    key.extend_from_slice(&session_prefix(session));
+    key
 }

@@ -15,6 +15,7 @@
 //! - `view`: pure: which messages working memory shows.
 //! - `store`: the fjall boundary (the only module naming fjall).
 //! - `writer`: durability, group commit, poisoning.
+//! - `purge`: removes a deleted session's dead events in bounded chunks, resumed on open.
 //! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
 //! - `episode`: the [`EpisodeClassifier`] trait, the lexical default, turn caps and boundaries.
 //! - `extract`: background memory extraction into namespaces, its queue and `drain`.
@@ -38,6 +39,7 @@ mod fold;
 mod guard;
 mod ids;
 mod keys;
+mod purge;
 mod store;
 mod summarizer;
 mod testing;

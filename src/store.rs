@@ -199,17 +199,6 @@ impl Store {
         Ok(self.ks(ks).get(key).map_err(storage("get"))?.map(|v| v.to_vec()))
     }
 
-    /// Key/value pairs with keys in `[from, to]`, in key order, at most `limit` of them.
-    pub(crate) fn scan(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
-        self.fault(FaultPointAlias::Read)?;
-        let mut out = Vec::new();
-        for guard in self.ks(ks).range(from..=to).take(limit) {
-            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
-    }
-
     /// Every key/value pair of a keyspace in key order, starting after `after` (exclusive), for
     /// whole-database walks (audit, listing). The iterator reads lazily, so memory stays bounded.
     pub(crate) fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
@@ -254,11 +243,11 @@ impl Store {
         self.view().events(session, from, to, limit)
     }
 
-    /// Every event key of `session` (for deletion), in order.
-    pub(crate) fn event_keys(&self, session: &SessionId) -> Result<Vec<Vec<u8>>, Error> {
+    /// The keys (only) in `[from, to]`, in key order, at most `limit` of them.
+    pub(crate) fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
         self.fault(FaultPointAlias::Read)?;
         let mut out = Vec::new();
-        for guard in self.events.prefix(keys::session_prefix(session)) {
+        for guard in self.ks(ks).range(from..=to).take(limit) {
             out.push(guard.key().map_err(storage("scan"))?.to_vec());
         }
         Ok(out)
@@ -290,6 +279,30 @@ impl View<'_> {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Like [`Store::iter_from`], in this view.
+    pub(crate) fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
+        let ks = self.store.ks(ks);
+        let iter = match after {
+            Some(a) => self.snapshot.range::<&[u8], _>(ks, (std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.snapshot.iter(ks),
+        };
+        let fault = self.store.fault(FaultPointAlias::Read).err();
+        fault
+            .into_iter()
+            .map(Err)
+            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
+    }
+
+    /// Like [`Store::iter_prefix`], in this view.
+    pub(crate) fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
+        let fault = self.store.fault(FaultPointAlias::Read).err();
+        let iter = self.snapshot.prefix(self.store.ks(ks), prefix);
+        fault
+            .into_iter()
+            .map(Err)
+            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
     }
 
     /// The stored head of `session`, if it has one.

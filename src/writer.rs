@@ -138,6 +138,13 @@ impl Writer {
         }
     }
 
+    /// A handle for background work that commits beside the writers (the purger): its commits are
+    /// not acknowledged to anyone and not fsynced on their own, but they poison the engine on failure
+    /// and are refused once it is poisoned, like every other write.
+    pub(crate) fn committer(&self) -> Committer {
+        Committer { store: Arc::clone(&self.store), poisoned: Arc::clone(&self.poisoned) }
+    }
+
     /// The store this writer commits to.
     pub(crate) fn store(&self) -> &Store {
         &self.store
@@ -190,6 +197,26 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
             // disk and, if it failed, in the poison. Dropping `req` releases its hold and permit.
             let _ = req.ack.send(outcome);
         }
+    }
+}
+
+/// See [`Writer::committer`].
+pub(crate) struct Committer {
+    store: Arc<Store>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl Committer {
+    /// Commits `ops` as one atomic batch without an fsync of its own.
+    pub(crate) fn commit(&self, ops: &[Op]) -> Result<(), Error> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        guarded_commit(&self.store, ops, false).inspect_err(|e| {
+            if !self.poisoned.swap(true, Ordering::AcqRel) {
+                tracing::error!(error = %e, "background commit failed: engine poisoned until reopened");
+            }
+        })
     }
 }
 
