@@ -92,6 +92,25 @@ pub fn blob_key(hash: &SummaryHash) -> &[u8] {
     hash.as_bytes()
 }
 
+/// The purge marker of the deletion of `session` at `base` (in `meta`).
+pub fn purge_key(session: &SessionId, base: Seq) -> Vec<u8> {
+    let mut key = META_PURGE_PREFIX.to_vec();
+    key.extend_from_slice(&seq_key(session, base));
+    key
+}
+
+/// The session and deletion seq of a purge marker key, if well formed.
+pub fn parse_purge_key(key: &[u8]) -> Option<(&str, Seq)> {
+    parse_seq_key(key.strip_prefix(META_PURGE_PREFIX)?)
+}
+
+/// The prefix of every purge marker of `session`.
+pub fn purge_prefix(session: &SessionId) -> Vec<u8> {
+    let mut key = META_PURGE_PREFIX.to_vec();
+    key.extend_from_slice(&session_prefix(session));
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,23 +130,4 @@ mod tests {
         assert!(!keys[3].starts_with(&session_prefix(&a)));
         assert_eq!(parse_seq_key(b"short"), None);
     }
-}
-
-/// The purge marker of the deletion of `session` at `base` (in `meta`).
-pub fn purge_key(session: &SessionId, base: Seq) -> Vec<u8> {
-    let mut key = META_PURGE_PREFIX.to_vec();
-    key.extend_from_slice(&seq_key(session, base));
-    key
-}
-
-/// The session and deletion seq of a purge marker key, if well formed.
-pub fn parse_purge_key(key: &[u8]) -> Option<(&str, Seq)> {
-    parse_seq_key(key.strip_prefix(META_PURGE_PREFIX)?)
-}
-
-/// The prefix of every purge marker of `session`.
-pub fn purge_prefix(session: &SessionId) -> Vec<u8> {
-    let mut key = META_PURGE_PREFIX.to_vec();
-    key.extend_from_slice(&session_prefix(session));
-    key
 }
