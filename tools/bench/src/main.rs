@@ -63,6 +63,9 @@ enum Hidden {
         session: String,
         #[arg(long)]
         calls: usize,
+        /// Then delete the session and wait for its purge, and report that too.
+        #[arg(long)]
+        delete: bool,
     },
     /// Runs one hot loop alone, for a profiler.
     #[command(hide = true)]
@@ -163,7 +166,7 @@ fn cores() -> usize {
 fn main() {
     let args = Args::parse();
     match &args.command {
-        Some(Hidden::RssProbe { db, session, calls }) => return rss::probe(db, session, *calls),
+        Some(Hidden::RssProbe { db, session, calls, delete }) => return rss::probe(db, session, *calls, *delete),
         Some(Hidden::Profile { which, calls }) => return profile::run(*which, *calls),
         None => {}
     }
@@ -238,6 +241,10 @@ async fn run(plan: &Plan, out: &mut Map<String, Value>) {
 
     log("p7 diagnostic: peak RSS of the large database once flushed");
     merge(out, rss::rss_after_flush(plan, (large_dir.path(), large_id)));
+
+    // Last: it deletes both sessions.
+    log("deletion: peak RSS deleting and purging the large session vs the small one");
+    merge(out, rss::deletion(plan, (large_dir.path(), large_id), (small_dir.path(), small_id)));
 }
 
 fn temp() -> tempfile::TempDir {

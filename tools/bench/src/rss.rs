@@ -28,8 +28,9 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or_else(|| panic!("/proc/self/status has no {field} line"))
 }
 
-/// The child's side: open, serve `calls` working-memory reads, print one JSON line.
-pub fn probe(db: &Path, session: &str, calls: usize) {
+/// The child's side: open, serve `calls` working-memory reads, and with `delete` then delete the
+/// session and wait for its purge; print one JSON line.
+pub fn probe(db: &Path, session: &str, calls: usize, delete: bool) {
     let runtime = crate::runtime();
     let start = Instant::now();
     let engine = workload::open(db, Durability::Buffered);
@@ -37,7 +38,19 @@ pub fn probe(db: &Path, session: &str, calls: usize) {
     let rss_after_open_kb = status_kb("VmRSS");
     let session = workload::session(&engine, session);
     let wm50_us = runtime.block_on(wm_us(&session, calls));
+    let (mut delete_ms, mut purge_ms, mut hwm_before_delete_kb) = (0.0, 0.0, 0);
+    if delete {
+        hwm_before_delete_kb = status_kb("VmHWM");
+        let start = Instant::now();
+        runtime.block_on(session.delete()).expect("delete");
+        delete_ms = start.elapsed().as_secs_f64() * 1e3;
+        assert!(engine.wait_for_purges(std::time::Duration::from_secs(600)), "the purge finishes");
+        purge_ms = start.elapsed().as_secs_f64() * 1e3;
+    }
     let report = json!({
+        "delete_ms": round(delete_ms, 2),
+        "purge_ms": round(purge_ms, 1),
+        "vm_hwm_before_delete_kb": hwm_before_delete_kb,
         "vm_hwm_kb": status_kb("VmHWM"),
         "vm_rss_kb": status_kb("VmRSS"),
         "vm_rss_after_open_kb": rss_after_open_kb,
@@ -50,15 +63,17 @@ pub fn probe(db: &Path, session: &str, calls: usize) {
 
 /// The parent's side: run one child and parse its report.
 fn run_child(db: &Path, session: &str, calls: usize) -> Value {
+    run_child_with(db, session, calls, false)
+}
+
+fn run_child_with(db: &Path, session: &str, calls: usize, delete: bool) -> Value {
     let exe: PathBuf = std::env::current_exe().expect("the path of this binary");
-    let output = Command::new(exe)
-        .arg(PROBE_COMMAND)
-        .arg("--db")
-        .arg(db)
-        .arg("--session")
-        .arg(session)
-        .arg("--calls")
-        .arg(calls.to_string())
+    let mut command = Command::new(exe);
+    command.arg(PROBE_COMMAND).arg("--db").arg(db).arg("--session").arg(session).arg("--calls").arg(calls.to_string());
+    if delete {
+        command.arg("--delete");
+    }
+    let output = command
         .output()
         .expect("running the rss probe");
     assert!(output.status.success(), "the rss probe failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -112,5 +127,23 @@ pub fn rss_growth(plan: &Plan, large: (&Path, &str), small: (&Path, &str)) -> Va
         "p7_open_ms_large": round(median(&open_large), 1),
         "p7_open_ms_small": round(median(&open_small), 1),
         "p7_wm50_calls": plan.rss_calls,
+    })
+}
+
+/// Deleting a session records one small batch and purges the dead events in bounded chunks, so the
+/// peak RSS of a child that deletes the large session should match one that deletes the small one.
+/// One run each (a deletion consumes its database).
+pub fn deletion(plan: &Plan, large: (&Path, &str), small: (&Path, &str)) -> Value {
+    let l = run_child_with(large.0, large.1, plan.rss_calls, true);
+    let s = run_child_with(small.0, small.1, plan.rss_calls, true);
+    log(format!("deletion: large {l}, small {s}"));
+    json!({
+        "delete_rss_growth": round(field(&l, "vm_hwm_kb") / field(&s, "vm_hwm_kb"), 3),
+        "delete_peak_rss_kb_large": field(&l, "vm_hwm_kb"),
+        "delete_peak_rss_kb_small": field(&s, "vm_hwm_kb"),
+        "delete_hwm_before_delete_kb_large": field(&l, "vm_hwm_before_delete_kb"),
+        "delete_ms_large": field(&l, "delete_ms"),
+        "delete_ms_small": field(&s, "delete_ms"),
+        "purge_ms_large": field(&l, "purge_ms"),
     })
 }
