@@ -111,7 +111,7 @@ pub(crate) fn render_message(m: &StoredMessage, out: &mut String) {
 /// `max_bytes`, and free of NUL and other control characters (except newline and tab).
 /// Returns the trimmed text.
 ///
-/// The compaction driver cleans every reply before this check ([`accept_reply`]), so for it this
+/// The compaction driver cleans every reply before this check (`accept_reply`), so for it this
 /// is the final guard: a cleaned text never fails the control-character rule.
 pub fn check_summary(reply: &str, max_bytes: usize) -> Result<String, Error> {
     let text = reply.trim();
