@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// The least `writes.timeout_ms`, ms. The timeout covers the wait for a session's write lock
+/// (behind that session's other writes, a splice or an extraction among them) and a group commit
+/// with its fsync, which on a busy shared disk takes tens to hundreds of ms; below a second,
+/// ordinary stalls would surface as failed writes.
+pub const MIN_WRITE_TIMEOUT_MS: u64 = 1_000;
+
 /// Everything the engine can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,7 +107,8 @@ pub struct Writes {
     pub queue_depth: u64,
     /// Most events committed in one group (one batch, one fsync). Default 4,096, range 1..=1,000,000.
     pub group_max_events: u64,
-    /// Longest wait for a session's write lock plus the commit, ms. Default 30,000, range 1..=600,000.
+    /// Longest wait for a session's write lock plus the commit, ms. Default 30,000, range
+    /// 1,000..=600,000 (the floor is `MIN_WRITE_TIMEOUT_MS`).
     pub timeout_ms: u64,
 }
 
@@ -126,10 +133,11 @@ pub struct Compaction {
     pub chunk_bytes: u64,
     /// Chunk summaries running at once. Default 4, range 1..=32.
     pub chunk_concurrency: u64,
-    /// Timeout of one chunk (or single-pass) summary call, ms. Default 120,000, range 100..=3,600,000.
+    /// Timeout of one chunk (or single-pass) summary call, ms. Default 120,000, range 100..=3,600,000,
+    /// and at most `timeout_ms`.
     pub chunk_timeout_ms: u64,
     /// Timeout of the merge call, ms; on timeout the chunk summaries are concatenated.
-    /// Default 60,000, range 100..=3,600,000.
+    /// Default 60,000, range 100..=3,600,000, and at most `timeout_ms`.
     pub merge_timeout_ms: u64,
     /// Timeout of a whole compaction, ms. Default 600,000, range 1,000..=86,400,000.
     pub timeout_ms: u64,
@@ -220,6 +228,8 @@ pub enum OnLockTimeout {
 }
 
 /// Bounded waits on namespace locks. Zero never means unlimited: `max_retries = 0` is one try.
+/// Memory extraction takes a namespace lock inside its job, so the wait these bounds allow
+/// ([`Locks::max_wait_ms`]) may not exceed `background.extraction_timeout_ms`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Locks {
@@ -233,6 +243,19 @@ pub struct Locks {
     pub on_timeout: OnLockTimeout,
     /// Must be true for `max_retries` and `timeout_ms` to be both null (an unbounded wait).
     pub allow_unlimited: bool,
+}
+
+impl Locks {
+    /// The longest an acquisition can wait under these bounds, ms: `timeout_ms`, or
+    /// `max_retries` waits of `retry_interval_ms` each, whichever is shorter; `None` when both
+    /// bounds are null (an unbounded wait, allowed only with `allow_unlimited`).
+    pub fn max_wait_ms(&self) -> Option<u64> {
+        let by_retries = self.max_retries.map(|n| n.saturating_mul(self.retry_interval_ms));
+        match (self.timeout_ms, by_retries) {
+            (Some(t), Some(r)) => Some(t.min(r)),
+            (t, r) => t.or(r),
+        }
+    }
 }
 
 impl Default for Locks {
@@ -390,7 +413,7 @@ impl Config {
         let w = &self.writes;
         in_range("writes.queue_depth", w.queue_depth, 1, 1_000_000)?;
         in_range("writes.group_max_events", w.group_max_events, 1, 1_000_000)?;
-        in_range("writes.timeout_ms", w.timeout_ms, 1, 600_000)?;
+        in_range("writes.timeout_ms", w.timeout_ms, MIN_WRITE_TIMEOUT_MS, 600_000)?;
         let c = &self.compaction;
         in_range("compaction.keep_last_messages", c.keep_last_messages, 0, 100_000)?;
         in_range("compaction.max_summary_bytes", c.max_summary_bytes, 256, 1 << 20)?;
@@ -448,6 +471,54 @@ impl Config {
         in_range("background.model_concurrency", b.model_concurrency, 1, 8)?;
         in_range("background.extraction_timeout_ms", b.extraction_timeout_ms, 1_000, 3_600_000)?;
         in_range("background.extraction_queue_depth", b.extraction_queue_depth, 1, 10_000)?;
+        self.cross_check()
+    }
+
+    /// Checks between fields, once each is in range: a wait may not outlast the job it serves, or
+    /// the job's own timeout would always fire first and the wait's configured outcome never.
+    fn cross_check(&self) -> Result<(), Error> {
+        let c = &self.compaction;
+        for (field, value) in
+            [("compaction.chunk_timeout_ms", c.chunk_timeout_ms), ("compaction.merge_timeout_ms", c.merge_timeout_ms)]
+        {
+            if value > c.timeout_ms {
+                return Err(bad(
+                    field,
+                    format!(
+                        "{value} is over compaction.timeout_ms ({}): one call cannot outlast the compaction it is part of",
+                        c.timeout_ms
+                    ),
+                ));
+            }
+        }
+        // Memory extraction takes the namespace lock inside its job. A wait longer than the job
+        // would be cut by the job's timeout, so `locks.on_timeout` (error or skip) could never apply.
+        // An unbounded wait is the caller's explicit choice (`locks.allow_unlimited`); the
+        // extraction's timeout still bounds it there.
+        let k = &self.locks;
+        let job_ms = self.background.extraction_timeout_ms;
+        if let Some(wait_ms) = k.max_wait_ms()
+            && wait_ms > job_ms
+        {
+            let (field, spelled) = match k.timeout_ms {
+                Some(t) if t == wait_ms => ("locks.timeout_ms", format!("{t}")),
+                _ => (
+                    "locks.max_retries",
+                    format!(
+                        "{} retries of locks.retry_interval_ms ({}) wait up to {wait_ms} ms, which",
+                        k.max_retries.unwrap_or(0),
+                        k.retry_interval_ms
+                    ),
+                ),
+            };
+            return Err(bad(
+                field,
+                format!(
+                    "{spelled} is over background.extraction_timeout_ms ({job_ms}), the job the namespace lock serves: \
+                     the extraction would be stopped before locks.on_timeout could apply"
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -501,5 +572,37 @@ mod tests {
         assert_eq!(field_of(Config::from_json_str(r#"{"limits":{"max_mesage_bytes":5}}"#)), "limits.max_mesage_bytes");
         assert_eq!(field_of(Config::from_json_str(r#"{"path":""}"#)), "path");
         assert_eq!(field_of(Config::from_json_str("{")), "(document)");
+    }
+
+    #[test]
+    fn a_wait_may_not_outlast_the_job_it_serves() {
+        let parse = |json: &str| Config::from_json_str(json);
+        // The write timeout's floor, and just above it.
+        assert_eq!(field_of(parse(r#"{"writes":{"timeout_ms":1}}"#)), "writes.timeout_ms");
+        parse(r#"{"writes":{"timeout_ms":1000}}"#).expect("the floor itself is allowed");
+        // Chunk and merge calls against the whole compaction, at the edge.
+        parse(r#"{"compaction":{"timeout_ms":120000,"merge_timeout_ms":120000}}"#).expect("equal is allowed");
+        assert_eq!(field_of(parse(r#"{"compaction":{"chunk_timeout_ms":600001}}"#)), "compaction.chunk_timeout_ms");
+        assert_eq!(
+            field_of(parse(r#"{"compaction":{"timeout_ms":120000,"merge_timeout_ms":120001}}"#)),
+            "compaction.merge_timeout_ms"
+        );
+        // The namespace lock against the extraction job: the shorter of the two lock bounds counts.
+        parse(r#"{"background":{"extraction_timeout_ms":2000}}"#).expect("10 retries of 200 ms fit in 2 s");
+        assert_eq!(field_of(parse(r#"{"background":{"extraction_timeout_ms":1999}}"#)), "locks.max_retries");
+        parse(r#"{"locks":{"timeout_ms":90000,"max_retries":null}}"#).expect("equal is allowed");
+        assert_eq!(field_of(parse(r#"{"locks":{"timeout_ms":90001,"max_retries":null}}"#)), "locks.timeout_ms");
+        parse(r#"{"locks":{"timeout_ms":1000000,"max_retries":5}}"#).expect("5 retries of 200 ms bound the wait first");
+        assert_eq!(
+            field_of(parse(r#"{"locks":{"timeout_ms":null,"max_retries":100000,"retry_interval_ms":60000}}"#)),
+            "locks.max_retries"
+        );
+        // An unbounded wait is an explicit choice; the extraction's own timeout still bounds it.
+        parse(r#"{"locks":{"timeout_ms":null,"max_retries":null,"allow_unlimited":true}}"#).expect("spelled out");
+        assert_eq!(
+            Locks { max_retries: Some(u64::MAX), timeout_ms: None, ..Locks::default() }.max_wait_ms(),
+            Some(u64::MAX),
+            "saturates instead of overflowing"
+        );
     }
 }

@@ -182,6 +182,36 @@ async fn every_bad_input_gets_its_exact_error_and_changes_nothing() {
             "invalid config: writes.timeout_ms: invalid value: integer `-5`, expected u64",
         ),
         (
+            "config: write timeout below its floor",
+            config_error(r#"{"writes":{"timeout_ms":999}}"#),
+            "invalid config: writes.timeout_ms: 999 is out of range 1000..=600000",
+        ),
+        (
+            "config: chunk timeout over the compaction's",
+            config_error(r#"{"compaction":{"timeout_ms":100000}}"#),
+            "invalid config: compaction.chunk_timeout_ms: 120000 is over compaction.timeout_ms (100000): \
+             one call cannot outlast the compaction it is part of",
+        ),
+        (
+            "config: merge timeout over the compaction's",
+            config_error(r#"{"compaction":{"timeout_ms":150000,"merge_timeout_ms":150001}}"#),
+            "invalid config: compaction.merge_timeout_ms: 150001 is over compaction.timeout_ms (150000): \
+             one call cannot outlast the compaction it is part of",
+        ),
+        (
+            "config: namespace lock timeout over the extraction's",
+            config_error(r#"{"locks":{"timeout_ms":100000,"max_retries":null}}"#),
+            "invalid config: locks.timeout_ms: 100000 is over background.extraction_timeout_ms (90000), the job the \
+             namespace lock serves: the extraction would be stopped before locks.on_timeout could apply",
+        ),
+        (
+            "config: namespace lock retries over the extraction's timeout",
+            config_error(r#"{"background":{"extraction_timeout_ms":1000}}"#),
+            "invalid config: locks.max_retries: 10 retries of locks.retry_interval_ms (200) wait up to 2000 ms, \
+             which is over background.extraction_timeout_ms (1000), the job the namespace lock serves: \
+             the extraction would be stopped before locks.on_timeout could apply",
+        ),
+        (
             "config: wrong type",
             config_error(r#"{"compaction":{"chunk_concurrency":"four"}}"#),
             "invalid config: compaction.chunk_concurrency: invalid type: string \"four\", expected u64",

@@ -124,7 +124,9 @@ async fn a_chunk_that_times_out_fails_the_compaction_cleanly() {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary() {
-    for garbage in ["", "   \n ", "bell\u{7}", &"x".repeat(20_000)] {
+    // Control characters and escape sequences are cleaned, not refused (content_never_fails_compaction.rs);
+    // a reply that is nothing else is empty once cleaned, and that is garbage.
+    for garbage in ["", "   \n ", "\u{7}\0\x1b[0m\r\n", &"x".repeat(20_000)] {
         let reply = garbage.to_string();
         let summarizer = FnSummarizer::new(move |_| {
             let reply = reply.clone();

@@ -146,7 +146,11 @@ async fn background_compactions_share_the_budget_and_foreground_ones_do_not_wait
 #[tokio::test(start_paused = true)]
 async fn an_extraction_past_its_timeout_is_stopped_and_recorded() {
     let extractor = FnExtractor::echo_after(10_000);
-    let (engine, _dir) = with_extractor(extractor, |c| c.background.extraction_timeout_ms = 1_000);
+    let (engine, _dir) = with_extractor(extractor, |c| {
+        c.background.extraction_timeout_ms = 1_000;
+        // The namespace lock waits inside the job, so its bound may not exceed the job's (SPEC.md section 8).
+        c.locks.timeout_ms = Some(1_000);
+    });
     let upto = fill(&engine, "alice:1", "fact", 2).await;
     let s = engine.session("alice:1").expect("id");
     s.schedule_extraction(Seq::ZERO, upto).expect("span");

@@ -1,13 +1,21 @@
 //! The OpenAI-compatible summarizer against a scripted in-process HTTP/1.1 server: what it sends
 //! (prompt content, parameters, key) and how it turns every kind of reply (good, provider error,
-//! garbage, oversized, none at all) into a result or a typed error, never a panic.
+//! garbage, oversized, none at all) into a result or a typed error, never a panic. A reply full of
+//! terminal codes and control characters is cleaned, not refused; and, against a server that
+//! echoes the prompt back wrapped in such codes, every kind of real-world tool output compacts.
+
+mod content_common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use content_common::{CARGO_LOG, cases, clean_summary, is_clean, turn_with};
 use palimpsest::{
-    Error, MAX_PROVIDER_ERROR_BYTES, Message, OpenAiConfig, OpenAiSummarizer, Seq, StoredMessage, Summarizer,
-    SummaryInput, SummaryTask, ToolCall,
+    CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, MAX_PROVIDER_ERROR_BYTES, Message,
+    OpenAiConfig, OpenAiSummarizer, Seq, StoredMessage, Summarizer, SummarizerKind, SummaryInput, SummaryTask,
+    ToolCall,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -350,6 +358,112 @@ async fn a_bad_base_url_is_refused_at_construction() {
         match OpenAiSummarizer::new(&config(url)) {
             Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "summarizer.openai.base_url"),
             other => panic!("{url}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reply_with_terminal_codes_and_control_characters_is_cleaned_not_refused() {
+    let content = "\x1b[1;32mDeployed\x1b[0m build 4417.\r\n\x1b]0;title\x07\x07Done\0";
+    let (result, _) = run(|_| {}, Reply::json(200, completion(json!(content)))).await;
+    // Cleaned but not trimmed: trimming is the driver's job, as for any reply.
+    assert_eq!(result.unwrap(), "Deployed build 4417.\n Done ");
+    // Only a reply that is empty once cleaned is refused, and that by the driver's check.
+    let (result, _) = run(|_| {}, Reply::json(200, completion(json!("\x1b[0m\0\x07")))).await;
+    assert!(palimpsest::check_summary(&result.unwrap(), 4_096).is_err());
+}
+
+#[tokio::test]
+async fn the_transcript_sent_to_the_model_is_cleaned() {
+    let (base_url, recorded) = serve_once(Reply::json(200, completion(json!("ok")))).await;
+    let summarizer = OpenAiSummarizer::new(&config(&base_url)).unwrap();
+    let mut input = input(Some("\x1b[1mbuild\x1b[0m\x07 status"));
+    input.messages.push(stored(5, Message::tool_result("call_8", CARGO_LOG)));
+    tokio::time::timeout(TEST_WAIT, summarizer.summarize(input)).await.unwrap().unwrap();
+    let body = tokio::time::timeout(TEST_WAIT, recorded).await.unwrap().unwrap().json();
+    let user = body["messages"][1]["content"].as_str().unwrap();
+    assert!(is_clean(user), "the prompt holds control characters: {user:?}");
+    assert!(user.contains("Compiling palimpsest v0.1.0") && user.contains("Focus on: build  status"), "{user}");
+}
+
+/// Serves every request until the test ends: answers a summary request with the start of its own
+/// prompt, wrapped in colour codes, an OSC title, CRLF line ends, NUL and BEL, and kept within the
+/// "Stay under N characters" the prompt asks for once those codes are cleaned away. Returns the
+/// base URL and a count of the requests served.
+async fn serve_echo() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&served);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let request = read_request(&mut stream).await.json();
+                let prompt = request["messages"][1]["content"].as_str().unwrap().to_string();
+                let limit: usize = prompt
+                    .split("Stay under ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .expect("the prompt states its size limit");
+                let mut cut = limit - 64;
+                while !prompt.is_char_boundary(cut.min(prompt.len())) {
+                    cut -= 1;
+                }
+                let echo = &prompt[..cut.min(prompt.len())];
+                let mut reply = String::from("\x1b]0;model\x07\x1b[1;32mSummary:\x1b[0m\x07\0\u{85}\r\n");
+                for line in echo.lines() {
+                    reply.push_str(&format!("\x1b[2m{line}\x1b[0m\r\n"));
+                }
+                let body = completion(json!(reply)).to_string();
+                let head = format!(
+                    "HTTP/1.1 200 Scripted\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (base_url, served)
+}
+
+#[tokio::test]
+async fn every_kind_of_tool_output_compacts_through_the_openai_summarizer() {
+    let (base_url, served) = serve_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path().join("db"));
+    cfg.durability = Durability::Buffered;
+    cfg.summarizer.kind = SummarizerKind::Openai;
+    cfg.summarizer.openai = config(&base_url);
+    let max_bytes = cfg.compaction.max_summary_bytes as usize;
+    let cfg_chunk_bytes = cfg.compaction.chunk_bytes as usize;
+    let engine = Engine::open(cfg).unwrap();
+    for (n, (case, content)) in cases().into_iter().enumerate() {
+        let s = engine.session(format!("content:{n}")).unwrap();
+        for round in 0..2 {
+            // Three turns of the content: the 1 MB line makes one chunk each, so that case goes
+            // through chunks and the merge; the others fit in a single call.
+            for i in 0..3 {
+                s.append_many(turn_with(round * 3 + i, &content)).await.unwrap();
+            }
+            let upto = s.head().await.unwrap().unwrap().last_seq();
+            let request = CompactionRequest::upto(upto).with_focus("\x1b[1mbuild\x1b[0m\0 results");
+            let before = served.load(Ordering::SeqCst);
+            let outcome = tokio::time::timeout(TEST_WAIT, s.compact(request)).await.expect("bounded");
+            assert!(matches!(outcome, Ok(CompactionOutcome::Spliced { .. })), "{case}, round {round}: {outcome:?}");
+            let calls = served.load(Ordering::SeqCst) - before;
+            if content.len() > cfg_chunk_bytes {
+                assert!(calls >= 4, "{case}: chunks and a merge, got {calls} calls");
+            } else {
+                assert_eq!(calls, 1, "{case}: a single pass");
+            }
+            let summary = clean_summary(&s, max_bytes).await;
+            assert!(summary.starts_with("Summary:"), "{case}: the model's reply is the summary: {summary:?}");
         }
     }
 }

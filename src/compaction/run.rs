@@ -27,6 +27,7 @@ use crate::ids::{Seq, SessionId, SummaryHash};
 use crate::keys;
 use crate::store::{Ks, Op};
 use crate::summarizer::chunked::{Span, summarize_span};
+use crate::summarizer::sanitize;
 use crate::view;
 
 /// Longest `focus` text accepted, bytes.
@@ -38,7 +39,9 @@ pub struct CompactionRequest {
     /// Compact up to this seq (moved back if needed to keep tool calls with their results).
     /// `None`: keep the last `compaction.keep_last_messages` messages verbatim.
     pub upto: Option<Seq>,
-    /// Free text steering what the summary keeps; reaches every summarizer prompt.
+    /// Free text steering what the summary keeps; reaches every summarizer prompt. At most
+    /// [`MAX_FOCUS_BYTES`]; escape sequences and control characters in it are cleaned, not refused
+    /// (see [`Session::compact`]).
     pub focus: Option<String>,
 }
 
@@ -147,6 +150,10 @@ impl Session {
     /// Compacts the session: summarizes old messages and splices the summary in, without
     /// blocking appends (see the module docs). Model failures and timeouts are errors; the session
     /// is then exactly as before (at most an orphan summary blob remains, which `gc` collects).
+    ///
+    /// Content is never a reason to fail: the focus is cleaned (escape sequences removed, other
+    /// control characters replaced, see SPEC.md "Content handling") and trimmed, and a focus empty
+    /// once cleaned is no focus; only one over [`MAX_FOCUS_BYTES`] is refused, before any change.
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
         if let Some(focus) = &request.focus
             && focus.len() > MAX_FOCUS_BYTES
@@ -156,6 +163,8 @@ impl Session {
                 reason: format!("{} bytes, the limit is {MAX_FOCUS_BYTES}", focus.len()),
             });
         }
+        let focus = request.focus.as_deref().map(|f| sanitize(f).trim().to_string()).filter(|f| !f.is_empty());
+        let request = CompactionRequest { focus, ..request };
         let inner = self.engine().inner();
         let Some(_registered) = inner.compactions.enter(self.id()) else {
             return Ok(CompactionOutcome::AlreadyRunning);

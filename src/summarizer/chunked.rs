@@ -2,7 +2,8 @@
 //! long ones are cut into chunks of about `compaction.chunk_bytes` of transcript (never inside a
 //! message), summarized concurrently under `compaction.chunk_concurrency`, each call with its own
 //! timeout, and merged by a last call with the shorter `compaction.merge_timeout_ms` whose
-//! fallback is the previous summary plus the chunk summaries, concatenated.
+//! fallback is the previous summary plus the chunk summaries, concatenated. Every reply is
+//! cleaned and checked (`accept_reply`): terminal codes in a reply never fail the compaction.
 //!
 //! Every summarizer call runs in its own task: a panic in a summarizer becomes an error, and
 //! dropping the driver (cancellation, the compaction's own timeout) aborts every call in flight.
@@ -14,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Summarizer, SummaryInput, SummaryTask, check_summary, render_message, truncate_bytes};
+use super::{Summarizer, SummaryInput, SummaryTask, accept_reply, render_message, truncate_bytes};
 use crate::compaction::Stage;
 use crate::config::Compaction;
 use crate::error::Error;
@@ -79,7 +80,7 @@ pub(crate) async fn summarize_span(
             max_summary_bytes: max_bytes,
         };
         let reply = call(summarizer, input, chunk_timeout, "a summary call").await?;
-        return check_summary(&reply, max_bytes);
+        return accept_reply(&reply, max_bytes);
     }
 
     let reason = format!("transcript exceeds compaction.chunk_bytes ({chunk_bytes}): {n_chunks} chunks");
@@ -104,7 +105,7 @@ pub(crate) async fn summarize_span(
             let reply = tokio::time::timeout(chunk_timeout, summarizer.summarize(input))
                 .await
                 .unwrap_or(Err(Error::Timeout { what: "a chunk summary", after_ms: millis(chunk_timeout) }))
-                .and_then(|reply| check_summary(&reply, chunk_max));
+                .and_then(|reply| accept_reply(&reply, chunk_max));
             Ok::<_, Error>((index, started.elapsed(), reply))
         });
     }
@@ -133,15 +134,16 @@ pub(crate) async fn summarize_span(
     };
     let merge_timeout = Duration::from_millis(cfg.merge_timeout_ms);
     let merged =
-        call(summarizer, merge, merge_timeout, "the merge call").await.and_then(|r| check_summary(&r, max_bytes));
+        call(summarizer, merge, merge_timeout, "the merge call").await.and_then(|r| accept_reply(&r, max_bytes));
     let fell_back = merged.is_err();
     progress(Stage::MergeDone { duration_ms: millis(started.elapsed()), fell_back });
     match merged {
         Ok(text) => Ok(text),
         Err(e) => {
             tracing::warn!(error = %e, "merge failed; using the concatenated chunk summaries");
+            // The partials are clean already; the previous summary may predate cleaning.
             let joined: Vec<String> = previous_summary.into_iter().chain(partials).collect();
-            check_summary(&truncate_bytes(&joined.join("\n\n"), max_bytes), max_bytes)
+            accept_reply(&truncate_bytes(&joined.join("\n\n"), max_bytes), max_bytes)
         }
     }
 }

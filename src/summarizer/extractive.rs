@@ -4,8 +4,12 @@
 //! (questions asked and tool calls still without a result). When everything does not fit in the
 //! size limit, lines matching the focus are kept first, then the first goal, then the most recent
 //! lines; the rest are dropped. Same input, same bytes out.
+//!
+//! Everything taken from the input (message content, tool arguments, earlier summaries, the
+//! focus) is cleaned first (`sanitize`: escape sequences removed, control characters replaced),
+//! so coloured tool output yields readable lines and the summary always passes `check_summary`.
 
-use super::{BoxFuture, Summarizer, SummaryInput, SummaryTask, truncate_bytes};
+use super::{BoxFuture, Summarizer, SummaryInput, SummaryTask, sanitize, truncate_bytes};
 use crate::error::Error;
 use crate::event::Role;
 
@@ -68,14 +72,18 @@ pub(crate) fn summarize(input: &SummaryInput) -> String {
         }
         SummaryTask::Whole | SummaryTask::Chunk { .. } => lines.extend(extract(input)),
     }
-    fit(lines, input.focus.as_deref(), input.max_summary_bytes)
+    let focus = input.focus.as_deref().map(sanitize);
+    let out = fit(lines, focus.as_deref(), input.max_summary_bytes);
+    // Every line was cleaned on the way in, so this pass finds nothing to do; it makes "the
+    // output is clean" hold by construction rather than by the care of each step above.
+    sanitize(&out).into_owned()
 }
 
 /// Lines of an earlier summary (or a chunk summary), keeping their section where recognisable.
 fn carry_over(summary: &str) -> Vec<Line> {
     let mut section = Section::Earlier;
     let mut out = Vec::new();
-    for raw in summary.lines() {
+    for raw in sanitize(summary).lines() {
         let text = raw.trim();
         if text.is_empty() {
             continue;
@@ -99,11 +107,12 @@ fn extract(input: &SummaryInput) -> Vec<Line> {
     let mut questions: Vec<String> = Vec::new();
     for m in &input.messages {
         let msg = &m.message;
-        let first = excerpt(&msg.content, EXCERPT_BYTES);
+        let content = sanitize(&msg.content);
+        let first = excerpt(&content, EXCERPT_BYTES);
         match msg.role {
             Role::User if !first.is_empty() => {
                 lines.push(Line { section: Section::Goals, text: format!("[{}] {first}", m.seq) });
-                if let Some(q) = last_question(&msg.content) {
+                if let Some(q) = last_question(&content) {
                     questions.push(format!("[{}] user asked: {q}", m.seq));
                 }
             }
@@ -116,7 +125,7 @@ fn extract(input: &SummaryInput) -> Vec<Line> {
             }
             Role::Tool => {
                 let id = msg.tool_call_id.as_deref().unwrap_or_default();
-                let outcome = excerpt(&msg.content, TOOL_EXCERPT_BYTES);
+                let outcome = excerpt(&content, TOOL_EXCERPT_BYTES);
                 match open.iter().position(|(call_id, _)| *call_id == id) {
                     Some(idx) => {
                         let (_, call) = open.remove(idx);
@@ -130,7 +139,7 @@ fn extract(input: &SummaryInput) -> Vec<Line> {
             _ => {}
         }
         for call in &msg.tool_calls {
-            let args = excerpt(&call.arguments, TOOL_EXCERPT_BYTES);
+            let args = excerpt(&sanitize(&call.arguments), TOOL_EXCERPT_BYTES);
             open.push((call.id.as_str(), format!("{}({args})", call.name)));
         }
     }
@@ -141,7 +150,7 @@ fn extract(input: &SummaryInput) -> Vec<Line> {
     lines
 }
 
-/// The first line of `text`, whitespace-collapsed and cut to `max` bytes.
+/// The first line of `text` (already cleaned), whitespace-collapsed and cut to `max` bytes.
 fn excerpt(text: &str, max: usize) -> String {
     let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     let collapsed: String = first.split_whitespace().collect::<Vec<_>>().join(" ");

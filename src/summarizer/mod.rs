@@ -1,10 +1,12 @@
 //! Summarizers: one trait, [`Summarizer`], behind which sit the embedded extractive default
 //! (`extractive`, offline and deterministic) and an OpenAI-compatible client (`openai`).
-//! Prompts for model-based summarizers live in `prompt`.
+//! Prompts for model-based summarizers live in `prompt`; `text` cleans content (escape
+//! sequences, control characters) on every path into a summary.
 //!
 //! A summarizer is asked for one of three tasks ([`SummaryTask`]): a whole span in one pass, one
 //! chunk of a long span, or the merge of chunk summaries. The compaction driver decides which,
-//! bounds concurrency and time, and checks every reply with [`check_summary`] before using it.
+//! bounds concurrency and time, and cleans and checks every reply ([`accept_reply`]) before using
+//! it: content is never a reason to fail a compaction, only an empty or over-long reply is.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,9 +19,11 @@ pub(crate) mod extractive;
 pub(crate) mod openai;
 
 pub(crate) mod prompt;
+pub(crate) mod text;
 
 pub use extractive::ExtractiveSummarizer;
 pub use openai::OpenAiSummarizer;
+pub(crate) use text::sanitize;
 
 /// A boxed, sendable future (the trait must be usable as `dyn Summarizer`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -73,6 +77,8 @@ pub trait Summarizer: Send + Sync + 'static {
 
 /// Renders messages as a plain transcript, one line per message (`[seq] role: content`, tool
 /// calls as `-> name(args) #id`, results as `<- #id: content`). Used for prompts and for sizing chunks.
+/// Content and arguments are cleaned first (escape sequences removed, control characters
+/// replaced), so a model reads what a person would see in the log, not its terminal codes.
 pub fn render_transcript(messages: &[StoredMessage]) -> String {
     let mut out = String::new();
     for m in messages {
@@ -85,23 +91,28 @@ pub fn render_transcript(messages: &[StoredMessage]) -> String {
 pub(crate) fn render_message(m: &StoredMessage, out: &mut String) {
     use std::fmt::Write as _;
     let msg = &m.message;
+    let content = sanitize(&msg.content);
     match &msg.tool_call_id {
         Some(id) => {
-            let _ = writeln!(out, "[{}] tool <- #{id}: {}", m.seq, msg.content);
+            let _ = writeln!(out, "[{}] tool <- #{id}: {content}", m.seq);
         }
-        None if !msg.content.is_empty() || msg.tool_calls.is_empty() => {
-            let _ = writeln!(out, "[{}] {}: {}", m.seq, msg.role, msg.content);
+        None if !content.is_empty() || msg.tool_calls.is_empty() => {
+            let _ = writeln!(out, "[{}] {}: {content}", m.seq, msg.role);
         }
         None => {}
     }
+    // Names and ids are validated free of control characters on append; arguments are free text.
     for call in &msg.tool_calls {
-        let _ = writeln!(out, "[{}] {} -> {}({}) #{}", m.seq, msg.role, call.name, call.arguments, call.id);
+        let _ = writeln!(out, "[{}] {} -> {}({}) #{}", m.seq, msg.role, call.name, sanitize(&call.arguments), call.id);
     }
 }
 
 /// Accepts a summarizer's reply only if it is usable text: not empty after trimming, within
 /// `max_bytes`, and free of NUL and other control characters (except newline and tab).
 /// Returns the trimmed text.
+///
+/// The compaction driver cleans every reply before this check (`accept_reply`), so for it this
+/// is the final guard: a cleaned text never fails the control-character rule.
 pub fn check_summary(reply: &str, max_bytes: usize) -> Result<String, Error> {
     let text = reply.trim();
     let reason = if text.is_empty() {
@@ -114,6 +125,14 @@ pub fn check_summary(reply: &str, max_bytes: usize) -> Result<String, Error> {
         return Ok(text.to_string());
     };
     Err(Error::Summarizer { status: None, message: format!("rejected reply: {reason}") })
+}
+
+/// Cleans a summarizer's reply ([`sanitize`]) and checks it ([`check_summary`]): escape
+/// sequences and control characters are removed or replaced, not refused, so only a reply that is
+/// empty once cleaned, or over `max_bytes`, fails. Cleaning never lengthens text, so a reply
+/// within the bound stays within it.
+pub(crate) fn accept_reply(reply: &str, max_bytes: usize) -> Result<String, Error> {
+    check_summary(&sanitize(reply), max_bytes)
 }
 
 /// Cuts `text` to at most `max` bytes on a char boundary, marking the cut.

@@ -4,14 +4,16 @@
 //! input: the body is read with a size bound, parsed by hand, and any surprise becomes an
 //! [`Error::Summarizer`] rather than a panic. Provider error text is cut to
 //! [`MAX_PROVIDER_ERROR_BYTES`] so a provider cannot flood logs or events through us.
-//! The reply text is returned as is: checking it is the compaction driver's job (`check_summary`).
+//! The reply text is cleaned (`sanitize`: a model may echo the terminal codes of the tool output it
+//! read) but not otherwise changed: trimming and checking it is the compaction driver's job
+//! (`check_summary`). Only a reply that is not text (no string content) is refused here.
 
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 
-use super::{BoxFuture, MAX_PROVIDER_ERROR_BYTES, Summarizer, SummaryInput, truncate_bytes};
+use super::{BoxFuture, MAX_PROVIDER_ERROR_BYTES, Summarizer, SummaryInput, sanitize, truncate_bytes};
 use crate::config::OpenAiConfig;
 use crate::error::Error;
 
@@ -124,7 +126,8 @@ impl OpenAiSummarizer {
 
     async fn call(&self, input: SummaryInput) -> Result<String, Error> {
         let prompt = super::prompt::build(&input);
-        self.complete(&prompt.system, &prompt.user, &format!("{:?}", input.task)).await
+        let reply = self.complete(&prompt.system, &prompt.user, &format!("{:?}", input.task)).await?;
+        Ok(sanitize(&reply).into_owned())
     }
 
     /// One chat completion of a system and a user message; returns the reply text unchecked.

@@ -1,7 +1,8 @@
 //! Prompts for model-based summarizers. The focus text, when given, goes into every prompt
-//! (whole, chunk and merge), so a compaction's steering reaches each model call.
+//! (whole, chunk and merge), so a compaction's steering reaches each model call. Every text put
+//! into a prompt is cleaned of escape sequences and control characters (`sanitize`).
 
-use super::{SummaryInput, SummaryTask, render_transcript};
+use super::{SummaryInput, SummaryTask, render_transcript, sanitize};
 
 /// A chat prompt: one system and one user message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,8 +21,10 @@ no markdown headings.";
 /// Builds the prompt for `input`.
 pub fn build(input: &SummaryInput) -> Prompt {
     let limit = format!("Stay under {} characters.", input.max_summary_bytes);
-    let focus = input.focus.as_deref().map(|f| format!("\n\nFocus on: {f}")).unwrap_or_default();
-    let previous = input.previous_summary.as_deref().map(|s| format!("Summary so far:\n{s}\n\n")).unwrap_or_default();
+    // The compaction driver cleans the focus already; a direct caller of a summarizer may not have.
+    let focus = input.focus.as_deref().map(|f| format!("\n\nFocus on: {}", sanitize(f))).unwrap_or_default();
+    let previous =
+        input.previous_summary.as_deref().map(|s| format!("Summary so far:\n{}\n\n", sanitize(s))).unwrap_or_default();
     let user = match input.task {
         SummaryTask::Whole => format!(
             "{previous}New messages:\n{}\nWrite the updated summary. {limit}{focus}",
@@ -34,7 +37,7 @@ pub fn build(input: &SummaryInput) -> Prompt {
         ),
         SummaryTask::Merge => {
             let parts: Vec<String> =
-                input.partials.iter().enumerate().map(|(i, p)| format!("Part {}:\n{p}", i + 1)).collect();
+                input.partials.iter().enumerate().map(|(i, p)| format!("Part {}:\n{}", i + 1, sanitize(p))).collect();
             format!(
                 "{previous}Summaries of consecutive parts of the conversation:\n{}\n\nMerge them into one summary. {limit}{focus}",
                 parts.join("\n\n")
