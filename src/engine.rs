@@ -135,7 +135,7 @@ impl Engine {
             bg.extraction_queue_depth,
             bg.extraction_timeout_ms,
         ));
-        Ok(Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 config,
                 writer,
@@ -150,7 +150,10 @@ impl Engine {
                 extractor,
                 extractions,
             }),
-        })
+        };
+        // Extractions that did not finish before the last close are queued again (bounded read).
+        crate::extract::pending::resume(&engine)?;
+        Ok(engine)
     }
 
     /// A reference that does not keep the database open: background workers hold one between
@@ -398,8 +401,9 @@ impl Session {
                     // A full episode is closed before its next user turn, in this same batch.
                     if m.role == Role::User && episode::turn_cap_reached(batch.head(), cap) {
                         let episode = batch.head().episode();
-                        boundaries
-                            .push(batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap }));
+                        let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap });
+                        self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
+                        boundaries.push(at);
                     }
                     let seq = batch.push(EventKind::MessageAppended(m));
                     if idx == 0 {
