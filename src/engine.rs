@@ -87,7 +87,9 @@ pub struct Components {
 
 impl Engine {
     /// Validates `config`, opens (or creates) the database and runs recovery. Blocking: in async
-    /// code, call it before serving or inside `spawn_blocking`.
+    /// code, call it before serving or inside `spawn_blocking`. Inside a tokio runtime, with
+    /// `extraction.enabled`, it also queues the memory extractions an earlier run left unfinished
+    /// (one bounded read of their markers, see SPEC.md 6b).
     pub fn open(config: Config) -> Result<Self, Error> {
         Self::open_with(config, Components::default())
     }

@@ -301,7 +301,17 @@ impl Engine {
     /// Waits at most `timeout` for every queued and running memory extraction to finish. When
     /// the time runs out with work left and `cancel_on_timeout` is true, cancels it (queued jobs
     /// are dropped, running ones stopped at their next await, releasing their locks and permits)
-    /// and waits until the workers are gone. Call it before dropping the engine at shutdown.
+    /// and waits until the workers are gone, at most 5 s for all of them together, so a drain
+    /// returns within `timeout` + 5 s whatever the number of workers. Call it before dropping the
+    /// engine at shutdown. A cancelled extraction keeps its pending marker: the next open queues
+    /// it again (SPEC.md 6b).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. Dropping the future while it waits changes nothing: the extractions go on.
+    /// Once the time has run out with `cancel_on_timeout`, the queued jobs are dropped and the
+    /// workers aborted in one step before the future next waits, so dropping it afterwards only
+    /// skips waiting for the aborted workers to be gone.
     pub async fn drain(&self, timeout: Duration, cancel_on_timeout: bool) -> DrainReport {
         self.inner().extractions.drain(timeout, cancel_on_timeout).await
     }
