@@ -8,7 +8,7 @@
 //! - It is removed in the batch that records `MemoriesExtracted`, or on its own when the job ends
 //!   with nothing to write (an empty span, no memories, nothing new, the session deleted, the
 //!   namespace lock skipped under `locks.on_timeout = skip`).
-//! - Each attempt is counted in the marker *before* the extractor is called, so every way a job
+//! - Each attempt is counted in the marker before the job does anything else, so every way a job
 //!   can end without finishing counts, a crash included. An attempt that starts with
 //!   [`MAX_EXTRACTION_ATTEMPTS`] already counted, or a failure that brings the count there, gives
 //!   the extraction up: the marker moves, with its last error, to the given-up range of the same
@@ -29,7 +29,7 @@ use crate::keys::{self, EXTRACTION_GIVEN_UP, EXTRACTION_PENDING};
 use crate::store::{Ks, Op};
 use crate::summarizer::truncate_bytes;
 
-/// Attempts an extraction gets (each one counted before its extractor call) before it is given up.
+/// Attempts an extraction gets (each counted before the job does anything) before it is given up.
 pub const MAX_EXTRACTION_ATTEMPTS: u32 = 3;
 /// Most pending markers one open reads and queues; the rest wait for a later open.
 pub const MAX_RESUMED_PER_OPEN: usize = 4_096;
@@ -119,7 +119,7 @@ pub(crate) enum Attempt {
     GaveUp { attempts: u32 },
 }
 
-/// Counts an attempt of `job` in its marker before the extractor is called, or gives the job up
+/// Counts an attempt of `job` in its marker before the job does anything else, or gives it up
 /// when its attempts are used. A job without a marker (scheduled by hand) or whose marker is gone
 /// just runs.
 pub(crate) async fn begin_attempt(engine: &Engine, job: &Job) -> Result<Attempt, Error> {

@@ -448,6 +448,11 @@ async fn run(engine: &Engine, job: &Job) -> Result<Ended, Error> {
 }
 
 async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
+    // Counted before anything else, so every way an attempt can fail counts: a damaged span, the
+    // extractor, a crash or a panic.
+    if let pending::Attempt::GaveUp { attempts } = pending::begin_attempt(engine, job).await? {
+        return Ok(Ended::GaveUp { attempts });
+    }
     let inner = engine.inner();
     let store = engine.store();
     let id = &job.session;
@@ -467,10 +472,6 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     let messages: Vec<_> = messages_of(store.events(id, from.next(), to, usize::MAX)?).collect();
     if messages.is_empty() {
         return Ok(Ended::Done { n_new: 0 });
-    }
-    // Counted before the extractor is called, so a crash or a panic counts too.
-    if let pending::Attempt::GaveUp { attempts } = pending::begin_attempt(engine, job).await? {
-        return Ok(Ended::GaveUp { attempts });
     }
     let namespace = namespace_of(id).to_string();
     let input = ExtractInput { session: id.clone(), namespace: namespace.clone(), messages };
