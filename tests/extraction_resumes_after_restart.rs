@@ -258,3 +258,36 @@ async fn a_manual_extraction_and_a_disabled_engine_write_no_marker() {
     let engine = open(dir.path(), &hanging(), |_| {});
     assert_eq!(engine.guard_stats().extractions_resumed, 0, "a job scheduled by hand is not durable");
 }
+
+#[tokio::test(start_paused = true)]
+async fn turn_cap_and_classified_boundaries_are_durable_too() {
+    let dir = tempfile::tempdir().expect("dir");
+    let parts = |extractor: &Arc<FnExtractor>| Components {
+        extractor: Some(Arc::clone(extractor) as _),
+        classifier: Some(guards_common::FnClassifier::always(palimpsest::EpisodeDecision::NewTask)),
+        ..Components::default()
+    };
+    let config = || {
+        let mut config = Config::new(dir.path().join("db"));
+        config.durability = Durability::Buffered;
+        config.episodes.max_turns_per_episode = 5;
+        config
+    };
+    {
+        let engine = Engine::open_with(config(), parts(&hanging())).expect("open");
+        // Six user turns in one append: the sixth gets a turn-cap boundary before it.
+        let s = engine.session("ivy:1").expect("id");
+        s.append_many((0..6).map(|i| Message::user(format!("ivy cap fact {i}"))).collect()).await.expect("append");
+        // A turn classified as a new task closes the episode it follows.
+        let outcome = s.append_turn(Message::user("ivy new task")).await.expect("turn");
+        assert!(outcome.boundary.is_some(), "{outcome:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        engine.drain(Duration::from_millis(10), true).await;
+    }
+    let engine = Engine::open_with(config(), parts(&echo())).expect("open");
+    assert_eq!(engine.guard_stats().extractions_resumed, 2);
+    drained(&engine).await;
+    // (0, 6]: five facts, then (6, 8]: the sixth fact (the new task's boundary follows it).
+    assert_eq!(engine.memories("ivy", 10).expect("read").len(), 6);
+    assert_eq!(extracted(&engine, "ivy:1").await.len(), 2);
+}
