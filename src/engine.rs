@@ -154,7 +154,10 @@ impl Engine {
             }),
         };
         // Extractions that did not finish before the last close are queued again (bounded read).
-        crate::extract::pending::resume(&engine)?;
+        // Background work never refuses an open: a failed read leaves the markers for the next one.
+        if let Err(e) = crate::extract::pending::resume(&engine) {
+            tracing::warn!(error = %e, "pending memory extractions could not be read at open; they wait for the next");
+        }
         Ok(engine)
     }
 

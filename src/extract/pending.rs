@@ -169,8 +169,9 @@ async fn give_up(engine: &Engine, session: &SessionId, at: Seq, marker: Marker) 
 }
 
 /// Queues the pending extractions found in the store; see the module docs. Called once by
-/// `Engine::open`, before anything else can schedule. Without a tokio runtime, or with extraction
-/// disabled, it queues nothing: the markers wait for an open that can run them.
+/// `Engine::open`, before anything else can schedule; an error (a failed read) is logged there and
+/// never refuses the open. Without a tokio runtime, or with extraction disabled, it queues
+/// nothing: the markers wait for an open that can run them.
 pub(crate) fn resume(engine: &Engine) -> Result<(), Error> {
     if !engine.config().extraction.enabled {
         return Ok(());
