@@ -90,7 +90,9 @@ pub struct Components {
 
 impl Engine {
     /// Validates `config`, opens (or creates) the database and runs recovery. Blocking: in async
-    /// code, call it before serving or inside `spawn_blocking`.
+    /// code, call it before serving or inside `spawn_blocking`. Inside a tokio runtime, with
+    /// `extraction.enabled`, it also queues the memory extractions an earlier run left unfinished
+    /// (one bounded read of their markers, see SPEC.md 6b).
     pub fn open(config: Config) -> Result<Self, Error> {
         Self::open_with(config, Components::default())
     }
@@ -139,7 +141,7 @@ impl Engine {
             bg.extraction_queue_depth,
             bg.extraction_timeout_ms,
         ));
-        Ok(Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 config,
                 writer,
@@ -155,7 +157,13 @@ impl Engine {
                 extractions,
                 purger,
             }),
-        })
+        };
+        // Extractions that did not finish before the last close are queued again (bounded read).
+        // Background work never refuses an open: a failed read leaves the markers for the next one.
+        if let Err(e) = crate::extract::pending::resume(&engine) {
+            tracing::warn!(error = %e, "pending memory extractions could not be read at open; they wait for the next");
+        }
+        Ok(engine)
     }
 
     /// A reference that does not keep the database open: background workers hold one between
@@ -417,8 +425,9 @@ impl Session {
                     // A full episode is closed before its next user turn, in this same batch.
                     if m.role == Role::User && episode::turn_cap_reached(batch.head(), cap) {
                         let episode = batch.head().episode();
-                        boundaries
-                            .push(batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap }));
+                        let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap });
+                        self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
+                        boundaries.push(at);
                     }
                     let seq = batch.push(EventKind::MessageAppended(m));
                     if idx == 0 {

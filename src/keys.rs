@@ -8,6 +8,7 @@
 //! | `blobs`   | blake3 hash (32 bytes)                | summary text, UTF-8                  |
 //! | `meta`    | ASCII name (`format`)                 | see SPEC.md                          |
 //! | `memories`| namespace, 0x00, memory id (32 bytes) | memory record (version byte + msgpack) |
+//! | `extractions` | 0x01 or 0x02, session id, 0x00, seq (BE) | extraction marker (version byte + msgpack) |
 //!
 //! Session ids never contain 0x00, so `id ++ 0x00` is a prefix that matches exactly one session,
 //! and big-endian seqs make a session's events sort by number.
@@ -27,6 +28,15 @@ pub const META: &str = "meta";
 
 /// Keyspace of long-term memories by (namespace, id).
 pub const MEMORIES: &str = "memories";
+
+/// Keyspace of extraction markers: pending ones (tag 0x01) and given-up ones (tag 0x02), each
+/// keyed by the session and the seq of the event that scheduled the extraction.
+pub const EXTRACTIONS: &str = "extractions";
+
+/// The tag of a pending extraction marker: the first byte of its key.
+pub const EXTRACTION_PENDING: u8 = 0x01;
+/// The tag of a given-up extraction record.
+pub const EXTRACTION_GIVEN_UP: u8 = 0x02;
 
 /// The `meta` key holding the database format version.
 pub const META_FORMAT: &[u8] = b"format";
@@ -87,6 +97,23 @@ pub fn memory_key(namespace: &str, id: &[u8; 32]) -> Vec<u8> {
     key
 }
 
+/// The key of an extraction marker with `tag` ([`EXTRACTION_PENDING`] or [`EXTRACTION_GIVEN_UP`])
+/// for the event `at` of `session`. The tag byte is outside the session-id alphabet, so the
+/// two kinds are two disjoint key ranges and a scan of one never reads the other.
+pub fn extraction_key(tag: u8, session: &SessionId, at: Seq) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + session.as_str().len() + 1 + SEQ_BYTES);
+    key.push(tag);
+    key.extend_from_slice(&seq_key(session, at));
+    key
+}
+
+/// Splits an extraction-marker key into its tag, session id text and seq.
+pub fn parse_extraction_key(key: &[u8]) -> Option<(u8, &str, Seq)> {
+    let (&tag, rest) = key.split_first()?;
+    let (id, seq) = parse_seq_key(rest)?;
+    Some((tag, id, seq))
+}
+
 /// The key of a summary blob.
 pub fn blob_key(hash: &SummaryHash) -> &[u8] {
     hash.as_bytes()
@@ -129,5 +156,8 @@ mod tests {
         assert_eq!(parse_seq_key(&keys[1]), Some(("a", Seq::new(256))));
         assert!(!keys[3].starts_with(&session_prefix(&a)));
         assert_eq!(parse_seq_key(b"short"), None);
+        let marker = extraction_key(EXTRACTION_PENDING, &a, Seq::new(7));
+        assert_eq!(parse_extraction_key(&marker), Some((EXTRACTION_PENDING, "a", Seq::new(7))));
+        assert!(marker < extraction_key(EXTRACTION_GIVEN_UP, &a, Seq::new(1)), "the two ranges are disjoint");
     }
 }

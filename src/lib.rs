@@ -69,8 +69,9 @@ pub use crate::{
     error::{Error, Result},
     event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall},
     extract::{
-        DrainReport, ExtractInput, ExtractionError, MAX_EXTRACTION_ERROR_BYTES, MAX_MEMORIES_PER_EXTRACTION,
-        MAX_MEMORY_BYTES, Memory, MemoryExtractor, OpenAiExtractor, RuleExtractor, namespace_of,
+        DrainReport, ExtractInput, ExtractionError, GivenUpExtraction, MAX_EXTRACTION_ATTEMPTS,
+        MAX_EXTRACTION_ERROR_BYTES, MAX_GIVEN_UP_READ, MAX_MEMORIES_PER_EXTRACTION, MAX_MEMORY_BYTES,
+        MAX_RESUMED_PER_OPEN, Memory, MemoryExtractor, OpenAiExtractor, RuleExtractor, namespace_of,
     },
     fold::{Head, OpenCall, SpliceRef, apply, check_message, replay},
     guard::{GuardStats, LockOutcome, NamespaceGuard},

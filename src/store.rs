@@ -49,6 +49,7 @@ pub(crate) enum Ks {
     Blobs,
     Meta,
     Memories,
+    Extractions,
 }
 
 /// A stored key and its value.
@@ -80,6 +81,7 @@ pub(crate) struct Store {
     blobs: Keyspace,
     meta: Keyspace,
     memories: Keyspace,
+    extractions: Keyspace,
     path: PathBuf,
 }
 
@@ -117,6 +119,8 @@ impl Store {
             blobs: open_ks(keys::BLOBS)?,
             meta: open_ks(keys::META)?,
             memories: open_ks(keys::MEMORIES)?,
+            // Created on first open by this version: older databases open unchanged.
+            extractions: open_ks(keys::EXTRACTIONS)?,
             db,
             path: path.to_path_buf(),
         };
@@ -152,6 +156,7 @@ impl Store {
             Ks::Blobs => &self.blobs,
             Ks::Meta => &self.meta,
             Ks::Memories => &self.memories,
+            Ks::Extractions => &self.extractions,
         }
     }
 
@@ -361,7 +366,8 @@ impl Drop for Store {
         if !self.path.join(FJALL_MARKER).exists() {
             return;
         }
-        let all = [&self.events, &self.heads, &self.splices, &self.blobs, &self.meta, &self.memories];
+        let all =
+            [&self.events, &self.heads, &self.splices, &self.blobs, &self.meta, &self.memories, &self.extractions];
         for ks in all {
             if let Err(e) = ks.rotate_memtable() {
                 tracing::warn!(error = ?e, "could not flush a memtable at close; recovery will replay it");

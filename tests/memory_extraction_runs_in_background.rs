@@ -351,6 +351,110 @@ async fn a_panicking_extractor_fails_its_job_and_the_queue_goes_on() {
     assert_eq!((stats.extractions_failed, stats.extractions_done, stats.extraction_sessions), (1, 1, 0));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_worker_unwound_by_its_extractor_leaves_the_registry_and_its_queue_goes_on() {
+    // The panic is in the extractor's call itself, before any future exists: it unwinds the
+    // session's worker, not just the job.
+    let extractor = FnExtractor::new(|input| {
+        let boom = input.messages.iter().any(|m| m.message.content.contains("boom"));
+        assert!(!boom, "extractor bug");
+        Box::pin(async move { Ok(input.messages.iter().map(|m| m.message.content.clone()).collect()) })
+    });
+    let (engine, _dir) = with_extractor(extractor, |_| {});
+    // Alone in its queue: the entry goes. Followed by another job: that job still runs.
+    let alone = engine.session("alice:1").expect("id");
+    alone.append(Message::user("boom")).await.expect("append");
+    alone.schedule_extraction(Seq::ZERO, Seq::new(1)).expect("span");
+    let followed = engine.session("bob:1").expect("id");
+    followed.append_many(vec![Message::user("boom"), Message::user("fact")]).await.expect("append");
+    followed.schedule_extraction(Seq::ZERO, Seq::new(1)).expect("span");
+    followed.schedule_extraction(Seq::new(1), Seq::new(2)).expect("span");
+    let start = Instant::now();
+    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
+    assert_eq!(start.elapsed(), Duration::ZERO, "no drain waits on a dead worker");
+    let stats = engine.guard_stats();
+    assert_eq!((stats.extraction_sessions, stats.extractions_pending, stats.extractions_running), (0, 0, 0));
+    assert_eq!((stats.extractions_failed, stats.extractions_done), (2, 1));
+    assert_eq!(engine.memories("bob", 10).expect("read").len(), 1, "the queue went on");
+    for s in [&alone, &followed] {
+        assert!(engine.last_extraction_error(s.id()).expect("recorded").message.contains("panicked"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelling_drain_waits_for_stuck_workers_within_one_budget() {
+    // The workers run on another runtime whose only thread the extractor blocks (blocking code):
+    // aborted, they cannot end. The drain waits for them 5 s in total, not 5 s each.
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let extractor = {
+        let (gate, started_tx) = (Arc::clone(&gate), std::sync::Mutex::new(started_tx));
+        FnExtractor::new(move |_| {
+            let (gate, started_tx) = (Arc::clone(&gate), started_tx.lock().expect("lock").clone());
+            Box::pin(async move {
+                let _ = started_tx.send(());
+                let (open, wake) = &*gate;
+                let mut open = open.lock().expect("lock");
+                while !*open {
+                    open = wake.wait(open).expect("lock");
+                }
+                Ok(Vec::new())
+            })
+        })
+    };
+    let (engine, _dir) = with_extractor(extractor, |c| c.background.model_concurrency = 8);
+    let stuck = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    for id in ["a:1", "b:1", "c:1"] {
+        let upto = fill(&engine, id, "fact", 1).await;
+        let _on_stuck = stuck.enter();
+        engine.session(id).expect("id").schedule_extraction(Seq::ZERO, upto).expect("span");
+    }
+    started_rx.recv_timeout(Duration::from_secs(60)).expect("the first extractor call started");
+    let start = Instant::now();
+    let report = engine.drain(Duration::from_millis(1_000), true).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(1_000 + 5_000), "the wait, then one 5 s budget for 3 workers");
+    assert_eq!((report.left, report.cancelled), (1, 2), "the stuck job is reported, the queued ones cancelled");
+    let (open, wake) = &*gate;
+    *open.lock().expect("lock") = true;
+    wake.notify_all();
+    stuck.shutdown_background();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_background_compaction_is_already_in_flight_while_the_first_waits_for_a_permit() {
+    let summarizer = common::FnSummarizer::new(|_| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok("summary".to_string())
+        })
+    });
+    let components = Components { summarizer: Some(summarizer), ..Components::default() };
+    let (engine, _dir) = engine_with_parts(components, |c| {
+        c.background.model_concurrency = 1;
+        c.compaction.keep_last_messages = 1;
+    });
+    fill(&engine, "holder", "step", 3).await;
+    fill(&engine, "waiter", "step", 3).await;
+    let holder = engine.session("holder").expect("id").compact_in_background(CompactionRequest::default());
+    let holder = holder.expect("runtime");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let waiter = engine.session("waiter").expect("id");
+    let first = waiter.compact_in_background(CompactionRequest::default()).expect("runtime");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(engine.guard_stats().background_waiters, 1, "the first waits for the only permit");
+    assert_eq!(engine.compactions_in_flight(), 2, "and is registered while it waits");
+    let start = Instant::now();
+    let second = waiter.compact_in_background(CompactionRequest::default()).expect("runtime");
+    assert_eq!(second.await.expect("joins").expect("answers"), CompactionOutcome::AlreadyRunning);
+    assert_eq!(start.elapsed(), Duration::ZERO, "answered at once, not after a permit");
+    // Aborted while it waits, the first leaves the registry.
+    first.abort();
+    assert!(first.await.expect_err("aborted").is_cancelled());
+    assert_eq!(engine.compactions_in_flight(), 1);
+    assert!(matches!(holder.await.expect("joins").expect("compacts"), CompactionOutcome::Spliced { .. }));
+    assert_eq!(engine.compactions_in_flight(), 0);
+}
+
 #[test]
 fn background_knobs_are_validated() {
     let field = |json: &str| match Config::from_json_str(json) {

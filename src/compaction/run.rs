@@ -134,6 +134,21 @@ impl InFlight {
     }
 }
 
+/// Refuses a focus over [`MAX_FOCUS_BYTES`]; otherwise returns the request with its focus cleaned
+/// (see SPEC.md "Content handling") and trimmed, and a focus empty once cleaned dropped.
+fn check_focus(request: CompactionRequest) -> Result<CompactionRequest, Error> {
+    if let Some(focus) = &request.focus
+        && focus.len() > MAX_FOCUS_BYTES
+    {
+        return Err(Error::InvalidArgument {
+            what: "focus",
+            reason: format!("{} bytes, the limit is {MAX_FOCUS_BYTES}", focus.len()),
+        });
+    }
+    let focus = request.focus.as_deref().map(|f| sanitize(f).trim().to_string()).filter(|f| !f.is_empty());
+    Ok(CompactionRequest { focus, ..request })
+}
+
 /// Unregisters its session when dropped, however the compaction ended.
 struct InFlightGuard {
     sessions: Arc<Mutex<HashSet<SessionId>>>,
@@ -155,20 +170,20 @@ impl Session {
     /// control characters replaced, see SPEC.md "Content handling") and trimmed, and a focus empty
     /// once cleaned is no focus; only one over [`MAX_FOCUS_BYTES`] is refused, before any change.
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
-        if let Some(focus) = &request.focus
-            && focus.len() > MAX_FOCUS_BYTES
-        {
-            return Err(Error::InvalidArgument {
-                what: "focus",
-                reason: format!("{} bytes, the limit is {MAX_FOCUS_BYTES}", focus.len()),
-            });
-        }
-        let focus = request.focus.as_deref().map(|f| sanitize(f).trim().to_string()).filter(|f| !f.is_empty());
-        let request = CompactionRequest { focus, ..request };
-        let inner = self.engine().inner();
-        let Some(_registered) = inner.compactions.enter(self.id()) else {
+        let request = check_focus(request)?;
+        let Some(registered) = self.engine().inner().compactions.enter(self.id()) else {
             return Ok(CompactionOutcome::AlreadyRunning);
         };
+        self.compact_registered(request, registered).await
+    }
+
+    /// [`Session::compact`] after step 1: `_registered` is this compaction's registry entry.
+    async fn compact_registered(
+        &self,
+        request: CompactionRequest,
+        _registered: InFlightGuard,
+    ) -> Result<CompactionOutcome, Error> {
+        let inner = self.engine().inner();
         let id = inner.next_compaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let timeout_ms = inner.config.compaction.timeout_ms;
         // The timeout bounds the steps that can hang (reading, the model). The splice is a bounded
@@ -197,7 +212,10 @@ impl Session {
     /// model budget (`background.model_concurrency`), waiting at most `compaction.timeout_ms` for
     /// it, so background compactions never run more model calls at once than the budget allows.
     /// A compaction awaited directly with `compact` takes no permit: it is the foreground.
-    /// Needs a tokio runtime ([`Error::InvalidArgument`] without one).
+    /// Single flight is checked here, before the task is spawned and so before it waits for a
+    /// permit: a second request for a session whose compaction is queued for a permit resolves at
+    /// once to `AlreadyRunning`. A bad focus is refused here too. Needs a tokio runtime
+    /// ([`Error::InvalidArgument`] without one).
     pub fn compact_in_background(
         &self,
         request: CompactionRequest,
@@ -206,13 +224,18 @@ impl Session {
             what: "runtime",
             reason: format!("compact_in_background needs a tokio runtime: {e}"),
         })?;
+        let request = check_focus(request)?;
+        let Some(registered) = self.engine().inner().compactions.enter(self.id()) else {
+            return Ok(runtime.spawn(async { Ok(CompactionOutcome::AlreadyRunning) }));
+        };
         let session = self.clone();
+        // The registration moves into the task: however it ends (or is aborted), it unregisters.
         Ok(runtime.spawn(async move {
             let inner = session.engine().inner();
             let timeout = Duration::from_millis(inner.config.compaction.timeout_ms);
             let guards = &inner.guards;
             let _permit = guards.budget.acquire(timeout, "a background model permit", &guards.counters).await?;
-            session.compact(request).await
+            session.compact_registered(request, registered).await
         }))
     }
 
@@ -320,7 +343,8 @@ impl Session {
                 }
                 crate::testing::kill_point("compaction:before_splice");
                 let splice = Splice { upto, previous_upto: lower, summary_hash, n_messages, summary_bytes, summarizer };
-                batch.push(EventKind::CompactionSpliced(splice));
+                let at = batch.push(EventKind::CompactionSpliced(splice));
+                engine.mark_extraction_pending(batch, self.id(), at, Some(lower), upto);
                 Ok(())
             })
             .await?;
@@ -333,7 +357,7 @@ impl Session {
         tracing::info!(session = %self.id(), %upto, n_messages, "compaction spliced");
         // The compacted span goes to memory extraction in the background; this compaction (and
         // whoever awaits it) does not wait for it.
-        engine.schedule_extraction(self.id(), Some(lower), upto);
+        engine.schedule_job(self.id(), Some(lower), upto, Some(head.last_seq()));
         Ok(CompactionOutcome::Spliced {
             requested_upto: requested,
             upto,

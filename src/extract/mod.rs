@@ -14,6 +14,9 @@
 //! - `queue` runs the extractions: one at a time per session in order, sessions in parallel, each
 //!   under `background.extraction_timeout_ms` and one permit of the background budget, with
 //!   [`crate::Engine::drain`] for shutdown.
+//! - `pending` makes the engine's own extractions durable: a marker written with the splice or
+//!   boundary that schedules one, removed with its result, read again by the next open; a span
+//!   that keeps failing is given up after [`MAX_EXTRACTION_ATTEMPTS`] attempts and recorded.
 //!
 //! Extractors sit behind one trait: the embedded [`RuleExtractor`] (deterministic, offline: the
 //! user's statements of preference, fact and decision) and [`OpenAiExtractor`] (a model).
@@ -31,8 +34,10 @@ use crate::store::Ks;
 use crate::summarizer::{BoxFuture, OpenAiSummarizer, render_transcript, truncate_bytes};
 use crate::view::StoredMessage;
 
+pub(crate) mod pending;
 pub(crate) mod queue;
 
+pub use pending::{GivenUpExtraction, MAX_EXTRACTION_ATTEMPTS, MAX_GIVEN_UP_READ, MAX_RESUMED_PER_OPEN};
 pub use queue::{DrainReport, ExtractionError, MAX_EXTRACTION_ERROR_BYTES};
 
 /// Longest memory text kept, bytes; longer ones are cut.
@@ -296,7 +301,17 @@ impl Engine {
     /// Waits at most `timeout` for every queued and running memory extraction to finish. When
     /// the time runs out with work left and `cancel_on_timeout` is true, cancels it (queued jobs
     /// are dropped, running ones stopped at their next await, releasing their locks and permits)
-    /// and waits until the workers are gone. Call it before dropping the engine at shutdown.
+    /// and waits until the workers are gone, at most 5 s for all of them together, so a drain
+    /// returns within `timeout` + 5 s whatever the number of workers. Call it before dropping the
+    /// engine at shutdown. A cancelled extraction keeps its pending marker: the next open queues
+    /// it again (SPEC.md 6b).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. Dropping the future while it waits changes nothing: the extractions go on.
+    /// Once the time has run out with `cancel_on_timeout`, the queued jobs are dropped and the
+    /// workers aborted in one step before the future next waits, so dropping it afterwards only
+    /// skips waiting for the aborted workers to be gone.
     pub async fn drain(&self, timeout: Duration, cancel_on_timeout: bool) -> DrainReport {
         self.inner().extractions.drain(timeout, cancel_on_timeout).await
     }
@@ -308,32 +323,50 @@ impl Engine {
     }
 
     /// Queues extraction of the messages in (`from`, `upto`] of `session` unless extraction is
-    /// disabled. Returns whether it was queued.
-    pub(crate) fn schedule_extraction(&self, session: &SessionId, from: Option<Seq>, upto: Seq) -> bool {
+    /// disabled; `marker` is the seq of the event whose batch wrote the job's pending marker, if
+    /// it has one (see `pending`). Returns whether it was queued.
+    pub(crate) fn schedule_job(&self, session: &SessionId, from: Option<Seq>, upto: Seq, marker: Option<Seq>) -> bool {
         if !self.config().extraction.enabled {
             return false;
         }
-        let job = queue::Job { session: session.clone(), from, upto, enqueued_at: tokio::time::Instant::now() };
+        let job = queue::Job { session: session.clone(), from, upto, marker, enqueued_at: tokio::time::Instant::now() };
         let inner = self.inner();
         inner.extractions.schedule(self.downgrade(), job)
     }
 
-    /// Queues extraction of the episode closed by the boundary at `boundary`.
+    /// Queues extraction of the episode closed by the boundary at `boundary` (whose batch wrote
+    /// the pending marker, see [`Engine::mark_extraction_pending`]).
     pub(crate) fn schedule_episode_extraction(&self, session: &SessionId, boundary: Seq) {
-        self.schedule_extraction(session, None, boundary);
+        self.schedule_job(session, None, boundary, Some(boundary));
+    }
+
+    /// Adds to `batch` the pending marker of the extraction that event `at` (a splice or an
+    /// episode boundary, pushed into this same batch) schedules: if the process stops before the
+    /// extraction records its memories, the next open queues it again.
+    pub(crate) fn mark_extraction_pending(
+        &self,
+        batch: &mut crate::engine::Batch,
+        session: &SessionId,
+        at: Seq,
+        from: Option<Seq>,
+        upto: Seq,
+    ) {
+        pending::mark(self, batch, session, at, from, upto);
     }
 }
 
 impl Session {
     /// Queues background extraction of long-term memories from the messages in (`from`, `upto`]
-    /// (the engine does this by itself after each splice and each closed episode). Returns false
-    /// when it was not queued: extraction is disabled (`extraction.enabled`), the session's queue
-    /// is full, or there is no tokio runtime. `from` must be below `upto`.
+    /// (the engine does this by itself after each splice and each closed episode, durably). A job
+    /// queued here is not durable: it has no pending marker, so a process that stops before it
+    /// runs forgets it. Returns false when it was not queued: extraction is disabled
+    /// (`extraction.enabled`), the session's queue is full, or there is no tokio runtime. `from`
+    /// must be below `upto`.
     pub fn schedule_extraction(&self, from: Seq, upto: Seq) -> Result<bool, Error> {
         if upto <= from {
             return Err(Error::InvalidArgument { what: "span", reason: format!("({from}, {upto}] is empty") });
         }
-        Ok(self.engine().schedule_extraction(self.id(), Some(from), upto))
+        Ok(self.engine().schedule_job(self.id(), Some(from), upto, None))
     }
 }
 

@@ -11,7 +11,8 @@
 //! the namespace lock and the write together). Workers hold the engine weakly between jobs: a
 //! dropped engine closes its database even with work queued (that work is then skipped).
 //! [`crate::Engine::drain`] waits for the queue to empty, and on timeout can cancel what is left:
-//! it aborts the workers and waits (bounded) until they are gone.
+//! it aborts the workers and waits (one bound for all of them) until they are gone. A worker that
+//! unwinds hands its queue on (see `WorkerGuard`), so a panic never leaves an entry behind.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -28,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{ExtractInput, encode_memory, memory_id, namespace_of, normalize};
+use super::{ExtractInput, encode_memory, memory_id, namespace_of, normalize, pending};
 use crate::engine::{Engine, Inner, now_ms};
 use crate::error::Error;
 use crate::event::EventKind;
@@ -86,6 +87,9 @@ pub(crate) struct Job {
     /// Exclusive start of the span; `None`: the start of the episode that ends at `upto`.
     pub(crate) from: Option<Seq>,
     pub(crate) upto: Seq,
+    /// Seq of the event whose batch wrote this job's pending marker; `None` for a job scheduled
+    /// by hand, which has none (see `pending`).
+    pub(crate) marker: Option<Seq>,
     pub(crate) enqueued_at: Instant,
 }
 
@@ -97,8 +101,14 @@ struct Entry {
 
 /// How a job ended (errors aside).
 enum Ended {
-    Done { n_new: u64 },
+    Done {
+        n_new: u64,
+    },
     Skipped(String),
+    /// Its attempts were used (see `pending`); it was given up without running.
+    GaveUp {
+        attempts: u32,
+    },
 }
 
 /// The registry of per-session queues and the telemetry around it.
@@ -132,6 +142,48 @@ impl Drop for Running {
         }
         self.extractions.running.fetch_sub(1, Ordering::AcqRel);
         self.extractions.wake_if_idle();
+    }
+}
+
+/// Lives as long as a session's worker. A worker that unwinds (a panic in the extractor's own
+/// call, or any bug) would otherwise leave its registry entry behind with its queued jobs, which
+/// nothing would run and every drain would wait for: on a panic the guard hands the queue to a new
+/// worker, or removes the entry when there is nothing left or no runtime to run it on.
+struct WorkerGuard {
+    extractions: Arc<Extractions>,
+    engine: Weak<Inner>,
+    session: SessionId,
+    worker: u64,
+    /// The job running, for the error record.
+    current: Option<Job>,
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let this = &self.extractions;
+        if let Some(job) = &self.current {
+            this.record_error(job, "the extraction panicked".to_string(), Duration::ZERO, Duration::ZERO);
+        }
+        let mut registry = this.registry.lock();
+        let Some(entry) = registry.get_mut(&self.session).filter(|e| e.worker == self.worker) else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !entry.jobs.is_empty() => {
+                entry.worker = this.next_worker.fetch_add(1, Ordering::Relaxed);
+                let work = Arc::clone(this).work(self.engine.clone(), self.session.clone(), entry.worker);
+                entry.handle = Some(runtime.spawn(work));
+            }
+            _ => {
+                let queued = entry.jobs.len() as u64;
+                registry.remove(&self.session);
+                drop(registry);
+                this.pending.fetch_sub(queued, Ordering::AcqRel);
+                add(&this.counters.extractions_cancelled, queued);
+                this.wake_if_idle();
+            }
+        }
     }
 }
 
@@ -258,38 +310,58 @@ impl Extractions {
 
     /// The worker of one session: its jobs one at a time, then gone.
     async fn work(self: Arc<Self>, engine: Weak<Inner>, session: SessionId, worker: u64) {
-        while let Some((job, mut running)) = self.next_job(&session, worker) {
+        let mut guard =
+            WorkerGuard { extractions: Arc::clone(&self), engine: engine.clone(), session, worker, current: None };
+        while let Some((job, mut running)) = self.next_job(&guard.session, worker) {
+            guard.current = Some(job.clone());
             let queue_wait = job.enqueued_at.elapsed();
             let started = Instant::now();
-            let result = match Engine::upgrade(&engine) {
-                Some(engine) => tokio::time::timeout(self.timeout, run(&engine, &job)).await,
+            // Held for the job only: between jobs the worker must not keep the database open.
+            let strong = Engine::upgrade(&engine);
+            let result = match &strong {
+                Some(engine) => tokio::time::timeout(self.timeout, run(engine, &job)).await,
                 None => Ok(Ok(Ended::Skipped("the engine was closed".to_string()))),
             };
             let duration = started.elapsed();
             let (c, id) = (&self.counters, &job.session);
             let (wait_ms, run_ms) = (millis(queue_wait), millis(duration));
-            match result {
+            let failure = match result {
                 Ok(Ok(Ended::Done { n_new })) => {
                     add(&c.extractions_done, 1);
                     tracing::debug!(session = %id, upto = %job.upto, n_new, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction done");
+                    None
                 }
                 Ok(Ok(Ended::Skipped(why))) => {
                     add(&c.extractions_skipped, 1);
                     tracing::info!(session = %id, upto = %job.upto, %why, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction skipped");
                     self.record_error(&job, format!("skipped: {why}"), queue_wait, duration);
+                    None
+                }
+                Ok(Ok(Ended::GaveUp { attempts })) => {
+                    self.record_error(&job, format!("given up after {attempts} attempts"), queue_wait, duration);
+                    None
                 }
                 Ok(Err(e)) => {
                     add(&c.extractions_failed, 1);
                     tracing::warn!(session = %id, upto = %job.upto, error = %e, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction failed");
-                    self.record_error(&job, e.to_string(), queue_wait, duration);
+                    Some(e.to_string())
                 }
                 Err(_) => {
                     add(&c.extractions_timed_out, 1);
                     let after_ms = millis(self.timeout);
                     tracing::warn!(session = %id, upto = %job.upto, after_ms, queue_wait_ms = wait_ms, duration_ms = run_ms, "memory extraction timed out (background.extraction_timeout_ms)");
-                    self.record_error(&job, format!("timed out after {after_ms} ms"), queue_wait, duration);
+                    Some(format!("timed out after {after_ms} ms"))
+                }
+            };
+            if let (Some(message), Some(engine)) = (failure, &strong) {
+                self.record_error(&job, message.clone(), queue_wait, duration);
+                // The marker keeps the failure; the one that uses the last attempt gives it up.
+                if let Err(e) = pending::record_failure(engine, &job, &message).await {
+                    tracing::warn!(session = %id, error = %e, "could not record an extraction failure in its marker");
                 }
             }
+            drop(strong);
+            guard.current = None;
             running.finished = true;
         }
     }
@@ -325,10 +397,11 @@ impl Extractions {
             (queued, handles)
         };
         add(&self.counters.extractions_cancelled, queued);
+        // One budget for all the aborted workers together, not one per worker: an aborted task
+        // ends at its next await, and a job stuck in blocking code shows up in `left`.
+        let join_deadline = Instant::now() + ABORT_JOIN_TIMEOUT;
         for handle in handles {
-            // Bounded: an aborted task ends at its next await; a job stuck in blocking code would
-            // show up in `left`.
-            let _ = tokio::time::timeout(ABORT_JOIN_TIMEOUT, handle).await;
+            let _ = tokio::time::timeout_at(join_deadline, handle).await;
         }
         self.wake_if_idle();
         let cancelled = crate::guard::stats::get(&self.counters.extractions_cancelled).saturating_sub(cancelled_before);
@@ -364,8 +437,22 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs one job; see the module docs of `extract`.
+/// Runs one job; see the module docs of `extract`. Every end but a give-up (its marker moved) and
+/// a write of memories (its marker removed in that batch) removes the job's pending marker here.
 async fn run(engine: &Engine, job: &Job) -> Result<Ended, Error> {
+    let ended = run_span(engine, job).await?;
+    if matches!(ended, Ended::Done { n_new: 0 } | Ended::Skipped(_)) {
+        pending::clear(engine, job).await?;
+    }
+    Ok(ended)
+}
+
+async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
+    // Counted before anything else, so every way an attempt can fail counts: a damaged span, the
+    // extractor, a crash or a panic.
+    if let pending::Attempt::GaveUp { attempts } = pending::begin_attempt(engine, job).await? {
+        return Ok(Ended::GaveUp { attempts });
+    }
     let inner = engine.inner();
     let store = engine.store();
     let id = &job.session;
@@ -429,6 +516,9 @@ async fn run(engine: &Engine, job: &Job) -> Result<Ended, Error> {
             if n_new > 0 {
                 let (namespace, upto) = (namespace.clone(), to);
                 batch.push(EventKind::MemoriesExtracted { namespace, from, upto, n_memories: n_new });
+                if let Some(op) = pending::clear_op(job) {
+                    batch.op(op);
+                }
             }
             Ok(())
         })

@@ -58,6 +58,13 @@ pub struct GuardStats {
     pub extraction_sessions: u64,
     /// Episode classifications that fell back to "new task" (timeout or error).
     pub classifier_fallbacks: u64,
+    /// Pending extractions found at open and queued again (they had not finished before).
+    pub extractions_resumed: u64,
+    /// Pending extractions found at open but left for a later open (a session's queue depth, the
+    /// per-open bound, or a damaged marker); at least this many.
+    pub extractions_deferred: u64,
+    /// Extractions given up after their attempts (`MAX_EXTRACTION_ATTEMPTS`).
+    pub extractions_given_up: u64,
 }
 
 /// The totals behind [`GuardStats`].
@@ -78,6 +85,9 @@ pub(crate) struct Counters {
     pub(crate) extractions_cancelled: AtomicU64,
     pub(crate) memories_written: AtomicU64,
     pub(crate) classifier_fallbacks: AtomicU64,
+    pub(crate) extractions_resumed: AtomicU64,
+    pub(crate) extractions_deferred: AtomicU64,
+    pub(crate) extractions_given_up: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -109,6 +119,9 @@ impl Counters {
             extractions_cancelled: get(&self.extractions_cancelled),
             memories_written: get(&self.memories_written),
             classifier_fallbacks: get(&self.classifier_fallbacks),
+            extractions_resumed: get(&self.extractions_resumed),
+            extractions_deferred: get(&self.extractions_deferred),
+            extractions_given_up: get(&self.extractions_given_up),
             ..GuardStats::default()
         }
     }

@@ -73,9 +73,7 @@ fn run_child_with(db: &Path, session: &str, calls: usize, delete: bool) -> Value
     if delete {
         command.arg("--delete");
     }
-    let output = command
-        .output()
-        .expect("running the rss probe");
+    let output = command.output().expect("running the rss probe");
     assert!(output.status.success(), "the rss probe failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("the rss probe prints one JSON object")
 }

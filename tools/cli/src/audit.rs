@@ -62,7 +62,7 @@ pub struct AuditArgs {
 }
 
 pub async fn run(args: AuditArgs) -> Outcome {
-    let engine = args.db.open(OpenMode::Existing).await?;
+    let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     let report = audit(&engine, args.session.clone()).await?;
     print_report(&report, args.session.as_ref(), &args.db, args.json, None)
 }

@@ -4,13 +4,48 @@
 //! Order matters and is the same for every command: the config is loaded and validated first,
 //! so a bad config is refused before anything on disk is touched; then the directory is checked
 //! against what the command needs ([`OpenMode`]); only then is the engine opened.
+//!
+//! Every engine opened here is remembered, so that `main` can drain its background memory
+//! extraction ([`drain_opened`]) before the process exits: a compaction's extraction, or one an
+//! open resumed, runs to its end instead of being cut off with the runtime. Commands that only
+//! read or repair (`open_for_maintenance`) open with extraction off, so they never start any.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use clap::Args;
 use palimpsest::{Config, Engine, Error};
 
 use crate::exit::CliError;
+
+/// The longest the tool waits at exit for background memory extraction, in total. What is left
+/// then is cancelled and resumed by the next open of the database.
+pub const EXIT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Engines this process opened, drained by [`drain_opened`] before it exits.
+static OPENED: Mutex<Vec<Engine>> = Mutex::new(Vec::new());
+
+/// Waits (at most [`EXIT_DRAIN_TIMEOUT`] in all) for the background extraction of every engine this
+/// process opened, cancels what is left, and says so on stderr. Then the engines are closed.
+pub async fn drain_opened() {
+    let engines = std::mem::take(&mut *OPENED.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let deadline = tokio::time::Instant::now() + EXIT_DRAIN_TIMEOUT;
+    for engine in engines {
+        let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let report = engine.drain(budget, true).await;
+        if report.left > 0 || report.cancelled > 0 {
+            eprintln!(
+                "palimpsest: background memory extraction did not finish within {} s: {} cancelled, {} left; \
+                 the next open of {} resumes them",
+                EXIT_DRAIN_TIMEOUT.as_secs(),
+                report.cancelled,
+                report.left,
+                engine.config().path.display()
+            );
+        }
+    }
+}
 
 /// `--db` and `--config`; flatten it into each command's arguments.
 #[derive(Args, Debug, Clone)]
@@ -63,6 +98,15 @@ impl DbArgs {
         self.open_with(self.config()?, mode).await
     }
 
+    /// Like [`DbArgs::open`], for commands that only read or repair (show, audit, export, stats,
+    /// rebuild, gc): background memory extraction is off, so pending extractions are not resumed
+    /// (they wait for an open that extracts) and nothing writes while the command looks.
+    pub async fn open_for_maintenance(&self, mode: OpenMode) -> Result<Engine, CliError> {
+        let mut config = self.config()?;
+        config.extraction.enabled = false;
+        self.open_with(config, mode).await
+    }
+
     /// Like [`DbArgs::open`], with a config the command derived from [`DbArgs::config`] (for
     /// example with a command-line override). It is validated again here, so an override is
     /// refused (exit 2) before anything on disk is touched.
@@ -73,11 +117,13 @@ impl DbArgs {
         let opened = tokio::task::spawn_blocking(move || Engine::open(config))
             .await
             .map_err(|e| CliError::unusable(format!("opening the database at {} failed: {e}", path.display())))?;
-        opened.map_err(|e| match e {
+        let engine = opened.map_err(|e| match e {
             // These already name the path.
             Error::Locked { .. } | Error::NotADatabase { .. } => CliError::unusable(e.to_string()),
             other => CliError::unusable(format!("cannot open the database at {}: {other}", path.display())),
-        })
+        })?;
+        OPENED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(engine.clone());
+        Ok(engine)
     }
 }
 

@@ -46,7 +46,7 @@ pub struct ExportArgs {
 }
 
 pub async fn run(args: ExportArgs) -> Outcome {
-    let engine = args.db.open(OpenMode::Existing).await?;
+    let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     let session = engine.session(args.session.as_str())?;
     let not_found = |e: Error| match e {
         Error::NotFound { .. } => CliError::failed(format!("{e} in {}", args.db.db.display())),

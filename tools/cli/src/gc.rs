@@ -34,7 +34,7 @@ pub struct GcArgs {
 }
 
 pub async fn run(args: GcArgs) -> Outcome {
-    let engine = args.db.open(OpenMode::Existing).await?;
+    let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     let orphans = engine.collect_orphan_blobs(args.dry_run).await?;
     let mut out = String::new();
     for hash in &orphans {

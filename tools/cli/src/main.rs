@@ -2,7 +2,7 @@
 //! It never decodes keys or events itself.
 //!
 //! Map of the tool:
-//! - `main`: argument parsing, dispatch, and turning outcomes into exit codes.
+//! - `main`: argument parsing, dispatch, draining background work, and turning outcomes into exit codes.
 //! - `exit`: [`exit::Status`] and [`exit::CliError`], the exit-code contract (0, 1, 2).
 //! - `db`: [`db::DbArgs`], the `--db`/`--config` options every command takes, and opening the engine.
 //! - `output`: stdout writing, JSON printing, the human and JSON forms of working memory.
@@ -116,7 +116,12 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return exit::report(Err(CliError::unusable(format!("cannot start the async runtime: {e}")))),
     };
-    let outcome = runtime.block_on(cli.command.run());
+    let outcome = runtime.block_on(async {
+        let outcome = cli.command.run().await;
+        // Background extraction (after a splice, or resumed at open) finishes before the exit.
+        db::drain_opened().await;
+        outcome
+    });
     // Shut the runtime down (and with it any engine still held by a task) before exiting.
     drop(runtime);
     exit::report(outcome)

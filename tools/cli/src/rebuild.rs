@@ -42,7 +42,7 @@ pub struct RebuildArgs {
 }
 
 pub async fn run(args: RebuildArgs) -> Outcome {
-    let engine = args.db.open(OpenMode::Existing).await?;
+    let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     let rebuilt = engine.rebuild(args.session.as_ref()).await.map_err(|e| match e {
         Error::NotFound { .. } => CliError::failed(format!("{e} in {}", args.db.db.display())),
         other => CliError::from(other),

@@ -70,7 +70,7 @@ pub struct ShowArgs {
 }
 
 pub async fn run(args: ShowArgs) -> Outcome {
-    let engine = args.db.open(OpenMode::Existing).await?;
+    let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     // `Engine::session` takes `TryInto<SessionId, Error = palimpsest::Error>`, which a `SessionId` is not.
     let session = engine.session(args.session.as_str())?;
     let memory = match args.at {

@@ -47,7 +47,7 @@ pub struct StatsArgs {
 }
 
 pub async fn run(args: StatsArgs) -> Outcome {
-    let engine = args.db.open(OpenMode::Existing).await?;
+    let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     let stats = tokio::task::spawn_blocking(move || engine.stats())
         .await
         .map_err(|e| CliError::failed(format!("reading the stats stopped: {e}")))??;
