@@ -384,6 +384,12 @@ impl Session {
 
     /// Appends one message; returns its seq once it is acknowledged (see `Durability`).
     /// A message with `created_at_ms == 0` is stamped with the append time.
+    ///
+    /// Cancel safety: dropping the future never leaves a partial write. Dropped while it waits for
+    /// the session's lock or a place in the group-commit queue, nothing is written; once its batch
+    /// is queued, the batch lands whole (or the engine is poisoned) and the session's lock is held
+    /// until it has, so later writes see it. The caller then does not learn the seqs: read the
+    /// session (`history`, `working_memory`) to find out whether it landed.
     pub async fn append(&self, message: Message) -> Result<Seq, Error> {
         let seqs = self.append_many(vec![message]).await?;
         Ok(seqs.start)
@@ -393,6 +399,12 @@ impl Session {
     /// from the first message's seq to just past the last one's. A user message that would pass
     /// `episodes.max_turns_per_episode` gets a `TurnCap` episode boundary written just before it
     /// in the same batch, so the range may include boundaries (and the first message may follow one).
+    ///
+    /// Cancel safety: dropping the future never leaves a partial write. Dropped while it waits for
+    /// the session's lock or a place in the group-commit queue, nothing is written; once its batch
+    /// is queued, the batch lands whole (or the engine is poisoned) and the session's lock is held
+    /// until it has, so later writes see it. The caller then does not learn the seqs: read the
+    /// session (`history`, `working_memory`) to find out whether it landed.
     pub async fn append_many(&self, mut messages: Vec<Message>) -> Result<std::ops::Range<Seq>, Error> {
         let limits = &self.engine.inner.config.limits;
         if messages.is_empty() || messages.len() as u64 > limits.max_batch_messages {
@@ -444,6 +456,8 @@ impl Session {
     }
 
     /// The session's head (fold state), or `None` if it has no events.
+    ///
+    /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn head(&self) -> Result<Option<Head>, Error> {
         self.engine.store().head(&self.id)
     }
@@ -451,6 +465,9 @@ impl Session {
     /// The current working memory: the latest summary plus the last `limit` messages after it
     /// (oldest first). Costs one head read, one blob read and range reads of about `limit` events,
     /// whatever the session's length. A session with no events, or deleted, is [`Error::NotFound`].
+    /// Every lookup comes from one snapshot, so a concurrent write cannot tear the answer.
+    ///
+    /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn working_memory(&self, limit: usize) -> Result<WorkingMemory, Error> {
         self.engine.check_read_limit(limit)?;
         let view = self.engine.store().view();
@@ -470,7 +487,10 @@ impl Session {
     }
 
     /// The working memory as it was right after event `at` (time travel). `n_messages` is `None`
-    /// for a past seq: counting would walk the log.
+    /// for a past seq: counting would walk the log. `last_seq` is `at` exactly; seqs at or before the
+    /// latest deletion are refused.
+    ///
+    /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn working_memory_at(&self, at: Seq, limit: usize) -> Result<WorkingMemory, Error> {
         self.engine.check_read_limit(limit)?;
         let view = self.engine.store().view();
@@ -517,7 +537,10 @@ impl Session {
     }
 
     /// Events with seq in `[from, from + limit)`, all kinds, in order. Compacted messages are
-    /// still here: compaction hides them from working memory only.
+    /// still here: compaction hides them from working memory only. Events before the latest deletion
+    /// are not (history starts at the deletion event).
+    ///
+    /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn history(&self, from: Seq, limit: usize) -> Result<Vec<Event>, Error> {
         self.engine.check_read_limit(limit)?;
         let view = self.engine.store().view();

@@ -125,6 +125,11 @@ impl Session {
     /// or error counts as a new task). Then the boundary (if the turn starts a new task or the
     /// episode reached `episodes.max_turns_per_episode`) and the message are written in one atomic
     /// batch. A closed episode is handed to background memory extraction.
+    ///
+    /// Cancel safety: dropped during the classifier call or while waiting for the lock or a queue
+    /// place, nothing is written; once the batch is queued it lands whole, with the session's lock
+    /// held until it has. A landed boundary's extraction is then durable through its pending marker
+    /// (resumed at the next open) even though this call did not queue it.
     pub async fn append_turn(&self, mut message: Message) -> Result<TurnOutcome, Error> {
         let inner = self.engine().inner();
         let config = &inner.config;
@@ -195,6 +200,8 @@ impl Session {
     /// Closes the current episode with an `Explicit` boundary and hands it to background memory
     /// extraction. Returns the boundary's seq, or `None` when the episode has no user turn yet
     /// (there is nothing to close). A session without events is [`Error::NotFound`].
+    ///
+    /// Cancel safety: as [`Session::append_turn`]: nothing or the whole boundary lands.
     pub async fn close_episode(&self) -> Result<Option<Seq>, Error> {
         let id = self.id();
         let mut wrote = false;

@@ -169,6 +169,12 @@ impl Session {
     /// Content is never a reason to fail: the focus is cleaned (escape sequences removed, other
     /// control characters replaced, see SPEC.md "Content handling") and trimmed, and a focus empty
     /// once cleaned is no focus; only one over [`MAX_FOCUS_BYTES`] is refused, before any change.
+    ///
+    /// Cancel safety: dropping the future is an abandoned compaction. Before the splice is queued
+    /// (loading, summarizing, storing the blob) the session is left exactly as it was, except at
+    /// most an orphan blob; the in-flight registry entry is released at once. Once the splice's
+    /// batch is queued it lands whole, after the same re-check under the session's lock, so the
+    /// caller does not learn the outcome: `working_memory` shows whether it landed.
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
         let request = check_focus(request)?;
         let Some(registered) = self.engine().inner().compactions.enter(self.id()) else {

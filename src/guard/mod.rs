@@ -70,6 +70,9 @@ impl Engine {
     /// extraction holds while it writes into the namespace. Returns [`LockOutcome::Held`], or
     /// [`LockOutcome::Skipped`] when the bounds ran out and `locks.on_timeout` is `skip`; with
     /// `error` that is [`Error::LockTimeout`]. An empty namespace is [`Error::InvalidArgument`].
+    ///
+    /// Cancel safety: cancel safe; a dropped wait holds nothing, and a lock taken is released when
+    /// its guard drops.
     pub async fn lock_namespace(&self, namespace: &str, session: &SessionId) -> Result<LockOutcome, Error> {
         check_namespace(namespace)?;
         let guards = &self.inner().guards;
