@@ -159,12 +159,15 @@ fn purge_loop(store: &Store, committer: &Committer, rx: &Receiver<Job>, stop: &A
 fn purge(store: &Store, committer: &Committer, job: &Job, stop: &AtomicBool) -> Result<bool, Error> {
     // A marker is written with its deletion event, which has seq >= 1, so `base - 1` cannot wrap.
     let Some(last_dead) = job.base.get().checked_sub(1).map(Seq::new) else { return Ok(true) };
-    let first = keys::seq_key(&job.session, Seq::ZERO);
     let last = keys::seq_key(&job.session, last_dead);
+    // Each chunk starts past the previous one: scanning from the start again would wade through
+    // the tombstones just written, making a purge quadratic in the session's length.
+    let mut from_seq = Seq::ZERO;
     loop {
         if stop.load(Ordering::Acquire) {
             return Ok(false);
         }
+        let first = keys::seq_key(&job.session, from_seq);
         let events = store.keys_in(Ks::Events, &first, &last, PURGE_CHUNK_EVENTS)?;
         let events_done = events.len() < PURGE_CHUNK_EVENTS;
         // The index entries up to the chunk's last event go with it, so the index and the log
@@ -180,6 +183,10 @@ fn purge(store: &Store, committer: &Committer, job: &Job, stop: &AtomicBool) -> 
         committer.commit(&ops)?;
         if done {
             return Ok(true);
+        }
+        if !events_done && let Some((_, seq)) = keys::parse_seq_key(&upto) {
+            // Below `base`, so `seq + 1` cannot wrap.
+            from_seq = seq.next();
         }
     }
 }
