@@ -238,9 +238,12 @@ impl Store {
         View { store: self, snapshot: self.db.snapshot() }
     }
 
-    /// The stored head of `session`, if it has one.
+    /// The stored head of `session`, if it has one. A single lookup needs no snapshot (the write
+    /// path reads the head under the session's lock, where nothing else can change it).
     pub(crate) fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
-        self.view().head(session)
+        self.get(Ks::Heads, keys::head_key(session))?
+            .map(|bytes| codec::decode_head(session.as_str(), &bytes))
+            .transpose()
     }
 
     /// Events of `session` with seq in `[from, to]`, at most `limit` (see [`View::events`]).
