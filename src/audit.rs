@@ -130,6 +130,8 @@ pub struct Replayer {
     head: Head,
     next_seq: u64,
     n_events: u64,
+    /// True until the first event: only the log's first event may be a deletion at any seq.
+    at_start: bool,
     /// `max(splice upto, deletion base)`: messages at or before it are summarized or gone.
     lower: Seq,
     /// (call seq, result seq) of calls answered after `lower`, for the pair check at a splice.
@@ -147,12 +149,21 @@ impl Replayer {
             head: Head::default(),
             next_seq: 1,
             n_events: 0,
+            at_start: true,
             lower: Seq::ZERO,
             answered: Vec::new(),
             splice_seqs: Vec::new(),
             referenced: Vec::new(),
             violations: Vec::new(),
         }
+    }
+
+    /// Continues replaying `session` after a log whose fold is `head`, for an import into a
+    /// session that already has events. Only messages and markers may follow (an import refuses
+    /// splices and deletions there), so the pairs answered before are not needed.
+    pub(crate) fn resume(session: &str, head: Head) -> Self {
+        let lower = head.upto().max(head.base());
+        Self { next_seq: head.last_seq().get().saturating_add(1), at_start: false, lower, head, ..Self::new(session) }
     }
 
     fn violation(&mut self, seq: Option<Seq>, kind: ViolationKind, detail: String) {
@@ -167,7 +178,7 @@ impl Replayer {
 
     fn check_density(&mut self, seq: Seq, is_deletion: bool) {
         self.n_events += 1;
-        let starts_after_deletion = self.n_events == 1 && is_deletion;
+        let starts_after_deletion = std::mem::replace(&mut self.at_start, false) && is_deletion;
         if seq.get() != self.next_seq && !starts_after_deletion {
             let detail = format!("expected seq {}, found {seq}", self.next_seq);
             self.violation(Some(seq), ViolationKind::SeqGap, detail);
@@ -175,19 +186,23 @@ impl Replayer {
         self.next_seq = seq.get().saturating_add(1);
     }
 
-    /// Checks and folds one decoded event stored under `key_seq`.
+    /// Checks and folds one decoded event stored under `key_seq`. The rules are the readers'
+    /// (`codec::check_position`, `codec::check_kind`) and the write path's (`fold::check_marker`,
+    /// tool pairing), so nothing audit passes is refused by a reader; splices get the finer
+    /// violation kinds below, which cover their payload rules.
     pub fn event(&mut self, key_seq: Seq, event: &Event) {
         self.check_density(key_seq, matches!(event.kind, EventKind::SessionDeleted { .. }));
-        if event.seq != key_seq {
-            let detail = format!("value says seq {}, key says {key_seq}", event.seq);
+        if let Err(detail) = codec::check_position(event, key_seq) {
             self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);
             return;
         }
+        if !matches!(event.kind, EventKind::CompactionSpliced(_))
+            && let Err(detail) = codec::check_kind(event)
+        {
+            self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);
+        }
         match &event.kind {
             EventKind::MessageAppended(m) => {
-                if let Err(e) = m.validate(0, codec::MAX_STORED_MESSAGE_BYTES) {
-                    self.violation(Some(key_seq), ViolationKind::InvalidEvent, e.to_string());
-                }
                 if let Some(id) = &m.tool_call_id {
                     match self.head.open_calls().iter().find(|c| &c.id == id) {
                         Some(call) => self.answered.push((call.seq, key_seq)),
@@ -204,7 +219,11 @@ impl Replayer {
                 self.lower = key_seq;
                 self.answered.clear();
             }
-            EventKind::EpisodeBoundary { .. } | EventKind::MemoriesExtracted { .. } => {}
+            EventKind::EpisodeBoundary { .. } | EventKind::MemoriesExtracted { .. } => {
+                if let Err(detail) = fold::check_marker(&self.head, event) {
+                    self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);
+                }
+            }
         }
         fold::apply(&mut self.head, event);
     }
@@ -308,6 +327,23 @@ pub struct RebuildReport {
     pub heads_rewritten: u64,
     /// Splice-index entries added or removed.
     pub index_entries_fixed: u64,
+}
+
+/// Where [`Engine::collect_orphan_blobs`] stands, for tests that pause it (feature `testing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GcStage {
+    /// The audit found candidates; the blob gate is not held yet.
+    CandidatesFound,
+    /// The gate is held exclusively and the candidates were re-checked; nothing is removed yet.
+    GateHeld,
+}
+
+/// Runs blocking store work (scans, audits) on tokio's blocking pool, off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Storage { op: "orphan-blob scan", detail: format!("the scanning task failed: {e}") })?
 }
 
 fn malformed(detail: String) -> Violation {
@@ -588,24 +624,84 @@ impl Engine {
         Ok(ids.into_iter().collect())
     }
 
-    /// Lists summary blobs no splice references and, unless `dry_run`, removes them. Waits (at most
-    /// `writes.timeout_ms`) until no compaction is between storing its blob and splicing, and keeps
-    /// new ones from starting that step until it is done, so a blob about to be referenced is
-    /// never collected.
+    /// Lists summary blobs no splice references and, unless `dry_run`, removes them. Returns the
+    /// blobs removed (or, with `dry_run`, those that would be).
+    ///
+    /// Two phases (SPEC 6a). First a full audit, on a blocking thread and without the blob gate,
+    /// finds the candidates, so compactions and imports keep splicing meanwhile. Then, holding the
+    /// gate exclusively (waiting at most `writes.timeout_ms` for the compactions and imports
+    /// between storing a blob and committing its splice), it re-reads every splice through the
+    /// splice index, again off the async workers, and removes only the candidates still
+    /// unreferenced. A blob referenced by a splice that landed after the audit is kept.
     pub async fn collect_orphan_blobs(&self, dry_run: bool) -> Result<Vec<SummaryHash>, Error> {
+        self.collect_orphans(dry_run, &mut |_| Box::pin(async {})).await
+    }
+
+    /// [`Engine::collect_orphan_blobs`], awaiting `pause` at each [`GcStage`], so a test can
+    /// land a write at exactly that point. Test builds only (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub async fn collect_orphan_blobs_pausing(
+        &self,
+        dry_run: bool,
+        pause: &mut (dyn FnMut(GcStage) -> crate::summarizer::BoxFuture<'static, ()> + Send),
+    ) -> Result<Vec<SummaryHash>, Error> {
+        self.collect_orphans(dry_run, pause).await
+    }
+
+    async fn collect_orphans(
+        &self,
+        dry_run: bool,
+        pause: &mut (dyn FnMut(GcStage) -> crate::summarizer::BoxFuture<'static, ()> + Send),
+    ) -> Result<Vec<SummaryHash>, Error> {
+        let engine = self.clone();
+        let candidates = blocking(move || {
+            let report = engine.audit(&AuditOptions::default(), &mut |_| {})?;
+            report.orphan_blobs.iter().map(|h| SummaryHash::from_hex(h)).collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        pause(GcStage::CandidatesFound).await;
         let timeout_ms = self.config().writes.timeout_ms;
         let _exclusive =
             tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), self.inner().blob_gate.write())
                 .await
-                .map_err(|_| Error::Timeout { what: "compactions to finish splicing", after_ms: timeout_ms })?;
-        let report = self.audit(&AuditOptions::default(), &mut |_| {})?;
-        let orphans: Vec<SummaryHash> =
-            report.orphan_blobs.iter().map(|h| SummaryHash::from_hex(h)).collect::<Result<_, _>>()?;
+                .map_err(|_| Error::Timeout {
+                    what: "compactions and imports to finish splicing",
+                    after_ms: timeout_ms,
+                })?;
+        let engine = self.clone();
+        let orphans = blocking(move || engine.still_unreferenced(candidates)).await?;
+        pause(GcStage::GateHeld).await;
         if !dry_run && !orphans.is_empty() {
             let ops = orphans.iter().map(|h| Op::Delete(Ks::Blobs, keys::blob_key(h).to_vec())).collect();
             self.inner().writer.write(ops).await?;
         }
         Ok(orphans)
+    }
+
+    /// The candidates that still exist and that no splice in the splice index references. Run
+    /// under the exclusive blob gate: every splice written since the candidates were found was
+    /// written with its index entry, so it is among those read here.
+    fn still_unreferenced(&self, candidates: Vec<SummaryHash>) -> Result<Vec<SummaryHash>, Error> {
+        let store = self.store();
+        let mut referenced = HashSet::new();
+        for row in store.iter_from(Ks::Splices, None) {
+            let (key, _) = row?;
+            let Some((id, seq)) = keys::parse_seq_key(&key) else { continue };
+            let Ok(id) = SessionId::new(id) else { continue };
+            if let Some(Event { kind: EventKind::CompactionSpliced(s), .. }) = store.event(&id, seq)? {
+                referenced.insert(s.summary_hash);
+            }
+        }
+        let mut out = Vec::new();
+        for hash in candidates {
+            if !referenced.contains(&hash) && store.get(Ks::Blobs, keys::blob_key(&hash))?.is_some() {
+                out.push(hash);
+            }
+        }
+        Ok(out)
     }
 
     /// Counts and sizes. Reads every key of the events and blobs keyspaces.

@@ -305,30 +305,49 @@ impl Batch {
         &self.head
     }
 
-    /// The seq the next pushed event gets.
-    pub(crate) fn next_seq(&self) -> Seq {
-        self.head.last_seq().next()
+    /// The seq the next pushed event gets, or an error when the session is full ([`Seq::MAX`]).
+    pub(crate) fn next_seq(&self) -> Result<Seq, Error> {
+        self.head.last_seq().checked_next()
     }
 
     /// Appends an event stamped now; returns its seq.
-    pub(crate) fn push(&mut self, kind: EventKind) -> Seq {
+    pub(crate) fn push(&mut self, kind: EventKind) -> Result<Seq, Error> {
         self.push_at(kind, self.now_ms)
     }
 
-    /// Appends an event with the given store time (an import keeps the original times).
-    pub(crate) fn push_at(&mut self, kind: EventKind, at_ms: u64) -> Seq {
-        let event = Event { seq: self.next_seq(), at_ms, kind };
+    /// Appends an event with the given store time (an import keeps the original times). Every
+    /// write path's events pass here, so here, in every build, each is checked against the
+    /// structural rules readers apply (`codec::check_event`) and the rules that need the head
+    /// (`fold::check_message`, `fold::check_marker`); a refusal leaves the batch as it was.
+    pub(crate) fn push_at(&mut self, kind: EventKind, at_ms: u64) -> Result<Seq, Error> {
+        let event = Event { seq: self.next_seq()?, at_ms, kind };
+        let refused = |reason: String| Error::InvalidArgument { what: "event", reason };
+        codec::check_event(&event, event.seq).map_err(refused)?;
+        match &event.kind {
+            EventKind::MessageAppended(m) => fold::check_message(&self.head, m, 0, usize::MAX)?,
+            _ => fold::check_marker(&self.head, &event).map_err(refused)?,
+        }
         fold::apply(&mut self.head, &event);
         let seq = event.seq;
         self.events.push(event);
-        seq
+        Ok(seq)
     }
 
     /// Makes the next event start at `first`, past the head: only an import into an empty session
     /// uses it, to restore a log that begins with a deletion. An event must be pushed next.
-    pub(crate) fn start_at(&mut self, first: Seq) {
-        assert!(self.events.is_empty() && first > self.head.last_seq(), "a batch can only start past its head");
+    pub(crate) fn start_at(&mut self, first: Seq) -> Result<(), Error> {
+        if !self.events.is_empty() || first <= self.head.last_seq() || first > Seq::MAX {
+            return Err(Error::InvalidArgument {
+                what: "seq",
+                reason: format!(
+                    "a batch can only start past its head ({}) and at most at {}",
+                    self.head.last_seq(),
+                    Seq::MAX
+                ),
+            });
+        }
         self.head.last_seq = Seq::new(first.get() - 1);
+        Ok(())
     }
 
     /// Adds a write that goes in the same atomic batch (deletions, blobs, memory records).
@@ -399,9 +418,9 @@ impl Session {
                     if m.role == Role::User && episode::turn_cap_reached(batch.head(), cap) {
                         let episode = batch.head().episode();
                         boundaries
-                            .push(batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap }));
+                            .push(batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap })?);
                     }
-                    let seq = batch.push(EventKind::MessageAppended(m));
+                    let seq = batch.push(EventKind::MessageAppended(m))?;
                     if idx == 0 {
                         first = seq;
                     }
@@ -512,7 +531,7 @@ impl Session {
                 for (key, _) in store.scan(Ks::Splices, &first, &last, usize::MAX)? {
                     batch.op(Op::Delete(Ks::Splices, key));
                 }
-                batch.push(EventKind::SessionDeleted { n_events_removed });
+                batch.push(EventKind::SessionDeleted { n_events_removed })?;
                 Ok(())
             })
             .await?;

@@ -176,11 +176,11 @@ impl Session {
                 };
                 // Checked against the head the boundary leaves, so an error leaves nothing written.
                 if let Some((episode, reason)) = close {
-                    let seq = batch.push(EventKind::EpisodeBoundary { episode, reason });
+                    let seq = batch.push(EventKind::EpisodeBoundary { episode, reason })?;
                     boundary = Some(Boundary { seq, episode, reason });
                 }
                 fold::check_message(batch.head(), &message, 0, max_open)?;
-                batch.push(EventKind::MessageAppended(message));
+                batch.push(EventKind::MessageAppended(message))?;
                 Ok(())
             })
             .await?;
@@ -209,7 +209,7 @@ impl Session {
                 }
                 wrote = true;
                 let episode = head.episode();
-                batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::Explicit });
+                batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::Explicit })?;
                 Ok(())
             })
             .await?;

@@ -83,4 +83,7 @@ pub use crate::{
 
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
-pub use crate::testing::{Fault, FaultMode, FaultPoint, KILL_AFTER_ENV, KILL_AT_ENV, KILL_POINTS};
+pub use crate::{
+    audit::GcStage,
+    testing::{Fault, FaultMode, FaultPoint, KILL_AFTER_ENV, KILL_AT_ENV, KILL_POINTS},
+};

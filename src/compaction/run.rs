@@ -307,7 +307,7 @@ impl Session {
                 }
                 crate::testing::kill_point("compaction:before_splice");
                 let splice = Splice { upto, previous_upto: lower, summary_hash, n_messages, summary_bytes, summarizer };
-                batch.push(EventKind::CompactionSpliced(splice));
+                batch.push(EventKind::CompactionSpliced(splice))?;
                 Ok(())
             })
             .await?;
