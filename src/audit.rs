@@ -59,6 +59,9 @@ pub enum ViolationKind {
     HeadWithoutLog,
     /// The splice index disagrees with the splice events.
     SpliceIndexMismatch,
+    /// A record readers decode is damaged: a memory record that does not decode, or a referenced
+    /// summary blob that is not UTF-8 (readers would refuse either as `Corrupt`).
+    UndecodableRecord,
 }
 
 impl ViolationKind {
@@ -80,6 +83,7 @@ impl ViolationKind {
             ViolationKind::UndecodableHead => "undecodable_head",
             ViolationKind::HeadWithoutLog => "head_without_log",
             ViolationKind::SpliceIndexMismatch => "splice_index_mismatch",
+            ViolationKind::UndecodableRecord => "undecodable_record",
         }
     }
 }
@@ -413,6 +417,7 @@ impl Engine {
                     report.orphan_blobs.push(hash.to_hex());
                 }
             }
+            self.audit_memories(&mut report)?;
         } else {
             report.blobs = checked.len() as u64;
         }
@@ -452,6 +457,9 @@ impl Engine {
                 Some(bytes) if blake3::hash(&bytes).as_bytes() != hash.as_bytes() => {
                     Some((ViolationKind::BlobHashMismatch, format!("summary blob {hash} does not hash to its key")))
                 }
+                Some(bytes) if std::str::from_utf8(&bytes).is_err() => {
+                    Some((ViolationKind::UndecodableRecord, format!("summary blob {hash} is not UTF-8")))
+                }
                 Some(_) => None,
             };
             if let Some((kind, detail)) = problem {
@@ -487,6 +495,30 @@ impl Engine {
                 ViolationKind::SpliceIndexMismatch,
                 format!("index lists splices at {indexed:?}, the log has them at {:?}", result.splice_seqs),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every memory record decodes as `Engine::memories` decodes it, under a well-formed key.
+    fn audit_memories(&self, report: &mut AuditReport) -> Result<(), Error> {
+        for row in self.store().iter_from(Ks::Memories, None) {
+            let (key, value) = row?;
+            let split = key.iter().position(|&b| b == 0).map(|at| (&key[..at], &key[at + 1..]));
+            let Some((namespace, id)) = split
+                .and_then(|(ns, id)| Some((std::str::from_utf8(ns).ok()?, id)))
+                .filter(|(ns, id)| id.len() == 32 && SessionId::new(*ns).is_ok())
+            else {
+                report.violations.push(malformed(format!("memory key {:?}", String::from_utf8_lossy(&key))));
+                continue;
+            };
+            if let Err(e) = crate::extract::decode_memory(namespace, id, &value) {
+                report.violations.push(Violation {
+                    session: None,
+                    seq: None,
+                    kind: ViolationKind::UndecodableRecord,
+                    detail: format!("memory in namespace {namespace:?}: {e}"),
+                });
+            }
         }
         Ok(())
     }
