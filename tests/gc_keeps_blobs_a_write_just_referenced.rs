@@ -90,3 +90,27 @@ async fn an_import_that_starts_while_gc_holds_the_gate_waits_and_its_blob_surviv
     task.await.unwrap();
     assert_clean_and_blob_present(&engine).await;
 }
+
+#[tokio::test]
+async fn a_blob_a_compaction_splices_after_gcs_audit_is_kept() {
+    // The compaction's summarizer writes the orphan's text again, so its splice references it.
+    let (engine, _dir) = engine_with(FnSummarizer::constant(TEXT), |c| c.compaction.keep_last_messages = 1);
+    let old = engine.session("old").unwrap();
+    old.import_jsonl(&import_text("old")).await.unwrap();
+    old.delete().await.unwrap();
+    let s = engine.session("new").unwrap();
+    s.append_many(common::turn(0)).await.unwrap();
+    let writer = s.clone();
+    let mut pause = move |stage: GcStage| -> BoxFuture<'static, ()> {
+        let writer = writer.clone();
+        Box::pin(async move {
+            if stage == GcStage::CandidatesFound {
+                let outcome = writer.compact(palimpsest::CompactionRequest::default()).await.unwrap();
+                assert!(matches!(outcome, palimpsest::CompactionOutcome::Spliced { .. }), "{outcome:?}");
+            }
+        })
+    };
+    let removed = engine.collect_orphan_blobs_pausing(false, &mut pause).await.unwrap();
+    assert!(removed.is_empty(), "the candidate was spliced before the gate: {removed:?}");
+    assert_clean_and_blob_present(&engine).await;
+}

@@ -3,7 +3,8 @@
 //! limits, deletions anywhere, tool results for calls that never were. Each of 10,000 small files is
 //! either refused with `InvalidImport` naming one of its lines (and changes nothing), or imported and
 //! then readable at every seq it added (history, working memory now and as of each seq, export)
-//! and audit-clean. Nothing panics.
+//! and audit-clean; one imported whole also round-trips through export into another database.
+//! Nothing panics.
 
 mod common;
 
@@ -151,7 +152,8 @@ fn file(rng: &mut Rng, head: Option<&Head>) -> (String, usize) {
 }
 
 /// Every seq the import added reads back; working memory is served now and as of each of them.
-async fn readable(s: &Session, engine: &Engine, after: Seq) {
+/// A session imported whole is exported and imported into `copies`, and comes back the same.
+async fn readable(s: &Session, engine: &Engine, after: Seq, copies: Option<&Engine>) {
     let head = s.head().await.expect("head").expect("an imported session has a head");
     let first = after.max(head.base()).get() + 1;
     for seq in first..=head.last_seq().get() {
@@ -165,18 +167,28 @@ async fn readable(s: &Session, engine: &Engine, after: Seq) {
         }
     }
     assert_eq!(s.working_memory(8).await.is_ok(), !head.is_deleted());
-    s.export_jsonl(&mut Vec::new()).await.expect("an imported session exports");
+    let mut file = Vec::new();
+    s.export_jsonl(&mut file).await.expect("an imported session exports");
+    if let Some(copies) = copies {
+        let copy = copies.session(s.id().clone()).expect("id");
+        let text = String::from_utf8(file).expect("utf-8");
+        copy.import_jsonl(&text).await.unwrap_or_else(|e| panic!("re-import: {e}\n{text}"));
+        assert_eq!(common::snapshot(s).await, common::snapshot(&copy).await, "{text}");
+    }
     let report = engine.audit(&AuditOptions { session: Some(s.id().clone()) }, &mut |_| {}).expect("audit");
     assert!(report.ok, "{:?}", report.violations);
 }
 
 #[tokio::test]
 async fn hostile_import_files_are_refused_with_their_line_or_imported_readable_and_clean() {
-    let dir = common::fast_tempdir();
-    let mut config = Config::new(dir.path().join("db"));
-    config.durability = Durability::Buffered;
-    config.extraction.enabled = false;
-    let engine = Engine::open(config).expect("open");
+    let open = |dir: &tempfile::TempDir| {
+        let mut config = Config::new(dir.path().join("db"));
+        config.durability = Durability::Buffered;
+        config.extraction.enabled = false;
+        Engine::open(config).expect("open")
+    };
+    let (dir, copies_dir) = (common::fast_tempdir(), common::fast_tempdir());
+    let (engine, copies) = (open(&dir), open(&copies_dir));
     let live: Vec<Session> = (0..LIVE_SESSIONS).map(|i| engine.session(format!("live-{i}")).expect("id")).collect();
     for (i, s) in live.iter().enumerate() {
         s.append_many(common::turn(i)).await.expect("seed");
@@ -194,7 +206,8 @@ async fn hostile_import_files_are_refused_with_their_line_or_imported_readable_a
         match s.import_jsonl(&text).await {
             Ok(_) => {
                 accepted += 1;
-                readable(&s, &engine, before.as_ref().map_or(Seq::ZERO, Head::last_seq)).await;
+                let whole = before.is_none().then_some(&copies);
+                readable(&s, &engine, before.as_ref().map_or(Seq::ZERO, Head::last_seq), whole).await;
             }
             Err(Error::InvalidImport { line, .. }) => {
                 refused += 1;
