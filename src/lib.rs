@@ -77,7 +77,7 @@ pub use crate::{
         BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, OpenAiSummarizer, Summarizer, SummaryInput,
         SummaryTask, check_summary, render_transcript,
     },
-    transfer::{ImportReport, MAX_IMPORT_LINES},
+    transfer::{IMPORT_HEADROOM_EVENTS, ImportReport, MAX_IMPORT_LINES},
     view::{StoredMessage, Summary, WorkingMemory},
 };
 

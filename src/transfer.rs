@@ -8,10 +8,12 @@
 //! summary's full text, so the blob travels with it), `episode_boundary`, `memories_extracted`,
 //! `session_deleted`. Export writes `seq` and `at_ms` on every line.
 //!
-//! Import validates every line the way the library validates appends, and applies the whole file
-//! in one atomic batch or not at all; a bad line is [`Error::InvalidImport`] with its line number.
-//! Splice and deletion lines are accepted only into an empty session (where the whole log is in
-//! the file, so they can be checked), which is what a round trip needs.
+//! Import validates every line the way the library validates appends, replays it with audit's
+//! checks, and pushes it through the write path's checks (one rule set: a file that imports is one
+//! that readers read and audit passes), then applies the whole file in one atomic batch or not at
+//! all; a bad line is [`Error::InvalidImport`] with its line number. Splice and deletion lines are
+//! accepted only into an empty session (where the whole log is in the file, so they can be
+//! checked), which is what a round trip needs; seqs must leave [`IMPORT_HEADROOM_EVENTS`] of room.
 
 use std::io::Write;
 
