@@ -283,3 +283,36 @@ async fn a_memory_record_readers_cannot_decode_is_named() {
     assert!(v.iter().any(|v| v.kind == ViolationKind::MalformedKey), "{v:?}");
     assert!(matches!(engine.memories("beta", 10), Err(palimpsest::Error::Corrupt { .. })));
 }
+
+/// A head at `Seq::MAX` (reachable only by damage: imports stop 2^32 below it) refuses every write
+/// with an error; nothing panics, and nothing is written.
+#[tokio::test]
+async fn a_session_at_the_highest_seq_refuses_writes_with_an_error_never_a_panic() {
+    let dir = healthy().await;
+    with_raw(&dir, |_, ks| {
+        let heads = ks("heads");
+        let bytes = heads.get("beta").unwrap().unwrap();
+        let head: palimpsest::Head = rmp_serde::from_slice(&bytes[1..]).expect("a head decodes");
+        let mut value = serde_json::to_value(&head).unwrap();
+        value["last_seq"] = serde_json::json!(Seq::MAX.get());
+        let head: palimpsest::Head = serde_json::from_value(value).unwrap();
+        let mut out = vec![1u8];
+        out.extend(rmp_serde::to_vec(&head).unwrap());
+        heads.insert("beta", out).unwrap();
+        let last = Event { seq: Seq::MAX, at_ms: 0, kind: EventKind::MessageAppended(Message::user("the last")) };
+        ks("events").insert(event_key("beta", Seq::MAX.get()), encode(&last)).unwrap();
+    });
+    let (engine, _) = audit(&dir);
+    let s = engine.session("beta").unwrap();
+    let before = (s.history(Seq::new(1), 100).await.unwrap(), s.head().await.unwrap());
+    let full =
+        |r: Result<(), palimpsest::Error>| matches!(r, Err(palimpsest::Error::InvalidArgument { what: "seq", .. }));
+    assert!(full(s.append(Message::user("one more")).await.map(drop)));
+    assert!(full(s.close_episode().await.map(drop)));
+    assert!(full(s.delete().await.map(drop)));
+    assert!(full(s.compact(CompactionRequest::upto(Seq::new(4))).await.map(drop)));
+    let line = r#"{"role":"user","content":"imported"}"#;
+    assert!(matches!(s.import_jsonl(line).await, Err(palimpsest::Error::InvalidImport { line: 1, .. })));
+    assert_eq!(s.history(Seq::MAX, 10).await.unwrap().len(), 1);
+    assert_eq!((s.history(Seq::new(1), 100).await.unwrap(), s.head().await.unwrap()), before, "nothing was written");
+}
