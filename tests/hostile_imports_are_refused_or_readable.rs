@@ -57,7 +57,9 @@ struct Draft {
 
 fn line(rng: &mut Rng, draft: &mut Draft, idx: u64) -> Value {
     let seq = draft.next_seq;
-    let mut obj = match rng.below(16) {
+    // A quarter of the files for empty sessions open with a deletion, which may move the log anywhere.
+    let kind = if idx == 0 && seq == 1 && rng.below(4) == 0 { 15 } else { rng.below(16) };
+    let mut obj = match kind {
         0..=4 => json!({ "role": "user", "content": format!("line {idx}") }),
         5..=6 => json!({ "role": "assistant", "content": "ok" }),
         7 => {
@@ -97,7 +99,10 @@ fn line(rng: &mut Rng, draft: &mut Draft, idx: u64) -> Value {
     };
     let is_deletion = obj["type"] == "session_deleted";
     // The seq: absent, the one the line would get, or an edge (a deletion may move the log there).
+    let top = Seq::MAX.get() - palimpsest::IMPORT_HEADROOM_EVENTS;
+    let starts = [2, 1_000, (1 << 32) + 1, top - MAX_LINES, top - 1, top, top + 1, Seq::MAX.get(), u64::MAX];
     let given = match rng.below(4) {
+        _ if is_deletion && idx == 0 && rng.below(2) == 0 => Some(starts[rng.below(starts.len() as u64) as usize]),
         0 => None,
         1 | 2 => Some(seq),
         _ => Some(edge(rng, seq)),
@@ -194,7 +199,7 @@ async fn hostile_import_files_are_refused_with_their_line_or_imported_readable_a
         s.append_many(common::turn(i)).await.expect("seed");
     }
     let mut rng = Rng(0x5eed_0010);
-    let (mut accepted, mut refused) = (0u64, 0u64);
+    let (mut accepted, mut refused, mut high) = (0u64, 0u64, 0u64);
     for i in 0..FILES {
         let s = if rng.below(5) == 0 {
             live[rng.below(LIVE_SESSIONS as u64) as usize].clone()
@@ -204,8 +209,9 @@ async fn hostile_import_files_are_refused_with_their_line_or_imported_readable_a
         let before = s.head().await.expect("head");
         let (text, n_lines) = file(&mut rng, before.as_ref());
         match s.import_jsonl(&text).await {
-            Ok(_) => {
+            Ok(report) => {
                 accepted += 1;
+                high += u64::from(report.last_seq.get() > 1 << 32);
                 let whole = before.is_none().then_some(&copies);
                 readable(&s, &engine, before.as_ref().map_or(Seq::ZERO, Head::last_seq), whole).await;
             }
@@ -223,6 +229,9 @@ async fn hostile_import_files_are_refused_with_their_line_or_imported_readable_a
     }
     let report = engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit");
     assert!(report.ok, "{:?}", report.violations);
-    println!("hostile imports: {FILES} files, {accepted} imported and readable, {refused} refused with their line");
+    println!(
+        "hostile imports: {FILES} files, {accepted} imported and readable ({high} of them at seqs past 2^32), \
+         {refused} refused with their line"
+    );
     assert!(accepted >= FILES as u64 / 10 && refused >= FILES as u64 / 10, "{accepted} accepted, {refused} refused");
 }
