@@ -60,6 +60,11 @@ struct Line {
 impl Session {
     /// Writes every event of the session, one JSON object per line, in seq order. Returns the
     /// number of events written. Reads in pages, so memory stays bounded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Only reads: dropping the future changes nothing stored, and leaves `out` holding the
+    /// lines written so far (whole lines up to the last completed page).
     pub async fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
         let head = self.head().await?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
         let io = |e: std::io::Error| Error::Storage { op: "export write", detail: e.to_string() };
@@ -119,6 +124,12 @@ impl Session {
     /// Parses JSON lines (see the module docs), validates them all against the session, and appends
     /// them in one atomic batch. Any bad line refuses the whole import with
     /// [`Error::InvalidImport`] naming the line; nothing is applied.
+    ///
+    /// # Cancel safety
+    ///
+    /// The import is one write of the write path (SPEC section 5): dropping the future before its
+    /// batch is handed to the writer leaves nothing written; after that the batch, blobs
+    /// included, commits whole or not at all, and `head` or `history` tells which.
     pub async fn import_jsonl(&self, text: &str) -> Result<ImportReport, Error> {
         let limits = &self.engine().config().limits;
         let max_bytes = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);

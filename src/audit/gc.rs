@@ -45,6 +45,13 @@ impl Engine {
     /// between storing a blob and committing its splice), it re-reads every splice through the
     /// splice index, again off the async workers, and removes only the candidates still
     /// unreferenced. A blob referenced by a splice that landed after the audit is kept.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the removal batch is handed to the writer removes nothing (a
+    /// scan already running on the blocking pool finishes and is discarded, and the gate is
+    /// released with the future); after that the removal commits whole or not at all. Either way
+    /// only blobs that were unreferenced under the gate can be gone.
     pub async fn collect_orphan_blobs(&self, dry_run: bool) -> Result<Vec<SummaryHash>, Error> {
         self.collect_orphans(dry_run, &mut |_| Box::pin(async {})).await
     }
