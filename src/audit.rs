@@ -20,6 +20,10 @@ use crate::ids::{Seq, SessionId, SummaryHash};
 use crate::keys;
 use crate::store::{Ks, Op, View};
 
+mod gc;
+#[cfg(feature = "testing")]
+pub use gc::GcStage;
+
 /// How often (in events) audit reports progress.
 pub const AUDIT_PROGRESS_EVERY: u64 = 65_536;
 
@@ -59,6 +63,9 @@ pub enum ViolationKind {
     HeadWithoutLog,
     /// The splice index disagrees with the splice events.
     SpliceIndexMismatch,
+    /// A record readers decode is damaged: a memory record that does not decode, or a referenced
+    /// summary blob that is not UTF-8 (readers would refuse either as `Corrupt`).
+    UndecodableRecord,
 }
 
 impl ViolationKind {
@@ -80,6 +87,7 @@ impl ViolationKind {
             ViolationKind::UndecodableHead => "undecodable_head",
             ViolationKind::HeadWithoutLog => "head_without_log",
             ViolationKind::SpliceIndexMismatch => "splice_index_mismatch",
+            ViolationKind::UndecodableRecord => "undecodable_record",
         }
     }
 }
@@ -130,6 +138,8 @@ pub struct Replayer {
     head: Head,
     next_seq: u64,
     n_events: u64,
+    /// True until the first event: only the log's first event may be a deletion at any seq.
+    at_start: bool,
     /// `max(splice upto, deletion base)`: messages at or before it are summarized or gone.
     lower: Seq,
     /// (call seq, result seq) of calls answered after `lower`, for the pair check at a splice.
@@ -147,12 +157,21 @@ impl Replayer {
             head: Head::default(),
             next_seq: 1,
             n_events: 0,
+            at_start: true,
             lower: Seq::ZERO,
             answered: Vec::new(),
             splice_seqs: Vec::new(),
             referenced: Vec::new(),
             violations: Vec::new(),
         }
+    }
+
+    /// Continues replaying `session` after a log whose fold is `head`, for an import into a
+    /// session that already has events. Only messages and markers may follow (an import refuses
+    /// splices and deletions there), so the pairs answered before are not needed.
+    pub(crate) fn resume(session: &str, head: Head) -> Self {
+        let lower = head.upto().max(head.base());
+        Self { next_seq: head.last_seq().get().saturating_add(1), at_start: false, lower, head, ..Self::new(session) }
     }
 
     fn violation(&mut self, seq: Option<Seq>, kind: ViolationKind, detail: String) {
@@ -167,7 +186,7 @@ impl Replayer {
 
     fn check_density(&mut self, seq: Seq, is_deletion: bool) {
         self.n_events += 1;
-        let starts_after_deletion = self.n_events == 1 && is_deletion;
+        let starts_after_deletion = std::mem::replace(&mut self.at_start, false) && is_deletion;
         if seq.get() != self.next_seq && !starts_after_deletion {
             let detail = format!("expected seq {}, found {seq}", self.next_seq);
             self.violation(Some(seq), ViolationKind::SeqGap, detail);
@@ -175,19 +194,23 @@ impl Replayer {
         self.next_seq = seq.get().saturating_add(1);
     }
 
-    /// Checks and folds one decoded event stored under `key_seq`.
+    /// Checks and folds one decoded event stored under `key_seq`. The rules are the readers'
+    /// (`codec::check_position`, `codec::check_kind`) and the write path's (`fold::check_marker`,
+    /// tool pairing), so nothing audit passes is refused by a reader; splices get the finer
+    /// violation kinds below, which cover their payload rules.
     pub fn event(&mut self, key_seq: Seq, event: &Event) {
         self.check_density(key_seq, matches!(event.kind, EventKind::SessionDeleted { .. }));
-        if event.seq != key_seq {
-            let detail = format!("value says seq {}, key says {key_seq}", event.seq);
+        if let Err(detail) = codec::check_position(event, key_seq) {
             self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);
             return;
         }
+        if !matches!(event.kind, EventKind::CompactionSpliced(_))
+            && let Err(detail) = codec::check_kind(event)
+        {
+            self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);
+        }
         match &event.kind {
             EventKind::MessageAppended(m) => {
-                if let Err(e) = m.validate(0, codec::MAX_STORED_MESSAGE_BYTES) {
-                    self.violation(Some(key_seq), ViolationKind::InvalidEvent, e.to_string());
-                }
                 if let Some(id) = &m.tool_call_id {
                     match self.head.open_calls().iter().find(|c| &c.id == id) {
                         Some(call) => self.answered.push((call.seq, key_seq)),
@@ -204,7 +227,11 @@ impl Replayer {
                 self.lower = key_seq;
                 self.answered.clear();
             }
-            EventKind::EpisodeBoundary { .. } | EventKind::MemoriesExtracted { .. } => {}
+            EventKind::EpisodeBoundary { .. } | EventKind::MemoriesExtracted { .. } => {
+                if let Err(detail) = fold::check_marker(&self.head, event) {
+                    self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);
+                }
+            }
         }
         fold::apply(&mut self.head, event);
     }
@@ -386,6 +413,7 @@ impl Engine {
                     report.orphan_blobs.push(hash.to_hex());
                 }
             }
+            self.audit_memories(&mut report)?;
         } else {
             report.blobs = checked.len() as u64;
         }
@@ -426,6 +454,9 @@ impl Engine {
                 Some(bytes) if blake3::hash(&bytes).as_bytes() != hash.as_bytes() => {
                     Some((ViolationKind::BlobHashMismatch, format!("summary blob {hash} does not hash to its key")))
                 }
+                Some(bytes) if std::str::from_utf8(&bytes).is_err() => {
+                    Some((ViolationKind::UndecodableRecord, format!("summary blob {hash} is not UTF-8")))
+                }
                 Some(_) => None,
             };
             if let Some((kind, detail)) = problem {
@@ -462,6 +493,30 @@ impl Engine {
                 ViolationKind::SpliceIndexMismatch,
                 format!("index lists splices at {indexed:?}, the log has them at {:?}", result.splice_seqs),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every memory record decodes as `Engine::memories` decodes it, under a well-formed key.
+    fn audit_memories(&self, report: &mut AuditReport) -> Result<(), Error> {
+        for row in self.store().iter_from(Ks::Memories, None) {
+            let (key, value) = row?;
+            let split = key.iter().position(|&b| b == 0).map(|at| (&key[..at], &key[at + 1..]));
+            let Some((namespace, id)) = split
+                .and_then(|(ns, id)| Some((std::str::from_utf8(ns).ok()?, id)))
+                .filter(|(ns, id)| id.len() == 32 && SessionId::new(*ns).is_ok())
+            else {
+                report.violations.push(malformed(format!("memory key {:?}", String::from_utf8_lossy(&key))));
+                continue;
+            };
+            if let Err(e) = crate::extract::decode_memory(namespace, id, &value) {
+                report.violations.push(Violation {
+                    session: None,
+                    seq: None,
+                    kind: ViolationKind::UndecodableRecord,
+                    detail: format!("memory in namespace {namespace:?}: {e}"),
+                });
+            }
         }
         Ok(())
     }
@@ -602,26 +657,6 @@ impl Engine {
             }
         }
         Ok(ids.into_iter().collect())
-    }
-
-    /// Lists summary blobs no splice references and, unless `dry_run`, removes them. Waits (at most
-    /// `writes.timeout_ms`) until no compaction is between storing its blob and splicing, and keeps
-    /// new ones from starting that step until it is done, so a blob about to be referenced is
-    /// never collected.
-    pub async fn collect_orphan_blobs(&self, dry_run: bool) -> Result<Vec<SummaryHash>, Error> {
-        let timeout_ms = self.config().writes.timeout_ms;
-        let _exclusive =
-            tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), self.inner().blob_gate.write())
-                .await
-                .map_err(|_| Error::Timeout { what: "compactions to finish splicing", after_ms: timeout_ms })?;
-        let report = self.audit(&AuditOptions::default(), &mut |_| {})?;
-        let orphans: Vec<SummaryHash> =
-            report.orphan_blobs.iter().map(|h| SummaryHash::from_hex(h)).collect::<Result<_, _>>()?;
-        if !dry_run && !orphans.is_empty() {
-            let ops = orphans.iter().map(|h| Op::Delete(Ks::Blobs, keys::blob_key(h).to_vec())).collect();
-            self.inner().writer.write(ops, Box::new(())).await?;
-        }
-        Ok(orphans)
     }
 
     /// Counts and sizes. Reads every key of the events and blobs keyspaces.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::event::{Event, EventKind, Message};
 use crate::fold::Head;
-use crate::ids::Seq;
+use crate::ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, truncate_for_error};
 
 /// Format version of event values this build writes.
 pub const EVENT_FORMAT: u8 = 1;
@@ -23,7 +23,8 @@ pub const DB_FORMAT: u8 = 1;
 /// No stored message may exceed this, whatever `limits.max_message_bytes` says (decode-side bound).
 pub const MAX_STORED_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Encodes an event for the events keyspace.
+/// Encodes an event for the events keyspace. Every event reaches here through `Batch::push`,
+/// which has checked it with [`check_event`] in every build; this is the paired assertion.
 pub fn encode_event(event: &Event) -> Vec<u8> {
     debug_assert!(check_event(event, event.seq).is_ok(), "refusing to encode an impossible event");
     let payload = event.message().map_or(0, Message::size_bytes);
@@ -101,25 +102,55 @@ fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, String> {
     }
 }
 
-/// Structural rules every stored event obeys, whatever the session's state.
-fn check_event(event: &Event, key_seq: Seq) -> Result<(), String> {
-    if event.seq != key_seq {
-        return Err(format!("value says seq {} but is stored under seq {key_seq}", event.seq));
+/// Structural rules every stored event obeys, whatever the session's state. The same function
+/// runs on every push of the write path (release builds included), on every decode, and in
+/// audit's replay, so the writers, the readers and audit share one set of rules.
+pub(crate) fn check_event(event: &Event, key_seq: Seq) -> Result<(), String> {
+    check_position(event, key_seq)?;
+    check_kind(event)
+}
+
+/// The seq rules: the value's seq is its key's, at least 1 and at most [`Seq::MAX`].
+pub(crate) fn check_position(event: &Event, key_seq: Seq) -> Result<(), String> {
+    let seq = event.seq;
+    if seq != key_seq {
+        return Err(format!("value says seq {seq} but is stored under seq {key_seq}"));
     }
-    if event.seq == Seq::ZERO {
+    if seq == Seq::ZERO {
         return Err("seq 0 is not a valid event position".to_string());
     }
+    if seq > Seq::MAX {
+        return Err(format!("seq {seq} is past the highest seq an event may have ({})", Seq::MAX));
+    }
+    Ok(())
+}
+
+/// The rules of each kind's payload (given its seq).
+pub(crate) fn check_kind(event: &Event) -> Result<(), String> {
+    let seq = event.seq;
     match &event.kind {
         EventKind::MessageAppended(m) => m.validate(0, MAX_STORED_MESSAGE_BYTES).map_err(|e| e.to_string()),
         EventKind::CompactionSpliced(s) if s.upto <= s.previous_upto => {
             Err(format!("splice upto {} does not move past previous upto {}", s.upto, s.previous_upto))
         }
-        EventKind::CompactionSpliced(s) if s.upto >= event.seq => {
-            Err(format!("splice at seq {} covers up to {}, which is not before it", event.seq, s.upto))
+        EventKind::CompactionSpliced(s) if s.upto >= seq => {
+            Err(format!("splice at seq {seq} covers up to {}, which is not before it", s.upto))
+        }
+        // Each episode before this one was closed by an earlier boundary, so the number is below
+        // the seq (and `episode + 1` in the fold cannot overflow).
+        EventKind::EpisodeBoundary { episode, .. } if *episode >= seq.get() => {
+            Err(format!("episode {episode} cannot end at seq {seq}: fewer events came before it"))
         }
         EventKind::MemoriesExtracted { from, upto, .. } if upto < from => {
             Err(format!("memory extraction span ({from}, {upto}] is backwards"))
         }
+        EventKind::MemoriesExtracted { upto, .. } if *upto >= seq => {
+            Err(format!("memory extraction at seq {seq} covers up to {upto}, which is not before it"))
+        }
+        EventKind::MemoriesExtracted { namespace, .. } if SessionId::new(namespace.as_str()).is_err() => Err(format!(
+            "namespace {:?} is not a namespace (1 to {MAX_SESSION_ID_BYTES} bytes of the session-id alphabet)",
+            truncate_for_error(namespace)
+        )),
         _ => Ok(()),
     }
 }
@@ -166,5 +197,36 @@ mod tests {
             }
         }
         assert!(matches!(decode_event("s1", Seq::new(4), &bytes), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn every_structural_rule_refuses_on_decode_what_a_push_refuses() {
+        let ns = |namespace: &str, from: u64, upto: u64| EventKind::MemoriesExtracted {
+            namespace: namespace.to_string(),
+            from: Seq::new(from),
+            upto: Seq::new(upto),
+            n_memories: 1,
+        };
+        let boundary = |episode| EventKind::EpisodeBoundary { episode, reason: crate::event::BoundaryReason::Explicit };
+        let bad = [
+            event(5, ns("n", 3, 2)),
+            event(5, ns("n", 0, 5)),
+            event(5, ns("", 0, 1)),
+            event(5, ns("a b", 0, 1)),
+            event(5, boundary(5)),
+            event(5, boundary(u64::MAX)),
+            event(Seq::MAX.get() + 1, EventKind::SessionDeleted { n_events_removed: 0 }),
+            event(u64::MAX, EventKind::MessageAppended(Message::user("hi"))),
+        ];
+        for ev in bad {
+            assert!(check_event(&ev, ev.seq).is_err(), "{ev:?}");
+            // Bytes written by hand (skipping the push that would refuse them) are corrupt on read.
+            let mut bytes = vec![EVENT_FORMAT];
+            rmp_serde::encode::write(&mut bytes, &ev).expect("encodes");
+            assert!(matches!(decode_event("s", ev.seq, &bytes), Err(Error::Corrupt { .. })), "{ev:?}");
+        }
+        for ok in [event(5, ns("n", 3, 4)), event(5, boundary(4)), event(Seq::MAX.get(), boundary(0))] {
+            assert_eq!(check_event(&ok, ok.seq), Ok(()), "{ok:?}");
+        }
     }
 }

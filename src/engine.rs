@@ -332,30 +332,49 @@ impl Batch {
         &self.head
     }
 
-    /// The seq the next pushed event gets.
-    pub(crate) fn next_seq(&self) -> Seq {
-        self.head.last_seq().next()
+    /// The seq the next pushed event gets, or an error when the session is full ([`Seq::MAX`]).
+    pub(crate) fn next_seq(&self) -> Result<Seq, Error> {
+        self.head.last_seq().checked_next()
     }
 
     /// Appends an event stamped now; returns its seq.
-    pub(crate) fn push(&mut self, kind: EventKind) -> Seq {
+    pub(crate) fn push(&mut self, kind: EventKind) -> Result<Seq, Error> {
         self.push_at(kind, self.now_ms)
     }
 
-    /// Appends an event with the given store time (an import keeps the original times).
-    pub(crate) fn push_at(&mut self, kind: EventKind, at_ms: u64) -> Seq {
-        let event = Event { seq: self.next_seq(), at_ms, kind };
+    /// Appends an event with the given store time (an import keeps the original times). Every
+    /// write path's events pass here, so here, in every build, each is checked against the
+    /// structural rules readers apply (`codec::check_event`) and the rules that need the head
+    /// (`fold::check_message`, `fold::check_marker`); a refusal leaves the batch as it was.
+    pub(crate) fn push_at(&mut self, kind: EventKind, at_ms: u64) -> Result<Seq, Error> {
+        let event = Event { seq: self.next_seq()?, at_ms, kind };
+        let refused = |reason: String| Error::InvalidArgument { what: "event", reason };
+        codec::check_event(&event, event.seq).map_err(refused)?;
+        match &event.kind {
+            EventKind::MessageAppended(m) => fold::check_message(&self.head, m, 0, usize::MAX)?,
+            _ => fold::check_marker(&self.head, &event).map_err(refused)?,
+        }
         fold::apply(&mut self.head, &event);
         let seq = event.seq;
         self.events.push(event);
-        seq
+        Ok(seq)
     }
 
     /// Makes the next event start at `first`, past the head: only an import into an empty session
     /// uses it, to restore a log that begins with a deletion. An event must be pushed next.
-    pub(crate) fn start_at(&mut self, first: Seq) {
-        assert!(self.events.is_empty() && first > self.head.last_seq(), "a batch can only start past its head");
+    pub(crate) fn start_at(&mut self, first: Seq) -> Result<(), Error> {
+        if !self.events.is_empty() || first <= self.head.last_seq() || first > Seq::MAX {
+            return Err(Error::InvalidArgument {
+                what: "seq",
+                reason: format!(
+                    "a batch can only start past its head ({}) and at most at {}",
+                    self.head.last_seq(),
+                    Seq::MAX
+                ),
+            });
+        }
         self.head.last_seq = Seq::new(first.get() - 1);
+        Ok(())
     }
 
     /// Adds a write that goes in the same atomic batch (deletions, blobs, memory records).
@@ -437,11 +456,11 @@ impl Session {
                     // A full episode is closed before its next user turn, in this same batch.
                     if m.role == Role::User && episode::turn_cap_reached(batch.head(), cap) {
                         let episode = batch.head().episode();
-                        let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap });
+                        let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap })?;
                         self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
                         boundaries.push(at);
                     }
-                    let seq = batch.push(EventKind::MessageAppended(m));
+                    let seq = batch.push(EventKind::MessageAppended(m))?;
                     if idx == 0 {
                         first = seq;
                     }
@@ -573,7 +592,7 @@ impl Session {
                 }
                 // The events still stored: from the previous deletion (itself one) to the last.
                 let n_events_removed = head.last_seq().get() - head.base().get() + u64::from(head.base() > Seq::ZERO);
-                let seq = batch.push(EventKind::SessionDeleted { n_events_removed });
+                let seq = batch.push(EventKind::SessionDeleted { n_events_removed })?;
                 batch.op(Op::Put(Ks::Meta, keys::purge_key(id, seq), Vec::new()));
                 Ok(())
             })
@@ -621,18 +640,24 @@ impl Session {
         n: usize,
     ) -> Result<Vec<view::StoredMessage>, Error> {
         let mut pages: Vec<Vec<view::StoredMessage>> = Vec::new();
-        let (mut got, mut end) = (0usize, end.get());
+        let (mut got, mut end, mut span) = (0usize, end.get(), 0u64);
         while got < n && end > lower.get() {
             let need = (n - got) as u64;
             // The first read is the window plus a little slack; later ones make up for non-message
-            // events beyond it.
-            let page =
-                if pages.is_empty() { need + need / 16 * WINDOW_SLACK_PER_16 + 2 } else { need.max(MIN_WINDOW_PAGE) };
-            let start = end.saturating_sub(page - 1).max(lower.get() + 1);
+            // events beyond it, at least doubling each time, so a long run of other events (or a
+            // seq gap in a damaged log) costs a logarithmic number of reads, not one per 16 seqs.
+            span = if span == 0 {
+                need + need / 16 * WINDOW_SLACK_PER_16 + 2
+            } else {
+                need.max(MIN_WINDOW_PAGE).max(span.saturating_mul(2))
+            };
+            let start = end.saturating_sub(span - 1).max(lower.get() + 1);
             let events = view.events(&self.id, Seq::new(start), Seq::new(end), usize::MAX)?;
             let page: Vec<_> = view::messages_of(events).collect();
             got += page.len();
-            pages.push(page);
+            if !page.is_empty() {
+                pages.push(page);
+            }
             end = start - 1;
         }
         let mut all: Vec<_> = pages.into_iter().rev().flatten().collect();

@@ -181,12 +181,12 @@ impl Session {
                 };
                 // Checked against the head the boundary leaves, so an error leaves nothing written.
                 if let Some((episode, reason)) = close {
-                    let seq = batch.push(EventKind::EpisodeBoundary { episode, reason });
+                    let seq = batch.push(EventKind::EpisodeBoundary { episode, reason })?;
                     self.engine().mark_extraction_pending(batch, self.id(), seq, None, seq);
                     boundary = Some(Boundary { seq, episode, reason });
                 }
                 fold::check_message(batch.head(), &message, 0, max_open)?;
-                batch.push(EventKind::MessageAppended(message));
+                batch.push(EventKind::MessageAppended(message))?;
                 Ok(())
             })
             .await?;
@@ -217,7 +217,7 @@ impl Session {
                 }
                 wrote = true;
                 let episode = head.episode();
-                let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::Explicit });
+                let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::Explicit })?;
                 self.engine().mark_extraction_pending(batch, id, at, None, at);
                 Ok(())
             })

@@ -101,11 +101,13 @@ impl Head {
 pub fn apply(head: &mut Head, event: &Event) {
     head.last_seq = event.seq;
     match &event.kind {
+        // Counters saturate rather than overflow: a valid log cannot reach the bound (each counts
+        // events, and seqs stop at `Seq::MAX`), and a damaged one replayed by audit must not panic.
         EventKind::MessageAppended(m) => {
-            head.n_messages += 1;
+            head.n_messages = head.n_messages.saturating_add(1);
             head.deleted = false;
             if m.role == Role::User {
-                head.episode_turns += 1;
+                head.episode_turns = head.episode_turns.saturating_add(1);
             }
             head.open_calls.extend(m.tool_calls.iter().map(|c| OpenCall { id: c.id.clone(), seq: event.seq }));
             if let Some(id) = &m.tool_call_id
@@ -122,7 +124,7 @@ pub fn apply(head: &mut Head, event: &Event) {
             head.splice = Some(SpliceRef { upto: s.upto, summary_hash: s.summary_hash, at: event.seq });
         }
         EventKind::EpisodeBoundary { episode, .. } => {
-            head.episode = episode + 1;
+            head.episode = episode.saturating_add(1);
             head.episode_turns = 0;
         }
         EventKind::MemoriesExtracted { .. } => {}
@@ -162,6 +164,39 @@ pub fn check_message(head: &Head, message: &Message, index: usize, max_open_call
         });
     }
     Ok(())
+}
+
+/// Checks the rules a marker event (splice, episode boundary, memories) must meet against the
+/// head it is folded into: a splice continues from `max(splice upto, base)` and leaves no open
+/// tool call at or before its `upto`; a boundary closes the current episode; a memory span does
+/// not reach back past the last deletion. Messages have [`check_message`]; a deletion has no
+/// state to agree with. The write path runs it on every push, audit's replay on every event.
+pub fn check_marker(head: &Head, event: &Event) -> Result<(), String> {
+    match &event.kind {
+        EventKind::CompactionSpliced(s) => {
+            let lower = head.upto().max(head.base());
+            if s.previous_upto != lower {
+                return Err(format!(
+                    "splice ({}, {}] does not continue from {lower} (the previous splice or deletion)",
+                    s.previous_upto, s.upto
+                ));
+            }
+            match head.open_calls.iter().find(|c| c.seq <= s.upto) {
+                Some(call) => Err(format!(
+                    "splice up to {} cuts the tool call {:?} at {}, which has no result yet",
+                    s.upto, call.id, call.seq
+                )),
+                None => Ok(()),
+            }
+        }
+        EventKind::EpisodeBoundary { episode, .. } if *episode != head.episode => {
+            Err(format!("boundary of episode {episode}, but the current episode is {}", head.episode))
+        }
+        EventKind::MemoriesExtracted { from, .. } if *from < head.base => {
+            Err(format!("memory span starts at {from}, before the deletion at {}", head.base))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Folds a whole log from an empty head.

@@ -114,6 +114,12 @@ impl Seq {
     /// Before the first event.
     pub const ZERO: Seq = Seq(0);
 
+    /// The highest seq an event may have: 2^62. No session gets near it (a million events a
+    /// second for 146,000 years), and it sits far enough below `u64::MAX` that `seq + 1`, a
+    /// reader's exclusive range end, never overflows for a stored event. An event past it is
+    /// refused on every write path and reported as corrupt on read.
+    pub const MAX: Seq = Seq(1 << 62);
+
     /// Wraps a raw sequence number.
     pub const fn new(n: u64) -> Self {
         Self(n)
@@ -124,9 +130,24 @@ impl Seq {
         self.0
     }
 
-    /// The sequence number after this one.
+    /// The sequence number after this one, for positions in reads (an exclusive range end, the
+    /// first seq after a deletion). It saturates instead of panicking: stored seqs are at most
+    /// [`Seq::MAX`], so a valid log never saturates, and a damaged one gets a wrong bound that the
+    /// read then refuses, never a panic. The write path uses [`Seq::checked_next`].
     pub fn next(self) -> Self {
-        Self(self.0.checked_add(1).expect("a session cannot hold 2^64 events"))
+        Self(self.0.saturating_add(1))
+    }
+
+    /// The seq a new event after this one gets, or [`Error::InvalidArgument`] when that would pass
+    /// [`Seq::MAX`]: the session is full and nothing is written.
+    pub fn checked_next(self) -> Result<Self, Error> {
+        match self.0.checked_add(1) {
+            Some(n) if n <= Self::MAX.0 => Ok(Self(n)),
+            _ => Err(Error::InvalidArgument {
+                what: "seq",
+                reason: format!("the session is full: no event may have a seq past {}", Self::MAX.0),
+            }),
+        }
     }
 
     /// Big-endian bytes: the on-disk form, so keys sort by number.
@@ -236,6 +257,16 @@ mod tests {
             assert!(matches!(err, Error::InvalidSessionId { .. }), "{err}");
         }
         assert!(SessionId::new("x".repeat(MAX_SESSION_ID_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn seq_arithmetic_never_panics_and_the_write_side_stops_at_max() {
+        assert_eq!(Seq::new(u64::MAX).next(), Seq::new(u64::MAX));
+        assert_eq!(Seq::new(7).checked_next().expect("room"), Seq::new(8));
+        assert_eq!(Seq::new(Seq::MAX.get() - 1).checked_next().expect("room for one"), Seq::MAX);
+        for full in [Seq::MAX, Seq::new(u64::MAX)] {
+            assert!(matches!(full.checked_next(), Err(Error::InvalidArgument { what: "seq", .. })));
+        }
     }
 
     #[test]

@@ -80,10 +80,13 @@ pub use crate::{
         BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, OpenAiSummarizer, Summarizer, SummaryInput,
         SummaryTask, check_summary, render_transcript,
     },
-    transfer::{ImportReport, MAX_IMPORT_LINES},
+    transfer::{IMPORT_HEADROOM_EVENTS, ImportReport, MAX_IMPORT_LINES},
     view::{StoredMessage, Summary, WorkingMemory},
 };
 
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
-pub use crate::testing::{Fault, FaultMode, FaultPoint, KILL_AFTER_ENV, KILL_AT_ENV, KILL_POINTS};
+pub use crate::{
+    audit::GcStage,
+    testing::{Fault, FaultMode, FaultPoint, KILL_AFTER_ENV, KILL_AT_ENV, KILL_POINTS},
+};

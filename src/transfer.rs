@@ -8,10 +8,12 @@
 //! summary's full text, so the blob travels with it), `episode_boundary`, `memories_extracted`,
 //! `session_deleted`. Export writes `seq` and `at_ms` on every line.
 //!
-//! Import validates every line the way the library validates appends, and applies the whole file
-//! in one atomic batch or not at all; a bad line is [`Error::InvalidImport`] with its line number.
-//! Splice and deletion lines are accepted only into an empty session (where the whole log is in
-//! the file, so they can be checked), which is what a round trip needs.
+//! Import validates every line the way the library validates appends, replays it with audit's
+//! checks, and pushes it through the write path's checks (one rule set: a file that imports is one
+//! that readers read and audit passes), then applies the whole file in one atomic batch or not at
+//! all; a bad line is [`Error::InvalidImport`] with its line number. Splice and deletion lines are
+//! accepted only into an empty session (where the whole log is in the file, so they can be
+//! checked), which is what a round trip needs; seqs must leave [`IMPORT_HEADROOM_EVENTS`] of room.
 
 use std::io::Write;
 
@@ -24,10 +26,13 @@ use crate::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, Tool
 use crate::fold;
 use crate::ids::{Seq, SummaryHash};
 use crate::keys;
-use crate::store::{Ks, Op};
+use crate::store::{Ks, Op, View};
 
 /// Most lines one import may hold.
 pub const MAX_IMPORT_LINES: usize = 100_000;
+/// Room an imported log must leave for the session to grow: its seqs stay at or below
+/// `Seq::MAX` minus this many.
+pub const IMPORT_HEADROOM_EVENTS: u64 = 1 << 32;
 /// Events read per page while exporting.
 const EXPORT_PAGE: usize = 1_000;
 
@@ -54,22 +59,33 @@ struct Line {
 
 impl Session {
     /// Writes every event of the session, one JSON object per line, in seq order. Returns the
-    /// number of events written. Reads in pages, so memory stays bounded.
+    /// number of events written. Reads in pages, so memory stays bounded, all from one snapshot,
+    /// so the file is the session as of one instant even while it is written to.
+    ///
+    /// # Cancel safety
+    ///
+    /// Only reads: dropping the future changes nothing stored, and leaves `out` holding the
+    /// lines written so far (whole lines up to the last completed page).
     pub async fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
-        let head = self.head().await?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
+        let view = self.engine().store().view();
+        let head = view.head(self.id())?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
         let io = |e: std::io::Error| Error::Storage { op: "export write", detail: e.to_string() };
-        let mut from = Seq::new(1);
+        // Events before the last deletion are gone; the log starts at the deletion itself.
+        let mut from = head.base().max(Seq::new(1));
         let mut written = 0;
         while from <= head.last_seq() {
-            let page = self.history(from, EXPORT_PAGE).await?;
+            let to = Seq::new(from.get().saturating_add(EXPORT_PAGE as u64 - 1).min(head.last_seq().get()));
+            let page = view.events(self.id(), from, to, EXPORT_PAGE)?;
             let Some(last) = page.last() else {
-                // Events before a deletion are gone; skip to the rest.
-                from = head.base().max(from).next();
-                continue;
+                return Err(Error::Corrupt {
+                    session: Some(self.id().to_string()),
+                    seq: Some(from.get()),
+                    detail: format!("no event at seq {from}, before the head's last seq {}", head.last_seq()),
+                });
             };
             from = last.seq.next();
             for event in &page {
-                let line = self.event_to_json(event)?;
+                let line = self.event_to_json(&view, event)?;
                 serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
                 out.write_all(b"\n").map_err(io)?;
                 written += 1;
@@ -79,11 +95,11 @@ impl Session {
         Ok(written)
     }
 
-    fn event_to_json(&self, event: &Event) -> Result<Value, Error> {
+    fn event_to_json(&self, view: &View<'_>, event: &Event) -> Result<Value, Error> {
         let mut line = match &event.kind {
             EventKind::MessageAppended(m) => message_to_json(m),
             EventKind::CompactionSpliced(s) => {
-                let text = self.summary(&self.engine().store().view(), s.upto, &s.summary_hash)?.text;
+                let text = self.summary(view, s.upto, &s.summary_hash)?.text;
                 json!({
                     "type": "compaction_spliced", "upto": s.upto.get(), "previous_upto": s.previous_upto.get(),
                     "summary_hash": s.summary_hash.to_hex(), "summary": text, "n_messages": s.n_messages,
@@ -111,6 +127,12 @@ impl Session {
     /// Parses JSON lines (see the module docs), validates them all against the session, and appends
     /// them in one atomic batch. Any bad line refuses the whole import with
     /// [`Error::InvalidImport`] naming the line; nothing is applied.
+    ///
+    /// # Cancel safety
+    ///
+    /// The import is one write of the write path (SPEC section 5): dropping the future before its
+    /// batch is handed to the writer leaves nothing written; after that the batch, blobs
+    /// included, commits whole or not at all, and `head` or `history` tells which.
     pub async fn import_jsonl(&self, text: &str) -> Result<ImportReport, Error> {
         let limits = &self.engine().config().limits;
         let max_bytes = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
@@ -135,59 +157,73 @@ impl Session {
         }
         let n = lines.len() as u64;
         let stamp = crate::engine::now_ms();
+        // A splice line stores its summary blob: like a compaction, hold the blob gate shared from
+        // storing it to committing the splice (both in the one batch), so `gc` cannot judge the
+        // blob unreferenced in between (SPEC 6a).
+        let inner = self.engine().inner();
+        let _blob_gate = if lines.iter().any(|l| matches!(l.kind, EventKind::CompactionSpliced(_))) {
+            let timeout_ms = inner.config.writes.timeout_ms;
+            let gate = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), inner.blob_gate.read())
+                .await
+                .map_err(|_| Error::Timeout { what: "orphan-blob collection to finish", after_ms: timeout_ms })?;
+            Some(gate)
+        } else {
+            None
+        };
         let head = self
             .engine()
             .write_events(self.id(), |batch, _| {
                 let empty = batch.head().last_seq() == Seq::ZERO;
-                if let (EventKind::SessionDeleted { .. }, Some(seq)) = (&lines[0].kind, lines[0].seq)
-                    && empty
-                    && seq > Seq::ZERO
-                {
-                    batch.start_at(seq);
-                }
-                let mut replayer = Replayer::new(self.id().as_str());
+                let mut replayer = if empty {
+                    Replayer::new(self.id().as_str())
+                } else {
+                    Replayer::resume(self.id().as_str(), batch.head().clone())
+                };
                 for (idx, line) in lines.into_iter().enumerate() {
-                    let seq = batch.next_seq();
+                    let number = line.number;
+                    let is_deletion = matches!(line.kind, EventKind::SessionDeleted { .. });
+                    if !empty && (is_deletion || matches!(line.kind, EventKind::CompactionSpliced(_))) {
+                        // Only there is the whole log in the file, so that they can be checked.
+                        return Err(invalid(
+                            number,
+                            "splice and deletion lines can only be imported into an empty session".to_string(),
+                        ));
+                    }
+                    if is_deletion && idx > 0 {
+                        return Err(invalid(number, "a deletion can only be the first line".to_string()));
+                    }
+                    // A log that begins with a deletion starts at the deletion's seq.
+                    if let (true, Some(first)) = (is_deletion, line.seq) {
+                        check_headroom(number, first)?;
+                        batch.start_at(first).map_err(|e| invalid(number, e.to_string()))?;
+                    }
+                    let seq = batch.next_seq().map_err(|e| invalid(number, e.to_string()))?;
+                    check_headroom(number, seq)?;
                     if let Some(want) = line.seq
                         && want != seq
                     {
-                        return Err(invalid(line.number, format!("seq {want}, but this line would be seq {seq}")));
+                        return Err(invalid(number, format!("seq {want}, but this line would be seq {seq}")));
                     }
                     let mut kind = line.kind;
-                    match &mut kind {
-                        EventKind::MessageAppended(m) => {
-                            fold::check_message(batch.head(), m, 0, max_open)
-                                .map_err(|e| invalid(line.number, strip_index(&e)))?;
-                            if m.created_at_ms == 0 {
-                                m.created_at_ms = stamp;
-                            }
+                    if let EventKind::MessageAppended(m) = &mut kind {
+                        fold::check_message(batch.head(), m, 0, max_open)
+                            .map_err(|e| invalid(number, strip_index(&e)))?;
+                        if m.created_at_ms == 0 {
+                            m.created_at_ms = stamp;
                         }
-                        EventKind::CompactionSpliced(_) | EventKind::SessionDeleted { .. } if !empty => {
-                            return Err(invalid(
-                                line.number,
-                                "splice and deletion lines can only be imported into an empty session".to_string(),
-                            ));
-                        }
-                        EventKind::SessionDeleted { .. } if idx > 0 => {
-                            return Err(invalid(line.number, "a deletion can only be the first line".to_string()));
-                        }
-                        _ => {}
                     }
                     let event = Event { seq, at_ms: line.at_ms.unwrap_or(stamp), kind };
-                    // Into an empty session the whole log is in the file: replay it with audit's
-                    // checks (splices forward and pair-safe). Otherwise only messages and markers
-                    // are accepted, and `check_message` has checked their pairing.
-                    if empty {
-                        let before = replayer.violations().len();
-                        replayer.event(seq, &event);
-                        if let Some(v) = replayer.violations().get(before) {
-                            return Err(invalid(line.number, format!("{}: {}", v.kind.as_str(), v.detail)));
-                        }
+                    // Replayed with audit's checks (splices forward and pair-safe, markers in
+                    // order), so an import is refused exactly where audit would object.
+                    let before = replayer.violations().len();
+                    replayer.event(seq, &event);
+                    if let Some(v) = replayer.violations().get(before) {
+                        return Err(invalid(number, format!("{}: {}", v.kind.as_str(), v.detail)));
                     }
                     if let (EventKind::CompactionSpliced(s), Some(text)) = (&event.kind, line.summary) {
                         batch.op(Op::Put(Ks::Blobs, keys::blob_key(&s.summary_hash).to_vec(), text.into_bytes()));
                     }
-                    batch.push_at(event.kind, event.at_ms);
+                    batch.push_at(event.kind, event.at_ms).map_err(|e| invalid(number, strip_index(&e)))?;
                 }
                 Ok(())
             })
@@ -195,6 +231,18 @@ impl Session {
         let last_seq = head.last_seq();
         Ok(ImportReport { n_events: n, first_seq: Seq::new(last_seq.get() + 1 - n), last_seq })
     }
+}
+
+/// Refuses a seq that would leave the session less than [`IMPORT_HEADROOM_EVENTS`] of room.
+fn check_headroom(line: usize, seq: Seq) -> Result<(), Error> {
+    let highest = Seq::MAX.get() - IMPORT_HEADROOM_EVENTS;
+    if seq.get() > highest {
+        return Err(invalid(
+            line,
+            format!("seq {seq} leaves no room for the session to grow (imported seqs stay at or below {highest})"),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(line: usize, reason: String) -> Error {

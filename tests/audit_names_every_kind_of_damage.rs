@@ -232,3 +232,92 @@ async fn a_call_answered_after_the_cut_is_a_cut_pair_even_if_answered_before_the
     let (_, report) = audit(&dir);
     assert!(found(&report, ViolationKind::SpliceCutsToolPair, "beta", Some(15)), "{:?}", report.violations);
 }
+
+/// Audit applies the readers' rules and the write path's: every event a reader refuses as
+/// `Corrupt` is an `invalid_event` (so audit can never pass state a reader refuses), and so is a
+/// marker out of order with the head, which the write path refuses.
+#[tokio::test]
+async fn every_event_a_reader_or_the_write_path_refuses_is_named_by_audit() {
+    let memories = |namespace: &str, from: u64, upto: u64| EventKind::MemoriesExtracted {
+        namespace: namespace.to_string(),
+        from: Seq::new(from),
+        upto: Seq::new(upto),
+        n_memories: 1,
+    };
+    let boundary = |episode| EventKind::EpisodeBoundary { episode, reason: palimpsest::BoundaryReason::Explicit };
+    // (kind at beta's seq 13, whether a reader refuses it too)
+    let cases = [
+        (memories("beta", 5, 2), true),
+        (memories("beta", 0, 13), true),
+        (memories("a b", 0, 2), true),
+        (boundary(u64::MAX), true),
+        (boundary(13), true),
+        (boundary(5), false),
+    ];
+    for (kind, reader_refuses) in cases {
+        let dir = healthy().await;
+        let event = Event { seq: Seq::new(13), at_ms: 0, kind: kind.clone() };
+        with_raw(&dir, |_, ks| ks("events").insert(event_key("beta", 13), encode(&event)).unwrap());
+        let (engine, report) = audit(&dir);
+        assert!(found(&report, ViolationKind::InvalidEvent, "beta", Some(13)), "{kind:?}: {:?}", report.violations);
+        // The head is brought up to the log, so that readers reach seq 13.
+        let beta = palimpsest::SessionId::new("beta").unwrap();
+        engine.rebuild(Some(&beta)).await.unwrap();
+        let read = engine.session("beta").unwrap().history(Seq::new(13), 1).await;
+        assert_eq!(matches!(read, Err(palimpsest::Error::Corrupt { .. })), reader_refuses, "{kind:?}: {read:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_memory_record_readers_cannot_decode_is_named() {
+    let dir = healthy().await;
+    with_raw(&dir, |_, ks| {
+        let mut key = b"beta\0".to_vec();
+        key.extend_from_slice(&[7u8; 32]);
+        ks("memories").insert(key, vec![1u8, 0xc1]).unwrap();
+        ks("memories").insert(b"no-separator".to_vec(), vec![1u8]).unwrap();
+    });
+    let (engine, report) = audit(&dir);
+    let v = &report.violations;
+    assert!(v.iter().any(|v| v.kind == ViolationKind::UndecodableRecord), "{v:?}");
+    assert!(v.iter().any(|v| v.kind == ViolationKind::MalformedKey), "{v:?}");
+    assert!(matches!(engine.memories("beta", 10), Err(palimpsest::Error::Corrupt { .. })));
+}
+
+/// A head at `Seq::MAX` (reachable only by damage: imports stop 2^32 below it) refuses every write
+/// with an error; nothing panics, and nothing is written.
+#[tokio::test]
+async fn a_session_at_the_highest_seq_refuses_writes_with_an_error_never_a_panic() {
+    let dir = healthy().await;
+    with_raw(&dir, |_, ks| {
+        let heads = ks("heads");
+        let bytes = heads.get("beta").unwrap().unwrap();
+        let head: palimpsest::Head = rmp_serde::from_slice(&bytes[1..]).expect("a head decodes");
+        let mut value = serde_json::to_value(&head).unwrap();
+        value["last_seq"] = serde_json::json!(Seq::MAX.get());
+        let head: palimpsest::Head = serde_json::from_value(value).unwrap();
+        let mut out = vec![1u8];
+        out.extend(rmp_serde::to_vec(&head).unwrap());
+        heads.insert("beta", out).unwrap();
+        let last = Event { seq: Seq::MAX, at_ms: 0, kind: EventKind::MessageAppended(Message::user("the last")) };
+        ks("events").insert(event_key("beta", Seq::MAX.get()), encode(&last)).unwrap();
+    });
+    let (engine, _) = audit(&dir);
+    let s = engine.session("beta").unwrap();
+    let before = (s.history(Seq::new(1), 100).await.unwrap(), s.head().await.unwrap());
+    let full =
+        |r: Result<(), palimpsest::Error>| matches!(r, Err(palimpsest::Error::InvalidArgument { what: "seq", .. }));
+    assert!(full(s.append(Message::user("one more")).await.map(drop)));
+    assert!(full(s.close_episode().await.map(drop)));
+    assert!(full(s.delete().await.map(drop)));
+    assert!(full(s.compact(CompactionRequest::upto(Seq::new(4))).await.map(drop)));
+    let line = r#"{"role":"user","content":"imported"}"#;
+    assert!(matches!(s.import_jsonl(line).await, Err(palimpsest::Error::InvalidImport { line: 1, .. })));
+    assert_eq!(s.history(Seq::MAX, 10).await.unwrap().len(), 1);
+    // A seq gap of 2^62 behind the last message costs a logarithmic number of reads, not one per
+    // 16 seqs: the window finds the messages before the gap.
+    let wm = s.working_memory(10).await.unwrap();
+    assert_eq!(wm.messages.last().map(|m| m.seq), Some(Seq::MAX));
+    assert!(wm.messages.len() > 1, "the messages before the gap are found: {wm:?}");
+    assert_eq!((s.history(Seq::new(1), 100).await.unwrap(), s.head().await.unwrap()), before, "nothing was written");
+}

@@ -119,3 +119,75 @@ async fn random_import_lines_are_errors_never_panics() {
     let ok = engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap();
     assert!(ok.ok, "{:?}", ok.violations);
 }
+
+/// Issue 10, item 3: each of these imported (and `audit` called the result ok) although a reader
+/// then refused it or the next write panicked. Each is now refused with its line number.
+#[tokio::test]
+async fn import_refuses_what_readers_refuse_or_what_would_overflow_later() {
+    let (engine, _dir) = engine_with(FnSummarizer::constant("s"), |_| {});
+    let user = "{\"role\":\"user\",\"content\":\"hello\"}";
+    let cases = [
+        (
+            format!(
+                "{user}\n{{\"type\":\"memories_extracted\",\"namespace\":\"n\",\"from\":5,\"upto\":2,\"n_memories\":1}}"
+            ),
+            2,
+        ),
+        (format!("{{\"type\":\"session_deleted\",\"seq\":{}}}", u64::MAX), 1),
+        (format!("{{\"type\":\"session_deleted\",\"seq\":{}}}\n{user}", u64::MAX - 1), 1),
+        (format!("{user}\n{{\"type\":\"episode_boundary\",\"episode\":{},\"reason\":\"explicit\"}}", u64::MAX), 2),
+        (format!("{user}\n{{\"type\":\"episode_boundary\",\"episode\":7,\"reason\":\"explicit\"}}"), 2),
+        (
+            format!(
+                "{user}\n{{\"type\":\"memories_extracted\",\"namespace\":\"n\",\"from\":0,\"upto\":9,\"n_memories\":1}}"
+            ),
+            2,
+        ),
+        (
+            format!(
+                "{user}\n{{\"type\":\"memories_extracted\",\"namespace\":\"a b\",\"from\":0,\"upto\":1,\"n_memories\":1}}"
+            ),
+            2,
+        ),
+    ];
+    for (i, (text, line)) in cases.iter().enumerate() {
+        let s = engine.session(format!("case-{i}")).unwrap();
+        match s.import_jsonl(text).await {
+            Err(Error::InvalidImport { line: got, .. }) => assert_eq!(got, *line, "{text}"),
+            other => panic!("{text:?} gave {other:?}"),
+        }
+        assert!(s.head().await.unwrap().is_none(), "a refused import writes nothing");
+        // The same lines appended to a session that already has events are refused too.
+        let t = engine.session(format!("busy-{i}")).unwrap();
+        t.append(palimpsest::Message::user("first")).await.unwrap();
+        let before = snapshot(&t).await;
+        assert!(t.import_jsonl(text).await.is_err(), "{text}");
+        assert_eq!(snapshot(&t).await, before);
+        t.append(palimpsest::Message::user("still writable")).await.unwrap();
+    }
+    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap();
+    assert!(report.ok, "{:?}", report.violations);
+}
+
+/// Issue 10, item 4: export skipped a deletion that sat past its first page (seq 1,000), so
+/// the file started mid-log and could not be imported.
+#[tokio::test]
+async fn a_deletion_past_the_first_export_page_round_trips() {
+    let (engine, _dir) = engine_with(FnSummarizer::constant("s"), |_| {});
+    let s = engine.session("long").unwrap();
+    for chunk in 0..3 {
+        let batch: Vec<_> =
+            (0..500).map(|i| palimpsest::Message::assistant(format!("line {}", chunk * 500 + i))).collect();
+        s.append_many(batch).await.unwrap();
+    }
+    let deleted_at = s.delete().await.unwrap();
+    assert_eq!(deleted_at, Seq::new(1501));
+    s.append(palimpsest::Message::user("after")).await.unwrap();
+    let mut out = Vec::new();
+    assert_eq!(s.export_jsonl(&mut out).await.unwrap(), 2);
+    let (target, _dir2) = engine_with(FnSummarizer::constant("unused"), |_| {});
+    let copy = target.session("long").unwrap();
+    copy.import_jsonl(&String::from_utf8(out).unwrap()).await.unwrap();
+    assert_eq!(snapshot(&s).await, snapshot(&copy).await);
+    assert!(target.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
+}

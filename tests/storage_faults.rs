@@ -34,11 +34,13 @@ async fn run(engine: &Engine, op: Op) -> Result<(), Error> {
         Op::Append => s.append_many(turn(100)).await.map(drop),
         Op::Compact => s.compact(CompactionRequest::default()).await.map(drop),
         Op::Delete => s.delete().await.map(drop),
-        Op::Import => {
-            engine.session("t").unwrap().import_jsonl("{\"role\":\"user\",\"content\":\"hi\"}\n").await.map(drop)
-        }
+        Op::Import => s.import_jsonl(IMPORT).await.map(drop),
     }
 }
+
+/// Three lines imported into the live session "s" (12 events before): two messages and a memory marker.
+const IMPORT: &str = "{\"role\":\"user\",\"content\":\"imported\"}\n{\"role\":\"assistant\",\"content\":\"noted\"}\n\
+    {\"type\":\"memories_extracted\",\"namespace\":\"s\",\"from\":0,\"upto\":12,\"n_memories\":1}\n";
 
 /// The op's effect is all or nothing: the log after is the log before, or the log before plus
 /// exactly what the op appends (checked through the op's own postcondition).
@@ -56,7 +58,14 @@ fn all_or_nothing(op: Op, before: &[Event], after: &[Event]) -> bool {
         Op::Delete => {
             after.len() == 1 && matches!(after[0].kind, palimpsest::EventKind::SessionDeleted { n_events_removed: 12 })
         }
-        Op::Import => true, // another session: checked by the audit and the session "s" staying intact
+        Op::Import => {
+            let added: Vec<_> = after.iter().skip(before.len()).map(|e| &e.kind).collect();
+            after.len() == before.len() + 3
+                && after[..before.len()] == *before
+                && matches!(added[0], palimpsest::EventKind::MessageAppended(m) if m.content == "imported")
+                && matches!(added[1], palimpsest::EventKind::MessageAppended(m) if m.content == "noted")
+                && matches!(added[2], palimpsest::EventKind::MemoriesExtracted { upto, .. } if *upto == Seq::new(12))
+        }
     }
 }
 

@@ -349,7 +349,7 @@ impl Session {
                 }
                 crate::testing::kill_point("compaction:before_splice");
                 let splice = Splice { upto, previous_upto: lower, summary_hash, n_messages, summary_bytes, summarizer };
-                let at = batch.push(EventKind::CompactionSpliced(splice));
+                let at = batch.push(EventKind::CompactionSpliced(splice))?;
                 engine.mark_extraction_pending(batch, self.id(), at, Some(lower), upto);
                 Ok(())
             })

@@ -515,7 +515,7 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
             // Nothing new, nothing written: the ops alone would not be committed without an event.
             if n_new > 0 {
                 let (namespace, upto) = (namespace.clone(), to);
-                batch.push(EventKind::MemoriesExtracted { namespace, from, upto, n_memories: n_new });
+                batch.push(EventKind::MemoriesExtracted { namespace, from, upto, n_memories: n_new })?;
                 if let Some(op) = pending::clear_op(job) {
                     batch.op(op);
                 }

@@ -43,7 +43,7 @@ use crate::output;
         "  }\n",
         "Kinds: malformed_key, undecodable, invalid_event, seq_gap, splice_not_forward, splice_past_end,\n",
         "splice_cuts_tool_pair, missing_blob, blob_hash_mismatch, tool_result_without_call, head_mismatch,\n",
-        "missing_head, undecodable_head, head_without_log, splice_index_mismatch.\n\n",
+        "missing_head, undecodable_head, head_without_log, splice_index_mismatch, undecodable_record.\n\n",
         "Exits 0 when nothing is wrong, 1 when any violation was found (or --session names no session).\n\n",
         crate::exit_codes_help!()
     )
