@@ -22,6 +22,8 @@ fn open(dir: &Path, extractor: &Arc<FnExtractor>, tune: impl FnOnce(&mut Config)
     // Buffered: on the paused clock a test must not wait on the group-commit thread.
     config.durability = Durability::Buffered;
     config.background.extraction_timeout_ms = 1_000;
+    // The namespace lock's wait serves the extraction job, so it may not outlast it.
+    config.locks.timeout_ms = Some(1_000);
     tune(&mut config);
     let components = Components { extractor: Some(Arc::clone(extractor) as _), ..Components::default() };
     Engine::open_with(config, components).expect("open")
