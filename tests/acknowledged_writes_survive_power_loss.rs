@@ -38,7 +38,11 @@ use powerloss_common::{Child, Rig, cut_for, digest, rounds, seed_from_clock};
 const WRITER_ENV: &str = "PALIMPSEST_POWERLOSS_WRITER";
 const VERIFIER_ENV: &str = "PALIMPSEST_POWERLOSS_VERIFIER";
 const SESSIONS: u64 = 8;
-const FRESH_DB_EVERY: u64 = 50;
+const FRESH_DB_EVERY: u64 = 25;
+/// Messages in a big import (about a megabyte: several memtables).
+const BIG_IMPORT_MESSAGES: u64 = 600;
+/// Memtable size in the children: small, so fjall flushes, compacts and rotates on little data.
+const TEST_MEMTABLE_BYTES: u64 = 128 << 10;
 /// Events the verifier reads per history call.
 const DUMP_PAGE: usize = 1_000;
 
@@ -124,9 +128,12 @@ fn writer(spec: &str) {
                 }
                 18 => {
                     let target = engine.session(format!("imp-{seed}-{n}")).expect("id");
-                    let count = 100 + rng.below(300);
+                    // One import in four is big enough to fill several memtables and make fjall
+                    // flush while the import's batch is not yet synced.
+                    let (count, max_bytes) =
+                        if rng.below(4) == 0 { (BIG_IMPORT_MESSAGES, 3_000) } else { (100 + rng.below(300), 1_000) };
                     let contents: Vec<String> =
-                        (0..count).map(|i| filler(n * 1_000 + i, 50 + rng.below(3_000))).collect();
+                        (0..count).map(|i| filler(n * 10_000 + i, 50 + rng.below(max_bytes))).collect();
                     let text: String = contents
                         .iter()
                         .enumerate()
@@ -262,7 +269,7 @@ struct Dump {
 }
 
 fn verify(db: &Path, expected: &mut Expected, round: u64, why: &str) -> u64 {
-    let lines = Child::spawn(&[(VERIFIER_ENV, db.display().to_string())]).finish(round);
+    let lines = Child::spawn(&[(VERIFIER_ENV, db.display().to_string()), memtable_env()]).finish(round);
     let mut dump = Dump::default();
     let mut audited = false;
     for line in &lines {
@@ -320,6 +327,10 @@ fn verify(db: &Path, expected: &mut Expected, round: u64, why: &str) -> u64 {
     checked
 }
 
+fn memtable_env() -> (&'static str, String) {
+    (palimpsest::MEMTABLE_BYTES_ENV, TEST_MEMTABLE_BYTES.to_string())
+}
+
 fn parent() {
     let rounds = rounds(200);
     let seed0 = seed_from_clock();
@@ -329,7 +340,7 @@ fn parent() {
     let mut rng = Rng(seed0);
     let mut generation = 0;
     let mut expected = Expected::default();
-    let (mut checked, mut acks, mut torn, mut buffered) = (0u64, 0u64, 0u64, 0u64);
+    let (mut checked, mut acks, mut torn, mut buffered, mut tables) = (0u64, 0u64, 0u64, 0u64, 0u64);
     for round in 0..rounds {
         if round > 0 && round % FRESH_DB_EVERY == 0 {
             generation = round;
@@ -339,7 +350,7 @@ fn parent() {
         let durable = round % 4 != 3;
         let mode = if durable { "sync" } else { "buffered" };
         let spec = format!("{}|{}|{mode}", db.display(), rng.next() % 1_000_000_007);
-        let mut child = Child::spawn(&[(WRITER_ENV, spec)]);
+        let mut child = Child::spawn(&[(WRITER_ENV, spec), memtable_env()]);
         let cut_after = if rng.below(10) == 0 { 0 } else { 1 + rng.below(powerloss_common::MAX_LINES_BEFORE_CUT) };
         let mut lines = child.take(cut_after, round);
         let cut = cut_for(round, rng.next());
@@ -354,10 +365,12 @@ fn parent() {
         }
         let why = format!("{mode}, {cut:?}, {} lines, seed {seed0}", lines.len());
         checked += verify(&db, &mut expected, round, &why);
+        tables = tables.max(powerloss_common::table_files(&db));
     }
     println!(
         "powerloss (engine): {rounds} power cuts ({torn} torn, {buffered} in buffered mode), {acks} acknowledged \
-         events, {checked} checks of acknowledged events after the cuts, 0 lost, 0 failed opens or audits, {:.0} s",
+         events, {checked} checks of acknowledged events after the cuts, 0 lost, 0 failed opens or audits, \
+         up to {tables} table files in a database, {:.0} s",
         started.elapsed().as_secs_f64()
     );
     println!("test result: ok. 1 passed; 0 failed");

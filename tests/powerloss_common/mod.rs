@@ -119,3 +119,19 @@ pub fn seed_from_clock() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
     })
 }
+
+/// Files under `dir` whose parent directory is named `tables` (fjall's table files): evidence
+/// that memtables were flushed while the harness ran.
+pub fn table_files(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            n += table_files(&path);
+        } else if dir.file_name().is_some_and(|name| name == "tables") {
+            n += 1;
+        }
+    }
+    n
+}
