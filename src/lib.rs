@@ -81,8 +81,8 @@ pub use crate::{
     view::{StoredMessage, Summary, WorkingMemory},
 };
 
+#[cfg(feature = "testing")]
+pub use crate::store::MEMTABLE_BYTES_ENV;
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
 pub use crate::testing::{Fault, FaultMode, FaultPoint, KILL_AFTER_ENV, KILL_AT_ENV, KILL_POINTS};
-#[cfg(feature = "testing")]
-pub use crate::store::MEMTABLE_BYTES_ENV;

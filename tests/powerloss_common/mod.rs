@@ -14,7 +14,7 @@ use powerloss::{Cut, Mount};
 /// Longest a child may stay silent before the harness calls it stuck.
 pub const CHILD_SILENCE_LIMIT: Duration = Duration::from_secs(120);
 /// Most report lines the harness waits for before it cuts the power.
-pub const MAX_LINES_BEFORE_CUT: u64 = 150;
+pub const MAX_LINES_BEFORE_CUT: u64 = 100;
 
 /// The power-loss file system over a tmpfs backing directory (fast: the backing is written at
 /// fsync time, never fsynced itself), with the temp dirs it lives in.
