@@ -2,8 +2,10 @@
 //! which keeps unsynced data in memory until fsync. A child process runs a mixed workload on a
 //! few sessions - user turns, tool calls answered later, background compactions, imports of a few
 //! hundred messages, the odd deletion - and reports every acknowledged event, splice and
-//! deletion on stdout. At a random report the harness cuts the power (unsynced data is dropped,
-//! or torn: a random half of its pages written back) and SIGKILLs the child. With power back, a
+//! deletion on stdout. After a random number of reports the harness arms a cut that the file
+//! system makes right after a random number (0 to 63) of further file writes, so it lands mid-work:
+//! inside a journal append, a table flush, a version update. Unsynced data is dropped, or torn (a
+//! random half of its pages written back); then the child is SIGKILLed. With power back, a
 //! verifier child opens the same directory, audits it and dumps every session; the harness checks:
 //! the database opens, the audit is clean (dense logs, heads equal to the replay, splices sound:
 //! nothing half-written), and
@@ -341,6 +343,7 @@ fn parent() {
     let mut generation = 0;
     let mut expected = Expected::default();
     let (mut checked, mut acks, mut torn, mut buffered, mut tables) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut splices, mut deletions, mut cuts_dropping, mut dropped_bytes) = (0u64, 0u64, 0u64, 0u64);
     for round in 0..rounds {
         if round > 0 && round % FRESH_DB_EVERY == 0 {
             generation = round;
@@ -354,13 +357,17 @@ fn parent() {
         let cut_after = if rng.below(10) == 0 { 0 } else { 1 + rng.below(powerloss_common::MAX_LINES_BEFORE_CUT) };
         let mut lines = child.take(cut_after, round);
         let cut = cut_for(round, rng.next());
-        rig.mount.cut(cut);
+        let dropped = rig.cut_mid_work(cut, rng.below(powerloss_common::MAX_WRITES_BEFORE_CUT));
+        cuts_dropping += u64::from(dropped.dirty_bytes > 0);
+        dropped_bytes += dropped.dirty_bytes;
         lines.extend(child.kill());
         rig.mount.power_on();
         torn += u64::from(matches!(cut, powerloss::Cut::Torn { .. }));
         buffered += u64::from(!durable);
         for line in &lines {
             acks += u64::from(line.starts_with("ack "));
+            splices += u64::from(line.starts_with("splice "));
+            deletions += u64::from(line.starts_with("del "));
             expected.record(line, durable, round);
         }
         let why = format!("{mode}, {cut:?}, {} lines, seed {seed0}", lines.len());
@@ -368,9 +375,11 @@ fn parent() {
         tables = tables.max(powerloss_common::table_files(&db));
     }
     println!(
-        "powerloss (engine): {rounds} power cuts ({torn} torn, {buffered} in buffered mode), {acks} acknowledged \
-         events, {checked} checks of acknowledged events after the cuts, 0 lost, 0 failed opens or audits, \
-         up to {tables} table files in a database, {:.0} s",
+        "powerloss (engine): {rounds} power cuts ({torn} torn, {buffered} in buffered mode, {cuts_dropping} dropping \
+         unsynced data, {:.1} MB in all), {acks} acknowledged events, {splices} splices, {deletions} deletions, \
+         {checked} checks of acknowledged events after the cuts, 0 lost, 0 failed opens or audits, up to {tables} \
+         table files in a database, {:.0} s",
+        dropped_bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
     println!("test result: ok. 1 passed; 0 failed");

@@ -5,8 +5,9 @@
 //! loses what: a failure here is fjall's (or the disk model's), not the engine's.
 //!
 //! A writer child appends batches to a few sessions - one event and its head, or an "import" of a
-//! few hundred events and the head in one batch - and reports each after its persist returns. At
-//! a random report the power is cut (dropped or torn) and the child killed. A verifier child opens
+//! few hundred events and the head in one batch - and reports each after its persist returns.
+//! After a random number of reports the file system cuts the power right after a random number of
+//! further writes (dropped or torn), and the child is killed. A verifier child opens
 //! the database, reads every key of every keyspace (a damaged table fails the scan), and reports
 //! each session's head and events. Checked after every cut: the database opens, every scan
 //! succeeds, every event's checksum holds, each session's events are exactly `1..=head` (no head
@@ -151,7 +152,7 @@ fn parent() {
     let mut generation = 0;
     // session -> highest acknowledged head
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut acks, mut torn, mut tables) = (0u64, 0u64, 0u64);
+    let (mut acks, mut torn, mut tables, mut cuts_dropping, mut dropped_bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut failures = Vec::new();
     for round in 0..rounds {
         if round > 0 && round % FRESH_DB_EVERY == 0 {
@@ -163,7 +164,9 @@ fn parent() {
         let cut_after = if rng.below(10) == 0 { 0 } else { 1 + rng.below(powerloss_common::MAX_LINES_BEFORE_CUT) };
         let mut lines = child.take(cut_after, round);
         let cut = cut_for(round, rng.next());
-        rig.mount.cut(cut);
+        let dropped = rig.cut_mid_work(cut, rng.below(powerloss_common::MAX_WRITES_BEFORE_CUT));
+        cuts_dropping += u64::from(dropped.dirty_bytes > 0);
+        dropped_bytes += dropped.dirty_bytes;
         lines.extend(child.kill());
         rig.mount.power_on();
         torn += u64::from(matches!(cut, powerloss::Cut::Torn { .. }));
@@ -220,8 +223,9 @@ fn parent() {
         }
     }
     println!(
-        "powerloss (raw fjall): {rounds} power cuts ({torn} torn), {acks} acknowledged batches, up to {tables} table \
-         files in a database, {} failed rounds, {:.0} s",
+        "powerloss (raw fjall): {rounds} power cuts ({torn} torn, {cuts_dropping} dropping unsynced data, {:.1} MB \
+         in all), {acks} acknowledged batches, up to {tables} table files in a database, {} failed rounds, {:.0} s",
+        dropped_bytes as f64 / 1e6,
         failures.len(),
         started.elapsed().as_secs_f64()
     );

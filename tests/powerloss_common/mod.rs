@@ -9,12 +9,15 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use powerloss::{Cut, Mount};
+use powerloss::{Cut, CutReport, Mount};
 
 /// Longest a child may stay silent before the harness calls it stuck.
 pub const CHILD_SILENCE_LIMIT: Duration = Duration::from_secs(120);
 /// Most report lines the harness waits for before it cuts the power.
 pub const MAX_LINES_BEFORE_CUT: u64 = 100;
+
+/// Most further file writes before an armed cut fires.
+pub const MAX_WRITES_BEFORE_CUT: u64 = 64;
 
 /// The power-loss file system over a tmpfs backing directory (fast: the backing is written at
 /// fsync time, never fsynced itself), with the temp dirs it lives in.
@@ -36,6 +39,17 @@ impl Rig {
         let mountpoint = tempfile::tempdir().expect("mount point");
         let mount = Mount::new(backing.path(), mountpoint.path()).expect("mount the power-loss file system");
         Self { mount, _backing: backing, _mountpoint: mountpoint }
+    }
+
+    /// Cuts the power inside the file system right after `writes` more file writes, so the cut
+    /// lands in the middle of the writer's work (a journal append, a table or version being
+    /// written), then waits for it; if no write comes within the silence limit, cuts at once.
+    pub fn cut_mid_work(&self, cut: Cut, writes: u64) -> CutReport {
+        self.mount.arm_cut(cut, writes);
+        match self.mount.wait_for_armed_cut(CHILD_SILENCE_LIMIT) {
+            Some(report) => report,
+            None => self.mount.cut(cut),
+        }
     }
 
     pub fn db(&self, generation: u64) -> PathBuf {

@@ -12,7 +12,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -47,13 +47,27 @@ pub(crate) struct State {
     /// Set by a cut: every operation fails until [`State::power_on`].
     off: bool,
     cuts: u64,
+    /// A cut waiting for this many more writes, then made by the write that brings it to zero.
+    armed: Option<(u64, Cut)>,
+    /// What the last armed cut dropped, once it fired.
+    pub(crate) fired: Option<CutReport>,
 }
 
-pub(crate) type Shared = Arc<Mutex<State>>;
+/// The state and the signal that an armed cut has fired.
+pub(crate) struct Inner {
+    pub(crate) state: Mutex<State>,
+    pub(crate) fired: Condvar,
+}
+
+pub(crate) type Shared = Arc<Inner>;
+
+pub(crate) fn shared(backing: PathBuf) -> Shared {
+    Arc::new(Inner { state: Mutex::new(State::new(backing)), fired: Condvar::new() })
+}
 
 /// Locks the state; a panic in another FUSE callback does not make the state unusable for a test.
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -90,6 +104,8 @@ impl State {
             next_fh: 1,
             off: false,
             cuts: 0,
+            armed: None,
+            fired: None,
         }
     }
 
@@ -226,7 +242,31 @@ impl State {
         report
     }
 
+    /// Arms a cut to happen inside the file system, right after `writes` more writes (0: the next).
+    pub(crate) fn arm(&mut self, cut: Cut, writes: u64) {
+        self.armed = Some((writes, cut));
+        self.fired = None;
+    }
+
+    /// Counts a write against an armed cut; true when the cut fired.
+    fn after_write(&mut self) -> bool {
+        match self.armed {
+            Some((0, cut)) => {
+                self.armed = None;
+                let report = self.cut(cut);
+                self.fired = Some(report);
+                true
+            }
+            Some((n, cut)) => {
+                self.armed = Some((n - 1, cut));
+                false
+            }
+            None => false,
+        }
+    }
+
     pub(crate) fn power_on(&mut self) {
+        self.armed = None;
         self.off = false;
         // Handles opened before the cut belong to processes that died with the power.
         self.handles.clear();
@@ -542,6 +582,11 @@ impl Filesystem for PowerLossFs {
             let overlay = state.overlays.entry(ino.0).or_insert_with(|| Overlay::new(durable_len));
             overlay.write(file, offset, data).map_err(errno)
         });
+        // The write lands in the overlay first, so an armed cut drops it with the rest; the writer
+        // still sees success, as it would when the power fails right after a write() returned.
+        if done.is_ok() && s.after_write() {
+            self.shared.fired.notify_all();
+        }
         match done {
             Ok(()) => reply.written(len),
             Err(e) => reply.error(e),

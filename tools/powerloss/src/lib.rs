@@ -26,7 +26,9 @@
 //! supported (nothing under test uses them).
 //!
 //! # Control
-//! In-process, [`Mount::cut`] and [`Mount::power_on`]. From any process, the file `.powerloss` at
+//! In-process, [`Mount::cut`] and [`Mount::power_on`], and [`Mount::arm_cut`], which makes the file
+//! system cut the power itself right after a given number of further writes: the cut then lands
+//! mid-work, not in the quiet moment after a writer reported an fsync. From any process, the file `.powerloss` at
 //! the root of the mount: writing `cut` drops unsynced data, `torn <seed>` tears it, `on` restores
 //! power; reading it shows the power state, the number of cuts and the unsynced bytes.
 
@@ -35,6 +37,7 @@ mod overlay;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use fs::CONTROL_NAME;
 pub use overlay::PAGE_BYTES;
@@ -85,7 +88,7 @@ impl Mount {
     pub fn new(backing: &Path, mountpoint: &Path) -> io::Result<Self> {
         preflight().map_err(io::Error::other)?;
         let backing = backing.canonicalize()?;
-        let shared: fs::Shared = std::sync::Arc::new(std::sync::Mutex::new(fs::State::new(backing)));
+        let shared = fs::shared(backing);
         let filesystem = fs::PowerLossFs { shared: shared.clone() };
         let mut config = fuser::Config::default();
         config.mount_options = vec![fuser::MountOption::FSName("powerloss".to_string())];
@@ -104,7 +107,25 @@ impl Mount {
         fs::lock(&self.shared).cut(cut)
     }
 
-    /// Restores power after a cut; handles opened before it stay dead.
+    /// Arms a cut that the file system itself makes right after `writes` more file writes (0: the
+    /// next one), so it lands in the middle of a writer's work, with unsynced data in flight.
+    /// Replaces any cut armed before.
+    pub fn arm_cut(&self, cut: Cut, writes: u64) {
+        fs::lock(&self.shared).arm(cut, writes);
+    }
+
+    /// Waits up to `timeout` for the armed cut to fire; what it dropped, or `None` if no write came.
+    pub fn wait_for_armed_cut(&self, timeout: Duration) -> Option<CutReport> {
+        let guard = fs::lock(&self.shared);
+        let (mut guard, _) = self
+            .shared
+            .fired
+            .wait_timeout_while(guard, timeout, |state| state.fired.is_none())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.fired.take()
+    }
+
+    /// Restores power after a cut; handles opened before it stay dead and an armed cut is disarmed.
     pub fn power_on(&self) {
         fs::lock(&self.shared).power_on();
     }

@@ -162,3 +162,21 @@ fn the_control_file_cuts_the_power_from_another_process() {
     OpenOptions::new().write(true).open(&control).expect("open control").write_all(b"on\n").expect("on");
     assert!(read_all(&path).is_empty());
 }
+
+#[test]
+fn an_armed_cut_fires_after_the_given_number_of_writes() {
+    let rig = rig();
+    let path = rig.mount.path().join("armed");
+    let f = File::create(&path).expect("create");
+    f.write_all_at(b"a", 0).expect("write 1");
+    f.sync_data().expect("fdatasync");
+    rig.mount.arm_cut(Cut::DropAll, 2);
+    f.write_all_at(b"b", 1).expect("write 2");
+    f.write_all_at(b"c", 2).expect("write 3");
+    f.write_all_at(b"d", 3).expect("write 4 lands, then the power fails");
+    assert!(f.write_all_at(b"e", 4).is_err(), "the power is off after the armed write");
+    let report = rig.mount.wait_for_armed_cut(std::time::Duration::from_secs(5)).expect("the cut fired");
+    assert_eq!(report.files, 1);
+    rig.mount.power_on();
+    assert_eq!(read_all(&path), b"a");
+}
