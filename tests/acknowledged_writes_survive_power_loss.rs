@@ -13,7 +13,7 @@
 //! - `buffered` rounds: each session keeps a prefix of what was acknowledged (an acknowledged event
 //!   may be lost, but never replaced, and never while a later one survives).
 //!
-//! The database carries over from round to round (every `FRESH_DB_EVERY`th round starts a fresh
+//! The database carries over from round to round (every `FRESH_DB_EVERY`th round (20) starts a fresh
 //! one), so memtables grow across rounds and flushes, journal rotations and compactions land
 //! between cuts. The verifier exits without closing the engine, so nothing is flushed at close
 //! that a real power cut would not flush either.
@@ -40,7 +40,7 @@ use powerloss_common::{Child, Rig, cut_for, digest, rounds, seed_from_clock};
 const WRITER_ENV: &str = "PALIMPSEST_POWERLOSS_WRITER";
 const VERIFIER_ENV: &str = "PALIMPSEST_POWERLOSS_VERIFIER";
 const SESSIONS: u64 = 8;
-const FRESH_DB_EVERY: u64 = 25;
+const FRESH_DB_EVERY: u64 = 20;
 /// Messages in a big import (about a megabyte: several memtables).
 const BIG_IMPORT_MESSAGES: u64 = 600;
 /// Memtable size in the children: small, so fjall flushes, compacts and rotates on little data.

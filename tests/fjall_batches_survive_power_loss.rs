@@ -31,7 +31,7 @@ const WRITER_ENV: &str = "PALIMPSEST_POWERLOSS_FJALL_WRITER";
 const VERIFIER_ENV: &str = "PALIMPSEST_POWERLOSS_FJALL_VERIFIER";
 const KEYSPACES: [&str; 6] = ["events", "heads", "splices", "blobs", "meta", "memories"];
 const SESSIONS: u64 = 8;
-const FRESH_DB_EVERY: u64 = 25;
+const FRESH_DB_EVERY: u64 = 20;
 /// The engine harness's memtable size (see `acknowledged_writes_survive_power_loss.rs`).
 const MEMTABLE_BYTES: u64 = 128 << 10;
 const CACHE_BYTES: u64 = 16 << 20;

@@ -14,7 +14,7 @@ use powerloss::{Cut, CutReport, Mount};
 /// Longest a child may stay silent before the harness calls it stuck.
 pub const CHILD_SILENCE_LIMIT: Duration = Duration::from_secs(120);
 /// Most report lines the harness waits for before it cuts the power.
-pub const MAX_LINES_BEFORE_CUT: u64 = 100;
+pub const MAX_LINES_BEFORE_CUT: u64 = 60;
 
 /// Most further file writes before an armed cut fires.
 pub const MAX_WRITES_BEFORE_CUT: u64 = 64;
