@@ -84,6 +84,8 @@ pub use crate::{
     view::{StoredMessage, Summary, WorkingMemory},
 };
 
+#[cfg(feature = "testing")]
+pub use crate::store::MEMTABLE_BYTES_ENV;
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
 pub use crate::{

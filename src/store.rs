@@ -34,6 +34,20 @@ enum FaultPointAlias {
 
 /// Memtable size of every keyspace (fixed when a keyspace is created).
 const MEMTABLE_BYTES: u64 = 8 << 20;
+/// Environment variable (feature `testing` only) that sets the memtable size of keyspaces created
+/// by this process, so power-loss tests make fjall flush, compact and rotate often on little data.
+#[cfg(feature = "testing")]
+pub const MEMTABLE_BYTES_ENV: &str = "PALIMPSEST_MEMTABLE_BYTES";
+
+/// The memtable size for new keyspaces: [`MEMTABLE_BYTES`], or the testing override.
+fn memtable_bytes() -> u64 {
+    #[cfg(feature = "testing")]
+    if let Some(bytes) = std::env::var(MEMTABLE_BYTES_ENV).ok().and_then(|v| v.parse().ok()) {
+        return bytes;
+    }
+    MEMTABLE_BYTES
+}
+
 /// Longest wait for memtables to flush when the store closes.
 const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -108,7 +122,7 @@ impl Store {
         })?;
         // A bounded memtable bounds what journal recovery must replay into memory at open, and
         // so the memory a restarted engine needs, whatever the sessions' lengths.
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes());
         let open_ks = |name: &str| db.keyspace(name, options).map_err(storage("open keyspace"));
         let store = Self {
             #[cfg(feature = "testing")]

@@ -1,0 +1,29 @@
+//! `powerloss <backing-dir> <mount-point>`: mounts the power-loss file system until interrupted
+//! (`fusermount3 -u <mount-point>`). Control it through `<mount-point>/.powerloss`:
+//! `echo cut > .powerloss` drops unsynced data, `echo torn 42 > .powerloss` tears it,
+//! `echo on > .powerloss` restores power, `cat .powerloss` shows the state.
+
+use std::path::PathBuf;
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let [backing, mountpoint] = args.as_slice() else {
+        eprintln!("usage: powerloss <backing-dir> <mount-point>");
+        return std::process::ExitCode::from(2);
+    };
+    let mount = match powerloss::Mount::new(backing, mountpoint) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("powerloss: cannot mount {}: {e}", mountpoint.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    eprintln!("powerloss: {} mounted over {}", mountpoint.display(), backing.display());
+    match mount.serve_until_unmounted() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("powerloss: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

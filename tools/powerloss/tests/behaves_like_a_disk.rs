@@ -1,0 +1,182 @@
+//! The power-loss file system behaves like a disk across a power cut: what was fsynced survives,
+//! what was not is gone, metadata operations are durable at once, and a torn cut keeps whole
+//! pages or none. These tests need FUSE and fail (never skip) where `/dev/fuse` or `fusermount3`
+//! is missing: run `scripts/setup-fuse.sh`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use powerloss::{Cut, Mount, PAGE_BYTES};
+
+/// A mounted file system over a fresh backing directory; the temp dirs outlive the mount.
+struct Rig {
+    mount: Mount,
+    _backing: tempfile::TempDir,
+    _mountpoint: tempfile::TempDir,
+}
+
+fn rig() -> Rig {
+    powerloss::preflight().expect("FUSE is required for this test (run scripts/setup-fuse.sh)");
+    let backing = tempfile::tempdir().expect("backing dir");
+    let mountpoint = tempfile::tempdir().expect("mount point");
+    let mount = Mount::new(backing.path(), mountpoint.path()).expect("mount the power-loss file system");
+    Rig { mount, _backing: backing, _mountpoint: mountpoint }
+}
+
+fn read_all(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    File::open(path).expect("open").read_to_end(&mut out).expect("read");
+    out
+}
+
+fn cut_and_restore(rig: &Rig, cut: Cut) {
+    rig.mount.cut(cut);
+    rig.mount.power_on();
+}
+
+#[test]
+fn synced_data_survives_a_cut_and_unsynced_data_does_not() {
+    let rig = rig();
+    let path = rig.mount.path().join("log");
+    let mut f = File::create(&path).expect("create");
+    f.write_all(b"durable").expect("write");
+    f.sync_data().expect("fdatasync");
+    f.write_all(b" and lost").expect("write");
+    assert_eq!(read_all(&path), b"durable and lost", "unsynced data is visible before the cut");
+    drop(f);
+    cut_and_restore(&rig, Cut::DropAll);
+    assert_eq!(read_all(&path), b"durable");
+}
+
+#[test]
+fn a_file_never_synced_reads_back_empty() {
+    let rig = rig();
+    let path = rig.mount.path().join("new");
+    File::create(&path).expect("create").write_all(&[1u8; 10_000]).expect("write");
+    cut_and_restore(&rig, Cut::DropAll);
+    assert!(path.exists(), "creating a file is a metadata operation and survives");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 0);
+    assert!(read_all(&path).is_empty());
+}
+
+#[test]
+fn an_unsynced_truncation_is_undone_by_a_cut() {
+    let rig = rig();
+    let path = rig.mount.path().join("table");
+    let f = File::create(&path).expect("create");
+    f.write_all_at(&[5u8; 9_000], 0).expect("write");
+    f.sync_all().expect("fsync");
+    f.set_len(100).expect("truncate");
+    f.write_all_at(b"x", 5_000).expect("write past the new end");
+    let now = read_all(&path);
+    assert_eq!(now.len(), 5_001);
+    assert!(now[100..5_000].iter().all(|&b| b == 0), "bytes cut off by the truncation read as zeros");
+    drop(f);
+    cut_and_restore(&rig, Cut::DropAll);
+    assert_eq!(read_all(&path), vec![5u8; 9_000]);
+}
+
+#[test]
+fn fsync_of_one_file_does_not_sync_another() {
+    let rig = rig();
+    let (a, b) = (rig.mount.path().join("a"), rig.mount.path().join("b"));
+    let fa = File::create(&a).expect("create a");
+    let fb = File::create(&b).expect("create b");
+    fa.write_all_at(b"aaa", 0).expect("write a");
+    fb.write_all_at(b"bbb", 0).expect("write b");
+    fa.sync_all().expect("fsync a");
+    drop((fa, fb));
+    cut_and_restore(&rig, Cut::DropAll);
+    assert_eq!(read_all(&a), b"aaa");
+    assert!(read_all(&b).is_empty());
+}
+
+#[test]
+fn renames_and_unlinks_are_durable_at_once() {
+    let rig = rig();
+    let dir = rig.mount.path().join("dir");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let tmp = dir.join("tmp");
+    let mut f = File::create(&tmp).expect("create");
+    f.write_all(b"version 2").expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    std::fs::write(dir.join("doomed"), b"x").expect("write doomed");
+    std::fs::rename(&tmp, dir.join("current")).expect("rename");
+    std::fs::remove_file(dir.join("doomed")).expect("unlink");
+    cut_and_restore(&rig, Cut::DropAll);
+    assert_eq!(read_all(&dir.join("current")), b"version 2");
+    assert!(!tmp.exists());
+    assert!(!dir.join("doomed").exists());
+}
+
+#[test]
+fn nothing_works_while_the_power_is_off() {
+    let rig = rig();
+    let path = rig.mount.path().join("f");
+    let mut f = File::create(&path).expect("create");
+    rig.mount.cut(Cut::DropAll);
+    let err = f.write_all(b"after the cut").and_then(|()| f.sync_all()).expect_err("no write lands after a cut");
+    assert_eq!(err.raw_os_error(), Some(5), "EIO, got {err}");
+    assert!(File::open(&path).is_err());
+    rig.mount.power_on();
+    assert!(read_all(&path).is_empty(), "the write after the cut never reached the disk");
+    assert!(f.sync_all().is_err(), "a handle from before the cut died with the power");
+}
+
+#[test]
+fn a_torn_cut_keeps_whole_pages_or_none() {
+    let rig = rig();
+    let path = rig.mount.path().join("torn");
+    let pages = 64u64;
+    let f = File::create(&path).expect("create");
+    for p in 0..pages {
+        f.write_all_at(&vec![p as u8 + 1; PAGE_BYTES as usize], p * PAGE_BYTES).expect("write page");
+    }
+    drop(f);
+    cut_and_restore(&rig, Cut::Torn { seed: 7 });
+    let content = read_all(&path);
+    assert_eq!(content.len() as u64 % PAGE_BYTES, 0);
+    let mut kept = 0;
+    for (p, page) in content.chunks(PAGE_BYTES as usize).enumerate() {
+        let whole = page.iter().all(|&b| b == p as u8 + 1);
+        let hole = page.iter().all(|&b| b == 0);
+        assert!(whole || hole, "page {p} is neither written back nor a hole");
+        kept += usize::from(whole);
+    }
+    assert!(kept > 0 && (kept as u64) < pages, "a torn cut keeps some pages and drops others: kept {kept}");
+}
+
+#[test]
+fn the_control_file_cuts_the_power_from_another_process() {
+    let rig = rig();
+    let path = rig.mount.path().join("f");
+    File::create(&path).expect("create").write_all(b"unsynced").expect("write");
+    let control = rig.mount.path().join(powerloss::CONTROL_NAME);
+    let status = String::from_utf8(read_all(&control)).expect("status is text");
+    assert!(status.contains("dirty_files 1"), "status before the cut: {status}");
+    OpenOptions::new().write(true).open(&control).expect("open control").write_all(b"cut\n").expect("cut");
+    assert!(String::from_utf8(read_all(&control)).expect("text").contains("power off"));
+    OpenOptions::new().write(true).open(&control).expect("open control").write_all(b"on\n").expect("on");
+    assert!(read_all(&path).is_empty());
+}
+
+#[test]
+fn an_armed_cut_fires_after_the_given_number_of_writes() {
+    let rig = rig();
+    let path = rig.mount.path().join("armed");
+    let f = File::create(&path).expect("create");
+    f.write_all_at(b"a", 0).expect("write 1");
+    f.sync_data().expect("fdatasync");
+    rig.mount.arm_cut(Cut::DropAll, 2);
+    f.write_all_at(b"b", 1).expect("write 2");
+    f.write_all_at(b"c", 2).expect("write 3");
+    f.write_all_at(b"d", 3).expect("write 4 lands, then the power fails");
+    assert!(f.write_all_at(b"e", 4).is_err(), "the power is off after the armed write");
+    let report = rig.mount.wait_for_armed_cut(std::time::Duration::from_secs(5)).expect("the cut fired");
+    assert_eq!(report.files, 1);
+    rig.mount.power_on();
+    assert_eq!(read_all(&path), b"a");
+}
