@@ -253,6 +253,10 @@ impl Summarizer for OpenAiSummarizer {
 /// reply ended (hyper reports the last as an incomplete message, without an I/O error).
 fn is_dropped_connection(e: &reqwest::Error) -> bool {
     use std::io::ErrorKind;
+    // A body read cut by our own request timeout is a slow model, not a dropped connection.
+    if e.is_timeout() {
+        return false;
+    }
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(inner) = source {
         if let Some(io) = inner.downcast_ref::<std::io::Error>()
@@ -269,6 +273,8 @@ fn is_dropped_connection(e: &reqwest::Error) -> bool {
         source = inner.source();
     }
     // A body cut short mid-reply: the reply was never read whole, so nothing was refused yet.
+    // hyper is not a direct dependency, so its "incomplete message" (the server closed before
+    // answering) is recognised by its text; missing it only means one failure is not retried.
     e.is_body() || (e.is_request() && causes(e).contains("connection closed before message completed"))
 }
 
