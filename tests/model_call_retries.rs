@@ -46,10 +46,11 @@ impl Answer {
 type Script = Box<dyn Fn(usize) -> Answer + Send + Sync>;
 
 /// What the server saw: arrival time and answered status of each request (0 for a cut
-/// connection), and the most requests it held at once.
+/// connection), how many it held when each arrived, and the most it held at once.
 #[derive(Default)]
 struct Seen {
     requests: Mutex<Vec<(Instant, u16)>>,
+    held_at_arrival: Mutex<Vec<usize>>,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
 }
@@ -79,6 +80,7 @@ async fn serve(script: Script) -> (String, Arc<Seen>) {
                 let request = read_request(&mut stream).await;
                 let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 seen.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+                seen.held_at_arrival.lock().push(now);
                 let n = {
                     let mut requests = seen.requests.lock();
                     requests.push((Instant::now(), 0));
@@ -380,12 +382,18 @@ async fn a_rate_limited_provider_is_ridden_out_with_fewer_chunks_in_flight() {
         .map(|&from| arrivals.iter().filter(|&&at| at >= from && at < from + Duration::from_secs(1)).count())
         .max()
         .unwrap_or(0);
+    // The calls in flight the provider saw over the second half of the run, once settled.
+    let held = seen.held_at_arrival.lock().clone();
+    let settled = &held[held.len() / 2..];
+    let settled_mean = settled.iter().sum::<usize>() as f64 / settled.len().max(1) as f64;
     eprintln!(
         "rate-limited run: {N_CHUNKS} chunks, {} requests, {n_429} answered 429, virtual time {:.1} s, \
-         peak in flight at the server {peak}, busiest second {busiest_second} requests, \
-         concurrency after each retry {concurrency:?}",
+         peak in flight at the server {peak}, busiest second {busiest_second} requests, in flight over \
+         the second half {}..={} (mean {settled_mean:.1}), concurrency after each retry {concurrency:?}",
         arrivals.len(),
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        settled.iter().min().unwrap_or(&0),
+        settled.iter().max().unwrap_or(&0),
     );
     assert_eq!(seen.count(200), N_CHUNKS + 1, "every chunk and the merge, once each");
     assert!(peak <= CHUNK_CONCURRENCY as usize, "the server held {peak} requests at once");
