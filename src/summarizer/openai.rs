@@ -137,7 +137,9 @@ impl OpenAiSummarizer {
 
     /// One chat completion of a system and a user message; returns the reply text unchecked.
     /// `task` names the request in logs. Shared by the summarizer and by the model-based episode
-    /// classifier and memory extractor, so they reuse one client, its bounds and its error mapping.
+    /// classifier and memory extractor, so they reuse one client, its bounds, its error mapping and
+    /// its retry policy (`summarizer.openai.retry`, within the deadline of the caller's
+    /// `retry::CallScope` when there is one).
     pub(crate) async fn complete(&self, system: &str, user: &str, task: &str) -> Result<String, Error> {
         let body = json!({
             "model": self.model,
