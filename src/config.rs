@@ -199,6 +199,29 @@ pub struct OpenAiConfig {
     pub max_tokens: u64,
     /// `temperature` sent with each request. Default 0, range 0..=2.
     pub temperature: f64,
+    /// Retries of a failed call (rate limits, overload, dropped connections).
+    pub retry: RetryConfig,
+}
+
+/// How a model call that failed for a passing reason (HTTP 429, 408, 500, 502, 503, 504, a reset
+/// connection, a connect timeout) is tried again: exponential backoff with full jitter, or the
+/// provider's `Retry-After`, never past the call's own deadline. Zero retries means one try.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retries after the first try. Default 6, range 0..=20.
+    pub max_retries: u64,
+    /// Ceiling of the first wait, ms; each later ceiling doubles. Default 500, range 1..=60,000.
+    pub initial_backoff_ms: u64,
+    /// Longest wait, ms, also the cap on a provider's `Retry-After`. Default 30,000,
+    /// range 1..=600,000, and at least `initial_backoff_ms`.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_retries: 6, initial_backoff_ms: 500, max_backoff_ms: 30_000 }
+    }
 }
 
 impl Default for OpenAiConfig {
@@ -212,6 +235,7 @@ impl Default for OpenAiConfig {
             request_timeout_ms: 120_000,
             max_tokens: 512,
             temperature: 0.0,
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -448,6 +472,20 @@ impl Config {
         if !(0.0..=2.0).contains(&o.temperature) {
             return Err(bad("summarizer.openai.temperature", format!("{} is out of range 0..=2", o.temperature)));
         }
+        let r = &o.retry;
+        in_range("summarizer.openai.retry.max_retries", r.max_retries, 0, 20)?;
+        in_range("summarizer.openai.retry.initial_backoff_ms", r.initial_backoff_ms, 1, 60_000)?;
+        in_range("summarizer.openai.retry.max_backoff_ms", r.max_backoff_ms, 1, 600_000)?;
+        if r.max_backoff_ms < r.initial_backoff_ms {
+            return Err(bad(
+                "summarizer.openai.retry.max_backoff_ms",
+                format!(
+                    "{} is under summarizer.openai.retry.initial_backoff_ms ({}): the longest wait cannot be \
+                     shorter than the first",
+                    r.max_backoff_ms, r.initial_backoff_ms
+                ),
+            ));
+        }
         let k = &self.locks;
         in_range("locks.retry_interval_ms", k.retry_interval_ms, 1, 60_000)?;
         if let Some(n) = k.max_retries {
@@ -572,6 +610,21 @@ mod tests {
         assert_eq!(field_of(Config::from_json_str(r#"{"limits":{"max_mesage_bytes":5}}"#)), "limits.max_mesage_bytes");
         assert_eq!(field_of(Config::from_json_str(r#"{"path":""}"#)), "path");
         assert_eq!(field_of(Config::from_json_str("{")), "(document)");
+    }
+
+    #[test]
+    fn retry_knobs_are_checked_and_named() {
+        let parse = |json: &str| Config::from_json_str(json);
+        let retry = |body: &str| format!(r#"{{"summarizer":{{"openai":{{"retry":{{{body}}}}}}}}}"#);
+        parse(&retry(r#""max_retries":0"#)).expect("zero retries means one try");
+        assert_eq!(field_of(parse(&retry(r#""max_retries":21"#))), "summarizer.openai.retry.max_retries");
+        assert_eq!(field_of(parse(&retry(r#""initial_backoff_ms":0"#))), "summarizer.openai.retry.initial_backoff_ms");
+        assert_eq!(field_of(parse(&retry(r#""max_backoff_ms":600001"#))), "summarizer.openai.retry.max_backoff_ms");
+        assert_eq!(
+            field_of(parse(&retry(r#""initial_backoff_ms":2000,"max_backoff_ms":1999"#))),
+            "summarizer.openai.retry.max_backoff_ms"
+        );
+        assert_eq!(field_of(parse(&retry(r#""max_retrys":3"#))), "summarizer.openai.retry.max_retrys");
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub use crate::{
     config::{
         Background as BackgroundConfig, ClassifierKind, Compaction as CompactionConfig, Config, Durability,
         Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits, Locks as LocksConfig,
-        OnLockTimeout, OpenAiConfig, SummarizerConfig, SummarizerKind, Writes,
+        OnLockTimeout, OpenAiConfig, RetryConfig, SummarizerConfig, SummarizerKind, Writes,
     },
     engine::{Components, Engine, Session},
     episode::{

@@ -14,8 +14,8 @@ use std::time::Duration;
 use content_common::{CARGO_LOG, cases, clean_summary, is_clean, turn_with};
 use palimpsest::{
     CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, MAX_PROVIDER_ERROR_BYTES, Message,
-    OpenAiConfig, OpenAiSummarizer, Seq, StoredMessage, Summarizer, SummarizerKind, SummaryInput, SummaryTask,
-    ToolCall,
+    OpenAiConfig, OpenAiSummarizer, RetryConfig, Seq, StoredMessage, Summarizer, SummarizerKind, SummaryInput,
+    SummaryTask, ToolCall,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,6 +129,8 @@ fn config(base_url: &str) -> OpenAiConfig {
         request_timeout_ms: 10_000,
         max_tokens: 77,
         temperature: 0.25,
+        // One try: these tests pin how each reply maps to a result (retries: tests/model_call_retries.rs).
+        retry: RetryConfig { max_retries: 0, ..RetryConfig::default() },
     }
 }
 
@@ -260,7 +262,13 @@ async fn a_provider_error_surfaces_its_status_and_message() {
         let (result, _) = run(|_| {}, Reply::json(status, error)).await;
         let (got_status, message) = provider_error(result);
         assert_eq!(got_status, Some(status));
-        assert_eq!(message, format!("scripted failure {status}"));
+        // A passing failure says why it was not retried (this config allows one try).
+        let note = if [429, 500, 503].contains(&status) {
+            " (gave up after 0 retries: summarizer.openai.retry.max_retries = 0)"
+        } else {
+            ""
+        };
+        assert_eq!(message, format!("scripted failure {status}{note}"));
     }
 }
 

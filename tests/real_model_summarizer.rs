@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use palimpsest::{
-    Message, OpenAiConfig, OpenAiSummarizer, Seq, StoredMessage, Summarizer, SummaryInput, SummaryTask, ToolCall,
-    check_summary,
+    Message, OpenAiConfig, OpenAiSummarizer, RetryConfig, Seq, StoredMessage, Summarizer, SummaryInput, SummaryTask,
+    ToolCall, check_summary,
 };
 
 /// Longest wait for the server to load the model and answer its health check.
@@ -107,6 +107,7 @@ fn a_real_model_summarizes_a_conversation_with_a_tool_call() {
         request_timeout_ms: REQUEST_TIMEOUT_MS,
         max_tokens: 64,
         temperature: 0.0,
+        retry: RetryConfig::default(),
     };
     let summarizer = OpenAiSummarizer::new(&config).unwrap();
     let input = SummaryInput {

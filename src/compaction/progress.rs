@@ -31,6 +31,21 @@ pub enum Stage {
     Strategy { n_chunks: u64, reason: String },
     /// A chunk summary finished (or failed).
     ChunkDone { index: u64, n_chunks: u64, duration_ms: u64, ok: bool },
+    /// A model call failed for a passing reason (a rate limit, an overloaded provider, a dropped
+    /// connection) and is tried again after `wait_ms`. `index` is the chunk (0-based, of
+    /// `n_chunks`), absent for the merge call (`n_chunks` 0 then); `attempt` is 1 for the first
+    /// retry; `status` is the HTTP status, if a reply came; `cause` says what failed, short
+    /// (`HTTP 429`, `connection reset`). `concurrency` is the limit of chunks in flight after this
+    /// failure: a 429 halves it.
+    Retry {
+        index: Option<u64>,
+        n_chunks: u64,
+        attempt: u64,
+        wait_ms: u64,
+        status: Option<u16>,
+        cause: String,
+        concurrency: u64,
+    },
     /// The merge call started.
     MergeStarted { n_chunks: u64 },
     /// The merge finished; `fell_back` when the concatenated chunk summaries were used instead.

@@ -7,14 +7,21 @@
 //!
 //! Every summarizer call runs in its own task: a panic in a summarizer becomes an error, and
 //! dropping the driver (cancellation, the compaction's own timeout) aborts every call in flight.
+//!
+//! Each call runs in a retry scope (`retry::CallScope`) whose deadline is the call's own timeout,
+//! so a model call's retries never outlive it; each retry is reported as [`Stage::Retry`]. Chunks
+//! in flight are bounded by an adaptive limit (`adaptive`): a rate-limited reply halves it, and
+//! successes raise it again, never past `compaction.chunk_concurrency`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::adaptive::AdaptiveLimit;
+use super::retry::{CallScope, RetryNotice, scoped};
 use super::{Summarizer, SummaryInput, SummaryTask, accept_reply, render_message, truncate_bytes};
 use crate::compaction::Stage;
 use crate::config::Compaction;
@@ -23,6 +30,13 @@ use crate::view::StoredMessage;
 
 /// The smallest summary budget given to one chunk, bytes.
 const MIN_CHUNK_SUMMARY_BYTES: usize = 256;
+
+/// Retry reports waiting for the driver to publish them. Past this many a report is dropped (the
+/// retry itself still happens, and is logged): progress is best effort, never a reason to wait.
+const RETRY_REPORT_DEPTH: usize = 256;
+
+/// The HTTP status of a rate-limited reply, which lowers the chunks in flight.
+const STATUS_TOO_MANY_REQUESTS: u16 = 429;
 
 /// What to summarize.
 pub(crate) struct Span {
@@ -79,7 +93,7 @@ pub(crate) async fn summarize_span(
             focus,
             max_summary_bytes: max_bytes,
         };
-        let reply = call(summarizer, input, chunk_timeout, "a summary call").await?;
+        let reply = call(summarizer, input, chunk_timeout, "a summary call", progress, Some((0, 1))).await?;
         return accept_reply(&reply, max_bytes);
     }
 
@@ -87,7 +101,8 @@ pub(crate) async fn summarize_span(
     tracing::info!(n_chunks, %reason, "compaction strategy: chunked");
     progress(Stage::Strategy { n_chunks: n_chunks as u64, reason });
     let chunk_max = (max_bytes / n_chunks).max(MIN_CHUNK_SUMMARY_BYTES).min(max_bytes);
-    let permits = Arc::new(Semaphore::new(usize::try_from(cfg.chunk_concurrency).unwrap_or(1)));
+    let limit = AdaptiveLimit::new(usize::try_from(cfg.chunk_concurrency).unwrap_or(1));
+    let (reports, mut reported) = mpsc::channel::<Stage>(RETRY_REPORT_DEPTH);
     let mut tasks = JoinSet::new();
     for (index, messages) in chunks.into_iter().enumerate() {
         let input = SummaryInput {
@@ -98,20 +113,43 @@ pub(crate) async fn summarize_span(
             focus: focus.clone(),
             max_summary_bytes: chunk_max,
         };
-        let (summarizer, permits) = (Arc::clone(summarizer), Arc::clone(&permits));
+        let (summarizer, limit, reports) = (Arc::clone(summarizer), Arc::clone(&limit), reports.clone());
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|_| Error::Closed)?;
+            let slot = Arc::new(limit.acquire().await);
             let started = Instant::now();
-            let reply = tokio::time::timeout(chunk_timeout, summarizer.summarize(input))
+            let on_retry = {
+                let slot = Arc::clone(&slot);
+                move |notice: &RetryNotice| {
+                    let concurrency =
+                        if notice.status == Some(STATUS_TOO_MANY_REQUESTS) { slot.throttled() } else { limit.limit() };
+                    let _ = reports.try_send(retry_stage(notice, Some((index, n_chunks)), concurrency));
+                }
+            };
+            let scope = CallScope { deadline: started + chunk_timeout, on_retry: Arc::new(on_retry) };
+            let reply = scoped(scope, tokio::time::timeout(chunk_timeout, summarizer.summarize(input)))
                 .await
                 .unwrap_or(Err(Error::Timeout { what: "a chunk summary", after_ms: millis(chunk_timeout) }))
                 .and_then(|reply| accept_reply(&reply, chunk_max));
-            Ok::<_, Error>((index, started.elapsed(), reply))
+            if reply.is_ok() {
+                slot.succeeded();
+            }
+            (index, started.elapsed(), reply)
         });
     }
+    drop(reports);
     let mut partials = vec![String::new(); n_chunks];
-    while let Some(joined) = tasks.join_next().await {
-        let (index, elapsed, reply) = joined.map_err(panicked)??;
+    loop {
+        let joined = tokio::select! {
+            // Reports first, so a chunk's retries are published before its end.
+            biased;
+            Some(stage) = reported.recv() => {
+                progress(stage);
+                continue;
+            }
+            joined = tasks.join_next() => joined,
+        };
+        let Some(joined) = joined else { break };
+        let (index, elapsed, reply) = joined.map_err(panicked)?;
         progress(Stage::ChunkDone {
             index: index as u64,
             n_chunks: n_chunks as u64,
@@ -133,8 +171,9 @@ pub(crate) async fn summarize_span(
         max_summary_bytes: max_bytes,
     };
     let merge_timeout = Duration::from_millis(cfg.merge_timeout_ms);
-    let merged =
-        call(summarizer, merge, merge_timeout, "the merge call").await.and_then(|r| accept_reply(&r, max_bytes));
+    let merged = call(summarizer, merge, merge_timeout, "the merge call", progress, None)
+        .await
+        .and_then(|r| accept_reply(&r, max_bytes));
     let fell_back = merged.is_err();
     progress(Stage::MergeDone { duration_ms: millis(started.elapsed()), fell_back });
     match merged {
@@ -148,23 +187,53 @@ pub(crate) async fn summarize_span(
     }
 }
 
-/// One summarizer call in its own task, bounded by `timeout`.
+/// One summarizer call in its own task, bounded by `timeout`, its retries published as `chunk`
+/// (index and count; none for the merge).
 async fn call(
     summarizer: &Arc<dyn Summarizer>,
     input: SummaryInput,
     timeout: Duration,
     what: &'static str,
+    progress: &(dyn Fn(Stage) + Send + Sync),
+    chunk: Option<(usize, usize)>,
 ) -> Result<String, Error> {
     let summarizer = Arc::clone(summarizer);
+    let (reports, mut reported) = mpsc::channel::<Stage>(RETRY_REPORT_DEPTH);
+    let on_retry = move |notice: &RetryNotice| {
+        // One call at a time here: the concurrency is 1.
+        let _ = reports.try_send(retry_stage(notice, chunk, 1));
+    };
+    let scope = CallScope { deadline: Instant::now() + timeout, on_retry: Arc::new(on_retry) };
     let mut task = JoinSet::new();
-    task.spawn(async move {
+    task.spawn(scoped(scope, async move {
         tokio::time::timeout(timeout, summarizer.summarize(input))
             .await
             .unwrap_or(Err(Error::Timeout { what, after_ms: millis(timeout) }))
-    });
-    match task.join_next().await {
-        Some(joined) => joined.map_err(panicked)?,
-        None => Err(Error::Closed),
+    }));
+    loop {
+        tokio::select! {
+            biased;
+            Some(stage) = reported.recv() => progress(stage),
+            joined = task.join_next() => {
+                return match joined {
+                    Some(joined) => joined.map_err(panicked)?,
+                    None => Err(Error::Closed),
+                };
+            }
+        }
+    }
+}
+
+/// The progress item of one retry.
+fn retry_stage(notice: &RetryNotice, chunk: Option<(usize, usize)>, concurrency: usize) -> Stage {
+    Stage::Retry {
+        index: chunk.map(|(index, _)| index as u64),
+        n_chunks: chunk.map_or(0, |(_, n)| n as u64),
+        attempt: notice.attempt,
+        wait_ms: millis(notice.wait),
+        status: notice.status,
+        cause: notice.cause.clone(),
+        concurrency: concurrency as u64,
     }
 }
 

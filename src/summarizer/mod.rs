@@ -14,11 +14,13 @@ use std::pin::Pin;
 use crate::error::Error;
 use crate::view::StoredMessage;
 
+pub(crate) mod adaptive;
 pub(crate) mod chunked;
 pub(crate) mod extractive;
 pub(crate) mod openai;
 
 pub(crate) mod prompt;
+pub(crate) mod retry;
 pub(crate) mod text;
 
 pub use extractive::ExtractiveSummarizer;

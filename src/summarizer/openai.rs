@@ -7,12 +7,15 @@
 //! The reply text is cleaned (`sanitize`: a model may echo the terminal codes of the tool output it
 //! read) but not otherwise changed: trimming and checking it is the compaction driver's job
 //! (`check_summary`). Only a reply that is not text (no string content) is refused here.
+//! Every call goes through the one retry policy (`retry`): a rate limit, an overloaded provider or a
+//! dropped connection is tried again within the call's deadline; anything else fails at once.
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde_json::{Value, json};
 
+use super::retry::{Failure, RetryPolicy, Transient, is_retryable_status, parse_retry_after};
 use super::{BoxFuture, MAX_PROVIDER_ERROR_BYTES, Summarizer, SummaryInput, sanitize, truncate_bytes};
 use crate::config::OpenAiConfig;
 use crate::error::Error;
@@ -44,6 +47,7 @@ pub struct OpenAiSummarizer {
     max_tokens: u64,
     temperature: f64,
     request_timeout_ms: u64,
+    retry: RetryPolicy,
     name: String,
 }
 
@@ -120,6 +124,7 @@ impl OpenAiSummarizer {
             max_tokens: cfg.max_tokens,
             temperature: cfg.temperature,
             request_timeout_ms: cfg.request_timeout_ms,
+            retry: RetryPolicy::new(&cfg.retry),
             name: format!("openai:{}", cfg.model),
         })
     }
@@ -132,7 +137,9 @@ impl OpenAiSummarizer {
 
     /// One chat completion of a system and a user message; returns the reply text unchecked.
     /// `task` names the request in logs. Shared by the summarizer and by the model-based episode
-    /// classifier and memory extractor, so they reuse one client, its bounds and its error mapping.
+    /// classifier and memory extractor, so they reuse one client, its bounds, its error mapping and
+    /// its retry policy (`summarizer.openai.retry`, within the deadline of the caller's
+    /// `retry::CallScope` when there is one).
     pub(crate) async fn complete(&self, system: &str, user: &str, task: &str) -> Result<String, Error> {
         let body = json!({
             "model": self.model,
@@ -154,7 +161,12 @@ impl OpenAiSummarizer {
             request_bytes = bytes.len(),
             "summarizer request"
         );
+        // Each try sends its own copy: a request body is consumed by sending it.
+        self.retry.run(task, || self.attempt(bytes.clone())).await
+    }
 
+    /// One try: send the request, read and parse the reply, and say whether a failure is passing.
+    async fn attempt(&self, bytes: Vec<u8>) -> Result<String, Failure> {
         let mut request = self
             .client
             .post(self.url.clone())
@@ -163,29 +175,53 @@ impl OpenAiSummarizer {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let mut response = request.send().await.map_err(|e| self.transport_error(&e, "sending the request"))?;
+        let mut response = request.send().await.map_err(|e| self.transport_failure(&e, "sending the request"))?;
 
         let status = response.status();
         if !status.is_success() {
+            let retry_after =
+                response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             let (body, complete) = read_bounded(&mut response, MAX_ERROR_BODY_BYTES)
                 .await
-                .map_err(|e| self.transport_error(&e, "reading the error reply"))?;
+                .map_err(|e| self.transport_failure(&e, "reading the error reply"))?;
             let message = provider_message(&body, complete, status.canonical_reason());
             tracing::warn!(status = status.as_u16(), %message, "summarizer provider returned an error");
-            return Err(Error::Summarizer { status: Some(status.as_u16()), message });
+            let error = Error::Summarizer { status: Some(status.as_u16()), message };
+            let transient = is_retryable_status(status.as_u16()).then(|| Transient {
+                status: Some(status.as_u16()),
+                cause: format!("HTTP {}", status.as_u16()),
+                retry_after,
+            });
+            return Err(Failure { error, transient });
         }
 
         // A declared length over the limit is refused before reading any of it.
         if response.content_length().is_some_and(|n| n > MAX_REPLY_BYTES as u64) {
-            return Err(malformed(format!("the reply body is over {MAX_REPLY_BYTES} bytes")));
+            return Err(Failure::fatal(malformed(format!("the reply body is over {MAX_REPLY_BYTES} bytes"))));
         }
         let (body, complete) = read_bounded(&mut response, MAX_REPLY_BYTES)
             .await
-            .map_err(|e| self.transport_error(&e, "reading the reply"))?;
+            .map_err(|e| self.transport_failure(&e, "reading the reply"))?;
         if !complete {
-            return Err(malformed(format!("the reply body is over {MAX_REPLY_BYTES} bytes")));
+            return Err(Failure::fatal(malformed(format!("the reply body is over {MAX_REPLY_BYTES} bytes"))));
         }
-        parse_reply(&body)
+        parse_reply(&body).map_err(Failure::fatal)
+    }
+
+    /// A transport failure, marked passing when the connection timed out while connecting or was
+    /// reset or cut short: the provider may answer the next try. A refused connection (nothing
+    /// listening: a wrong URL or a stopped server) and a request timeout are final.
+    fn transport_failure(&self, e: &reqwest::Error, during: &str) -> Failure {
+        let error = self.transport_error(e, during);
+        let cause = if e.is_connect() && e.is_timeout() {
+            Some("connect timeout")
+        } else if is_dropped_connection(e) {
+            Some("connection reset")
+        } else {
+            None
+        };
+        let transient = cause.map(|cause| Transient { status: None, cause: cause.to_string(), retry_after: None });
+        Failure { error, transient }
     }
 
     /// Turns a reqwest failure into the error a caller can act on: a timeout to retry later, or
@@ -213,6 +249,35 @@ impl Summarizer for OpenAiSummarizer {
     fn summarize(&self, input: SummaryInput) -> BoxFuture<'_, Result<String, Error>> {
         Box::pin(self.call(input))
     }
+}
+
+/// Whether the connection was dropped under the request: reset, aborted, or closed before the
+/// reply ended (hyper reports the last as an incomplete message, without an I/O error).
+fn is_dropped_connection(e: &reqwest::Error) -> bool {
+    use std::io::ErrorKind;
+    // A body read cut by our own request timeout is a slow model, not a dropped connection.
+    if e.is_timeout() {
+        return false;
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        source = inner.source();
+    }
+    // A body cut short mid-reply: the reply was never read whole, so nothing was refused yet.
+    // hyper is not a direct dependency, so its "incomplete message" (the server closed before
+    // answering) is recognised by its text; missing it only means one failure is not retried.
+    e.is_body() || (e.is_request() && causes(e).contains("connection closed before message completed"))
 }
 
 /// Reads at most `max` bytes of the body. Returns the bytes and whether the body ended within

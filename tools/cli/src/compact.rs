@@ -156,6 +156,12 @@ fn stage_line(stage: &Stage) -> Option<String> {
         Stage::ChunkDone { index, n_chunks, duration_ms, ok: false } => {
             format!("chunk {}/{n_chunks} failed after {duration_ms} ms", index + 1)
         }
+        Stage::Retry { index, n_chunks, attempt, wait_ms, status, cause, concurrency } => format!(
+            "{} retry {attempt} after {:.1} s ({}), {concurrency} in flight",
+            index.map_or("merge".to_string(), |i| format!("chunk {}/{n_chunks}", i + 1)),
+            *wait_ms as f64 / 1000.0,
+            status.map_or(cause.clone(), |s| s.to_string()),
+        ),
         Stage::MergeStarted { n_chunks } => format!("merge: {n_chunks} chunk summaries"),
         Stage::MergeDone { duration_ms, fell_back: false } => format!("merge done in {duration_ms} ms"),
         Stage::MergeDone { duration_ms, fell_back: true } => {
@@ -262,6 +268,16 @@ mod tests {
         let single = Stage::Strategy { n_chunks: 1, reason: "fits".to_string() };
         assert_eq!(stage_line(&single).as_deref(), Some("strategy: single pass (fits)"));
         assert_eq!(stage_line(&Stage::Abandoned { reason: "x".to_string() }), None);
+        let retry = Stage::Retry {
+            index: Some(16),
+            n_chunks: 506,
+            attempt: 2,
+            wait_ms: 1_200,
+            status: Some(429),
+            cause: "HTTP 429".to_string(),
+            concurrency: 4,
+        };
+        assert_eq!(stage_line(&retry).as_deref(), Some("chunk 17/506 retry 2 after 1.2 s (429), 4 in flight"));
     }
 
     #[test]
