@@ -74,8 +74,13 @@ pub struct CompactArgs {
     #[arg(long, value_name = "TEXT")]
     pub focus: Option<String>,
 
-    /// Summarize with this OpenAI-compatible endpoint (POST <URL>/v1/chat/completions).
-    #[arg(long, value_name = "URL", requires = "model")]
+    /// Summarize with this OpenAI-compatible endpoint (POST `URL/v1/chat/completions`).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "model",
+        help = "Summarize with this OpenAI-compatible endpoint (POST <URL>/v1/chat/completions)"
+    )]
     pub openai_base_url: Option<String>,
 
     /// The model to ask at --openai-base-url.
