@@ -129,26 +129,24 @@ pub async fn last_seq(session: &Session, db: &std::path::Path) -> Result<Seq, Cl
     }
 }
 
-/// Calls `each` on every event from `from` to `to`, in pages of at most `page` events: only one
-/// page is held at a time.
+/// Calls `each` on the events from `from` to `to`, one page of at most `page` events at a time:
+/// only one page is held in memory.
 pub async fn stream(
     session: &Session,
     from: Seq,
     to: Seq,
     page: usize,
-    mut each: impl FnMut(&Event) -> Result<(), CliError>,
+    mut each: impl FnMut(&[Event]) -> Result<(), CliError>,
 ) -> Result<u64, CliError> {
     let mut next = from;
     let mut shown = 0;
     while next <= to {
-        let events = session.history(next, page).await?;
+        let mut events = session.history(next, page).await?;
         let Some(last) = events.last() else { break };
-        let last_seq = last.seq;
-        for event in events.iter().take_while(|e| e.seq <= to) {
-            each(event)?;
-            shown += 1;
-        }
-        next = last_seq.next();
+        next = last.seq.next();
+        events.retain(|e| e.seq <= to);
+        each(&events)?;
+        shown += events.len() as u64;
     }
     Ok(shown)
 }

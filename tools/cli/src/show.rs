@@ -151,8 +151,20 @@ async fn show_all(engine: &Engine, session: &Session, args: &ShowArgs) -> Outcom
     let page = history::PAGE_EVENTS.min(read_limit);
     let from = Seq::new(args.from.unwrap_or(1));
     let json = args.json;
-    history::stream(session, from, last, page, |event| {
-        if json { output::print_json(&EventJson::new(event)) } else { output::print_text(&history::event_human(event)) }
+    history::stream(session, from, last, page, |events| {
+        // One write per page: the page is what memory holds anyway.
+        let mut text = String::new();
+        for event in events {
+            if json {
+                let line = serde_json::to_string(&EventJson::new(event))
+                    .map_err(|e| CliError::failed(format!("cannot render JSON: {e}")))?;
+                text.push_str(&line);
+                text.push('\n');
+            } else {
+                text.push_str(&history::event_human(event));
+            }
+        }
+        output::print_text(&text)
     })
     .await?;
     Ok(Status::Ok)
