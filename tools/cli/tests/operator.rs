@@ -282,3 +282,73 @@ fn on_a_pipe_progress_is_absent_and_only_the_result_is_printed() {
     assert!(stderr(&out).is_empty(), "import: nothing on stderr: {}", stderr(&out));
     assert_eq!(json(&out)["session"], "t");
 }
+
+/// A model endpoint that answers every request with HTTP 503; returns its base URL and the number
+/// of requests it has answered so far.
+fn overloaded_model() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::Ordering;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the request head and its body (by content-length), then answer.
+            while let Ok(n) = stream.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let complete = text.find("\r\n\r\n").is_some_and(|end| {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                        .unwrap_or(0);
+                    buf.len() >= end + 4 + length
+                });
+                if complete || n == 0 {
+                    break;
+                }
+            }
+            let body = r#"{"error":{"message":"overloaded, try later"}}"#;
+            let reply = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (base_url, answered)
+}
+
+#[test]
+fn an_engine_warning_reaches_the_operator_once_at_the_default_level() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = demo_db(tmp.path(), "2");
+    let (base_url, answered) = overloaded_model();
+    let out = palimpsest(&[
+        "compact",
+        "--db",
+        &db,
+        "--session",
+        "demo-2-travel",
+        "--openai-base-url",
+        &base_url,
+        "--model",
+        "m",
+    ]);
+    assert_eq!(code(&out), 1, "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    let warnings: Vec<&str> =
+        err.lines().filter(|l| l.contains("WARN") && l.contains("summarizer provider returned an error")).collect();
+    let requests = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(requests >= 1, "the model was asked");
+    assert_eq!(warnings.len(), requests, "one warning per failed request, each printed once: {err}");
+    assert!(warnings[0].contains("503"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("palimpsest: error: ")).count(), 1, "{err}");
+}
