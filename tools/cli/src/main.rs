@@ -138,7 +138,8 @@ impl Command {
     /// Whether the command was asked for JSON, and so wants its errors as JSON too.
     fn json(&self) -> bool {
         match self {
-            Command::Demo(_) | Command::Completions(_) => false,
+            Command::Completions(_) => false,
+            Command::Demo(args) => args.json,
             Command::Show(args) => args.json,
             Command::Compact(args) => args.json,
             Command::Audit(args) => args.json,

@@ -224,6 +224,26 @@ fn completions_are_printed_for_each_shell_and_a_bad_shell_is_a_usage_error() {
 }
 
 #[test]
+fn demo_json_is_one_object_with_the_first_sessions_working_memory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = tmp.path().join("db");
+    let db = db.to_str().expect("utf-8");
+    let out = palimpsest(&["demo", "--db", db, "--sessions", "2", "--json"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["sessions"], 2);
+    assert_eq!(v["database"], db);
+    assert_eq!(v["working_memory"]["session"], "demo-1-coding");
+    let upto = v["compacted_upto"].as_u64().expect("the demo's compaction splices");
+    assert_eq!(v["working_memory"]["summary"]["upto"].as_u64(), Some(upto), "{v}");
+    let follow_ups = v["appended_during_compaction"].as_u64().zip(v["appended_after"].as_u64()).map(|(a, b)| a + b);
+    assert!(follow_ups.is_some_and(|n| n > 0), "{v}");
+    let again = palimpsest(&["demo", "--db", db, "--json"]);
+    assert_eq!(code(&again), 2, "a used directory is refused");
+    assert_json_error(&again, "unusable");
+}
+
+#[test]
 fn json_flag_turns_usage_errors_into_one_object_on_stdout() {
     let out = palimpsest(&["stats", "--db", "/nonexistent", "--json", "--bogus"]);
     assert_eq!(code(&out), 2);
