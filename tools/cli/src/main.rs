@@ -61,7 +61,8 @@ macro_rules! exit_codes_help {
   1  the command ran and found or produced a failure (e.g. the session does not exist,
      a record is corrupt, a write failed); the message is on stderr
   2  the tool could not run: bad arguments, bad config, a missing, unreadable or locked
-     database; one line on stderr: `palimpsest: error: ...`"
+     database; one line on stderr: `palimpsest: error: ...`
+With --json, an error is also one object on stdout: {\"error\": {\"kind\": \"...\", \"message\": \"...\"}}"
     };
 }
 pub(crate) use exit_codes_help;
