@@ -259,10 +259,7 @@ impl MemoryExtractor for OpenAiExtractor {
         Box::pin(async move {
             let transcript = render_transcript(&input.messages);
             // Keep the newest part: a long span's latest statements supersede its earliest.
-            let mut start = transcript.len().saturating_sub(MAX_EXTRACT_PROMPT_BYTES);
-            while !transcript.is_char_boundary(start) {
-                start += 1;
-            }
+            let start = transcript.ceil_char_boundary(transcript.len().saturating_sub(MAX_EXTRACT_PROMPT_BYTES));
             let user = format!("Conversation:\n{}\n\nList the memories.", &transcript[start..]);
             let reply = self.client.complete(EXTRACT_SYSTEM, &user, "extract").await?;
             if reply.trim().eq_ignore_ascii_case("none") {

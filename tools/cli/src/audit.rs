@@ -3,7 +3,6 @@
 //! prints too.
 
 use std::fmt::Write as _;
-use std::io::{IsTerminal as _, Write as _};
 
 use clap::Args;
 use palimpsest::{AuditOptions, AuditReport, Engine, RebuildReport, SessionId, Violation};
@@ -12,6 +11,7 @@ use serde::Serialize;
 use crate::db::{DbArgs, OpenMode};
 use crate::exit::{CliError, Outcome, Status};
 use crate::output;
+use crate::progress;
 
 #[derive(Args, Debug)]
 #[command(
@@ -21,8 +21,8 @@ use crate::output;
         summary blob exists and hashes to its name; no splice separates a tool call from its result;\n\
         every tool result has its call; every event decodes. Also lists orphan summary blobs (left by\n\
         abandoned compactions; harmless, collected by `palimpsest gc`). Nothing is written.\n\n\
-        Run it on a stopped database (or a copy). When stderr is a terminal, a line counting the\n\
-        events read is kept up to date there.",
+        Run it on a stopped database (or a copy). When stderr is a terminal, a spinner counting the\n\
+        events read is drawn there; otherwise nothing but the report is printed.",
     after_help = concat!(
         "Example:\n",
         "  palimpsest audit --db /tmp/pal-demo\n",
@@ -67,24 +67,12 @@ pub async fn run(args: AuditArgs) -> Outcome {
     print_report(&report, args.session.as_ref(), &args.db, args.json, None)
 }
 
-/// Runs the blocking audit on a blocking thread, with progress on stderr when it is a terminal.
+/// Runs the blocking audit on a blocking thread, with a spinner on stderr when it is a terminal.
 pub async fn audit(engine: &Engine, session: Option<SessionId>) -> Result<AuditReport, CliError> {
     let engine = engine.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let tty = std::io::stderr().is_terminal();
-        let mut printed = false;
-        let mut progress = |n_events: u64| {
-            if tty {
-                // Overwrite the same line; the result of writing to a terminal is not worth failing over.
-                let _ = write!(std::io::stderr(), "\raudited {n_events} events");
-                printed = true;
-            }
-        };
-        let report = engine.audit(&AuditOptions { session }, &mut progress);
-        if printed {
-            eprintln!();
-        }
-        report
+        let bar = progress::Bar::spinner("audit", "events");
+        engine.audit(&AuditOptions { session }, &mut |n_events| bar.set(n_events))
     })
     .await
     .map_err(|e| CliError::failed(format!("the audit stopped: {e}")))?;
@@ -103,7 +91,7 @@ pub fn print_report(
     if let Some(id) = session
         && report.sessions == 0
     {
-        return Err(CliError::failed(format!("session {:?} not found in {}", id.as_str(), db.db.display())));
+        return Err(CliError::not_found(format!("session {:?} not found in {}", id.as_str(), db.db.display())));
     }
     if json {
         output::print_json(&ReportJson::new(report, rebuild))?;

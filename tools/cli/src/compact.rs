@@ -1,17 +1,19 @@
 //! `palimpsest compact`: compacts one session now, with the embedded extractive summarizer or an
 //! OpenAI-compatible endpoint, printing the library's progress on stderr while it runs and the
-//! outcome on stdout.
+//! outcome on stdout. On a terminal the steps are lines above a bar counting the chunks; on a pipe
+//! they are gathered into one summary line, printed when the compaction ends.
 
 use std::pin::pin;
 
 use clap::Args;
-use palimpsest::{CompactionOutcome, CompactionRequest, Error, Progress, Seq, SessionId, Stage, SummarizerKind};
+use palimpsest::{CompactionOutcome, CompactionRequest, Progress, Seq, SessionId, Stage, SummarizerKind};
 use serde::Serialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::db::{DbArgs, OpenMode};
 use crate::exit::{CliError, Outcome, Status};
 use crate::output;
+use crate::progress;
 
 #[derive(Args, Debug)]
 #[command(
@@ -23,20 +25,21 @@ use crate::output;
         The summarizer is the embedded extractive one (offline, deterministic) unless --openai-base-url\n\
         and --model name an OpenAI-compatible endpoint (the API key comes from the config's\n\
         `summarizer.openai.api_key` or the variable it names, OPENAI_API_KEY by default).\n\n\
-        Progress goes to stderr while the compaction runs; the outcome goes to stdout.",
+        Progress goes to stderr: on a terminal, one line per step and a bar counting the chunks; on a\n\
+        pipe or file, one summary line at the end. The outcome goes to stdout.",
     after_help = concat!(
         "Example:\n",
         "  palimpsest compact --db /tmp/pal-demo --session demo-2-travel\n",
         "  palimpsest compact --db /tmp/pal-demo --session demo-2-travel --upto 30 --focus \"hotel choice\" --json\n",
         "  palimpsest compact --db /tmp/pal-demo --session demo-3-ops \\\n",
         "      --openai-base-url http://127.0.0.1:8080 --model qwen2.5-7b-instruct\n\n",
-        "Progress on stderr, one line per step:\n",
+        "Progress on a terminal's stderr, one line per step (and a bar while chunks run):\n",
         "  loaded 30 messages (#1..#32, 9214 bytes); cut at #32 (asked for #32)\n",
-        "  strategy: single pass (transcript fits in one call (compaction.chunk_bytes = 24576))\n",
-        "  chunk 2/5 done in 1200 ms\n",
+        "  strategy: 5 chunks (transcript over compaction.chunk_bytes = 24576)\n",
         "  merge: 5 chunk summaries\n",
         "  merge done in 800 ms\n",
-        "  spliced: up to #32 at #53, blake3 <hex>\n\n",
+        "  spliced: up to #32 at #53, blake3 <hex>\n",
+        "When stderr is not a terminal, one line: the `loaded` and `strategy` steps joined by `; `.\n\n",
         "JSON output (--json): exactly one object, on one line:\n",
         "  {\n",
         "    \"session\": \"<id>\",\n",
@@ -71,8 +74,13 @@ pub struct CompactArgs {
     #[arg(long, value_name = "TEXT")]
     pub focus: Option<String>,
 
-    /// Summarize with this OpenAI-compatible endpoint (POST <URL>/v1/chat/completions).
-    #[arg(long, value_name = "URL", requires = "model")]
+    /// Summarize with this OpenAI-compatible endpoint (POST `URL/v1/chat/completions`).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "model",
+        help = "Summarize with this OpenAI-compatible endpoint (POST <URL>/v1/chat/completions)"
+    )]
     pub openai_base_url: Option<String>,
 
     /// The model to ask at --openai-base-url.
@@ -97,13 +105,14 @@ pub async fn run(args: CompactArgs) -> Outcome {
 
     // Subscribe before starting, so no step is missed.
     let mut progress = engine.subscribe_progress();
+    let mut reporter = Reporter::new(&args.session);
     let mut compaction = pin!(session.compact(request));
     let result = loop {
         tokio::select! {
             result = &mut compaction => break result,
             item = progress.recv() => match item {
-                Ok(item) => print_progress(&item, &args.session),
-                Err(RecvError::Lagged(n)) => eprintln!("({n} progress items were dropped)"),
+                Ok(item) => reporter.print_progress(&item),
+                Err(RecvError::Lagged(n)) => reporter.dropped(n),
                 // The engine (and with it the sender) lives until the end of this function.
                 Err(RecvError::Closed) => {}
             },
@@ -112,15 +121,13 @@ pub async fn run(args: CompactArgs) -> Outcome {
     // Steps published just before the compaction returned are still queued.
     loop {
         match progress.try_recv() {
-            Ok(item) => print_progress(&item, &args.session),
-            Err(TryRecvError::Lagged(n)) => eprintln!("({n} progress items were dropped)"),
+            Ok(item) => reporter.print_progress(&item),
+            Err(TryRecvError::Lagged(n)) => reporter.dropped(n),
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         }
     }
-    let outcome = result.map_err(|e| match e {
-        Error::NotFound { .. } => CliError::failed(format!("{e} in {}", args.db.db.display())),
-        other => CliError::from(other),
-    })?;
+    reporter.finish();
+    let outcome = result.map_err(|e| CliError::in_db(e, &args.db.db))?;
     if args.json {
         output::print_json(&OutcomeJson::new(&args.session, &outcome))?;
     } else {
@@ -129,14 +136,59 @@ pub async fn run(args: CompactArgs) -> Outcome {
     Ok(Status::Ok)
 }
 
-/// One human line on stderr per step of this session's compaction. `Abandoned` is left out: the
-/// outcome (or the error) printed at the end says the same thing.
-fn print_progress(item: &Progress, session: &SessionId) {
-    if &item.session != session {
-        return;
+/// Where this session's compaction steps go: on a terminal, one line per step above a bar that
+/// counts the chunks; elsewhere, the `loaded` and `strategy` lines kept for one summary line.
+struct Reporter<'a> {
+    session: &'a SessionId,
+    bar: Option<progress::Bar>,
+    summary: Vec<String>,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(session: &'a SessionId) -> Self {
+        Self { session, bar: None, summary: Vec::new() }
     }
-    if let Some(line) = stage_line(&item.stage) {
-        eprintln!("{line}");
+
+    /// One human line per step of this session's compaction. `Abandoned` is left out: the outcome
+    /// (or the error) printed at the end says the same thing. Chunk steps move the bar instead.
+    fn print_progress(&mut self, item: &Progress) {
+        if &item.session != self.session {
+            return;
+        }
+        match &item.stage {
+            Stage::Strategy { n_chunks, .. } if *n_chunks > 1 => {
+                self.bar = Some(progress::Bar::counting("chunks", *n_chunks, "done"));
+            }
+            Stage::ChunkDone { .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+            _ => {}
+        }
+        let Some(line) = stage_line(&item.stage) else { return };
+        if !progress::visible() {
+            if matches!(item.stage, Stage::Loaded { .. } | Stage::Strategy { .. }) {
+                self.summary.push(line);
+            }
+        } else if !matches!(item.stage, Stage::ChunkDone { ok: true, .. }) {
+            progress::suspend(|| eprintln!("{line}"));
+        }
+    }
+
+    /// Progress items the broadcast channel dropped (the reader fell behind).
+    fn dropped(&mut self, n: u64) {
+        if progress::visible() {
+            progress::suspend(|| eprintln!("({n} progress items were dropped)"));
+        }
+    }
+
+    /// Clears the bar, or prints the one summary line.
+    fn finish(self) {
+        drop(self.bar);
+        if !self.summary.is_empty() {
+            eprintln!("{}", self.summary.join("; "));
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod travel;
 
 use clap::Args;
 use palimpsest::{CompactionOutcome, CompactionRequest, Engine, Error, Seq, Session};
+use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::compact;
@@ -50,6 +51,10 @@ const SHOWN_MESSAGES: usize = 20;
         "  demo: <N> sessions, <M> messages, last seq <a>..<b>, database <DIR>\n",
         "where <k> depends on timing (the compaction never stops the conversation); when some follow-up\n",
         "messages land after the splice, the first line ends with `, and <j> more after it landed`.\n\n",
+        "JSON output (--json): exactly one object, on one line:\n",
+        "  {\"sessions\": <N>, \"messages\": <M>, \"database\": \"<DIR>\",\n",
+        "   \"compacted_upto\": <seq> | null, \"appended_during_compaction\": <k>, \"appended_after\": <j>,\n",
+        "   \"working_memory\": {the first session's working memory, as `show --json` prints it}}\n\n",
         crate::exit_codes_help!()
     )
 )]
@@ -60,6 +65,22 @@ pub struct DemoArgs {
     /// How many sessions to play (1 to 1000).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub sessions: u32,
+
+    /// Print one JSON object instead of the human form.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The documented JSON form (see `demo --help`).
+#[derive(Serialize)]
+struct DemoJson<'a> {
+    sessions: u32,
+    messages: u64,
+    database: String,
+    compacted_upto: Option<u64>,
+    appended_during_compaction: u64,
+    appended_after: u64,
+    working_memory: output::MemoryJson<'a>,
 }
 
 /// What one session's playback wrote.
@@ -94,6 +115,18 @@ pub async fn run(args: DemoArgs) -> Outcome {
     let memory = first.working_memory(SHOWN_MESSAGES).await?;
     last_seqs.push(memory.last_seq);
 
+    if args.json {
+        output::print_json(&DemoJson {
+            sessions: args.sessions,
+            messages: n_messages,
+            database: args.db.db.display().to_string(),
+            compacted_upto: background.compacted_upto,
+            appended_during_compaction: background.during,
+            appended_after: background.n_appended - background.during,
+            working_memory: output::MemoryJson::new(&memory),
+        })?;
+        return Ok(Status::Ok);
+    }
     let (min_seq, max_seq) = (last_seqs.iter().min().copied(), last_seqs.iter().max().copied());
     let seqs = match (min_seq, max_seq) {
         (Some(min), Some(max)) if min != max => format!("{min}..{max}"),
@@ -113,6 +146,10 @@ pub async fn run(args: DemoArgs) -> Outcome {
 struct Background {
     /// Follow-up messages appended (while the compaction ran, or after it).
     n_appended: u64,
+    /// Of those, the ones appended while the compaction ran (all of them when it did not splice).
+    during: u64,
+    /// The splice's `upto`, when it spliced.
+    compacted_upto: Option<u64>,
     /// One line saying so.
     line: String,
 }
@@ -136,6 +173,12 @@ async fn compact_while_talking(session: &Session) -> Result<Background, CliError
     let outcome =
         compaction.await.map_err(|e| CliError::failed(format!("the background compaction stopped: {e}")))??;
     let n_appended = appended.len() as u64;
+    let (during, compacted_upto) = match &outcome {
+        CompactionOutcome::Spliced { upto, seq, .. } => {
+            (appended.iter().filter(|&&s| s < seq.get()).count() as u64, Some(upto.get()))
+        }
+        _ => (n_appended, None),
+    };
     let line = match &outcome {
         CompactionOutcome::Spliced { upto, seq, .. } => {
             // The splice event's seq orders it among the appends: those before it were written while
@@ -152,7 +195,7 @@ async fn compact_while_talking(session: &Session) -> Result<Background, CliError
         }
         other => format!("background compaction: {}", compact::outcome_human(session.id(), other)),
     };
-    Ok(Background { n_appended, line })
+    Ok(Background { n_appended, during, compacted_upto, line })
 }
 
 /// Appends session `idx`'s conversation step by step, as its agent would: each step (a user turn,

@@ -6,10 +6,16 @@
 //!   printed its report) or [`CliError::Failed`] (for example, the session does not exist).
 //! - `2`: the tool could not run: [`CliError::Unusable`] (bad arguments, bad config, a missing,
 //!   unreadable or locked database), and clap's own usage errors.
+//!
+//! With `--json`, an error is also one object on stdout, `{"error": {"kind", "message"}}`, so a
+//! script reading stdout never has to parse stderr.
 
+use std::io::Write as _;
+use std::path::Path;
 use std::process::ExitCode;
 
 use palimpsest::Error;
+use serde::Serialize;
 
 /// What a command returns.
 pub type Outcome = Result<Status, CliError>;
@@ -24,13 +30,15 @@ pub enum Status {
     Failed,
 }
 
-/// Why a command stopped early.
+/// Why a command stopped early. `kind` is a stable snake_case name for scripts (the `kind` of the
+/// `--json` error object): the library error's variant (`not_found`, `invalid_config`, `locked`,
+/// ...), or `failed` / `unusable` for the tool's own errors.
 #[derive(Debug)]
 pub enum CliError {
     /// Exit 1: the command ran and hit a failure, such as a session that does not exist.
-    Failed(String),
+    Failed { kind: &'static str, message: String },
     /// Exit 2: the tool could not do its job at all (bad input, config or database).
-    Unusable(String),
+    Unusable { kind: &'static str, message: String },
     /// Whoever read stdout went away (`palimpsest show ... | head`): stop quietly, exit 0, as
     /// other command-line tools do.
     BrokenPipe,
@@ -39,12 +47,17 @@ pub enum CliError {
 impl CliError {
     /// Exit 1 with `message`.
     pub fn failed(message: impl Into<String>) -> Self {
-        Self::Failed(message.into())
+        Self::Failed { kind: "failed", message: message.into() }
+    }
+
+    /// Exit 1 with `message`, kind `not_found`: a session (or other named thing) is not there.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::Failed { kind: "not_found", message: message.into() }
     }
 
     /// Exit 2 with `message`.
     pub fn unusable(message: impl Into<String>) -> Self {
-        Self::Unusable(message.into())
+        Self::Unusable { kind: "unusable", message: message.into() }
     }
 
     /// Writing to stdout failed.
@@ -55,6 +68,41 @@ impl CliError {
             Self::unusable(format!("cannot write to stdout: {e}"))
         }
     }
+
+    /// Like `From<Error>`, naming the database in a "not found" message, which the library
+    /// cannot know.
+    pub fn in_db(e: Error, db: &Path) -> Self {
+        match e {
+            Error::NotFound { .. } => Self::not_found(format!("{e} in {}", db.display())),
+            other => Self::from(other),
+        }
+    }
+}
+
+/// The stable name of a library error's variant, the `kind` of the `--json` error object.
+fn kind_of(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidSessionId { .. } => "invalid_session_id",
+        Error::InvalidMessage { .. } => "invalid_message",
+        Error::UnknownToolCall { .. } => "unknown_tool_call",
+        Error::ToolCallAlreadyAnswered { .. } => "tool_call_already_answered",
+        Error::DuplicateToolCallId { .. } => "duplicate_tool_call_id",
+        Error::InvalidArgument { .. } => "invalid_argument",
+        Error::InvalidImport { .. } => "invalid_import",
+        Error::InvalidConfig { .. } => "invalid_config",
+        Error::NotFound { .. } => "not_found",
+        Error::Timeout { .. } => "timeout",
+        Error::LockTimeout { .. } => "lock_timeout",
+        Error::Storage { .. } => "storage",
+        Error::Corrupt { .. } => "corrupt",
+        Error::Poisoned => "poisoned",
+        Error::Locked { .. } => "locked",
+        Error::NotADatabase { .. } => "not_a_database",
+        Error::Summarizer { .. } => "summarizer",
+        Error::Closed => "closed",
+        // The library may add variants; they read as the tool's generic failure until named here.
+        _ => "failed",
+    }
 }
 
 /// The default classification of library errors raised while a command runs. Input and
@@ -64,37 +112,60 @@ impl CliError {
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         let message = e.to_string();
+        let kind = kind_of(&e);
         match e {
             Error::InvalidConfig { .. }
             | Error::InvalidArgument { .. }
             | Error::InvalidSessionId { .. }
             | Error::Locked { .. }
-            | Error::NotADatabase { .. } => Self::Unusable(message),
-            _ => Self::Failed(message),
+            | Error::NotADatabase { .. } => Self::Unusable { kind, message },
+            _ => Self::Failed { kind, message },
         }
     }
 }
 
-/// Prints an error (if any) to stderr and returns the exit code.
-pub fn report(outcome: Outcome) -> ExitCode {
-    match outcome {
-        Ok(Status::Ok) | Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
-        Ok(Status::Failed) => ExitCode::from(1),
-        Err(CliError::Failed(message)) => {
-            eprintln!("palimpsest: error: {}", one_line(&message));
-            ExitCode::from(1)
-        }
-        Err(CliError::Unusable(message)) => {
-            eprintln!("palimpsest: error: {}", one_line(&message));
-            ExitCode::from(2)
-        }
+/// The `--json` form of an error, printed on stdout (the one line on stderr is printed too):
+/// `{"error": {"kind": "<kind>", "message": "<one line>"}}`.
+#[derive(Serialize)]
+struct ErrorJson<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    kind: &'a str,
+    message: &'a str,
+}
+
+/// Prints the `--json` error object on stdout; a stdout that is gone is not worth more noise.
+fn print_json_error(kind: &str, message: &str) {
+    let line = ErrorJson { error: ErrorBody { kind, message } };
+    if let Ok(text) = serde_json::to_string(&line) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
     }
+}
+
+/// Prints an error (if any) to stderr, and with `json` also as one JSON object on stdout, and
+/// returns the exit code.
+pub fn report(outcome: Outcome, json: bool) -> ExitCode {
+    let (code, kind, message) = match outcome {
+        Ok(Status::Ok) | Err(CliError::BrokenPipe) => return ExitCode::SUCCESS,
+        Ok(Status::Failed) => return ExitCode::from(1),
+        Err(CliError::Failed { kind, message }) => (1, kind, one_line(&message)),
+        Err(CliError::Unusable { kind, message }) => (2, kind, one_line(&message)),
+    };
+    eprintln!("palimpsest: error: {message}");
+    if json {
+        print_json_error(kind, &message);
+    }
+    ExitCode::from(code)
 }
 
 /// Handles a clap parse error: help and version go to stdout with exit 0; a missing command
 /// prints the help to stderr with exit 2; any other usage error becomes one line on stderr with
-/// exit 2.
-pub fn clap_error(e: &clap::Error) -> ExitCode {
+/// exit 2 (and, when the arguments hold `--json`, the JSON error object, kind `usage`, on stdout).
+pub fn clap_error(e: &clap::Error, json: bool) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
@@ -112,7 +183,11 @@ pub fn clap_error(e: &clap::Error) -> ExitCode {
             let text = e.to_string();
             let first = text.split("\n\n").next().unwrap_or_default();
             let what = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("palimpsest: error: {} (see --help)", one_line(what));
+            let message = format!("{} (see --help)", one_line(what));
+            eprintln!("palimpsest: error: {message}");
+            if json {
+                print_json_error("usage", &message);
+            }
             ExitCode::from(2)
         }
     }
@@ -130,18 +205,20 @@ mod tests {
     #[test]
     fn library_errors_are_classified_by_who_must_act() {
         let not_found = CliError::from(Error::NotFound { session: "s".to_string() });
-        assert!(matches!(not_found, CliError::Failed(_)));
+        assert!(matches!(not_found, CliError::Failed { kind: "not_found", .. }));
         let bad_config =
             CliError::from(Error::InvalidConfig { field: "limits.x".to_string(), reason: "0".to_string() });
-        assert!(matches!(bad_config, CliError::Unusable(m) if m.contains("limits.x")));
+        assert!(
+            matches!(bad_config, CliError::Unusable { kind: "invalid_config", message } if message.contains("limits.x"))
+        );
         let locked = CliError::from(Error::Locked { path: "/tmp/x".into() });
-        assert!(matches!(locked, CliError::Unusable(_)));
+        assert!(matches!(locked, CliError::Unusable { kind: "locked", .. }));
         let past_end = CliError::from(Error::InvalidArgument { what: "upto", reason: "past the end".to_string() });
-        assert!(matches!(past_end, CliError::Unusable(_)));
+        assert!(matches!(past_end, CliError::Unusable { .. }));
         let bad_line = CliError::from(Error::InvalidImport { line: 3, reason: "not JSON".to_string() });
-        assert!(matches!(bad_line, CliError::Failed(m) if m.contains("line 3")));
+        assert!(matches!(bad_line, CliError::Failed { kind: "invalid_import", message } if message.contains("line 3")));
         let model = CliError::from(Error::Summarizer { status: Some(503), message: "overloaded".to_string() });
-        assert!(matches!(model, CliError::Failed(_)));
+        assert!(matches!(model, CliError::Failed { kind: "summarizer", .. }));
     }
 
     #[test]

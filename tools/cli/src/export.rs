@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use palimpsest::{Error, SessionId};
+use serde::Serialize;
 
 use crate::db::{DbArgs, OpenMode};
 use crate::exit::{CliError, Outcome, Status};
 use crate::output;
+use crate::progress;
 
 #[derive(Args, Debug)]
 #[command(
@@ -27,7 +29,9 @@ use crate::output;
         "  palimpsest export --db /tmp/pal-demo --session demo-1-coding --out coding.jsonl\n",
         "  palimpsest import --db /tmp/pal-copy --session demo-1-coding coding.jsonl\n\n",
         "With --out, one line on stdout when done:\n",
-        "  exported <n> events of <session> to <FILE>\n\n",
+        "  exported <n> events of <session> to <FILE>\n",
+        "or with --json: {\"session\": \"<id>\", \"n_events\": <n>, \"out\": \"<FILE>\"}. Without --out, --json\n",
+        "changes only the form of errors (stdout is the JSON lines).\n\n",
         "A session that does not exist (or was deleted) exits 1.\n\n",
         crate::exit_codes_help!()
     )
@@ -43,17 +47,28 @@ pub struct ExportArgs {
     /// Write to this file (replaced if it exists) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+
+    /// With --out, print the closing line as one JSON object (and errors as JSON).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The documented JSON form of the closing line (see `export --help`).
+#[derive(Serialize)]
+struct ExportedJson<'a> {
+    session: &'a str,
+    n_events: u64,
+    out: String,
 }
 
 pub async fn run(args: ExportArgs) -> Outcome {
     let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     let session = engine.session(args.session.as_str())?;
-    let not_found = |e: Error| match e {
-        Error::NotFound { .. } => CliError::failed(format!("{e} in {}", args.db.db.display())),
-        other => CliError::from(other),
-    };
+    let not_found = |e: Error| CliError::in_db(e, &args.db.db);
+    let n_events = session.head().await.map_err(not_found)?.map_or(0, |h| h.last_seq().get());
+    let bar = progress::Bar::counting("export", n_events, "events");
     let Some(path) = &args.out else {
-        let mut out = Recording { inner: std::io::stdout().lock(), error: None };
+        let mut out = Recording { inner: std::io::stdout().lock(), error: None, bar: &bar };
         let exported = session.export_jsonl(&mut out).await;
         // The library wraps a failed write in its own error; report the stdout error as `show`
         // does (a closed pipe is a quiet stop).
@@ -66,9 +81,10 @@ pub async fn run(args: ExportArgs) -> Outcome {
     let tmp = temporary_path(path)?;
     let file =
         std::fs::File::create(&tmp).map_err(|e| CliError::unusable(format!("cannot create {}: {e}", tmp.display())))?;
-    let mut out = std::io::BufWriter::new(file);
+    let mut out = Counting { inner: std::io::BufWriter::new(file), bar: &bar };
     let exported = match session.export_jsonl(&mut out).await {
         Ok(n) => out
+            .inner
             .into_inner()
             .map_err(|e| e.into_error())
             .and_then(|file| file.sync_all())
@@ -81,7 +97,16 @@ pub async fn run(args: ExportArgs) -> Outcome {
         // Best effort: the export already failed, and the leftover is a temporary file.
         let _ = std::fs::remove_file(&tmp);
     }
+    drop(bar);
     let n = exported?;
+    if args.json {
+        return output::print_json(&ExportedJson {
+            session: args.session.as_str(),
+            n_events: n,
+            out: path.display().to_string(),
+        })
+        .map(|()| Status::Ok);
+    }
     output::print_text(&format!(
         "exported {n} event{} of {} to {}\n",
         if n == 1 { "" } else { "s" },
@@ -98,13 +123,33 @@ fn temporary_path(path: &Path) -> Result<PathBuf, CliError> {
     Ok(path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id())))
 }
 
-/// A writer that remembers its first error, which the library's export turns into text.
-struct Recording<W> {
+/// A writer that counts the lines (events) written on the progress bar.
+struct Counting<'a, W> {
     inner: W,
-    error: Option<std::io::Error>,
+    bar: &'a progress::Bar,
 }
 
-impl<W: Write> Recording<W> {
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bar.inc(buf[..n].iter().filter(|&&b| b == b'\n').count() as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A writer that remembers its first error, which the library's export turns into text, and
+/// counts the lines written on the progress bar.
+struct Recording<'a, W> {
+    inner: W,
+    error: Option<std::io::Error>,
+    bar: &'a progress::Bar,
+}
+
+impl<W: Write> Recording<'_, W> {
     fn record<T>(&mut self, result: std::io::Result<T>) -> std::io::Result<T> {
         result.inspect_err(|e| {
             self.error.get_or_insert_with(|| std::io::Error::new(e.kind(), e.to_string()));
@@ -112,9 +157,12 @@ impl<W: Write> Recording<W> {
     }
 }
 
-impl<W: Write> Write for Recording<W> {
+impl<W: Write> Write for Recording<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let result = self.inner.write(buf);
+        if let Ok(n) = &result {
+            self.bar.inc(buf[..*n].iter().filter(|&&b| b == b'\n').count() as u64);
+        }
         self.record(result)
     }
 

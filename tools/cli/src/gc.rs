@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use clap::Args;
+use serde::Serialize;
 
 use crate::db::{DbArgs, OpenMode};
 use crate::exit::{Outcome, Status};
@@ -21,6 +22,8 @@ use crate::output;
         "  palimpsest gc --db /tmp/pal-demo\n\n",
         "Output: one blake3 hash (hex) per orphan blob, then one line:\n",
         "  gc: removed <n> orphan blobs | gc: would remove <n> orphan blobs (dry run)\n\n",
+        "JSON output (--json): exactly one object, on one line:\n",
+        "  {\"dry_run\": true | false, \"orphan_blobs\": [\"<blake3 hex>\"]}\n\n",
         crate::exit_codes_help!()
     )
 )]
@@ -31,11 +34,29 @@ pub struct GcArgs {
     /// List what would be removed, and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Print one JSON object instead of the human form.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The documented JSON form (see `gc --help`).
+#[derive(Serialize)]
+struct GcJson {
+    dry_run: bool,
+    orphan_blobs: Vec<String>,
 }
 
 pub async fn run(args: GcArgs) -> Outcome {
     let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
     let orphans = engine.collect_orphan_blobs(args.dry_run).await?;
+    if args.json {
+        output::print_json(&GcJson {
+            dry_run: args.dry_run,
+            orphan_blobs: orphans.iter().map(ToString::to_string).collect(),
+        })?;
+        return Ok(Status::Ok);
+    }
     let mut out = String::new();
     for hash in &orphans {
         // `write!` into a String cannot fail.

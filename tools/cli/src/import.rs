@@ -6,10 +6,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 use palimpsest::{Error, SessionId};
+use serde::Serialize;
 
 use crate::db::{DbArgs, OpenMode};
 use crate::exit::{CliError, Outcome, Status};
 use crate::output;
+use crate::progress;
 
 /// Largest input read, bytes: bigger files are refused before anything is opened.
 const MAX_IMPORT_BYTES: u64 = 256 << 20;
@@ -30,7 +32,8 @@ const MAX_IMPORT_BYTES: u64 = 256 << 20;
         "  palimpsest import --db /tmp/pal-copy --session demo-1-coding coding.jsonl\n",
         "  cat chat.jsonl | palimpsest import --db /tmp/pal-copy --session chat-7 -\n\n",
         "Output, one line:\n",
-        "  imported <n> events into <session>: #<first>..#<last>\n\n",
+        "  imported <n> events into <session>: #<first>..#<last>\n",
+        "JSON output (--json): {\"session\": \"<id>\", \"n_events\": <n>, \"first_seq\": <seq>, \"last_seq\": <seq>}\n\n",
         "A bad line exits 1 naming it (`import line <n>: <reason>`) and imports nothing. An unreadable\n",
         "or too large file exits 2.\n\n",
         crate::exit_codes_help!()
@@ -47,6 +50,19 @@ pub struct ImportArgs {
     /// The JSON-lines file to read, or `-` for stdin.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+
+    /// Print one JSON object instead of the human line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The documented JSON form (see `import --help`).
+#[derive(Serialize)]
+struct ImportedJson<'a> {
+    session: &'a str,
+    n_events: u64,
+    first_seq: u64,
+    last_seq: u64,
 }
 
 pub async fn run(args: ImportArgs) -> Outcome {
@@ -54,10 +70,21 @@ pub async fn run(args: ImportArgs) -> Outcome {
     let (name, text) = read_input(&args.file)?;
     let engine = args.db.open_with(config, OpenMode::ExistingOrNew).await?;
     let session = engine.session(args.session.as_str())?;
+    let bar = progress::Bar::busy(&format!("import {} lines", text.lines().count()));
     let report = session.import_jsonl(&text).await.map_err(|e| match e {
         Error::InvalidImport { .. } => CliError::failed(format!("{name}: {e}; nothing was imported")),
         other => CliError::from(other),
     })?;
+    drop(bar);
+    if args.json {
+        return output::print_json(&ImportedJson {
+            session: args.session.as_str(),
+            n_events: report.n_events,
+            first_seq: report.first_seq.get(),
+            last_seq: report.last_seq.get(),
+        })
+        .map(|()| Status::Ok);
+    }
     output::print_text(&format!(
         "imported {} event{} into {}: #{}..#{}\n",
         report.n_events,

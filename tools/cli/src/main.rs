@@ -15,20 +15,34 @@
 //! - `gc`: `palimpsest gc`, orphan summary blobs listed and removed.
 //! - `stats`: `palimpsest stats`, counts and sizes.
 //! - `export`, `import`: `palimpsest export` and `import`, a session as JSON lines and back.
+//! - `delete`: `palimpsest delete`, a session deleted (after a confirmation), its purge awaited.
+//! - `memories`: `palimpsest memories`, the memories background extraction wrote.
+//! - `guards`: `palimpsest guards`, the guard counters and pending purges.
+//! - `completions`: `palimpsest completions SHELL`, a shell completion script.
+//! - `history`: the event lines of `show --from` and `show --all`.
+//! - `progress`: bars on a terminal, nothing on a pipe; `log`: the `tracing` subscriber.
 //!
 //! Adding a command: write `foo.rs` with `FooArgs` (clap `Args`, with `#[command(flatten)] db: DbArgs`,
-//! an `about` and an `after_help` that holds an `Example:` block) and `async fn run(FooArgs) -> Outcome`,
-//! then add one variant to [`Command`] and one arm to [`Command::run`].
+//! a `json: bool` flag, an `about` and an `after_help` that holds an `Example:` block) and
+//! `async fn run(FooArgs) -> Outcome`, then add one variant to [`Command`] and one arm to
+//! [`Command::run`] and to [`Command::json`].
 
 mod audit;
 mod compact;
+mod completions;
 mod db;
+mod delete;
 mod demo;
 mod exit;
 mod export;
 mod gc;
+mod guards;
+mod history;
 mod import;
+mod log;
+mod memories;
 mod output;
+mod progress;
 mod rebuild;
 mod show;
 mod stats;
@@ -47,7 +61,8 @@ macro_rules! exit_codes_help {
   1  the command ran and found or produced a failure (e.g. the session does not exist,
      a record is corrupt, a write failed); the message is on stderr
   2  the tool could not run: bad arguments, bad config, a missing, unreadable or locked
-     database; one line on stderr: `palimpsest: error: ...`"
+     database; one line on stderr: `palimpsest: error: ...`
+With --json, an error is also one object on stdout: {\"error\": {\"kind\": \"...\", \"message\": \"...\"}}"
     };
 }
 pub(crate) use exit_codes_help;
@@ -62,7 +77,10 @@ pub(crate) use exit_codes_help;
         Every command takes --db DIR (the database directory) and an optional --config FILE (the\n\
         library's configuration, JSON or TOML by extension; --db overrides its `path`). A bad config\n\
         is refused before the database is touched. Run commands on a stopped database: only one\n\
-        process may have it open.",
+        process may have it open.\n\n\
+        With --json, a command prints one JSON object on stdout, and an error is also one object\n\
+        there: {\"error\": {\"kind\": \"not_found\", \"message\": \"...\"}}. Logs go to stderr,\n\
+        filtered by RUST_LOG (default: warn). Progress bars are drawn only when stderr is a terminal.",
     after_help = concat!(
         "Example:\n",
         "  palimpsest demo --db /tmp/pal-demo\n",
@@ -75,6 +93,10 @@ pub(crate) use exit_codes_help;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// How log lines on stderr are written (filter them with RUST_LOG, default `warn`).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = log::LogFormat::Text)]
+    log_format: log::LogFormat,
 }
 
 /// One variant per command; see the module docs for how to add one.
@@ -89,6 +111,10 @@ enum Command {
     Stats(stats::StatsArgs),
     Export(export::ExportArgs),
     Import(import::ImportArgs),
+    Delete(delete::DeleteArgs),
+    Memories(memories::MemoriesArgs),
+    Guards(guards::GuardsArgs),
+    Completions(completions::CompletionsArgs),
 }
 
 impl Command {
@@ -103,18 +129,50 @@ impl Command {
             Command::Stats(args) => stats::run(args).await,
             Command::Export(args) => export::run(args).await,
             Command::Import(args) => import::run(args).await,
+            Command::Delete(args) => delete::run(args).await,
+            Command::Memories(args) => memories::run(args).await,
+            Command::Guards(args) => guards::run(args).await,
+            Command::Completions(args) => completions::run(&args),
         }
     }
+
+    /// Whether the command was asked for JSON, and so wants its errors as JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Completions(_) => false,
+            Command::Demo(args) => args.json,
+            Command::Show(args) => args.json,
+            Command::Compact(args) => args.json,
+            Command::Audit(args) => args.json,
+            Command::Rebuild(args) => args.json,
+            Command::Gc(args) => args.json,
+            Command::Stats(args) => args.json,
+            Command::Export(args) => args.json,
+            Command::Import(args) => args.json,
+            Command::Delete(args) => args.json,
+            Command::Memories(args) => args.json,
+            Command::Guards(args) => args.json,
+        }
+    }
+}
+
+/// Whether the raw arguments ask for JSON, for errors clap raises before anything is parsed.
+fn json_in_raw_args() -> bool {
+    std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json")
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return exit::clap_error(&e),
+        Err(e) => return exit::clap_error(&e, json_in_raw_args()),
     };
+    log::init(cli.log_format);
+    let json = cli.command.json();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => return exit::report(Err(CliError::unusable(format!("cannot start the async runtime: {e}")))),
+        Err(e) => {
+            return exit::report(Err(CliError::unusable(format!("cannot start the async runtime: {e}"))), json);
+        }
     };
     let outcome = runtime.block_on(async {
         let outcome = cli.command.run().await;
@@ -124,5 +182,5 @@ fn main() -> ExitCode {
     });
     // Shut the runtime down (and with it any engine still held by a task) before exiting.
     drop(runtime);
-    exit::report(outcome)
+    exit::report(outcome, json)
 }

@@ -42,8 +42,9 @@ struct SummaryJson<'a> {
 }
 
 #[derive(Serialize)]
-struct MessageJson<'a> {
-    seq: u64,
+pub struct MessageJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     role: &'static str,
     content: &'a str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -78,9 +79,13 @@ impl<'a> MemoryJson<'a> {
 
 impl<'a> MessageJson<'a> {
     fn new(stored: &'a StoredMessage) -> Self {
-        let m = &stored.message;
+        Self { seq: Some(stored.seq.get()), ..Self::of(&stored.message) }
+    }
+
+    /// A message without its seq (the event that carries it has the seq).
+    pub fn of(m: &'a Message) -> Self {
         Self {
-            seq: stored.seq.get(),
+            seq: None,
             role: m.role.as_str(),
             content: &m.content,
             tool_calls: m
@@ -134,7 +139,8 @@ pub fn memory_human(memory: &WorkingMemory) -> String {
     out
 }
 
-fn push_message_body(out: &mut String, m: &Message) {
+/// A message's text after its `#<seq> <role>:` prefix, tool calls one per line.
+pub fn push_message_body(out: &mut String, m: &Message) {
     let mut text = String::new();
     if let Some(id) = &m.tool_call_id {
         let _ = write!(text, "<- [{}] ", clean(id));

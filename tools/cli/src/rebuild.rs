@@ -2,11 +2,12 @@
 //! then audits, so the report shows what is still wrong (what the log itself holds).
 
 use clap::Args;
-use palimpsest::{Error, SessionId};
+use palimpsest::SessionId;
 
 use crate::audit;
 use crate::db::{DbArgs, OpenMode};
 use crate::exit::{CliError, Outcome};
+use crate::progress;
 
 #[derive(Args, Debug)]
 #[command(
@@ -43,10 +44,9 @@ pub struct RebuildArgs {
 
 pub async fn run(args: RebuildArgs) -> Outcome {
     let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
-    let rebuilt = engine.rebuild(args.session.as_ref()).await.map_err(|e| match e {
-        Error::NotFound { .. } => CliError::failed(format!("{e} in {}", args.db.db.display())),
-        other => CliError::from(other),
-    })?;
+    let bar = progress::Bar::busy("rebuild");
+    let rebuilt = engine.rebuild(args.session.as_ref()).await.map_err(|e| CliError::in_db(e, &args.db.db))?;
+    drop(bar);
     let report = audit::audit(&engine, args.session.clone()).await?;
     audit::print_report(&report, args.session.as_ref(), &args.db, args.json, Some(&rebuilt))
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_one_error_line, code, demo_db, palimpsest, stderr, stdout};
+use common::{assert_json_error, assert_one_error_line, code, demo_db, palimpsest, stderr, stdout};
 use serde_json::Value;
 
 #[test]
@@ -166,7 +166,11 @@ fn show_of_an_unknown_session_exits_1_saying_not_found() {
         let out = palimpsest(&args);
         assert_eq!(code(&out), 1, "{args:?}");
         assert_one_error_line(&out, "\"no-such-session\" not found");
-        assert!(stdout(&out).is_empty());
+        if extra.contains(&"--json") {
+            assert_json_error(&out, "not_found");
+        } else {
+            assert!(stdout(&out).is_empty());
+        }
     }
 }
 
@@ -246,9 +250,10 @@ fn usage_errors_exit_2_with_one_line() {
 
 #[test]
 fn help_of_every_command_has_an_example_and_the_exit_codes() {
-    let commands = ["demo", "show", "compact", "audit", "rebuild", "gc", "stats", "export", "import"];
+    let commands = listed_commands();
+    assert!(commands.len() >= 13 && commands.contains(&"delete".to_string()), "{commands:?}");
     let mut cases: Vec<Vec<&str>> = vec![vec!["--help"], vec!["help", "show"]];
-    cases.extend(commands.iter().map(|c| vec![*c, "--help"]));
+    cases.extend(commands.iter().map(|c| vec![c.as_str(), "--help"]));
     for args in &cases {
         let out = palimpsest(args);
         assert_eq!(code(&out), 0, "{args:?}");
@@ -283,4 +288,34 @@ fn a_database_held_by_another_process_exits_2_saying_locked() {
     drop(held);
     let out = palimpsest(&["show", "--db", &db, "--session", "demo-1-coding"]);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+}
+
+/// The commands `palimpsest --help` lists, in its order (`help` left out).
+fn listed_commands() -> Vec<String> {
+    let help = stdout(&palimpsest(&["--help"]));
+    let section = help.split("Commands:\n").nth(1).expect("a Commands section");
+    section
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_lists_the_commands_help_lists() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README.md");
+    let line = readme
+        .split("`palimpsest --help` lists the commands:")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .expect("the README names the commands after \"`palimpsest --help` lists the commands:\"");
+    let in_readme: Vec<String> = line
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|c| c.split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(in_readme, listed_commands(), "README's command list, in the order of --help");
 }

@@ -7,9 +7,20 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-/// Runs `palimpsest` with `args` (stdin empty) and waits for it.
+/// Runs `palimpsest` with `args` (stdin empty, `RUST_LOG` unset) and waits for it.
 pub fn palimpsest(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palimpsest")).args(args).output().expect("the binary runs")
+    palimpsest_with_env(args, &[])
+}
+
+/// Runs `palimpsest` with `args` and the environment variables `env` (others as the test's, but
+/// `RUST_LOG` unset unless given), stdin empty.
+pub fn palimpsest_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_palimpsest"));
+    command.args(args).env_remove("RUST_LOG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("the binary runs")
 }
 
 /// Runs `palimpsest` with `args`, feeding `input` on stdin.
@@ -17,6 +28,7 @@ pub fn palimpsest_with_stdin(args: &[&str], input: &[u8]) -> Output {
     use std::io::Write as _;
     let mut child = Command::new(env!("CARGO_BIN_EXE_palimpsest"))
         .args(args)
+        .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -60,4 +72,14 @@ pub fn assert_one_error_line(out: &Output, needle: &str) {
     assert_eq!(err.lines().count(), 1, "stderr: {err}");
     assert!(err.starts_with("palimpsest: error: "), "stderr: {err}");
     assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+}
+
+/// Asserts that with `--json` an error is also one JSON object on stdout, `{"error": {"kind",
+/// "message"}}`, of `kind`; returns its message.
+pub fn assert_json_error(out: &Output, kind: &str) -> String {
+    let v = json(out);
+    assert_eq!(v["error"]["kind"], kind, "{v}");
+    let message = v["error"]["message"].as_str().expect("the message is text").to_string();
+    assert!(!message.is_empty() && !message.contains('\n'), "{v}");
+    message
 }
