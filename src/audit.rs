@@ -553,6 +553,10 @@ impl Engine {
     /// Rewrites stored heads (and the splice index) from the log, for every session or one.
     /// Undecodable events cannot be repaired here; audit reports them. Each session is rewritten
     /// under its write lock in one batch.
+    ///
+    /// Cancel safety: dropping the future leaves every session either rewritten or untouched: a
+    /// session's batch, once queued, lands with its lock held until it has; sessions not yet reached
+    /// are untouched. Running it again finishes the job.
     pub async fn rebuild(&self, session: Option<&SessionId>) -> Result<RebuildReport, Error> {
         let ids: Vec<SessionId> = match session {
             Some(id) => vec![id.clone()],
