@@ -11,64 +11,132 @@ use std::path::PathBuf;
 pub enum Error {
     /// The session id breaks the id rules. Fix the input.
     #[error("invalid session id {id:?}: {reason}")]
-    InvalidSessionId { id: String, reason: String },
+    InvalidSessionId {
+        /// The id as given, truncated if long.
+        id: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
 
     /// A message breaks a rule (size, empty content, role/field mismatch). `index` is its position
     /// in the call (0 for a single append). Fix the input; nothing was written.
     #[error("invalid message {index}: {reason}")]
-    InvalidMessage { index: usize, reason: String },
+    InvalidMessage {
+        /// The message's position in the call, 0-based.
+        index: usize,
+        /// Which rule it breaks.
+        reason: String,
+    },
 
     /// A tool result names a call id that is not open in this session (never made, or made in
     /// another session). Fix the input; nothing was written.
     #[error("message {index}: tool result for call {call_id:?}, which is not an open tool call of this session")]
-    UnknownToolCall { index: usize, call_id: String },
+    UnknownToolCall {
+        /// The tool result's position in the call, 0-based.
+        index: usize,
+        /// The call id the result names.
+        call_id: String,
+    },
 
     /// A second result for a call that already has one. Fix the input; nothing was written.
     #[error("message {index}: tool call {call_id:?} already has a result")]
-    ToolCallAlreadyAnswered { index: usize, call_id: String },
+    ToolCallAlreadyAnswered {
+        /// The second result's position in the call, 0-based.
+        index: usize,
+        /// The call id that already has a result.
+        call_id: String,
+    },
 
     /// A tool call id that is already open in this session, or repeated within one message.
     /// Fix the input; nothing was written.
     #[error("message {index}: duplicate tool call id {call_id:?}")]
-    DuplicateToolCallId { index: usize, call_id: String },
+    DuplicateToolCallId {
+        /// The position in the call of the message that repeats the id, 0-based.
+        index: usize,
+        /// The repeated call id.
+        call_id: String,
+    },
 
     /// Any other argument out of its range (a read limit, a seq past the end, a hash).
     /// Fix the input.
     #[error("invalid {what}: {reason}")]
-    InvalidArgument { what: &'static str, reason: String },
+    InvalidArgument {
+        /// The argument at fault, such as `upto`.
+        what: &'static str,
+        /// Why its value is refused.
+        reason: String,
+    },
 
     /// Line `line` (1-based) of an import is malformed or breaks a rule; nothing was imported.
     /// Fix the file.
     #[error("import line {line}: {reason}")]
-    InvalidImport { line: usize, reason: String },
+    InvalidImport {
+        /// The malformed line, 1-based.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// A configuration value is missing, of the wrong type, or out of range. Fix the config.
     #[error("invalid config: {field}: {reason}")]
-    InvalidConfig { field: String, reason: String },
+    InvalidConfig {
+        /// The path of the value at fault, such as `compaction.chunk_bytes`; `(document)` or `(file)`
+        /// when the whole text or file is at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// The session has no events. Check the id, or create it by appending.
     #[error("session {session:?} not found")]
-    NotFound { session: String },
+    NotFound {
+        /// The session id that was looked up.
+        session: String,
+    },
 
     /// A bounded wait ran out (a session lock, the group-commit queue, a summarizer call).
     /// Retry later; the operation did not take effect unless the variant's context says otherwise.
     #[error("timed out after {after_ms} ms waiting for {what}")]
-    Timeout { what: &'static str, after_ms: u64 },
+    Timeout {
+        /// What was waited for, such as `a chunk summary`.
+        what: &'static str,
+        /// The bound that ran out, in milliseconds.
+        after_ms: u64,
+    },
 
     /// A namespace lock stayed held by someone else through `attempts` attempts and `waited_ms`
     /// ms (the `locks` bounds) and `locks.on_timeout` is `error`. Retry later; nothing was written.
     #[error("namespace {namespace:?} stayed locked through {attempts} attempts ({waited_ms} ms)")]
-    LockTimeout { namespace: String, attempts: u64, waited_ms: u64 },
+    LockTimeout {
+        /// The memory namespace whose lock stayed held.
+        namespace: String,
+        /// How many times the lock was tried.
+        attempts: u64,
+        /// How long the attempts took in all, in milliseconds.
+        waited_ms: u64,
+    },
 
     /// The storage layer failed. If it failed during a write the engine is now poisoned.
     /// Surface it; reopen the engine once the cause (disk full, I/O error) is fixed.
     #[error("storage error during {op}: {detail}")]
-    Storage { op: &'static str, detail: String },
+    Storage {
+        /// The operation that failed, such as `group commit`.
+        op: &'static str,
+        /// What went wrong, as text: usually the storage layer's own error.
+        detail: String,
+    },
 
     /// A stored record does not decode or breaks an invariant. Run `palimpsest audit`;
     /// restore the session from an export or a backup.
     #[error("corrupt record{}{}: {detail}", session.as_ref().map(|s| format!(" in session {s:?}")).unwrap_or_default(), seq.map(|s| format!(" at seq {s}")).unwrap_or_default())]
-    Corrupt { session: Option<String>, seq: Option<u64>, detail: String },
+    Corrupt {
+        /// The session the record belongs to, if known.
+        session: Option<String>,
+        /// The seq of the event concerned, if known.
+        seq: Option<u64>,
+        /// What does not decode or which invariant is broken.
+        detail: String,
+    },
 
     /// An earlier write failed to persist; writes are refused until the engine is reopened,
     /// because what reached the disk is no longer known.
@@ -78,16 +146,29 @@ pub enum Error {
     /// Another process (or another engine in this process) has the database open.
     /// Stop it, or work on a copy.
     #[error("database at {} is locked by another process", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// The database path that was opened.
+        path: PathBuf,
+    },
 
     /// The path exists but does not hold a palimpsest database (or holds a newer format).
     #[error("{} is not a usable palimpsest database: {reason}", path.display())]
-    NotADatabase { path: PathBuf, reason: String },
+    NotADatabase {
+        /// The path that was opened.
+        path: PathBuf,
+        /// Why it is not usable.
+        reason: String,
+    },
 
     /// The summarizer or model provider failed. `status` is the HTTP status when there was one;
     /// `message` is the provider's text, truncated. Surface it; retry if the provider says so.
     #[error("summarizer failed{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
-    Summarizer { status: Option<u16>, message: String },
+    Summarizer {
+        /// The provider's HTTP status, if a reply came.
+        status: Option<u16>,
+        /// What failed: the provider's text (truncated) or the engine's account of the failure.
+        message: String,
+    },
 
     /// The engine is shutting down or was closed.
     #[error("engine is closed")]

@@ -272,12 +272,30 @@ pub enum EventKind {
     /// A compaction landed.
     CompactionSpliced(Splice),
     /// The episode `episode` ended here; the next user turn opens `episode + 1`.
-    EpisodeBoundary { episode: u64, reason: BoundaryReason },
+    EpisodeBoundary {
+        /// The episode that ended.
+        episode: u64,
+        /// Why it ended.
+        reason: BoundaryReason,
+    },
     /// Long-term memories were extracted from messages in (from, upto] into `namespace`.
-    MemoriesExtracted { namespace: String, from: Seq, upto: Seq, n_memories: u64 },
+    MemoriesExtracted {
+        /// The memory namespace written to.
+        namespace: String,
+        /// The span's lower end, exclusive.
+        from: Seq,
+        /// The span's upper end, inclusive.
+        upto: Seq,
+        /// Memories stored that were not already in the namespace.
+        n_memories: u64,
+    },
     /// The session was deleted: every earlier event was removed in the same batch. A later append
     /// starts the session afresh, continuing the numbering.
-    SessionDeleted { n_events_removed: u64 },
+    SessionDeleted {
+        /// Events the session still stored when deleted: those from the previous deletion (itself
+        /// one), if any, to the last.
+        n_events_removed: u64,
+    },
 }
 
 impl EventKind {

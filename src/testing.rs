@@ -83,7 +83,12 @@ mod enabled {
         /// At every matching call after `after` have passed.
         Always,
         /// At each matching call after `after`, with probability 1/`one_in` (seeded, repeatable).
-        Random { one_in: u64, seed: u64 },
+        Random {
+            /// The odds: the fault fires at about one matching call in `one_in` (0 counts as 1).
+            one_in: u64,
+            /// Seeds the generator, so the same seed fires at the same calls.
+            seed: u64,
+        },
     }
 
     /// A fault to inject at the storage boundary.

@@ -26,11 +26,37 @@ pub struct Progress {
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum Stage {
     /// The span was read: messages in `(base, upto]`.
-    Loaded { base: Seq, requested_upto: Seq, upto: Seq, n_messages: u64, n_bytes: u64 },
+    Loaded {
+        /// Messages at or before this seq were already summarized (or deleted).
+        base: Seq,
+        /// The cut asked for (explicitly or by the policy), capped at `compaction.max_span_messages`
+        /// past `base`.
+        requested_upto: Seq,
+        /// The pair-safe cut used, at or before `requested_upto`.
+        upto: Seq,
+        /// Messages in the span.
+        n_messages: u64,
+        /// Their total size in bytes.
+        n_bytes: u64,
+    },
     /// Single pass or chunks, and why.
-    Strategy { n_chunks: u64, reason: String },
+    Strategy {
+        /// Chunks the span is split into; 1 or fewer means a single pass.
+        n_chunks: u64,
+        /// Why, in words (the transcript against `compaction.chunk_bytes`).
+        reason: String,
+    },
     /// A chunk summary finished (or failed).
-    ChunkDone { index: u64, n_chunks: u64, duration_ms: u64, ok: bool },
+    ChunkDone {
+        /// The chunk, 0-based.
+        index: u64,
+        /// Chunks in all.
+        n_chunks: u64,
+        /// How long its summary took, in milliseconds.
+        duration_ms: u64,
+        /// Whether it succeeded; a failed chunk fails the compaction.
+        ok: bool,
+    },
     /// A model call failed for a passing reason (a rate limit, an overloaded provider, a dropped
     /// connection) and is tried again after `wait_ms`. `index` is the chunk (0-based, of
     /// `n_chunks`), absent for the merge call (`n_chunks` 0 then); `attempt` is 1 for the first
@@ -38,22 +64,47 @@ pub enum Stage {
     /// (`HTTP 429`, `connection reset`). `concurrency` is the limit of chunks in flight after this
     /// failure: a 429 halves it.
     Retry {
+        /// The chunk, 0-based; absent for the merge call.
         index: Option<u64>,
+        /// Chunks in all; 0 for the merge call.
         n_chunks: u64,
+        /// 1 for the first retry.
         attempt: u64,
+        /// How long before the call is tried again, in milliseconds.
         wait_ms: u64,
+        /// The HTTP status, if a reply came.
         status: Option<u16>,
+        /// What failed, short (`HTTP 429`, `connection reset`).
         cause: String,
+        /// The limit of chunks in flight after this failure.
         concurrency: u64,
     },
     /// The merge call started.
-    MergeStarted { n_chunks: u64 },
+    MergeStarted {
+        /// Chunk summaries being merged.
+        n_chunks: u64,
+    },
     /// The merge finished; `fell_back` when the concatenated chunk summaries were used instead.
-    MergeDone { duration_ms: u64, fell_back: bool },
+    MergeDone {
+        /// How long the merge took, in milliseconds.
+        duration_ms: u64,
+        /// Whether the concatenated chunk summaries were used instead of the merge's reply.
+        fell_back: bool,
+    },
     /// The splice event was written.
-    Spliced { upto: Seq, summary_hash: SummaryHash, seq: Seq },
+    Spliced {
+        /// Messages at or before this seq are now served as the summary.
+        upto: Seq,
+        /// The summary's hash.
+        summary_hash: SummaryHash,
+        /// Seq of the `CompactionSpliced` event.
+        seq: Seq,
+    },
     /// The compaction ended without a splice; the session is as it was.
-    Abandoned { reason: String },
+    Abandoned {
+        /// Why, in words (nothing to compact, the session changed underneath, or the error).
+        reason: String,
+    },
 }
 
 /// The sending side, owned by the engine.

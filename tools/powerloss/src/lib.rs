@@ -48,7 +48,10 @@ pub enum Cut {
     /// Nothing unsynced survives.
     DropAll,
     /// A random half of the dirty pages (chosen from `seed`) reach the disk, the rest do not.
-    Torn { seed: u64 },
+    Torn {
+        /// Seeds the choice of pages, so the same seed tears the same way.
+        seed: u64,
+    },
 }
 
 /// What a cut dropped.
