@@ -289,8 +289,9 @@ pub enum EventKind {
         /// Memories stored that were not already in the namespace.
         n_memories: u64,
     },
-    /// The session was deleted: every earlier event was removed in the same batch. A later append
-    /// starts the session afresh, continuing the numbering.
+    /// The session was deleted: every earlier event is dead from here on (readers and audit start at
+    /// this event) and a background purge removes them in bounded chunks. A later append starts the
+    /// session afresh, continuing the numbering.
     SessionDeleted {
         /// Events the session still stored when deleted: those from the previous deletion (itself
         /// one), if any, to the last.
