@@ -362,6 +362,8 @@ impl EpisodeClassifier for OpenAiClassifier {
                 truncate_bytes(&input.message.content, CLASSIFY_MESSAGE_BYTES)
             ));
             let reply = self.client.complete(CLASSIFY_SYSTEM, &user, "classify").await?;
+            // `\x1b[1mNEW\x1b[0m` is a NEW: the reply is cleaned like any other model text.
+            let reply = crate::summarizer::sanitize(&reply);
             let word = reply.trim().trim_matches(|c: char| !c.is_alphabetic()).to_ascii_uppercase();
             if word.starts_with("CONTINUE") {
                 Ok(EpisodeDecision::Continue)

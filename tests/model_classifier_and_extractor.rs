@@ -86,6 +86,25 @@ async fn the_model_classifier_reads_continue_or_new_and_refuses_anything_else() 
 }
 
 #[tokio::test]
+async fn replies_decorated_with_terminal_codes_are_read_like_plain_ones() {
+    let url = serve(vec![
+        Some("\u{1b}[1mNEW\u{1b}[0m"),
+        Some("\u{1b}[32m- The user likes tea.\u{1b}[0m\r\n- Oslo\u{7} is home."),
+    ])
+    .await;
+    let c = client(url);
+    let classifier = OpenAiClassifier::new(Arc::clone(&c));
+    assert_eq!(classifier.classify(input("write a poem")).await.expect("reply"), EpisodeDecision::NewTask);
+    let extractor = OpenAiExtractor::new(c);
+    let span = ExtractInput {
+        session: SessionId::new("alice:1").expect("id"),
+        namespace: "alice".to_string(),
+        messages: vec![StoredMessage { seq: Seq::new(1), at_ms: 0, message: Message::user("I like tea") }],
+    };
+    assert_eq!(extractor.extract(span).await.expect("reply"), ["The user likes tea.", "Oslo  is home."]);
+}
+
+#[tokio::test]
 async fn the_model_extractor_reads_one_memory_per_line() {
     let url = serve(vec![Some("- The user likes tea.\n- The user lives in Oslo.\nnot a memory"), Some("NONE")]).await;
     let extractor = OpenAiExtractor::new(client(url));

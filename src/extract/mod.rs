@@ -149,7 +149,8 @@ pub trait MemoryExtractor: Send + Sync + 'static {
 pub(crate) fn normalize(texts: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for text in texts {
-        let clean: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        // Any extractor's text is cleaned the same way (escape sequences, control characters).
+        let clean: String = crate::summarizer::sanitize(&text).split_whitespace().collect::<Vec<_>>().join(" ");
         if clean.is_empty() {
             continue;
         }
@@ -262,13 +263,15 @@ impl MemoryExtractor for OpenAiExtractor {
             let start = transcript.ceil_char_boundary(transcript.len().saturating_sub(MAX_EXTRACT_PROMPT_BYTES));
             let user = format!("Conversation:\n{}\n\nList the memories.", &transcript[start..]);
             let reply = self.client.complete(EXTRACT_SYSTEM, &user, "extract").await?;
+            // A reply is text like any other: terminal codes and control characters are cleaned
+            // rather than costing the memories they decorate (SPEC "Content handling").
+            let reply = crate::summarizer::sanitize(&reply);
             if reply.trim().eq_ignore_ascii_case("none") {
                 return Ok(Vec::new());
             }
             Ok(reply
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("- ").or_else(|| l.trim().strip_prefix("* ")))
-                .filter(|l| !l.chars().any(|c| c.is_control()))
                 .map(str::to_string)
                 .collect())
         })

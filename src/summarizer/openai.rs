@@ -185,7 +185,7 @@ impl OpenAiSummarizer {
                 .await
                 .map_err(|e| self.transport_failure(&e, "reading the error reply"))?;
             let message = provider_message(&body, complete, status.canonical_reason());
-            tracing::warn!(status = status.as_u16(), %message, "summarizer provider returned an error");
+            tracing::warn!(status = status.as_u16(), provider_message = %message, "summarizer provider returned an error");
             let error = Error::Summarizer { status: Some(status.as_u16()), message };
             let transient = is_retryable_status(status.as_u16()).then(|| Transient {
                 status: Some(status.as_u16()),
