@@ -126,7 +126,7 @@ async fn a_chunk_that_times_out_fails_the_compaction_cleanly() {
 async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary() {
     // Control characters and escape sequences are cleaned, not refused (content_never_fails_compaction.rs);
     // a reply that is nothing else is empty once cleaned, and that is garbage.
-    for garbage in ["", "   \n ", "\u{7}\0\x1b[0m\r\n", &"x".repeat(20_000)] {
+    for garbage in ["", "   \n ", "\u{7}\0\x1b[0m\r\n"] {
         let reply = garbage.to_string();
         let summarizer = FnSummarizer::new(move |_| {
             let reply = reply.clone();
@@ -143,6 +143,23 @@ async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary() {
         );
         assert_eq!(snapshot(&s).await, before);
     }
+}
+
+/// A model that ignores "stay under N characters" does not fail the compaction: its reply is
+/// text, so it is cut to `compaction.max_summary_bytes` on a char boundary (marked `...`).
+#[tokio::test(start_paused = true)]
+async fn an_over_long_reply_is_cut_to_the_bound_not_refused() {
+    let summarizer = FnSummarizer::new(move |_| Box::pin(async move { Ok("é".repeat(20_000)) }));
+    let (engine, _dir) = engine_with(summarizer, |c| {
+        c.compaction.keep_last_messages = 0;
+        c.compaction.max_summary_bytes = 1_001;
+    });
+    let s = engine.session("long").unwrap();
+    s.append(Message::user("hello")).await.unwrap();
+    let outcome = s.compact(CompactionRequest::default()).await.expect("an over-long reply is cut, not refused");
+    assert!(matches!(outcome, palimpsest::CompactionOutcome::Spliced { .. }), "{outcome:?}");
+    let summary = s.working_memory(10).await.unwrap().summary.expect("a summary").text;
+    assert!(summary.len() <= 1_001 && summary.ends_with("...") && summary.starts_with("éé"), "{} bytes", summary.len());
 }
 
 #[tokio::test]

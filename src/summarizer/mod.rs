@@ -130,11 +130,18 @@ pub fn check_summary(reply: &str, max_bytes: usize) -> Result<String, Error> {
 }
 
 /// Cleans a summarizer's reply ([`sanitize`]) and checks it ([`check_summary`]): escape
-/// sequences and control characters are removed or replaced, not refused, so only a reply that is
-/// empty once cleaned, or over `max_bytes`, fails. Cleaning never lengthens text, so a reply
-/// within the bound stays within it.
+/// sequences and control characters are removed or replaced, not refused, and a reply over
+/// `max_bytes` (a model that ignored "stay under N characters") is cut to the bound on a char
+/// boundary, marked with `...`, rather than failing the compaction. So only a reply that is empty
+/// once cleaned fails. Content is never a reason to fail a compaction.
 pub(crate) fn accept_reply(reply: &str, max_bytes: usize) -> Result<String, Error> {
-    check_summary(&sanitize(reply), max_bytes)
+    let clean = sanitize(reply);
+    let text = clean.trim();
+    if text.len() > max_bytes && max_bytes > 3 {
+        tracing::warn!(bytes = text.len(), max_bytes, "summary over compaction.max_summary_bytes: cut to the bound");
+        return check_summary(&truncate_bytes(text, max_bytes), max_bytes);
+    }
+    check_summary(text, max_bytes)
 }
 
 /// Cuts `text` to at most `max` bytes on a char boundary, marking the cut.
