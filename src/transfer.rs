@@ -69,7 +69,7 @@ impl Session {
     pub async fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
         let view = self.engine().store().view();
         let head = view.head(self.id())?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
-        let io = |e: std::io::Error| Error::Storage { op: "export write", detail: e.to_string() };
+        let io = |e: std::io::Error| Error::storage("export write", e);
         // Events before the last deletion are gone; the log starts at the deletion itself.
         let mut from = head.base().max(Seq::new(1));
         let mut written = 0;
