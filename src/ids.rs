@@ -58,11 +58,7 @@ pub(crate) fn truncate_for_error(s: &str) -> String {
     if s.len() <= MAX {
         return s.to_string();
     }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &s[..end], s.len())
+    format!("{}... ({} bytes)", &s[..s.floor_char_boundary(MAX)], s.len())
 }
 
 impl TryFrom<String> for SessionId {
@@ -267,6 +263,16 @@ mod tests {
         for full in [Seq::MAX, Seq::new(u64::MAX)] {
             assert!(matches!(full.checked_next(), Err(Error::InvalidArgument { what: "seq", .. })));
         }
+    }
+
+    #[test]
+    fn long_inputs_are_cut_for_errors_on_a_char_boundary() {
+        assert_eq!(truncate_for_error("short"), "short");
+        // 27 three-byte chars: byte 80 falls inside the 27th, so the cut keeps 26 (78 bytes).
+        let euros = "\u{20ac}".repeat(27);
+        assert_eq!(truncate_for_error(&euros), format!("{}... (81 bytes)", "\u{20ac}".repeat(26)));
+        let ascii = "x".repeat(100);
+        assert_eq!(truncate_for_error(&ascii), format!("{}... (100 bytes)", "x".repeat(80)));
     }
 
     #[test]
