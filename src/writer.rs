@@ -249,8 +249,8 @@ fn guarded_commit(store: &Store, ops: &[Op], sync: bool) -> Result<(), Error> {
     })
 }
 
-/// The text of a panic payload, for the poison message.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The text of a panic payload, for the poison message and a panicked extraction's error.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
         (Some(s), _) => (*s).to_string(),
         (_, Some(s)) => s.clone(),
