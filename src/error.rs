@@ -118,12 +118,18 @@ pub enum Error {
 
     /// The storage layer failed. If it failed during a write the engine is now poisoned.
     /// Surface it; reopen the engine once the cause (disk full, I/O error) is fixed.
-    #[error("storage error during {op}: {detail}")]
+    ///
+    /// The text ends with the cause's own text, so one line tells the whole story; `source()`
+    /// returns the cause itself (a `fjall::Error`, a `std::io::Error`, ...) for callers that
+    /// inspect or downcast it.
+    #[error("storage error during {op}: {source}")]
     Storage {
         /// The operation that failed, such as `group commit`.
         op: &'static str,
-        /// What went wrong, as text: usually the storage layer's own error.
-        detail: String,
+        /// What went wrong: the storage layer's own error where there is one, else the engine's
+        /// account of the failure (a panic, a thread that could not start).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
     /// A stored record does not decode or breaks an invariant. Run `palimpsest audit`;
@@ -178,8 +184,55 @@ pub enum Error {
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A [`Error::Storage`] for `op`, caused by `cause` (an error, or a message when the failure
+    /// has no error of its own).
+    pub(crate) fn storage(
+        op: &'static str,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Storage { op, source: cause.into() }
+    }
+}
+
 impl From<std::convert::Infallible> for Error {
     fn from(never: std::convert::Infallible) -> Self {
         match never {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn error_is_send_and_sync() {
+        assert_send_sync::<Error>();
+    }
+
+    #[test]
+    fn storage_errors_keep_their_cause_as_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+        let e = Error::storage("group commit", io);
+        assert_eq!(e.to_string(), "storage error during group commit: disk full");
+        let source = std::error::Error::source(&e).expect("a storage error has a source");
+        let io = source.downcast_ref::<std::io::Error>().expect("the cause is the io::Error itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+    }
+
+    #[test]
+    fn a_storage_error_wrapping_another_keeps_the_whole_chain() {
+        let inner = Error::storage("commit", std::io::Error::other("EIO"));
+        let outer = Error::storage("group commit", inner);
+        assert_eq!(outer.to_string(), "storage error during group commit: storage error during commit: EIO");
+        let mut chain = Vec::new();
+        let mut next = std::error::Error::source(&outer);
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        assert_eq!(chain, ["storage error during commit: EIO", "EIO"]);
     }
 }

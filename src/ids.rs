@@ -58,11 +58,7 @@ pub(crate) fn truncate_for_error(s: &str) -> String {
     if s.len() <= MAX {
         return s.to_string();
     }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &s[..end], s.len())
+    format!("{}... ({} bytes)", &s[..s.floor_char_boundary(MAX)], s.len())
 }
 
 impl TryFrom<String> for SessionId {
@@ -170,7 +166,10 @@ impl fmt::Debug for Seq {
 
 /// The blake3 hash of a summary's UTF-8 bytes; summaries are stored once under it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SummaryHash(#[serde(with = "hash_bytes")] [u8; 32]);
+pub struct SummaryHash(
+    // A msgpack `bin 32` (`c4 20` then the bytes), not an array of 32 integers (SPEC section 3).
+    #[serde(with = "serde_bytes")] [u8; 32],
+);
 
 impl SummaryHash {
     /// Hashes a summary's text.
@@ -214,37 +213,6 @@ impl fmt::Debug for SummaryHash {
     }
 }
 
-/// Serializes the hash as a msgpack `bin` of 32 bytes rather than an array of 32 integers.
-mod hash_bytes {
-    use serde::de::Error as _;
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = [u8; 32];
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("32 bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<[u8; 32], E> {
-                v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
-                let mut out = [0u8; 32];
-                for (idx, b) in out.iter_mut().enumerate() {
-                    *b = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(idx, &self))?;
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_bytes(V).map_err(D::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +234,30 @@ mod tests {
         assert_eq!(Seq::new(Seq::MAX.get() - 1).checked_next().expect("room for one"), Seq::MAX);
         for full in [Seq::MAX, Seq::new(u64::MAX)] {
             assert!(matches!(full.checked_next(), Err(Error::InvalidArgument { what: "seq", .. })));
+        }
+    }
+
+    #[test]
+    fn long_inputs_are_cut_for_errors_on_a_char_boundary() {
+        assert_eq!(truncate_for_error("short"), "short");
+        // 27 three-byte chars: byte 80 falls inside the 27th, so the cut keeps 26 (78 bytes).
+        let euros = "\u{20ac}".repeat(27);
+        assert_eq!(truncate_for_error(&euros), format!("{}... (81 bytes)", "\u{20ac}".repeat(26)));
+        let ascii = "x".repeat(100);
+        assert_eq!(truncate_for_error(&ascii), format!("{}... (100 bytes)", "x".repeat(80)));
+    }
+
+    #[test]
+    fn a_summary_hash_is_stored_as_msgpack_bin_32() {
+        let h = SummaryHash::of("hello");
+        let bytes = rmp_serde::to_vec(&h).expect("encodes");
+        assert_eq!(bytes[..2], [0xc4, 0x20], "bin 8 with length 32");
+        assert_eq!(bytes[2..], *h.as_bytes());
+        assert_eq!(rmp_serde::from_slice::<SummaryHash>(&bytes).expect("decodes"), h);
+        for bad_len in [31u8, 33] {
+            let mut short = vec![0xc4, bad_len];
+            short.resize(2 + usize::from(bad_len), 7);
+            assert!(rmp_serde::from_slice::<SummaryHash>(&short).is_err(), "bin {bad_len} is not a hash");
         }
     }
 

@@ -90,7 +90,7 @@ impl Purger {
             std::thread::Builder::new()
                 .name("palimpsest-purge".to_string())
                 .spawn(move || purge_loop(&store, &committer, &rx, &stop, &pending))
-                .map_err(|e| Error::Storage { op: "start purge thread", detail: e.to_string() })?
+                .map_err(|e| Error::storage("start purge thread", e))?
         };
         let purger = Self { queue: Some(tx), stop, pending, thread: Some(thread) };
         if !unfinished.is_empty() {

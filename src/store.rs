@@ -100,7 +100,7 @@ pub(crate) struct Store {
 }
 
 fn storage(op: &'static str) -> impl Fn(fjall::Error) -> Error {
-    move |e| Error::Storage { op, detail: format!("{e:?}") }
+    move |e| Error::storage(op, e)
 }
 
 impl Store {
@@ -118,7 +118,7 @@ impl Store {
             fjall::Error::InvalidVersion(v) => {
                 Error::NotADatabase { path: path.to_path_buf(), reason: format!("unsupported fjall format {v:?}") }
             }
-            other => Error::Storage { op: "open", detail: format!("{other:?}") },
+            other => Error::storage("open", other),
         })?;
         // A bounded memtable bounds what journal recovery must replay into memory at open, and
         // so the memory a restarted engine needs, whatever the sessions' lengths.

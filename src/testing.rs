@@ -149,7 +149,7 @@ mod enabled {
                 *armed = None;
             }
             self.fired.fetch_add(1, Ordering::SeqCst);
-            Err(Error::Storage { op: "injected fault", detail: format!("{point:?}") })
+            Err(Error::storage("injected fault", format!("{point:?}")))
         }
     }
 }

@@ -15,8 +15,10 @@
 //! accepted only into an empty session (where the whole log is in the file, so they can be
 //! checked), which is what a round trip needs; seqs must leave [`IMPORT_HEADROOM_EVENTS`] of room.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use crate::audit::Replayer;
@@ -69,7 +71,7 @@ impl Session {
     pub async fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
         let view = self.engine().store().view();
         let head = view.head(self.id())?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
-        let io = |e: std::io::Error| Error::Storage { op: "export write", detail: e.to_string() };
+        let io = |e: std::io::Error| Error::storage("export write", e);
         // Events before the last deletion are gone; the log starts at the deletion itself.
         let mut from = head.base().max(Seq::new(1));
         let mut written = 0;
@@ -285,137 +287,268 @@ fn message_to_json(m: &Message) -> Value {
     Value::Object(map)
 }
 
-fn parse_line(number: usize, raw: &str) -> Result<Line, Error> {
-    let bad = |reason: String| invalid(number, reason);
-    let value: Value = serde_json::from_str(raw).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let Value::Object(obj) = value else { return Err(bad("not a JSON object".to_string())) };
-    let seq = opt_u64(&obj, "seq").map_err(&bad)?.map(Seq::new);
-    let at_ms = opt_u64(&obj, "at_ms").map_err(&bad)?;
-    let kind_name = match obj.get("type") {
-        None => "message",
-        Some(Value::String(t)) => t.as_str(),
-        Some(other) => return Err(bad(format!("\"type\" must be a string, not {other}"))),
-    };
-    let mut summary = None;
-    let kind = match kind_name {
-        "message" => EventKind::MessageAppended(parse_message(&obj).map_err(&bad)?),
-        "compaction_spliced" => {
-            let text = req_str(&obj, "summary").map_err(&bad)?.to_string();
-            let hash = SummaryHash::of(&text);
-            if let Some(given) = obj.get("summary_hash") {
-                let given = given.as_str().ok_or_else(|| bad("\"summary_hash\" must be a string".to_string()))?;
-                if SummaryHash::from_hex(given).ok() != Some(hash) {
-                    return Err(bad(format!("summary_hash {given} is not the blake3 hash of the summary")));
-                }
-            }
-            let splice = Splice {
-                upto: Seq::new(req_u64(&obj, "upto").map_err(&bad)?),
-                previous_upto: Seq::new(req_u64(&obj, "previous_upto").map_err(&bad)?),
-                summary_hash: hash,
-                n_messages: opt_u64(&obj, "n_messages").map_err(&bad)?.unwrap_or(0),
-                summary_bytes: text.len() as u64,
-                summarizer: obj.get("summarizer").and_then(Value::as_str).unwrap_or("import").to_string(),
-            };
-            summary = Some(text);
-            EventKind::CompactionSpliced(splice)
-        }
-        "episode_boundary" => {
-            let reason: BoundaryReason = serde_json::from_value(obj.get("reason").cloned().unwrap_or(Value::Null))
-                .map_err(|e| bad(format!("\"reason\": {e}")))?;
-            EventKind::EpisodeBoundary { episode: req_u64(&obj, "episode").map_err(&bad)?, reason }
-        }
-        "memories_extracted" => EventKind::MemoriesExtracted {
-            namespace: req_str(&obj, "namespace").map_err(&bad)?.to_string(),
-            from: Seq::new(req_u64(&obj, "from").map_err(&bad)?),
-            upto: Seq::new(req_u64(&obj, "upto").map_err(&bad)?),
-            n_memories: req_u64(&obj, "n_memories").map_err(&bad)?,
-        },
-        "session_deleted" => EventKind::SessionDeleted {
-            n_events_removed: opt_u64(&obj, "n_events_removed").map_err(&bad)?.unwrap_or(0),
-        },
-        other => return Err(bad(format!("unknown type {other:?}"))),
-    };
-    Ok(Line { number, seq, at_ms, kind, summary })
+/// The `type` of a line. A line without one is an OpenAI chat message.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum LineType {
+    Message,
+    CompactionSpliced,
+    EpisodeBoundary,
+    MemoriesExtracted,
+    SessionDeleted,
 }
 
-fn parse_message(obj: &Map<String, Value>) -> Result<Message, String> {
-    let role: Role = req_str(obj, "role")?.parse().map_err(|e: Error| strip_index(&e))?;
-    let content = match obj.get("content") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(format!("\"content\" must be a string or null, not {}", type_name(other))),
-    };
-    let mut tool_calls = Vec::new();
-    match obj.get("tool_calls") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(calls)) => {
-            for (idx, call) in calls.iter().enumerate() {
-                let Value::Object(call) = call else { return Err(format!("tool_calls[{idx}] is not an object")) };
-                let function = match call.get("function") {
-                    Some(Value::Object(f)) => f,
-                    _ => return Err(format!("tool_calls[{idx}] has no \"function\" object")),
-                };
-                let arguments = match function.get("arguments") {
-                    None | Some(Value::Null) => String::new(),
-                    Some(Value::String(s)) => s.clone(),
-                    // Some providers send arguments as an object; keep it as JSON text.
-                    Some(other) => other.to_string(),
-                };
-                tool_calls.push(ToolCall::new(
-                    req_str(call, "id").map_err(|e| format!("tool_calls[{idx}]: {e}"))?,
-                    req_str(function, "name").map_err(|e| format!("tool_calls[{idx}].function: {e}"))?,
-                    arguments,
-                ));
-            }
-        }
-        Some(other) => return Err(format!("\"tool_calls\" must be an array, not {}", type_name(other))),
+/// The fields every line may carry.
+#[derive(Deserialize)]
+struct Stamp {
+    seq: Option<u64>,
+    at_ms: Option<u64>,
+}
+
+/// An OpenAI chat message; unknown fields (`name`, `refusal`, ...) are ignored.
+#[derive(Deserialize)]
+struct MessageLine {
+    role: String,
+    content: Option<String>,
+    tool_calls: Option<Vec<CallLine>>,
+    tool_call_id: Option<String>,
+    created_at_ms: Option<u64>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct CallLine {
+    id: String,
+    function: FunctionLine,
+}
+
+#[derive(Deserialize)]
+struct FunctionLine {
+    name: String,
+    /// Usually JSON text; some providers send an object, which is kept as JSON text.
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct SpliceLine {
+    summary: String,
+    /// Optional, but a string when present: it must be the hash of `summary`.
+    #[serde(default, deserialize_with = "present")]
+    summary_hash: Option<String>,
+    upto: u64,
+    previous_upto: u64,
+    n_messages: Option<u64>,
+    /// Anything but a string reads as `import`.
+    summarizer: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct BoundaryLine {
+    episode: u64,
+    reason: BoundaryReason,
+}
+
+#[derive(Deserialize)]
+struct MemoriesLine {
+    namespace: String,
+    from: u64,
+    upto: u64,
+    n_memories: u64,
+}
+
+#[derive(Deserialize)]
+struct DeletionLine {
+    n_events_removed: Option<u64>,
+}
+
+/// A field that may be absent but, when present, must hold a value (null is refused).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Deserializes `value` as `T`; an error names the field at fault (`tool_calls[0].id: ...`).
+fn fields<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
+        "." => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    })
+}
+
+fn parse_line(number: usize, raw: &str) -> Result<Line, Error> {
+    let bad = |reason: String| invalid(number, reason);
+    // Parsed to a `Value` first so a repeated key reads as its last value, as in any JSON object.
+    let value: Value = serde_json::from_str(raw).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(bad("not a JSON object".to_string()));
     }
-    let tool_call_id = match obj.get("tool_call_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => return Err(format!("\"tool_call_id\" must be a string, not {}", type_name(other))),
+    let Stamp { seq, at_ms } = fields(&value).map_err(&bad)?;
+    let line_type = match value.get("type") {
+        None => LineType::Message,
+        Some(_) => fields(&value).map_err(&bad)?,
     };
-    let mut message = Message { tool_calls, tool_call_id, ..Message::new(role, content) };
-    message.created_at_ms = opt_u64(obj, "created_at_ms")?.unwrap_or(0);
-    match obj.get("metadata") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(meta)) => {
-            for (k, v) in meta {
-                let v = v.as_str().ok_or_else(|| format!("metadata {k:?} must be a string"))?;
-                message.metadata.insert(k.clone(), v.to_string());
+    let mut summary = None;
+    let kind = match line_type {
+        LineType::Message => EventKind::MessageAppended(to_message(fields(&value).map_err(&bad)?).map_err(&bad)?),
+        LineType::CompactionSpliced => {
+            let line: SpliceLine = fields(&value).map_err(&bad)?;
+            let hash = SummaryHash::of(&line.summary);
+            if let Some(given) = line.summary_hash
+                && SummaryHash::from_hex(&given).ok() != Some(hash)
+            {
+                return Err(bad(format!("summary_hash {given} is not the blake3 hash of the summary")));
             }
+            let splice = Splice {
+                upto: Seq::new(line.upto),
+                previous_upto: Seq::new(line.previous_upto),
+                summary_hash: hash,
+                n_messages: line.n_messages.unwrap_or(0),
+                summary_bytes: line.summary.len() as u64,
+                summarizer: line.summarizer.as_ref().and_then(Value::as_str).unwrap_or("import").to_string(),
+            };
+            summary = Some(line.summary);
+            EventKind::CompactionSpliced(splice)
         }
-        Some(other) => return Err(format!("\"metadata\" must be an object, not {}", type_name(other))),
-    }
+        LineType::EpisodeBoundary => {
+            let BoundaryLine { episode, reason } = fields(&value).map_err(&bad)?;
+            EventKind::EpisodeBoundary { episode, reason }
+        }
+        LineType::MemoriesExtracted => {
+            let MemoriesLine { namespace, from, upto, n_memories } = fields(&value).map_err(&bad)?;
+            EventKind::MemoriesExtracted { namespace, from: Seq::new(from), upto: Seq::new(upto), n_memories }
+        }
+        LineType::SessionDeleted => {
+            let DeletionLine { n_events_removed } = fields(&value).map_err(&bad)?;
+            EventKind::SessionDeleted { n_events_removed: n_events_removed.unwrap_or(0) }
+        }
+    };
+    Ok(Line { number, seq: seq.map(Seq::new), at_ms, kind, summary })
+}
+
+fn to_message(line: MessageLine) -> Result<Message, String> {
+    let role: Role = line.role.parse().map_err(|e: Error| strip_index(&e))?;
+    let tool_calls = line
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|call| {
+            let arguments = match call.function.arguments {
+                None => String::new(),
+                Some(Value::String(s)) => s,
+                Some(other) => other.to_string(),
+            };
+            ToolCall::new(call.id, call.function.name, arguments)
+        })
+        .collect();
+    let mut message =
+        Message { tool_calls, tool_call_id: line.tool_call_id, ..Message::new(role, line.content.unwrap_or_default()) };
+    message.created_at_ms = line.created_at_ms.unwrap_or(0);
+    message.metadata = line.metadata.unwrap_or_default();
     Ok(message)
 }
 
-fn req_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
-    match obj.get(field) {
-        Some(Value::String(s)) => Ok(s),
-        None | Some(Value::Null) => Err(format!("missing \"{field}\"")),
-        Some(other) => Err(format!("\"{field}\" must be a string, not {}", type_name(other))),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(raw: &str) -> String {
+        match parse_line(7, raw) {
+            Err(Error::InvalidImport { line: 7, reason }) => reason,
+            Err(other) => panic!("{raw}: not an import error: {other}"),
+            Ok(_) => panic!("{raw}: accepted"),
+        }
     }
-}
 
-fn req_u64(obj: &Map<String, Value>, field: &str) -> Result<u64, String> {
-    opt_u64(obj, field)?.ok_or_else(|| format!("missing \"{field}\""))
-}
-
-fn opt_u64(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, String> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| format!("\"{field}\" must be a non-negative integer, not {v}")),
+    fn message(raw: &str) -> Message {
+        match parse_line(1, raw).unwrap_or_else(|e| panic!("{raw}: {e}")).kind {
+            EventKind::MessageAppended(m) => m,
+            other => panic!("{raw}: not a message: {other:?}"),
+        }
     }
-}
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+    #[test]
+    fn each_refused_line_names_the_field_at_fault() {
+        let rows = [
+            ("{oops", "not JSON: key must be a string at line 1 column 2"),
+            ("[1]", "not a JSON object"),
+            (r#"{"role":"user","content":[]}"#, "content: invalid type: sequence, expected a string"),
+            (r#"{"content":"x"}"#, "missing field `role`"),
+            (r#"{"role":null}"#, "role: invalid type: null, expected a string"),
+            (r#"{"role":"robot"}"#, "unknown role \"robot\" (expected system, user, assistant or tool)"),
+            (r#"{"role":"user","seq":-1}"#, "seq: invalid value: integer `-1`, expected u64"),
+            (r#"{"role":"user","at_ms":1.5}"#, "at_ms: invalid type: floating point `1.5`, expected u64"),
+            (
+                r#"{"role":"assistant","tool_calls":[{"id":3,"function":{"name":"f"}}]}"#,
+                "tool_calls[0].id: invalid type: integer `3`, expected a string",
+            ),
+            (r#"{"role":"assistant","tool_calls":[{"id":"c"}]}"#, "tool_calls[0]: missing field `function`"),
+            (r#"{"role":"assistant","tool_calls":{}}"#, "tool_calls: invalid type: map, expected a sequence"),
+            (r#"{"role":"user","metadata":{"k":1}}"#, "metadata.k: invalid type: integer `1`, expected a string"),
+            (r#"{"type":7}"#, "type: invalid type: integer `7`, expected variant identifier"),
+            (r#"{"type":null,"role":"user"}"#, "type: invalid type: null, expected variant identifier"),
+            (
+                r#"{"type":"nap"}"#,
+                "type: unknown variant `nap`, expected one of `message`, `compaction_spliced`, `episode_boundary`, `memories_extracted`, `session_deleted`",
+            ),
+            (r#"{"type":"compaction_spliced","upto":1,"previous_upto":0}"#, "missing field `summary`"),
+            (
+                r#"{"type":"compaction_spliced","summary":"s","summary_hash":null,"upto":1,"previous_upto":0}"#,
+                "summary_hash: invalid type: null, expected a string",
+            ),
+            (
+                r#"{"type":"compaction_spliced","summary":"s","summary_hash":"00","upto":1,"previous_upto":0}"#,
+                "summary_hash 00 is not the blake3 hash of the summary",
+            ),
+            (r#"{"type":"episode_boundary","episode":1}"#, "missing field `reason`"),
+            (
+                r#"{"type":"episode_boundary","episode":1,"reason":"bored"}"#,
+                "reason: unknown variant `bored`, expected one of `classified`, `turn_cap`, `classifier_fallback`, `explicit`",
+            ),
+            (r#"{"type":"memories_extracted","namespace":"n","from":0,"upto":2}"#, "missing field `n_memories`"),
+            (
+                r#"{"type":"session_deleted","n_events_removed":"all"}"#,
+                "n_events_removed: invalid type: string \"all\", expected u64",
+            ),
+        ];
+        for (raw, expected) in rows {
+            assert_eq!(refusal(raw), expected, "{raw}");
+        }
+    }
+
+    #[test]
+    fn plain_openai_messages_and_their_optional_fields_are_read() {
+        let m = message(
+            r#"{"role":"assistant","content":null,"refusal":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"ls","arguments":{"path":"/"}}},{"id":"c2","function":{"name":"pwd","arguments":null}}]}"#,
+        );
+        assert_eq!(m.role, Role::Assistant);
+        assert_eq!(m.content, "");
+        assert_eq!(m.tool_calls, [ToolCall::new("c1", "ls", r#"{"path":"/"}"#), ToolCall::new("c2", "pwd", "")]);
+        let m = message(
+            r#"{"type":"message","role":"tool","content":"ok","tool_call_id":"c1","created_at_ms":5,"metadata":{"k":"v"}}"#,
+        );
+        assert_eq!(
+            (m.tool_call_id.as_deref(), m.created_at_ms, m.metadata.get("k").map(String::as_str)),
+            (Some("c1"), 5, Some("v"))
+        );
+        // A repeated key reads as its last value, as in any JSON object.
+        assert_eq!(message(r#"{"role":"robot","role":"user","content":"a","content":"b"}"#).content, "b");
+        // Null optional fields read as absent.
+        let m = message(
+            r#"{"role":"user","content":"x","tool_calls":null,"tool_call_id":null,"metadata":null,"created_at_ms":null,"seq":null,"at_ms":null}"#,
+        );
+        assert!(m.tool_calls.is_empty() && m.tool_call_id.is_none() && m.metadata.is_empty());
+    }
+
+    #[test]
+    fn event_lines_read_their_fields_and_defaults() {
+        let line = parse_line(1, r#"{"type":"compaction_spliced","seq":4,"at_ms":9,"upto":3,"previous_upto":0,"summary":"s","summarizer":12}"#)
+            .expect("a splice line");
+        assert_eq!((line.seq, line.at_ms, line.summary.as_deref()), (Some(Seq::new(4)), Some(9), Some("s")));
+        let EventKind::CompactionSpliced(splice) = line.kind else { panic!("not a splice") };
+        assert_eq!(
+            (splice.summarizer.as_str(), splice.n_messages, splice.summary_hash),
+            ("import", 0, SummaryHash::of("s"))
+        );
+        let deleted = parse_line(1, r#"{"type":"session_deleted"}"#).expect("a deletion line").kind;
+        assert_eq!(deleted, EventKind::SessionDeleted { n_events_removed: 0 });
     }
 }

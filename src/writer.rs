@@ -69,7 +69,7 @@ impl Writer {
                 let thread = std::thread::Builder::new()
                     .name("palimpsest-group-commit".to_string())
                     .spawn(move || group_commit_loop(&store, &rx, &poisoned, max_ops))
-                    .map_err(|e| Error::Storage { op: "start writer thread", detail: e.to_string() })?;
+                    .map_err(|e| Error::storage("start writer thread", e))?;
                 (Some(tx), Some(thread))
             }
         };
@@ -187,16 +187,36 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
             tracing::error!(error = %e, "group commit failed: engine poisoned until reopened");
         }
         tracing::trace!(requests = group.len(), n_ops, ok = result.is_ok(), "group committed");
+        // Every request of the group fails with the one cause, shared.
+        let failure = result.err().map(Arc::new);
         for req in group {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(Error::Poisoned) => Err(Error::Poisoned),
-                Err(e) => Err(Error::Storage { op: "group commit", detail: e.to_string() }),
+            let outcome = match &failure {
+                None => Ok(()),
+                Some(e) if matches!(**e, Error::Poisoned) => Err(Error::Poisoned),
+                Some(e) => Err(Error::storage("group commit", SharedCause(Arc::clone(e)))),
             };
             // The caller may have gone (timed out or cancelled); the outcome then stands on the
             // disk and, if it failed, in the poison. Dropping `req` releases its hold and permit.
             let _ = req.ack.send(outcome);
         }
+    }
+}
+
+/// One failed commit's error, shared by every request of its group. It reads as the error itself
+/// and its `source()` is the error's own source, so the chain below it (down to fjall's or the OS's
+/// error) is whole.
+#[derive(Debug)]
+struct SharedCause(Arc<Error>);
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
     }
 }
 
@@ -225,12 +245,12 @@ impl Committer {
 fn guarded_commit(store: &Store, ops: &[Op], sync: bool) -> Result<(), Error> {
     catch_unwind(AssertUnwindSafe(|| store.commit(ops, sync))).unwrap_or_else(|panic| {
         let what = panic_message(panic.as_ref());
-        Err(Error::Storage { op: "commit", detail: format!("the commit panicked: {what}") })
+        Err(Error::storage("commit", format!("the commit panicked: {what}")))
     })
 }
 
-/// The text of a panic payload, for the poison message.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The text of a panic payload, for the poison message and a panicked extraction's error.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
         (Some(s), _) => (*s).to_string(),
         (_, Some(s)) => s.clone(),

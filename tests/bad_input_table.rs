@@ -250,7 +250,7 @@ async fn every_bad_input_gets_its_exact_error_and_changes_nothing() {
         (
             "import: content parts array",
             Box::pin(async { s.import_jsonl(r#"{"role":"user","content":[]}"#).await.map(drop) }),
-            "import line 1: \"content\" must be a string or null, not an array",
+            "import line 1: content: invalid type: sequence, expected a string",
         ),
         (
             "import: splice into a live session",

@@ -416,11 +416,7 @@ async fn serve_echo() -> (String, Arc<AtomicUsize>) {
                     .and_then(|rest| rest.split(' ').next())
                     .and_then(|n| n.parse().ok())
                     .expect("the prompt states its size limit");
-                let mut cut = limit - 64;
-                while !prompt.is_char_boundary(cut.min(prompt.len())) {
-                    cut -= 1;
-                }
-                let echo = &prompt[..cut.min(prompt.len())];
+                let echo = &prompt[..prompt.floor_char_boundary(limit - 64)];
                 let mut reply = String::from("\x1b]0;model\x07\x1b[1;32mSummary:\x1b[0m\x07\0\u{85}\r\n");
                 for line in echo.lines() {
                     reply.push_str(&format!("\x1b[2m{line}\x1b[0m\r\n"));

@@ -87,7 +87,16 @@ async fn move_the_fault_forward(point: FaultPoint, durability: Durability, op: O
             return after;
         }
         match &result {
-            Err(Error::Storage { .. }) | Err(Error::Poisoned) => {}
+            Err(e @ Error::Storage { .. }) => {
+                // The error keeps its cause: its source chain ends at the injected fault itself,
+                // through a group commit's wrapping too.
+                let mut innermost: &dyn std::error::Error = e;
+                while let Some(next) = innermost.source() {
+                    innermost = next;
+                }
+                assert_eq!(innermost.to_string(), format!("{point:?}"), "{point:?}/{op:?}: {e}");
+            }
+            Err(Error::Poisoned) => {}
             other => panic!("{point:?}/{op:?} after {after}: expected a storage error, got {other:?}"),
         }
         assert!(engine.is_poisoned(), "{point:?}/{op:?}: a failed write poisons the engine");

@@ -27,9 +27,7 @@ pub enum GcStage {
 
 /// Runs blocking store work (scans, audits) on tokio's blocking pool, off the async workers.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Storage { op: "orphan-blob scan", detail: format!("the scanning task failed: {e}") })?
+    tokio::task::spawn_blocking(work).await.map_err(|e| Error::storage("orphan-blob scan", e))?
 }
 
 /// A test's hook, awaited at each [`GcStage`].

@@ -15,14 +15,12 @@
 //! unwinds hands its queue on (see `WorkerGuard`), so a panic never leaves an entry behind.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -40,6 +38,7 @@ use crate::keys;
 use crate::store::{Ks, Op};
 use crate::summarizer::truncate_bytes;
 use crate::view::messages_of;
+use crate::writer::panic_message;
 
 /// Sessions whose last extraction error is kept; the oldest is forgotten first.
 pub const MAX_ERRORS_KEPT: usize = 1_024;
@@ -367,6 +366,11 @@ impl Extractions {
     }
 
     /// See [`Engine::drain`].
+    ///
+    /// Not a `tokio_util` `TaskTracker` and `CancellationToken`: a drain is not a shutdown (work
+    /// may be scheduled during and after it), while a tracker's `wait` needs it closed and a token
+    /// cancels once for good, and the queued-and-running counts the report and the guards show
+    /// would still be kept here.
     pub(crate) async fn drain(&self, timeout: Duration, cancel_on_timeout: bool) -> DrainReport {
         let deadline = Instant::now() + timeout;
         loop {
@@ -407,29 +411,6 @@ impl Extractions {
         let cancelled = crate::guard::stats::get(&self.counters.extractions_cancelled).saturating_sub(cancelled_before);
         tracing::warn!(cancelled, "drain cancelled background memory extractions");
         DrainReport { left: self.outstanding(), cancelled }
-    }
-}
-
-/// Polls a future, turning a panic inside it into `Err(message)`.
-struct CatchPanic<F>(F);
-
-impl<F: Future + Unpin> Future for CatchPanic<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-text panic".to_string());
-                Poll::Ready(Err(message))
-            }
-        }
     }
 }
 
@@ -480,9 +461,9 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
         let _permit =
             guards.budget.acquire(inner.extractions.timeout, "a background model permit", &guards.counters).await?;
         // A panic in the extractor (caller-supplied code) fails this job, not the session's worker.
-        CatchPanic(inner.extractor.extract(input)).await.map_err(|panic| Error::Summarizer {
+        AssertUnwindSafe(inner.extractor.extract(input)).catch_unwind().await.map_err(|panic| Error::Summarizer {
             status: None,
-            message: format!("the extractor panicked: {panic}"),
+            message: format!("the extractor panicked: {}", panic_message(panic.as_ref())),
         })??
     };
     let texts = normalize(texts);
