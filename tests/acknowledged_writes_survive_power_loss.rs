@@ -382,5 +382,6 @@ fn parent() {
         dropped_bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
+    println!("powerloss (engine): {}", rig.model_summary());
     println!("test result: ok. 1 passed; 0 failed");
 }

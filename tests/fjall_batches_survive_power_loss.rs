@@ -229,6 +229,7 @@ fn parent() {
         failures.len(),
         started.elapsed().as_secs_f64()
     );
+    println!("powerloss (raw fjall): {}", rig.model_summary());
     assert!(failures.is_empty(), "raw fjall lost data or atomicity across power cuts:\n{}", failures.join("\n"));
     println!("test result: ok. 1 passed; 0 failed");
 }
