@@ -30,6 +30,8 @@ pub struct Rig {
     pub model: Model,
     /// Directory operations the cuts undid, and undos that failed (`strict_dirs`).
     reverted: Cell<(u64, u64)>,
+    /// Files the cuts left zero-filled past their durable data (`delalloc`).
+    zero_filled: Cell<u64>,
     _backing: tempfile::TempDir,
     _mountpoint: tempfile::TempDir,
 }
@@ -48,13 +50,25 @@ impl Rig {
             .expect("PALIMPSEST_POWERLOSS_MODEL");
         let mount =
             Mount::with_model(backing.path(), mountpoint.path(), model).expect("mount the power-loss file system");
-        Self { mount, model, reverted: Cell::new((0, 0)), _backing: backing, _mountpoint: mountpoint }
+        Self {
+            mount,
+            model,
+            reverted: Cell::new((0, 0)),
+            zero_filled: Cell::new(0),
+            _backing: backing,
+            _mountpoint: mountpoint,
+        }
     }
 
     /// The disk model and what its cuts did to directories, for the summary line.
     pub fn model_summary(&self) -> String {
         let (reverted, errors) = self.reverted.get();
-        format!("model {:?}, {reverted} directory operations undone by cuts ({errors} undos failed)", self.model)
+        format!(
+            "model {:?}, {reverted} directory operations undone by cuts ({errors} undos failed), {} files left \
+             zero-filled past their durable data",
+            self.model,
+            self.zero_filled.get()
+        )
     }
 
     /// Cuts the power inside the file system right after `writes` more file writes, so the cut
@@ -68,6 +82,7 @@ impl Rig {
         };
         let (reverted, errors) = self.reverted.get();
         self.reverted.set((reverted + report.entries_reverted, errors + report.revert_errors));
+        self.zero_filled.set(self.zero_filled.get() + report.zero_filled_files);
         report
     }
 

@@ -354,6 +354,10 @@ impl State {
         };
         for (ino, overlay) in overlays {
             report.dirty_bytes += overlay.dirty_bytes();
+            if self.model.delalloc {
+                let durable_len = self.paths.get(&ino).and_then(|rel| std::fs::metadata(self.abs(rel)).ok());
+                report.zero_filled_files += u64::from(durable_len.is_some_and(|m| m.len() > overlay.floor()));
+            }
             let Some(state) = rng.as_mut() else { continue };
             let Some(rel) = self.paths.get(&ino) else { continue };
             let mut keep = || {

@@ -99,6 +99,8 @@ pub struct CutReport {
     pub dirty_bytes: u64,
     /// Torn write-backs that failed (the file had vanished); their pages are lost, as in `DropAll`.
     pub torn_write_errors: u64,
+    /// Files the cut left longer than their durable data, zero-filled past it ([`Model::delalloc`]).
+    pub zero_filled_files: u64,
     /// Directory operations undone ([`Model::strict_dirs`]).
     pub entries_reverted: u64,
     /// Undos that could not be applied (a later durable operation had moved the entry away).
