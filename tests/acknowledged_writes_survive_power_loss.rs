@@ -20,7 +20,8 @@
 //!
 //! `harness = false`: the binary is parent, writer and verifier (chosen by env vars).
 //! `PALIMPSEST_POWERLOSS_ROUNDS` sets the number of cuts (default 200) for soaks;
-//! `PALIMPSEST_POWERLOSS_SEED` replays a run.
+//! `PALIMPSEST_POWERLOSS_SEED` replays a run; `PALIMPSEST_POWERLOSS_MODEL` (`strict_dirs`, `delalloc`,
+//! or both comma-separated; see `powerloss::Model`) picks a stricter disk.
 
 mod common;
 mod powerloss_common;

@@ -598,10 +598,10 @@ impl Filesystem for PowerLossFs {
                 return Err(Errno::EACCES);
             }
             let mut replaced = None;
-            if s.model.strict_dirs {
-                if let Ok(meta) = std::fs::symlink_metadata(s.abs(&to)) {
-                    replaced = s.remove_entry(&to, meta.is_dir())?;
-                }
+            if s.model.strict_dirs
+                && let Ok(meta) = std::fs::symlink_metadata(s.abs(&to))
+            {
+                replaced = s.remove_entry(&to, meta.is_dir())?;
             }
             if let Err(e) = std::fs::rename(s.abs(&from), s.abs(&to)) {
                 if let Some(trash) = &replaced {
@@ -797,9 +797,8 @@ impl Filesystem for PowerLossFs {
         let done = s.check_power().and_then(|()| {
             let state = &mut *s;
             let (_, file) = state.handles.get(&fh.0).ok_or(Errno::EBADF)?;
-            match state.overlays.remove(&ino.0) {
-                Some(overlay) => overlay.sync(file).map_err(errno)?,
-                None => {}
+            if let Some(overlay) = state.overlays.remove(&ino.0) {
+                overlay.sync(file).map_err(errno)?;
             }
             state.commit_sizes(Some(ino.0));
             Ok(())
