@@ -272,7 +272,7 @@ struct Dump {
 }
 
 fn verify(db: &Path, expected: &mut Expected, round: u64, why: &str) -> u64 {
-    let lines = Child::spawn(&[(VERIFIER_ENV, db.display().to_string()), memtable_env()]).finish(round);
+    let lines = Child::spawn_verifier(&[(VERIFIER_ENV, db.display().to_string()), memtable_env()]).finish(round);
     let mut dump = Dump::default();
     let mut audited = false;
     for line in &lines {

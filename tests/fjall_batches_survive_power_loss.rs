@@ -189,7 +189,7 @@ fn parent() {
             acks += 1;
         }
         let why = format!("round {round}, {cut:?}, {} acks, seed {seed0}", lines.len());
-        let report = Child::spawn(&[(VERIFIER_ENV, db.display().to_string())]).finish(round);
+        let report = Child::spawn_verifier(&[(VERIFIER_ENV, db.display().to_string())]).finish(round);
         let mut problems = Vec::new();
         let mut heads: BTreeMap<String, u64> = BTreeMap::new();
         let mut spans: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();

@@ -100,11 +100,21 @@ pub struct Child {
 
 impl Child {
     pub fn spawn(env: &[(&str, String)]) -> Self {
+        Self::spawn_with_stderr(env, Stdio::null())
+    }
+
+    /// A verifier: its stderr reaches the test's, so a verifier that dies (a panic in recovery,
+    /// an abort) says why instead of leaving an empty report.
+    pub fn spawn_verifier(env: &[(&str, String)]) -> Self {
+        Self::spawn_with_stderr(env, Stdio::inherit())
+    }
+
+    fn spawn_with_stderr(env: &[(&str, String)], stderr: Stdio) -> Self {
         let mut command = Command::new(std::env::current_exe().expect("exe"));
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn child");
+        let mut child = command.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn child");
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         let reader = std::thread::spawn(move || {
