@@ -20,7 +20,8 @@
 //!
 //! `harness = false`: the binary is parent, writer and verifier (chosen by env vars).
 //! `PALIMPSEST_POWERLOSS_ROUNDS` sets the number of cuts (default 200) for soaks;
-//! `PALIMPSEST_POWERLOSS_SEED` replays a run.
+//! `PALIMPSEST_POWERLOSS_SEED` replays a run; `PALIMPSEST_POWERLOSS_MODEL` (`strict_dirs`, `delalloc`,
+//! or both comma-separated; see `powerloss::Model`) picks a stricter disk.
 
 mod common;
 mod powerloss_common;
@@ -271,7 +272,7 @@ struct Dump {
 }
 
 fn verify(db: &Path, expected: &mut Expected, round: u64, why: &str) -> u64 {
-    let lines = Child::spawn(&[(VERIFIER_ENV, db.display().to_string()), memtable_env()]).finish(round);
+    let lines = Child::spawn_verifier(&[(VERIFIER_ENV, db.display().to_string()), memtable_env()]).finish(round);
     let mut dump = Dump::default();
     let mut audited = false;
     for line in &lines {
@@ -382,5 +383,6 @@ fn parent() {
         dropped_bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
+    println!("powerloss (engine): {}", rig.model_summary());
     println!("test result: ok. 1 passed; 0 failed");
 }

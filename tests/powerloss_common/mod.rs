@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use powerloss::{Cut, CutReport, Mount};
+use std::cell::Cell;
+
+use powerloss::{Cut, CutReport, Model, Mount};
 
 /// Longest a child may stay silent before the harness calls it stuck.
 pub const CHILD_SILENCE_LIMIT: Duration = Duration::from_secs(120);
@@ -23,6 +25,13 @@ pub const MAX_WRITES_BEFORE_CUT: u64 = 64;
 /// fsync time, never fsynced itself), with the temp dirs it lives in.
 pub struct Rig {
     pub mount: Mount,
+    /// The disk model, from `PALIMPSEST_POWERLOSS_MODEL` (`strict_dirs`, `delalloc`, both
+    /// comma-separated; default: neither).
+    pub model: Model,
+    /// Directory operations the cuts undid, and undos that failed (`strict_dirs`).
+    reverted: Cell<(u64, u64)>,
+    /// Files the cuts left zero-filled past their durable data (`delalloc`).
+    zero_filled: Cell<u64>,
     _backing: tempfile::TempDir,
     _mountpoint: tempfile::TempDir,
 }
@@ -37,8 +46,29 @@ impl Rig {
             tempfile::tempdir().expect("backing dir")
         };
         let mountpoint = tempfile::tempdir().expect("mount point");
-        let mount = Mount::new(backing.path(), mountpoint.path()).expect("mount the power-loss file system");
-        Self { mount, _backing: backing, _mountpoint: mountpoint }
+        let model = Model::parse(&std::env::var("PALIMPSEST_POWERLOSS_MODEL").unwrap_or_default())
+            .expect("PALIMPSEST_POWERLOSS_MODEL");
+        let mount =
+            Mount::with_model(backing.path(), mountpoint.path(), model).expect("mount the power-loss file system");
+        Self {
+            mount,
+            model,
+            reverted: Cell::new((0, 0)),
+            zero_filled: Cell::new(0),
+            _backing: backing,
+            _mountpoint: mountpoint,
+        }
+    }
+
+    /// The disk model and what its cuts did to directories, for the summary line.
+    pub fn model_summary(&self) -> String {
+        let (reverted, errors) = self.reverted.get();
+        format!(
+            "model {:?}, {reverted} directory operations undone by cuts ({errors} undos failed), {} files left \
+             zero-filled past their durable data",
+            self.model,
+            self.zero_filled.get()
+        )
     }
 
     /// Cuts the power inside the file system right after `writes` more file writes, so the cut
@@ -46,10 +76,14 @@ impl Rig {
     /// written), then waits for it; if no write comes within the silence limit, cuts at once.
     pub fn cut_mid_work(&self, cut: Cut, writes: u64) -> CutReport {
         self.mount.arm_cut(cut, writes);
-        match self.mount.wait_for_armed_cut(CHILD_SILENCE_LIMIT) {
+        let report = match self.mount.wait_for_armed_cut(CHILD_SILENCE_LIMIT) {
             Some(report) => report,
             None => self.mount.cut(cut),
-        }
+        };
+        let (reverted, errors) = self.reverted.get();
+        self.reverted.set((reverted + report.entries_reverted, errors + report.revert_errors));
+        self.zero_filled.set(self.zero_filled.get() + report.zero_filled_files);
+        report
     }
 
     pub fn db(&self, generation: u64) -> PathBuf {
@@ -66,11 +100,21 @@ pub struct Child {
 
 impl Child {
     pub fn spawn(env: &[(&str, String)]) -> Self {
+        Self::spawn_with_stderr(env, Stdio::null())
+    }
+
+    /// A verifier: its stderr reaches the test's, so a verifier that dies (a panic in recovery,
+    /// an abort) says why instead of leaving an empty report.
+    pub fn spawn_verifier(env: &[(&str, String)]) -> Self {
+        Self::spawn_with_stderr(env, Stdio::inherit())
+    }
+
+    fn spawn_with_stderr(env: &[(&str, String)], stderr: Stdio) -> Self {
         let mut command = Command::new(std::env::current_exe().expect("exe"));
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn child");
+        let mut child = command.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn child");
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         let reader = std::thread::spawn(move || {

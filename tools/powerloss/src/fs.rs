@@ -22,20 +22,43 @@ use fuser::{
 };
 
 use crate::overlay::Overlay;
-use crate::{Cut, CutReport};
+use crate::{Cut, CutReport, Model};
 
 /// Attributes and entries are never cached by the kernel: after a cut the sizes it saw are stale.
 const TTL: Duration = Duration::ZERO;
 /// The control file's name at the root of the mount.
 pub const CONTROL_NAME: &str = ".powerloss";
+/// The hidden directory in the backing directory where [`Model::strict_dirs`] keeps removed
+/// entries until their removal is durable.
+pub const TRASH_NAME: &str = ".powerloss-trash";
 /// The control file's inode number, far from any number [`State::ino_for`] hands out.
 const CONTROL_INO: u64 = u64::MAX >> 1;
 /// Longest command the control file accepts.
 const MAX_COMMAND_BYTES: usize = 64;
 
+/// How to undo a directory operation that is not durable yet ([`Model::strict_dirs`]).
+enum Undo {
+    /// A new entry: remove it, and everything under it.
+    Created(PathBuf),
+    /// A removed entry, kept in the trash: put it back.
+    Removed { rel: PathBuf, trash: PathBuf },
+    /// A rename: move it back, and restore what it replaced.
+    Renamed { from: PathBuf, to: PathBuf, replaced: Option<PathBuf> },
+}
+
+/// A directory operation that becomes durable when either of its parent directories is fsynced.
+struct PendingOp {
+    parents: (u64, u64),
+    undo: Undo,
+}
+
 /// Everything the file system knows, behind one lock.
 pub(crate) struct State {
     backing: PathBuf,
+    model: Model,
+    /// Directory operations not yet durable, oldest first (empty unless `model.strict_dirs`).
+    pending: Vec<PendingOp>,
+    trash_seq: u64,
     /// Inode number to path relative to `backing`; unlinked inodes are removed.
     paths: HashMap<u64, PathBuf>,
     inos: HashMap<PathBuf, u64>,
@@ -61,8 +84,12 @@ pub(crate) struct Inner {
 
 pub(crate) type Shared = Arc<Inner>;
 
-pub(crate) fn shared(backing: PathBuf) -> Shared {
-    Arc::new(Inner { state: Mutex::new(State::new(backing)), fired: Condvar::new() })
+pub(crate) fn shared(backing: PathBuf, model: Model) -> io::Result<Shared> {
+    let state = State::new(backing, model);
+    if model.strict_dirs {
+        std::fs::create_dir_all(state.trash())?;
+    }
+    Ok(Arc::new(Inner { state: Mutex::new(state), fired: Condvar::new() }))
 }
 
 /// Locks the state; a panic in another FUSE callback does not make the state unusable for a test.
@@ -89,13 +116,16 @@ fn created_mode(mode: u32, umask: u32) -> u32 {
 }
 
 impl State {
-    pub(crate) fn new(backing: PathBuf) -> Self {
+    pub(crate) fn new(backing: PathBuf, model: Model) -> Self {
         let mut paths = HashMap::new();
         let mut inos = HashMap::new();
         paths.insert(INodeNo::ROOT.0, PathBuf::new());
         inos.insert(PathBuf::new(), INodeNo::ROOT.0);
         Self {
             backing,
+            model,
+            pending: Vec::new(),
+            trash_seq: 0,
             paths,
             inos,
             next_ino: INodeNo::ROOT.0 + 1,
@@ -130,6 +160,107 @@ impl State {
 
     fn abs(&self, rel: &Path) -> PathBuf {
         self.backing.join(rel)
+    }
+
+    fn trash(&self) -> PathBuf {
+        self.backing.join(TRASH_NAME)
+    }
+
+    /// Whether `name` under `parent` is the hidden trash directory.
+    fn is_trash(parent: INodeNo, name: &OsStr) -> bool {
+        parent == INodeNo::ROOT && name == TRASH_NAME
+    }
+
+    /// Records a directory operation to undo at a cut unless a parent is fsynced first.
+    fn record(&mut self, parents: (INodeNo, INodeNo), undo: Undo) {
+        if self.model.strict_dirs {
+            self.pending.push(PendingOp { parents: (parents.0.0, parents.1.0), undo });
+        }
+    }
+
+    /// Removes the entry at `rel`: into the trash under `strict_dirs` (returned, so a cut can
+    /// put it back), for good otherwise.
+    fn remove_entry(&mut self, rel: &Path, dir: bool) -> Result<Option<PathBuf>, Errno> {
+        let abs = self.abs(rel);
+        if !self.model.strict_dirs {
+            let removed = if dir { std::fs::remove_dir(&abs) } else { std::fs::remove_file(&abs) };
+            return removed.map(|()| None).map_err(errno);
+        }
+        let meta = std::fs::symlink_metadata(&abs).map_err(errno)?;
+        if dir != meta.is_dir() {
+            return Err(if dir { Errno::ENOTDIR } else { Errno::EISDIR });
+        }
+        if dir && std::fs::read_dir(&abs).map_err(errno)?.next().is_some() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        self.trash_seq += 1;
+        let trash = self.trash().join(self.trash_seq.to_string());
+        std::fs::rename(&abs, &trash).map_err(errno)?;
+        Ok(Some(trash))
+    }
+
+    /// An fsync of directory `ino`: the pending operations in it become durable.
+    fn sync_dir(&mut self, ino: u64) {
+        let (durable, pending): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|op| op.parents.0 == ino || op.parents.1 == ino);
+        self.pending = pending;
+        for op in durable {
+            let trash = match op.undo {
+                Undo::Removed { trash, .. } | Undo::Renamed { replaced: Some(trash), .. } => trash,
+                _ => continue,
+            };
+            // The removal is durable: the trash copy is garbage. A failure only leaks a temp file.
+            let _ = if trash.is_dir() { std::fs::remove_dir_all(&trash) } else { std::fs::remove_file(&trash) };
+        }
+    }
+
+    /// [`Model::delalloc`]: an fsync commits every file's size (not its data), except `synced`'s,
+    /// whose data went with it.
+    fn commit_sizes(&self, synced: Option<u64>) {
+        if !self.model.delalloc {
+            return;
+        }
+        for (ino, overlay) in &self.overlays {
+            if Some(*ino) == synced {
+                continue;
+            }
+            let Some(rel) = self.paths.get(ino) else { continue };
+            let Ok(file) = OpenOptions::new().write(true).open(self.abs(rel)) else { continue };
+            let Ok(meta) = file.metadata() else { continue };
+            if overlay.size() != meta.len() {
+                // The truncations since the last sync are committed too, then the new length:
+                // the bytes past the floor are zeros on disk until the data is written back.
+                let _ = file.set_len(overlay.floor().min(meta.len())).and_then(|()| file.set_len(overlay.size()));
+            }
+        }
+    }
+
+    /// Undoes every pending directory operation, newest first (the cut of `strict_dirs`).
+    fn revert_dirs(&mut self, report: &mut CutReport) {
+        for op in std::mem::take(&mut self.pending).into_iter().rev() {
+            let undone = match op.undo {
+                Undo::Created(rel) => {
+                    let abs = self.abs(&rel);
+                    if abs.is_dir() { std::fs::remove_dir_all(&abs) } else { std::fs::remove_file(&abs) }
+                }
+                Undo::Removed { rel, trash } => std::fs::rename(&trash, self.abs(&rel)),
+                Undo::Renamed { from, to, replaced } => {
+                    std::fs::rename(self.abs(&to), self.abs(&from)).and_then(|()| match replaced {
+                        Some(trash) => std::fs::rename(&trash, self.abs(&to)),
+                        None => Ok(()),
+                    })
+                }
+            };
+            report.entries_reverted += 1;
+            report.revert_errors += u64::from(undone.is_err());
+        }
+        let trash = self.trash();
+        if std::fs::remove_dir_all(&trash).and_then(|()| std::fs::create_dir(&trash)).is_err() {
+            report.revert_errors += 1;
+        }
+        // Paths moved under the kernel's feet: forget every inode number (they are never reused).
+        self.paths.retain(|&ino, _| ino == INodeNo::ROOT.0);
+        self.inos.retain(|_, &mut ino| ino == INodeNo::ROOT.0);
     }
 
     fn check_power(&self) -> Result<(), Errno> {
@@ -216,13 +347,17 @@ impl State {
     /// Drops every unsynced change (or keeps some pages, when torn) and turns the power off.
     pub(crate) fn cut(&mut self, cut: Cut) -> CutReport {
         let overlays = std::mem::take(&mut self.overlays);
-        let mut report = CutReport { files: overlays.len() as u64, dirty_bytes: 0, torn_write_errors: 0 };
+        let mut report = CutReport { files: overlays.len() as u64, ..CutReport::default() };
         let mut rng = match cut {
             Cut::DropAll => None,
             Cut::Torn { seed } => Some(seed | 1),
         };
         for (ino, overlay) in overlays {
             report.dirty_bytes += overlay.dirty_bytes();
+            if self.model.delalloc {
+                let durable_len = self.paths.get(&ino).and_then(|rel| std::fs::metadata(self.abs(rel)).ok());
+                report.zero_filled_files += u64::from(durable_len.is_some_and(|m| m.len() > overlay.floor()));
+            }
             let Some(state) = rng.as_mut() else { continue };
             let Some(rel) = self.paths.get(&ino) else { continue };
             let mut keep = || {
@@ -236,6 +371,9 @@ impl State {
             if torn.is_err() {
                 report.torn_write_errors += 1;
             }
+        }
+        if self.model.strict_dirs {
+            self.revert_dirs(&mut report);
         }
         self.off = true;
         self.cuts += 1;
@@ -320,6 +458,9 @@ impl Filesystem for PowerLossFs {
         if parent == INodeNo::ROOT && name == CONTROL_NAME {
             return reply.entry(&TTL, &State::control_attr(), Generation(0));
         }
+        if State::is_trash(parent, name) {
+            return reply.error(Errno::ENOENT);
+        }
         let found = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
             let meta = std::fs::symlink_metadata(s.abs(&rel)).map_err(errno)?;
             let ino = s.ino_for(&rel);
@@ -385,8 +526,12 @@ impl Filesystem for PowerLossFs {
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let mut s = self.state();
         let made = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
+            if State::is_trash(parent, name) {
+                return Err(Errno::EACCES);
+            }
             let abs = s.abs(&rel);
             std::fs::create_dir(&abs).map_err(errno)?;
+            s.record((parent, parent), Undo::Created(rel.clone()));
             std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(created_mode(mode, umask)))
                 .map_err(errno)?;
             let meta = std::fs::symlink_metadata(&abs).map_err(errno)?;
@@ -402,7 +547,9 @@ impl Filesystem for PowerLossFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut s = self.state();
         let done = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
-            std::fs::remove_file(s.abs(&rel)).map_err(errno)?;
+            if let Some(trash) = s.remove_entry(&rel, false)? {
+                s.record((parent, parent), Undo::Removed { rel: rel.clone(), trash });
+            }
             s.forget_path(&rel);
             Ok(())
         });
@@ -415,7 +562,9 @@ impl Filesystem for PowerLossFs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut s = self.state();
         let done = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
-            std::fs::remove_dir(s.abs(&rel)).map_err(errno)?;
+            if let Some(trash) = s.remove_entry(&rel, true)? {
+                s.record((parent, parent), Undo::Removed { rel: rel.clone(), trash });
+            }
             s.forget_path(&rel);
             Ok(())
         });
@@ -445,7 +594,23 @@ impl Filesystem for PowerLossFs {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) && std::fs::symlink_metadata(s.abs(&to)).is_ok() {
                 return Err(Errno::EEXIST);
             }
-            std::fs::rename(s.abs(&from), s.abs(&to)).map_err(errno)?;
+            if State::is_trash(parent, name) || State::is_trash(newparent, newname) {
+                return Err(Errno::EACCES);
+            }
+            let mut replaced = None;
+            if s.model.strict_dirs
+                && let Ok(meta) = std::fs::symlink_metadata(s.abs(&to))
+            {
+                replaced = s.remove_entry(&to, meta.is_dir())?;
+            }
+            if let Err(e) = std::fs::rename(s.abs(&from), s.abs(&to)) {
+                if let Some(trash) = &replaced {
+                    // Best effort: the replaced entry goes back where it was.
+                    let _ = std::fs::rename(trash, s.abs(&to));
+                }
+                return Err(errno(e));
+            }
+            s.record((parent, newparent), Undo::Renamed { from: from.clone(), to: to.clone(), replaced });
             s.forget_path(&to);
             // The renamed entry and, for a directory, everything under it move to the new path.
             let moved: Vec<(PathBuf, u64)> =
@@ -496,7 +661,11 @@ impl Filesystem for PowerLossFs {
     ) {
         let mut s = self.state();
         let created = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
+            if State::is_trash(parent, name) {
+                return Err(Errno::EACCES);
+            }
             let abs = s.abs(&rel);
+            let existed = std::fs::symlink_metadata(&abs).is_ok();
             let mut options = OpenOptions::new();
             options.read(true).write(true).mode(created_mode(mode, umask));
             if flags & libc::O_EXCL != 0 {
@@ -505,6 +674,9 @@ impl Filesystem for PowerLossFs {
                 options.create(true);
             }
             let file = options.open(&abs).map_err(errno)?;
+            if !existed {
+                s.record((parent, parent), Undo::Created(rel.clone()));
+            }
             let meta = file.metadata().map_err(errno)?;
             let ino = s.ino_for(&rel);
             if flags & libc::O_TRUNC != 0 {
@@ -625,10 +797,11 @@ impl Filesystem for PowerLossFs {
         let done = s.check_power().and_then(|()| {
             let state = &mut *s;
             let (_, file) = state.handles.get(&fh.0).ok_or(Errno::EBADF)?;
-            match state.overlays.remove(&ino.0) {
-                Some(overlay) => overlay.sync(file).map_err(errno),
-                None => Ok(()),
+            if let Some(overlay) = state.overlays.remove(&ino.0) {
+                overlay.sync(file).map_err(errno)?;
             }
+            state.commit_sizes(Some(ino.0));
+            Ok(())
         });
         match done {
             Ok(()) => reply.ok(),
@@ -650,6 +823,9 @@ impl Filesystem for PowerLossFs {
             let mut names: Vec<(std::ffi::OsString, FileType)> = Vec::new();
             for entry in std::fs::read_dir(s.abs(&rel)).map_err(errno)? {
                 let entry = entry.map_err(errno)?;
+                if ino == INodeNo::ROOT && entry.file_name() == TRASH_NAME {
+                    continue;
+                }
                 let kind = entry.file_type().ok().and_then(FileType::from_std).unwrap_or(FileType::RegularFile);
                 names.push((entry.file_name(), kind));
             }
@@ -675,11 +851,16 @@ impl Filesystem for PowerLossFs {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Directory operations reached the backing directory when they happened (see the crate docs).
-        let s = self.state();
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Directory operations reached the backing directory when they happened; under
+        // `strict_dirs` this makes the ones in this directory durable (see the crate docs).
+        let mut s = self.state();
         match s.check_power() {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                s.sync_dir(ino.0);
+                s.commit_sizes(None);
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }

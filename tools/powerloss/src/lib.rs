@@ -14,10 +14,20 @@
 //!   first, as the kernel's writeback may have done before the power failed: a torn file may hold
 //!   zeros where a page was not written back, and a pending truncation is forgotten.
 //! - **Metadata operations** (create, mkdir, unlink, rmdir, rename, chmod) reach the backing
-//!   directory at once and survive every cut, as in LazyFS. `fsync` of a directory is therefore a
-//!   no-op. This is more forgiving than a real disk, where a new or renamed entry can vanish
-//!   unless its directory is synced: a harness over this file system does not catch a missing
-//!   directory sync.
+//!   directory at once. By default ([`Model::default`], as in LazyFS) they survive every cut, so
+//!   `fsync` of a directory is a no-op and a harness does not catch a missing directory sync.
+//! - [`Model::strict_dirs`]: a directory entry is durable only once its directory is fsynced, as
+//!   POSIX allows and `fsync(2)` warns. A cut undoes, newest first, every create, mkdir, unlink,
+//!   rmdir and rename whose parent directory (either one, for a rename) was not fsynced since: a
+//!   created file or directory vanishes with everything in it (even if the file itself was
+//!   fsynced), an unlinked one comes back with its durable content, a renamed one goes back to its
+//!   old name and the file it replaced comes back. Removed files wait in a hidden trash directory
+//!   (`.powerloss-trash` in the backing directory, invisible through the mount) until their
+//!   removal is durable.
+//! - [`Model::delalloc`]: sizes can be durable while data is not, the "NULL files" of XFS and of
+//!   ext4 with `data=writeback`. Every `fsync` (of a file or a directory) commits the metadata of
+//!   all files: each other file's grown size reaches the disk at once, while its unsynced data
+//!   does not, so a cut leaves it at its new length with zeros where the data was.
 //! - After a cut the power is off: every operation fails with `EIO` until [`Mount::power_on`], so
 //!   a process still running after the cut cannot make anything durable.
 //!
@@ -39,7 +49,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use fs::CONTROL_NAME;
+pub use fs::{CONTROL_NAME, TRASH_NAME};
 pub use overlay::PAGE_BYTES;
 
 /// How a power cut treats unsynced data.
@@ -54,6 +64,32 @@ pub enum Cut {
     },
 }
 
+/// Which failure modes of a real disk the file system adds to the default (LazyFS's) model; see
+/// the crate docs. Both off is [`Model::default`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    /// Directory entries are durable only after an `fsync` of their directory.
+    pub strict_dirs: bool,
+    /// Every `fsync` makes all files' grown sizes durable without their data.
+    pub delalloc: bool,
+}
+
+impl Model {
+    /// Parses a comma-separated list of `strict_dirs` and `delalloc` (empty or `default`: neither).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut model = Self::default();
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "strict_dirs" => model.strict_dirs = true,
+                "delalloc" => model.delalloc = true,
+                "default" => {}
+                other => return Err(format!("unknown power-loss model {other:?} (strict_dirs, delalloc, default)")),
+            }
+        }
+        Ok(model)
+    }
+}
+
 /// What a cut dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CutReport {
@@ -63,6 +99,12 @@ pub struct CutReport {
     pub dirty_bytes: u64,
     /// Torn write-backs that failed (the file had vanished); their pages are lost, as in `DropAll`.
     pub torn_write_errors: u64,
+    /// Files the cut left longer than their durable data, zero-filled past it ([`Model::delalloc`]).
+    pub zero_filled_files: u64,
+    /// Directory operations undone ([`Model::strict_dirs`]).
+    pub entries_reverted: u64,
+    /// Undos that could not be applied (a later durable operation had moved the entry away).
+    pub revert_errors: u64,
 }
 
 /// Why the file system cannot be mounted here.
@@ -89,9 +131,14 @@ impl Mount {
     /// Mounts a pass-through of `backing` (an existing directory) at `mountpoint` (an existing,
     /// empty directory), served by a thread of this process.
     pub fn new(backing: &Path, mountpoint: &Path) -> io::Result<Self> {
+        Self::with_model(backing, mountpoint, Model::default())
+    }
+
+    /// [`Mount::new`] with the failure modes of `model`.
+    pub fn with_model(backing: &Path, mountpoint: &Path, model: Model) -> io::Result<Self> {
         preflight().map_err(io::Error::other)?;
         let backing = backing.canonicalize()?;
-        let shared = fs::shared(backing);
+        let shared = fs::shared(backing, model)?;
         let filesystem = fs::PowerLossFs { shared: shared.clone() };
         let mut config = fuser::Config::default();
         config.mount_options = vec![fuser::MountOption::FSName("powerloss".to_string())];

@@ -48,6 +48,11 @@ impl Overlay {
         self.size
     }
 
+    /// The lowest length the file has had since its last sync.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
     /// Bytes held in dirty pages.
     pub fn dirty_bytes(&self) -> u64 {
         self.pages.len() as u64 * PAGE_BYTES

@@ -180,3 +180,103 @@ fn an_armed_cut_fires_after_the_given_number_of_writes() {
     rig.mount.power_on();
     assert_eq!(read_all(&path), b"a");
 }
+
+fn rig_with(model: powerloss::Model) -> Rig {
+    powerloss::preflight().expect("FUSE is required for this test (run scripts/setup-fuse.sh)");
+    let backing = tempfile::tempdir().expect("backing dir");
+    let mountpoint = tempfile::tempdir().expect("mount point");
+    let mount = Mount::with_model(backing.path(), mountpoint.path(), model).expect("mount the power-loss file system");
+    Rig { mount, _backing: backing, _mountpoint: mountpoint }
+}
+
+fn sync_dir(path: &Path) {
+    File::open(path).expect("open dir").sync_all().expect("fsync dir");
+}
+
+#[test]
+fn strict_dirs_a_new_file_survives_a_cut_only_once_its_directory_is_synced() {
+    let rig = rig_with(powerloss::Model { strict_dirs: true, delalloc: false });
+    let root = rig.mount.path();
+    let dir = root.join("tables");
+    std::fs::create_dir(&dir).expect("mkdir");
+    sync_dir(root);
+    let (kept, lost) = (dir.join("kept"), dir.join("lost"));
+    let f = File::create(&kept).expect("create");
+    f.write_all_at(b"table", 0).expect("write");
+    f.sync_all().expect("fsync");
+    sync_dir(&dir);
+    let g = File::create(&lost).expect("create");
+    g.write_all_at(b"synced, but its entry is not", 0).expect("write");
+    g.sync_all().expect("fsync of the file alone");
+    drop((f, g));
+    let report = rig.mount.cut(Cut::DropAll);
+    rig.mount.power_on();
+    assert_eq!(report.entries_reverted, 1);
+    assert_eq!(read_all(&kept), b"table");
+    assert!(!lost.exists(), "a file fsynced in a directory never fsynced since its creation is gone");
+    let names: Vec<_> = std::fs::read_dir(root).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("tables")], "the trash stays hidden");
+}
+
+#[test]
+fn strict_dirs_an_unsynced_rename_goes_back_and_the_replaced_file_returns() {
+    let rig = rig_with(powerloss::Model { strict_dirs: true, delalloc: false });
+    let root = rig.mount.path();
+    let (current, tmp, gone) = (root.join("current"), root.join("current.tmp"), root.join("gone"));
+    for (path, content) in [(&current, &b"v1"[..]), (&gone, &b"old"[..])] {
+        let f = File::create(path).expect("create");
+        f.write_all_at(content, 0).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    sync_dir(root);
+    let f = File::create(&tmp).expect("create");
+    f.write_all_at(b"v2", 0).expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    std::fs::rename(&tmp, &current).expect("rename over");
+    std::fs::remove_file(&gone).expect("unlink");
+    assert_eq!(read_all(&current), b"v2");
+    cut_and_restore(&rig, Cut::DropAll);
+    assert_eq!(read_all(&current), b"v1", "the rename was never made durable");
+    assert!(!tmp.exists(), "and the temp file's creation was not durable either");
+    assert_eq!(read_all(&gone), b"old", "an unlink not made durable is undone");
+    // The same steps with the directory synced after them survive the cut.
+    let f = File::create(&tmp).expect("create");
+    f.write_all_at(b"v2", 0).expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    std::fs::rename(&tmp, &current).expect("rename over");
+    std::fs::remove_file(&gone).expect("unlink");
+    sync_dir(root);
+    cut_and_restore(&rig, Cut::DropAll);
+    assert_eq!(read_all(&current), b"v2");
+    assert!(!tmp.exists() && !gone.exists());
+}
+
+#[test]
+fn delalloc_another_fsync_makes_an_unsynced_file_long_and_full_of_zeros() {
+    let rig = rig_with(powerloss::Model { strict_dirs: false, delalloc: true });
+    let root = rig.mount.path();
+    let (table, journal) = (root.join("table"), root.join("journal"));
+    let t = File::create(&table).expect("create");
+    t.write_all_at(&[7u8; 3 * PAGE_BYTES as usize], 0).expect("write, never synced");
+    let j = File::create(&journal).expect("create");
+    j.write_all_at(b"batch", 0).expect("write");
+    j.sync_data().expect("fdatasync of another file commits every file's size");
+    drop((t, j));
+    let report = rig.mount.cut(Cut::DropAll);
+    rig.mount.power_on();
+    assert_eq!(report.zero_filled_files, 1);
+    assert_eq!(read_all(&journal), b"batch");
+    let content = read_all(&table);
+    assert_eq!(content.len(), 3 * PAGE_BYTES as usize, "the size reached the disk");
+    assert!(content.iter().all(|&b| b == 0), "the data did not");
+}
+
+#[test]
+fn a_model_is_parsed_from_a_comma_separated_list() {
+    let both = powerloss::Model { strict_dirs: true, delalloc: true };
+    assert_eq!(powerloss::Model::parse("strict_dirs,delalloc"), Ok(both));
+    assert_eq!(powerloss::Model::parse(""), Ok(powerloss::Model::default()));
+    assert!(powerloss::Model::parse("ext4").is_err());
+}
