@@ -417,9 +417,9 @@ fn sync_new_directories(path: &Path) -> Result<(), Error> {
         _ => PathBuf::from("."),
     };
     for dir in [parent, path.to_path_buf(), path.join("keyspaces")] {
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::Storage { op: "fsync directory", detail: format!("{}: {e}", dir.display()) })?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| {
+            Error::storage("fsync directory", std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
+        })?;
     }
     Ok(())
 }
