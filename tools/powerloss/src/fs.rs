@@ -450,6 +450,23 @@ impl PowerLossFs {
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.shared)
     }
+
+    /// `unlink` (`dir` false) and `rmdir` (`dir` true): the entry goes to the trash, recorded so a
+    /// cut before its directory is fsynced brings it back (`strict_dirs`).
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let mut s = self.state();
+        let done = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
+            if let Some(trash) = s.remove_entry(&rel, dir)? {
+                s.record((parent, parent), Undo::Removed { rel: rel.clone(), trash });
+            }
+            s.forget_path(&rel);
+            Ok(())
+        });
+        match done {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 impl Filesystem for PowerLossFs {
@@ -545,33 +562,11 @@ impl Filesystem for PowerLossFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.state();
-        let done = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
-            if let Some(trash) = s.remove_entry(&rel, false)? {
-                s.record((parent, parent), Undo::Removed { rel: rel.clone(), trash });
-            }
-            s.forget_path(&rel);
-            Ok(())
-        });
-        match done {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = self.state();
-        let done = s.check_power().and_then(|()| s.child(parent, name)).and_then(|rel| {
-            if let Some(trash) = s.remove_entry(&rel, true)? {
-                s.record((parent, parent), Undo::Removed { rel: rel.clone(), trash });
-            }
-            s.forget_path(&rel);
-            Ok(())
-        });
-        match done {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, true, reply);
     }
 
     fn rename(
