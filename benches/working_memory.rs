@@ -30,7 +30,7 @@ const SESSION: &str = "bench-session";
 const WINDOW: usize = 50;
 const SIZES: [u64; 3] = [100, 10_000, 1_000_000];
 const SMOKE_SIZES: [u64; 3] = [100, 1_000, 2_000];
-/// Keyspace names of the engine's store (`src/keys.rs`).
+/// Keyspace names of the engine's store (`src/storage/keys.rs`).
 const ENGINE_KEYSPACES: [&str; 5] = ["events", "heads", "splices", "blobs", "meta"];
 
 /// One size: the engine's database and its raw copy, both open, flushed and settled.

@@ -1,5 +1,5 @@
 //! Power-loss harness over raw fjall, with no engine: the same six keyspaces and the same memtable
-//! configuration as `src/store.rs` (small memtables, as in the engine harness), the same atomic
+//! configuration as `src/storage/fjall.rs` (small memtables, as in the engine harness), the same atomic
 //! multi-keyspace batch per write (events + head, committed with `PersistMode::Buffer`, then
 //! `Database::persist(SyncData)`), on the `powerloss` FUSE file system. It tells which layer
 //! loses what: a failure here is fjall's (or the disk model's), not the engine's.

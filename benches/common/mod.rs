@@ -74,7 +74,7 @@ pub fn mixed_messages(from: u64, to: u64) -> Vec<Message> {
     (from..to).map(mixed_message).collect()
 }
 
-/// The event key the engine uses: `session ++ 0x00 ++ seq (u64 BE)` (see `src/keys.rs`).
+/// The event key the engine uses: `session ++ 0x00 ++ seq (u64 BE)` (see `src/storage/keys.rs`).
 pub fn seq_key(session: &[u8], seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(session.len() + 9);
     key.extend_from_slice(session);

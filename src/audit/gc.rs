@@ -7,10 +7,10 @@ use std::collections::HashSet;
 
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::event::{Event, EventKind};
-use crate::ids::{SessionId, SummaryHash};
-use crate::keys;
-use crate::store::{Ks, Op};
+use crate::log::event::{Event, EventKind};
+use crate::log::ids::{SessionId, SummaryHash};
+use crate::storage::fjall::{Ks, Op};
+use crate::storage::keys;
 use crate::summarizer::BoxFuture;
 
 use super::AuditOptions;

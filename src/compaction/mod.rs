@@ -1,14 +1,14 @@
 //! Compaction: partial, non-blocking, spliced.
 //!
-//! - `plan`: pure; where a compaction may cut (pair-safe) and the [`CompactionPlan`] that proves it.
+//! - planning is pure and lives in `log::plan`: where a compaction may cut (pair-safe) and the
+//!   [`CompactionPlan`] that proves it.
 //! - `run`: single flight, loading the span, summarizing it without holding any session lock,
 //!   storing the summary blob, and the re-checked splice.
 //! - `progress`: typed progress events for subscribers.
 
-pub(crate) mod plan;
 pub(crate) mod progress;
 pub(crate) mod run;
 
-pub use plan::{CompactionPlan, NoPlan, is_pair_safe, plan};
+pub use crate::log::plan::{CompactionPlan, NoPlan, is_pair_safe, plan};
 pub use progress::{PROGRESS_DEPTH, Progress, Stage};
 pub use run::{CompactionOutcome, CompactionRequest, MAX_FOCUS_BYTES};

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::ids::{Seq, SessionId, SummaryHash};
+use crate::log::ids::{Seq, SessionId, SummaryHash};
 
 /// Progress items kept for a subscriber that is behind, before the oldest are dropped for it.
 pub const PROGRESS_DEPTH: usize = 1024;

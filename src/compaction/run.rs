@@ -18,17 +18,17 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::plan::{NoPlan, plan};
 use super::progress::Stage;
 use crate::engine::Session;
 use crate::error::Error;
-use crate::event::{EventKind, Splice};
-use crate::ids::{Seq, SessionId, SummaryHash};
-use crate::keys;
-use crate::store::{Ks, Op};
+use crate::log::event::{EventKind, Splice};
+use crate::log::ids::{Seq, SessionId, SummaryHash};
+use crate::log::plan::{NoPlan, plan};
+use crate::log::view;
+use crate::storage::fjall::{Ks, Op};
+use crate::storage::keys;
 use crate::summarizer::chunked::{Span, summarize_span};
 use crate::summarizer::sanitize;
-use crate::view;
 
 /// Longest `focus` text accepted, bytes.
 pub const MAX_FOCUS_BYTES: usize = 2_048;

@@ -20,7 +20,7 @@ use super::stats::{Counters, add};
 use super::{KeyedGuard, KeyedLocks};
 use crate::config::{Locks, OnLockTimeout};
 use crate::error::Error;
-use crate::ids::SessionId;
+use crate::log::ids::SessionId;
 
 /// Holds one namespace's lock; dropping it releases the lock.
 pub struct NamespaceGuard {

@@ -20,7 +20,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::ids::SessionId;
+use crate::log::ids::SessionId;
 
 pub(crate) mod budget;
 pub(crate) mod lock;

@@ -26,7 +26,7 @@ use super::{Summarizer, SummaryInput, SummaryTask, accept_reply, render_message,
 use crate::compaction::Stage;
 use crate::config::Compaction;
 use crate::error::Error;
-use crate::view::StoredMessage;
+use crate::log::view::StoredMessage;
 
 /// The smallest summary budget given to one chunk, bytes.
 const MIN_CHUNK_SUMMARY_BYTES: usize = 256;

@@ -11,7 +11,7 @@
 
 use super::{BoxFuture, Summarizer, SummaryInput, SummaryTask, sanitize, truncate_bytes};
 use crate::error::Error;
-use crate::event::Role;
+use crate::log::event::Role;
 
 /// Longest excerpt of one message, bytes.
 const EXCERPT_BYTES: usize = 240;

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::Error;
-use crate::view::StoredMessage;
+use crate::log::view::StoredMessage;
 
 pub(crate) mod adaptive;
 pub(crate) mod chunked;

@@ -21,11 +21,11 @@ use parking_lot::{Condvar, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::engine::writer::Committer;
 use crate::error::Error;
-use crate::ids::{Seq, SessionId};
-use crate::keys;
-use crate::store::{Ks, Op, Store, View};
-use crate::writer::Committer;
+use crate::log::ids::{Seq, SessionId};
+use crate::storage::fjall::{Ks, Op, Store, View};
+use crate::storage::keys;
 
 /// Most event keys (plus as many splice-index keys) one purge batch removes: bounds the batch's
 /// size and the memory a purge holds, whatever the session's length.

@@ -6,29 +6,31 @@
 //! it (each push folds it, once), and commit events + head (+ index entries) as one atomic batch. Appends to one session are
 //! therefore totally ordered; different sessions only share the group-commit thread.
 
+pub(crate) mod writer;
+
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::codec;
 use crate::compaction::Progress;
 use crate::compaction::progress::ProgressBus;
 use crate::compaction::run::InFlight;
 use crate::config::{ClassifierKind, Config, ExtractorKind, SummarizerKind};
-use crate::episode::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
+use crate::engine::writer::Writer;
+use crate::episodes::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
 use crate::error::Error;
-use crate::event::{BoundaryReason, Event, EventKind, Message, Role};
-use crate::extract::queue::Extractions;
-use crate::extract::{MemoryExtractor, OpenAiExtractor, RuleExtractor};
-use crate::fold::{self, Head};
+use crate::extraction::queue::Extractions;
+use crate::extraction::{MemoryExtractor, OpenAiExtractor, RuleExtractor};
 use crate::guard::{Guards, KeyedLocks};
-use crate::ids::{Seq, SessionId};
-use crate::keys;
-use crate::purge::{self, Purger};
-use crate::store::{Ks, Op, Store, View};
+use crate::log::codec;
+use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role};
+use crate::log::fold::{self, Head};
+use crate::log::ids::{Seq, SessionId};
+use crate::log::view::{self, Summary, WorkingMemory};
+use crate::storage::fjall::{Ks, Op, Store, View};
+use crate::storage::keys;
+use crate::storage::purge::{self, Purger};
 use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
-use crate::view::{self, Summary, WorkingMemory};
-use crate::writer::Writer;
 
 /// The smallest range read when paging backwards for a window; keeps the number of reads low
 /// when many non-message events sit among the messages.
@@ -160,7 +162,7 @@ impl Engine {
         };
         // Extractions that did not finish before the last close are queued again (bounded read).
         // Background work never refuses an open: a failed read leaves the markers for the next one.
-        if let Err(e) = crate::extract::pending::resume(&engine) {
+        if let Err(e) = crate::extraction::pending::resume(&engine) {
             tracing::warn!(error = %e, "pending memory extractions could not be read at open; they wait for the next");
         }
         Ok(engine)
@@ -454,7 +456,7 @@ impl Session {
                 for (idx, m) in messages.into_iter().enumerate() {
                     fold::check_message(batch.head(), &m, idx, max_open)?;
                     // A full episode is closed before its next user turn, in this same batch.
-                    if m.role == Role::User && episode::turn_cap_reached(batch.head(), cap) {
+                    if m.role == Role::User && episodes::turn_cap_reached(batch.head(), cap) {
                         let episode = batch.head().episode();
                         let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap })?;
                         self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
@@ -615,7 +617,12 @@ impl Session {
     }
 
     /// The summary a splice up to `upto` names, from `view`; a missing blob is corrupt.
-    pub(crate) fn summary(&self, view: &View<'_>, upto: Seq, hash: &crate::ids::SummaryHash) -> Result<Summary, Error> {
+    pub(crate) fn summary(
+        &self,
+        view: &View<'_>,
+        upto: Seq,
+        hash: &crate::log::ids::SummaryHash,
+    ) -> Result<Summary, Error> {
         let text = view.blob(hash)?.ok_or_else(|| Error::Corrupt {
             session: Some(self.id.to_string()),
             seq: None,

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::ids::{Seq, SummaryHash, truncate_for_error};
+use crate::log::ids::{Seq, SummaryHash, truncate_for_error};
 
 /// Longest tool-call id, tool name, and metadata key, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;

@@ -28,17 +28,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{ExtractInput, encode_memory, memory_id, namespace_of, normalize, pending};
+use crate::engine::writer::panic_message;
 use crate::engine::{Engine, Inner, now_ms};
 use crate::error::Error;
-use crate::event::EventKind;
 use crate::guard::LockOutcome;
 use crate::guard::stats::{Counters, add};
-use crate::ids::{Seq, SessionId};
-use crate::keys;
-use crate::store::{Ks, Op};
+use crate::log::event::EventKind;
+use crate::log::ids::{Seq, SessionId};
+use crate::log::view::messages_of;
+use crate::storage::fjall::{Ks, Op};
+use crate::storage::keys;
 use crate::summarizer::truncate_bytes;
-use crate::view::messages_of;
-use crate::writer::panic_message;
 
 /// Sessions whose last extraction error is kept; the oldest is forgotten first.
 pub const MAX_ERRORS_KEPT: usize = 1_024;

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::event::{Event, EventKind, Message, Role};
-use crate::ids::{Seq, SummaryHash};
+use crate::log::event::{Event, EventKind, Message, Role};
+use crate::log::ids::{Seq, SummaryHash};
 
 /// How many answered call ids a head remembers, so a second result for one of them gets the
 /// precise [`Error::ToolCallAlreadyAnswered`] instead of [`Error::UnknownToolCall`].
@@ -211,7 +211,7 @@ pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Head {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ToolCall;
+    use crate::log::event::ToolCall;
 
     fn msg(seq: u64, m: Message) -> Event {
         Event { seq: Seq::new(seq), at_ms: 0, kind: EventKind::MessageAppended(m) }

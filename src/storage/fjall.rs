@@ -8,14 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+use ::fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
-use crate::codec;
 use crate::error::Error;
-use crate::event::Event;
-use crate::fold::Head;
-use crate::ids::{Seq, SessionId, SummaryHash};
-use crate::keys;
+use crate::log::codec;
+use crate::log::event::Event;
+use crate::log::fold::Head;
+use crate::log::ids::{Seq, SessionId, SummaryHash};
+use crate::storage::keys;
 
 /// The fault points, named the same with or without the `testing` feature.
 #[cfg(feature = "testing")]

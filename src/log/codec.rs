@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::event::{Event, EventKind, Message};
-use crate::fold::Head;
-use crate::ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, truncate_for_error};
+use crate::log::event::{Event, EventKind, Message};
+use crate::log::fold::Head;
+use crate::log::ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, truncate_for_error};
 
 /// Format version of event values this build writes.
 pub const EVENT_FORMAT: u8 = 1;
@@ -158,7 +158,7 @@ pub(crate) fn check_kind(event: &Event) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Message, ToolCall};
+    use crate::log::event::{Message, ToolCall};
 
     fn event(seq: u64, kind: EventKind) -> Event {
         Event { seq: Seq::new(seq), at_ms: 1_700_000_000_000, kind }
@@ -207,7 +207,8 @@ mod tests {
             upto: Seq::new(upto),
             n_memories: 1,
         };
-        let boundary = |episode| EventKind::EpisodeBoundary { episode, reason: crate::event::BoundaryReason::Explicit };
+        let boundary =
+            |episode| EventKind::EpisodeBoundary { episode, reason: crate::log::event::BoundaryReason::Explicit };
         let bad = [
             event(5, ns("n", 3, 2)),
             event(5, ns("n", 0, 5)),

@@ -7,8 +7,8 @@
 
 use serde::Serialize;
 
-use crate::event::{Event, Message};
-use crate::ids::{Seq, SessionId, SummaryHash};
+use crate::log::event::{Event, Message};
+use crate::log::ids::{Seq, SessionId, SummaryHash};
 
 /// A message with its place in the log.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]
@@ -51,7 +51,7 @@ pub struct WorkingMemory {
 /// The messages of `events` (in seq order) as a stored message each.
 pub(crate) fn messages_of(events: impl IntoIterator<Item = Event>) -> impl Iterator<Item = StoredMessage> {
     events.into_iter().filter_map(|e| match e.kind {
-        crate::event::EventKind::MessageAppended(message) => {
+        crate::log::event::EventKind::MessageAppended(message) => {
             Some(StoredMessage { seq: e.seq, at_ms: e.at_ms, message })
         }
         _ => None,
@@ -79,7 +79,7 @@ pub(crate) fn window(mut last: Vec<StoredMessage>, limit: usize) -> Vec<StoredMe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ToolCall;
+    use crate::log::event::ToolCall;
 
     fn sm(seq: u64, message: Message) -> StoredMessage {
         StoredMessage { seq: Seq::new(seq), at_ms: 0, message }

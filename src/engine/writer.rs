@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::config::{Durability, Writes};
 use crate::error::Error;
-use crate::store::{Op, Store};
+use crate::storage::fjall::{Op, Store};
 
 /// Whatever a write was built under and must keep until it is committed (a session's lock guard).
 pub(crate) type Hold = Box<dyn Any + Send>;

@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Session};
 use crate::error::Error;
-use crate::ids::{Seq, SessionId};
-use crate::keys;
-use crate::store::Ks;
+use crate::log::ids::{Seq, SessionId};
+use crate::log::view::StoredMessage;
+use crate::storage::fjall::Ks;
+use crate::storage::keys;
 use crate::summarizer::{BoxFuture, OpenAiSummarizer, render_transcript, truncate_bytes};
-use crate::view::StoredMessage;
 
 pub(crate) mod pending;
 pub(crate) mod queue;
@@ -210,7 +210,7 @@ impl RuleExtractor {
     /// The memories of `messages`, synchronously.
     pub fn memories(messages: &[StoredMessage]) -> Vec<String> {
         let mut out = Vec::new();
-        for m in messages.iter().filter(|m| m.message.role == crate::event::Role::User) {
+        for m in messages.iter().filter(|m| m.message.role == crate::log::event::Role::User) {
             for sentence in m.message.content.split(['.', '!', '?', '\n']) {
                 let sentence = sentence.trim();
                 let lower = sentence.to_lowercase();
@@ -373,7 +373,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Message;
+    use crate::log::event::Message;
 
     #[test]
     fn rules_keep_statements_and_namespaces_split_at_the_colon() {

@@ -21,12 +21,12 @@ use serde::Serialize;
 
 use crate::engine::{Session, now_ms};
 use crate::error::Error;
-use crate::event::{BoundaryReason, EventKind, Message, Role};
-use crate::fold::{self, Head};
 use crate::guard::stats::add;
-use crate::ids::{Seq, SessionId};
+use crate::log::event::{BoundaryReason, EventKind, Message, Role};
+use crate::log::fold::{self, Head};
+use crate::log::ids::{Seq, SessionId};
+use crate::log::view::{StoredMessage, messages_of};
 use crate::summarizer::{BoxFuture, OpenAiSummarizer, truncate_bytes};
-use crate::view::{StoredMessage, messages_of};
 
 /// Most events read to show a classifier the current episode's recent messages.
 pub const CLASSIFY_CONTEXT_EVENTS: usize = 32;

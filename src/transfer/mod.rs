@@ -24,11 +24,11 @@ use serde_json::{Map, Value, json};
 use crate::audit::Replayer;
 use crate::engine::Session;
 use crate::error::Error;
-use crate::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall};
-use crate::fold;
-use crate::ids::{Seq, SummaryHash};
-use crate::keys;
-use crate::store::{Ks, Op, View};
+use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall};
+use crate::log::fold;
+use crate::log::ids::{Seq, SummaryHash};
+use crate::storage::fjall::{Ks, Op, View};
+use crate::storage::keys;
 
 /// Most lines one import may hold.
 pub const MAX_IMPORT_LINES: usize = 100_000;

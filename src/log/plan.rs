@@ -6,8 +6,8 @@
 //! repeats until the cut is stable. A [`CompactionPlan`] can only be made here, so holding one
 //! proves the check was done.
 
-use crate::event::Event;
-use crate::ids::Seq;
+use crate::log::event::Event;
+use crate::log::ids::Seq;
 
 /// A checked plan: summarize the messages in `(base, upto]` and splice at `upto`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub fn is_pair_safe(span: &[Event], upto: Seq) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventKind, Message, ToolCall};
+    use crate::log::event::{EventKind, Message, ToolCall};
 
     fn log(messages: Vec<Message>) -> Vec<Event> {
         messages

@@ -11,14 +11,14 @@ use std::collections::{BTreeSet, HashSet};
 
 use serde::Serialize;
 
-use crate::codec;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::event::{Event, EventKind};
-use crate::fold::{self, Head};
-use crate::ids::{Seq, SessionId, SummaryHash};
-use crate::keys;
-use crate::store::{Ks, Op, View};
+use crate::log::codec;
+use crate::log::event::{Event, EventKind};
+use crate::log::fold::{self, Head};
+use crate::log::ids::{Seq, SessionId, SummaryHash};
+use crate::storage::fjall::{Ks, Op, View};
+use crate::storage::keys;
 
 mod gc;
 #[cfg(feature = "testing")]
@@ -236,7 +236,7 @@ impl Replayer {
         fold::apply(&mut self.head, event);
     }
 
-    fn splice(&mut self, at: Seq, s: &crate::event::Splice) {
+    fn splice(&mut self, at: Seq, s: &crate::log::event::Splice) {
         self.splice_seqs.push(at);
         self.referenced.push((at, s.summary_hash));
         if s.upto >= at {
@@ -373,7 +373,7 @@ impl Engine {
                 }
                 seen.insert(id.to_string());
                 current = Some(Replayer::new(id));
-                floor = crate::purge::floor(store, &SessionId::new(id)?)?;
+                floor = crate::storage::purge::floor(store, &SessionId::new(id)?)?;
             }
             report.events += 1;
             if seq < floor {
@@ -509,7 +509,7 @@ impl Engine {
                 report.violations.push(malformed(format!("memory key {:?}", String::from_utf8_lossy(&key))));
                 continue;
             };
-            if let Err(e) = crate::extract::decode_memory(namespace, id, &value) {
+            if let Err(e) = crate::extraction::decode_memory(namespace, id, &value) {
                 report.violations.push(Violation {
                     session: None,
                     seq: None,
@@ -586,7 +586,7 @@ impl Engine {
         let store = &view;
         let mut replayer = Replayer::new(id.as_str());
         // Dead events (below the purge floor) are the purger's, not part of the log to rebuild.
-        let floor = crate::purge::floor(store, id)?;
+        let floor = crate::storage::purge::floor(store, id)?;
         for row in store.iter_prefix(Ks::Events, &keys::session_prefix(id)) {
             let (key, value) = row?;
             let Some((_, seq)) = keys::parse_seq_key(&key).filter(|(_, seq)| *seq >= floor) else { continue };

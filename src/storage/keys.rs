@@ -13,7 +13,7 @@
 //! Session ids never contain 0x00, so `id ++ 0x00` is a prefix that matches exactly one session,
 //! and big-endian seqs make a session's events sort by number.
 
-use crate::ids::{Seq, SessionId, SummaryHash};
+use crate::log::ids::{Seq, SessionId, SummaryHash};
 
 /// Keyspace of events.
 pub const EVENTS: &str = "events";
