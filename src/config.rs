@@ -25,6 +25,8 @@ pub struct Config {
     pub durability: Durability,
     /// fjall block cache, MiB.
     pub cache_mb: u64,
+    /// The engine's own caches: heads for the write path, recent windows for working memory.
+    pub cache: Cache,
     /// Size and count limits on input and reads.
     pub limits: Limits,
     /// The write path: group-commit queue and waits.
@@ -49,6 +51,7 @@ impl Default for Config {
             path: PathBuf::from("palimpsest-data"),
             durability: Durability::default(),
             cache_mb: 64,
+            cache: Cache::default(),
             limits: Limits::default(),
             writes: Writes::default(),
             compaction: Compaction::default(),
@@ -96,6 +99,25 @@ impl Default for Limits {
             max_read_messages: 10_000,
             max_open_tool_calls: 256,
         }
+    }
+}
+
+/// The engine's own caches (SPEC.md section 4, "Caches"); both are exact, so they change costs,
+/// never answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Session heads kept for the write path (least recently used go first). Default 65,536,
+    /// range 1..=10,000,000; an entry is about 200 bytes plus the session's open tool calls.
+    pub heads: u64,
+    /// Budget of the working-memory windows kept per session for repeated reads, bytes (counted
+    /// from the messages' sizes). Default 8 MiB, range 0..=4 GiB; 0 turns the window cache off.
+    pub window_bytes: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self { heads: 65_536, window_bytes: 8 << 20 }
     }
 }
 
@@ -429,6 +451,8 @@ impl Config {
             return Err(bad("path", "must not be empty".to_string()));
         }
         in_range("cache_mb", self.cache_mb, 1, 1 << 20)?;
+        in_range("cache.heads", self.cache.heads, 1, 10_000_000)?;
+        in_range("cache.window_bytes", self.cache.window_bytes, 0, 4 << 30)?;
         let l = &self.limits;
         in_range("limits.max_message_bytes", l.max_message_bytes, 1, 16 << 20)?;
         in_range("limits.max_batch_messages", l.max_batch_messages, 1, 100_000)?;

@@ -46,9 +46,9 @@ pub use crate::{
         is_pair_safe, plan,
     },
     config::{
-        Background as BackgroundConfig, ClassifierKind, Compaction as CompactionConfig, Config, Durability,
-        Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits, Locks as LocksConfig,
-        OnLockTimeout, OpenAiConfig, RetryConfig, SummarizerConfig, SummarizerKind, Writes,
+        Background as BackgroundConfig, Cache as CacheConfig, ClassifierKind, Compaction as CompactionConfig, Config,
+        Durability, Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits,
+        Locks as LocksConfig, OnLockTimeout, OpenAiConfig, RetryConfig, SummarizerConfig, SummarizerKind, Writes,
     },
     engine::{Components, Engine, Session},
     episodes::{

@@ -4,7 +4,9 @@
 //! while appends go on, reopens (which cancel an in-flight compaction, as a crash would), and
 //! injected storage failures - and after every step the two must agree on the log, the working
 //! memory and the compaction outcome. The model plans its cuts with its own obvious
-//! implementation of the pair-safe rule.
+//! implementation of the pair-safe rule. Working memory is read twice per step at two window
+//! sizes, so the engine's head and window caches are read after every kind of write (appends,
+//! splices, failed writes) and across reopens, and must agree with the model's window each time.
 
 mod common;
 
@@ -73,6 +75,20 @@ struct Model {
 impl Model {
     fn last(&self) -> u64 {
         self.log.len() as u64
+    }
+
+    /// The window rule, written out plainly: the last `limit` messages after the summary, minus
+    /// any tool result whose call is not among them.
+    fn window(&self, limit: usize) -> Vec<(u64, Message)> {
+        let after: Vec<(u64, Message)> = (self.log.iter().enumerate())
+            .filter_map(|(i, e)| match e {
+                Ev::Msg(m) if i as u64 + 1 > self.upto => Some((i as u64 + 1, m.clone())),
+                _ => None,
+            })
+            .collect();
+        let last = &after[after.len().saturating_sub(limit)..];
+        let calls: Vec<&str> = last.iter().flat_map(|(_, m)| m.tool_calls.iter().map(|c| c.id.as_str())).collect();
+        last.iter().filter(|(_, m)| m.tool_call_id.as_deref().is_none_or(|id| calls.contains(&id))).cloned().collect()
     }
 
     /// The obvious pair-safe planner: cut before the earliest call at or before the cut whose
@@ -162,6 +178,18 @@ async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
         .collect();
     if got != want {
         return Err(format!("log differs:\n engine {got:?}\n model  {want:?}"));
+    }
+    for limit in [3, 3, 1_000] {
+        let wm = s.working_memory(limit).await.map_err(|e| e.to_string())?;
+        let got: Vec<(u64, Message)> =
+            wm.messages.iter().map(|m| (m.seq.get(), m.message.clone().with_created_at_ms(0))).collect();
+        let want = model.window(limit);
+        if got != want {
+            return Err(format!("working_memory({limit}) differs:\n engine {got:?}\n model  {want:?}"));
+        }
+        if wm.n_messages != Some(model.log.iter().filter(|e| matches!(e, Ev::Msg(_))).count() as u64) {
+            return Err(format!("working_memory({limit}) counts {:?} messages", wm.n_messages));
+        }
     }
     let wm = s.working_memory(1_000).await.map_err(|e| e.to_string())?;
     let summary = wm.summary.map(|s| (s.upto.get(), s.text));

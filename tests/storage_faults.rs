@@ -147,6 +147,11 @@ async fn read_faults_fail_reads_without_poisoning_or_changing_anything() {
     let s = engine.session("s").unwrap();
     s.append_many(turn(0)).await.unwrap();
     let before = snapshot(&s).await;
+    // Reopened, so the head and window caches are cold and every read below reaches storage.
+    drop(s);
+    drop(engine);
+    let engine = open(dir.path(), Durability::Buffered);
+    let s = engine.session("s").unwrap();
     engine.inject_fault(Some(Fault { point: FaultPoint::Read, after: 0, mode: FaultMode::Always }));
     assert!(matches!(s.working_memory(10).await, Err(Error::Storage { .. })));
     assert!(matches!(s.history(Seq::new(1), 10).await, Err(Error::Storage { .. })));

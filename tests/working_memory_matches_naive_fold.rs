@@ -139,6 +139,23 @@ fn fresh_session() -> palimpsest::Session {
     fixture().engine.session(format!("qc-{}", NEXT.fetch_add(1, Ordering::Relaxed))).expect("valid id")
 }
 
+/// Whether `working_memory(limit)` equals the naive fold of the history as it is now. Called after
+/// every write, so the engine's window cache is read after every kind of write (a window kept from
+/// the previous read, extended by appends, dropped by splices and deletions) and must stay exact.
+async fn view_matches_now(s: &palimpsest::Session, limit: usize) -> bool {
+    let Some(head) = s.head().await.expect("head") else { return true };
+    let history = s.history(Seq::new(1), 10_000).await.expect("history");
+    match s.working_memory(limit).await {
+        Ok(wm) => {
+            let summary = wm.summary.map(|s| (s.upto, s.hash));
+            let view = (summary, wm.messages.into_iter().map(|m| (m.seq.get(), m.message)).collect::<Vec<_>>());
+            !head.is_deleted() && view == naive_view(&history, head.last_seq(), limit)
+        }
+        Err(Error::NotFound { .. }) => head.is_deleted(),
+        Err(_) => false,
+    }
+}
+
 fn prop_view_equals_naive_fold(steps: Vec<Step>, limit: u8, batch: u8, at: u8) -> bool {
     let s = fresh_session();
     let limit = usize::from(limit);
@@ -152,6 +169,9 @@ fn prop_view_equals_naive_fold(steps: Vec<Step>, limit: u8, batch: u8, at: u8) -
                 if pending.len() > usize::from(batch % 7) {
                     written.extend(pending.clone());
                     s.append_many(std::mem::take(&mut pending)).await.expect("valid conversation appends");
+                    if !view_matches_now(&s, limit).await {
+                        return false;
+                    }
                 }
                 continue;
             }
@@ -181,6 +201,9 @@ fn prop_view_equals_naive_fold(steps: Vec<Step>, limit: u8, batch: u8, at: u8) -
                     }
                 }
                 _ => {}
+            }
+            if !view_matches_now(&s, limit).await {
+                return false;
             }
         }
         if !pending.is_empty() {

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::engine::Engine;
+use crate::engine::writer::Hold;
 use crate::error::Error;
 use crate::log::event::{Event, EventKind};
 use crate::log::ids::{SessionId, SummaryHash};
@@ -89,7 +90,7 @@ impl Engine {
         pause(GcStage::GateHeld).await;
         if !dry_run && !orphans.is_empty() {
             let ops = orphans.iter().map(|h| Op::Delete(Ks::Blobs, keys::blob_key(h).to_vec())).collect();
-            self.inner().writer.write(ops, Box::new(())).await?;
+            self.inner().writer.write(ops, Hold::nothing()).await?;
         }
         Ok(orphans)
     }

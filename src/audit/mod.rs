@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 use serde::Serialize;
 
 use crate::engine::Engine;
+use crate::engine::writer::Hold;
 use crate::error::Error;
 use crate::log::codec;
 use crate::log::event::{Event, EventKind};
@@ -630,7 +631,10 @@ impl Engine {
         }
         let index_fixed = (ops.len() - usize::from(head_fixed)) as u64;
         if !ops.is_empty() {
-            self.inner().writer.write(ops, Box::new(lock)).await?;
+            // The cached head (if any) was the old one: forgotten before the lock is released.
+            let (caches, session) = (std::sync::Arc::clone(&self.inner().caches), id.clone());
+            let hold = Hold::guard(lock).then(move |_| caches.forget(&session));
+            self.inner().writer.write(ops, hold).await?;
         }
         Ok((head_fixed, index_fixed))
     }

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::progress::Stage;
 use crate::engine::Session;
+use crate::engine::writer::Hold;
 use crate::error::Error;
 use crate::log::event::{EventKind, Splice};
 use crate::log::ids::{Seq, SessionId, SummaryHash};
@@ -326,7 +327,7 @@ impl Session {
             .map_err(|_| Error::Timeout { what: "orphan-blob collection to finish", after_ms: timeout_ms })?;
         inner
             .writer
-            .write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())], Box::new(()))
+            .write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())], Hold::nothing())
             .await?;
         crate::testing::kill_point("compaction:after_blob");
 

@@ -6,6 +6,7 @@
 //! it (each push folds it, once), and commit events + head (+ index entries) as one atomic batch. Appends to one session are
 //! therefore totally ordered; different sessions only share the group-commit thread.
 
+mod cache;
 pub(crate) mod writer;
 
 use std::sync::atomic::AtomicU64;
@@ -16,7 +17,8 @@ use crate::compaction::Progress;
 use crate::compaction::progress::ProgressBus;
 use crate::compaction::run::InFlight;
 use crate::config::{ClassifierKind, Config, ExtractorKind, SummarizerKind};
-use crate::engine::writer::Writer;
+use crate::engine::cache::Caches;
+use crate::engine::writer::{Hold, Writer};
 use crate::episodes::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
 use crate::error::Error;
 use crate::extraction::queue::Extractions;
@@ -76,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) extractions: Arc<Extractions>,
     /// Removes deleted sessions' dead events beside the writers.
     pub(crate) purger: Purger,
+    /// Heads for the write path and working-memory windows for readers (see `cache`).
+    pub(crate) caches: Arc<Caches>,
 }
 
 /// Pluggable parts of an engine; each `None` is built from the config
@@ -137,6 +141,7 @@ impl Engine {
         let purger = Purger::start(store, writer.committer())?;
         tracing::info!(path = %config.path.display(), durability = ?config.durability, summarizer = summarizer.name(), "engine open");
         let guards = Guards::new(&config);
+        let caches = Arc::new(Caches::new(config.cache.heads, config.cache.window_bytes));
         let bg = &config.background;
         let extractions = Arc::new(Extractions::new(
             Arc::clone(&guards.counters),
@@ -158,6 +163,7 @@ impl Engine {
                 extractor,
                 extractions,
                 purger,
+                caches,
             }),
         };
         // Extractions that did not finish before the last close are queued again (bounded read).
@@ -295,7 +301,13 @@ impl Engine {
             .lock(session, Duration::from_millis(timeout_ms))
             .await
             .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
-        let head = self.store().head(session)?.unwrap_or_default();
+        // Under the lock the cached head is exact (see `cache`); a miss reads storage, where every
+        // committed write of the session is visible by now.
+        let head = match self.inner.caches.head(session) {
+            Some(head) => head,
+            None => self.store().head(session)?.unwrap_or_default(),
+        };
+        let before = head.last_seq();
         let mut batch = Batch { head, events: Vec::new(), ops: Vec::new(), now_ms: now_ms() };
         build(&mut batch, self.store())?;
         let Batch { head, events, mut ops, .. } = batch;
@@ -309,10 +321,13 @@ impl Engine {
             ops.push(Op::Put(Ks::Events, keys::seq_key(session, event.seq), codec::encode_event(event)));
         }
         ops.push(Op::Put(Ks::Heads, keys::head_key(session).to_vec(), codec::encode_head(&head)));
+        let change = self.inner.caches.window_change(session, &events);
+        let (caches, id, settled) = (Arc::clone(&self.inner.caches), session.clone(), head.clone());
+        // The lock travels with the batch and is released once it is committed (after the caches
+        // are settled), even if this future is dropped while the batch waits for its group commit.
+        let hold = Hold::guard(lock).then(move |committed| caches.settle(&id, committed, before, settled, change));
         crate::testing::kill_point("write:before_commit");
-        // The lock travels with the batch and is released once it is committed, even if this
-        // future is dropped while the batch waits for its group commit.
-        self.inner.writer.write(ops, Box::new(lock)).await?;
+        self.inner.writer.write(ops, hold).await?;
         crate::testing::kill_point("write:after_commit");
         Ok(head)
     }
@@ -480,7 +495,10 @@ impl Session {
     ///
     /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn head(&self) -> Result<Option<Head>, Error> {
-        self.engine.store().head(&self.id)
+        match self.engine.inner.caches.head(&self.id) {
+            Some(head) => Ok(Some(head)),
+            None => self.engine.store().head(&self.id),
+        }
     }
 
     /// The current working memory: the latest summary plus the last `limit` messages after it
@@ -491,19 +509,35 @@ impl Session {
     /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn working_memory(&self, limit: usize) -> Result<WorkingMemory, Error> {
         self.engine.check_read_limit(limit)?;
+        let caches = &self.engine.inner.caches;
+        // The agent loop's read: the head of the last committed write and the window kept for it.
+        if let Some((last_seq, deleted)) = caches.last_seq(&self.id) {
+            if deleted {
+                return Err(self.not_found());
+            }
+            if let Some(memory) = caches.window(&self.id, limit, last_seq) {
+                return Ok(memory);
+            }
+        }
         let view = self.engine.store().view();
         let head = self.live_head(&view)?;
+        if let Some(memory) = caches.window(&self.id, limit, head.last_seq()) {
+            return Ok(memory);
+        }
         let summary = match head.splice() {
             Some(s) => Some(self.summary(&view, s.upto, &s.summary_hash)?),
             None => None,
         };
-        let messages = self.window(&view, head.upto().max(head.base()), head.last_seq(), limit)?;
+        let last = self.last_messages(&view, head.upto().max(head.base()), head.last_seq(), limit)?;
+        if caches.windows_enabled() {
+            caches.offer_window(&self.id, limit, head.last_seq(), head.n_messages(), summary.as_ref(), &last);
+        }
         Ok(WorkingMemory {
             session: self.id.clone(),
             last_seq: head.last_seq(),
             n_messages: Some(head.n_messages()),
             summary,
-            messages,
+            messages: view::window(last, limit),
         })
     }
 

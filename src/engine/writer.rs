@@ -32,14 +32,48 @@ use crate::config::{Durability, Writes};
 use crate::error::Error;
 use crate::storage::fjall::{Op, Store};
 
-/// Whatever a write was built under and must keep until it is committed (a session's lock guard).
-pub(crate) type Hold = Box<dyn Any + Send>;
+/// What a write was built under and must keep until it is committed (a session's lock guard), and
+/// what must happen, still under it, once the outcome is known (the head cache's update).
+pub(crate) struct Hold {
+    guard: Box<dyn Any + Send>,
+    settle: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+impl Hold {
+    /// Holds nothing (a write that is not built under a session's lock).
+    pub(crate) fn nothing() -> Self {
+        Self { guard: Box::new(()), settle: None }
+    }
+
+    /// Holds `guard` until the batch is committed.
+    pub(crate) fn guard(guard: impl Any + Send) -> Self {
+        Self { guard: Box::new(guard), settle: None }
+    }
+
+    /// Also runs `settle(committed)` once the commit's outcome is known, before the guard is
+    /// released, wherever that happens (the caller's task or the writer thread): so whatever it
+    /// updates is exact for the next holder of the guard even if the caller's future was dropped.
+    pub(crate) fn then(mut self, settle: impl FnOnce(bool) + Send + 'static) -> Self {
+        self.settle = Some(Box::new(settle));
+        self
+    }
+
+    /// Runs the settle step with the commit's outcome, then releases the guard.
+    fn release(mut self, committed: bool) {
+        if let Some(settle) = self.settle.take() {
+            settle(committed);
+        }
+        drop(self.guard);
+    }
+}
 
 struct Request {
     ops: Vec<Op>,
     ack: oneshot::Sender<Result<(), Error>>,
     /// Released by the writer thread after the commit, never by the caller (see the module docs).
-    _hold: Hold,
+    /// A request dropped unanswered (the thread died, the queue closed before it was sent) releases
+    /// it without settling: either nothing was written, or the engine is poisoned.
+    hold: Hold,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -107,7 +141,7 @@ impl Writer {
         }
         let Some(queue) = &self.queue else {
             let result = guarded_commit(&self.store, &ops, false).inspect_err(|e| self.poison(&e.to_string()));
-            drop(hold);
+            hold.release(result.is_ok());
             return result;
         };
         debug_assert_eq!(self.durability, Durability::Sync);
@@ -119,7 +153,7 @@ impl Writer {
             .map_err(|_| Error::Closed)?;
         let (ack, done) = oneshot::channel();
         // Cannot be full: the semaphore admits at most `queue_depth` requests, the channel's capacity.
-        queue.try_send(Request { ops, ack, _hold: hold, _permit: permit }).map_err(|e| match e {
+        queue.try_send(Request { ops, ack, hold, _permit: permit }).map_err(|e| match e {
             TrySendError::Full(_) => full(),
             TrySendError::Disconnected(_) => Error::Closed,
         })?;
@@ -195,9 +229,12 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
                 Some(e) if matches!(**e, Error::Poisoned) => Err(Error::Poisoned),
                 Some(e) => Err(Error::storage("group commit", SharedCause(Arc::clone(e)))),
             };
+            let Request { ack, hold, _permit, .. } = req;
+            // Settled before the ack, so a caller that learns of its write finds the caches updated.
+            hold.release(outcome.is_ok());
             // The caller may have gone (timed out or cancelled); the outcome then stands on the
-            // disk and, if it failed, in the poison. Dropping `req` releases its hold and permit.
-            let _ = req.ack.send(outcome);
+            // disk and, if it failed, in the poison.
+            let _ = ack.send(outcome);
         }
     }
 }

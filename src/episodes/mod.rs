@@ -146,7 +146,7 @@ impl Session {
             message.created_at_ms = now_ms();
         }
 
-        let head = self.engine().store().head(self.id())?.unwrap_or_default();
+        let head = self.head().await?.unwrap_or_default();
         let (decision, reason) = if head.episode_turns() == 0 {
             // Nothing to continue or to close: the first turn of an episode needs no model call.
             (EpisodeDecision::Continue, BoundaryReason::Classified)

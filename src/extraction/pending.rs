@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::queue::Job;
+use crate::engine::writer::Hold;
 use crate::engine::{Batch, Engine};
 use crate::error::Error;
 use crate::guard::stats::add;
@@ -106,7 +107,7 @@ pub(crate) fn clear_op(job: &Job) -> Option<Op> {
 /// Removes `job`'s marker on its own (the job ended with nothing to write).
 pub(crate) async fn clear(engine: &Engine, job: &Job) -> Result<(), Error> {
     match clear_op(job) {
-        Some(op) => engine.inner().writer.write(vec![op], Box::new(())).await,
+        Some(op) => engine.inner().writer.write(vec![op], Hold::nothing()).await,
         None => Ok(()),
     }
 }
@@ -132,7 +133,7 @@ pub(crate) async fn begin_attempt(engine: &Engine, job: &Job) -> Result<Attempt,
         return Ok(Attempt::GaveUp { attempts });
     }
     marker.attempts += 1;
-    engine.inner().writer.write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Box::new(())).await?;
+    engine.inner().writer.write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Hold::nothing()).await?;
     Ok(Attempt::Go)
 }
 
@@ -147,7 +148,7 @@ pub(crate) async fn record_failure(engine: &Engine, job: &Job, message: &str) ->
         give_up(engine, &job.session, at, marker).await?;
         return Ok(true);
     }
-    engine.inner().writer.write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Box::new(())).await?;
+    engine.inner().writer.write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Hold::nothing()).await?;
     Ok(false)
 }
 
@@ -165,7 +166,7 @@ async fn give_up(engine: &Engine, session: &SessionId, at: Seq, marker: Marker) 
         Op::Delete(Ks::Extractions, keys::extraction_key(EXTRACTION_PENDING, session, at)),
         Op::Put(Ks::Extractions, keys::extraction_key(EXTRACTION_GIVEN_UP, session, at), encode(&marker)),
     ];
-    engine.inner().writer.write(ops, Box::new(())).await
+    engine.inner().writer.write(ops, Hold::nothing()).await
 }
 
 /// Queues the pending extractions found in the store; see the module docs. Called once by
