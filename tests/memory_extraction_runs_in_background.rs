@@ -469,3 +469,28 @@ fn background_knobs_are_validated() {
     let c = Config::default();
     assert_eq!((c.background.model_concurrency, c.background.extraction_timeout_ms), (2, 90_000));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_episode_is_extracted_from_its_own_messages_only() {
+    let extractor = FnExtractor::echo_after(1);
+    let (engine, _dir) = with_extractor(Arc::clone(&extractor), |_| {});
+    let s = engine.session("alice:episodes").expect("id");
+    // Episode 1 long enough that the backward search for its start reads more than one page (one
+    // user turn, so the turn cap does not close it).
+    let mut first = vec![Message::user("first question")];
+    first.extend((0..299).map(|i| Message::assistant(format!("first {i}"))));
+    s.append_many(first).await.expect("append");
+    let b1 = s.close_episode().await.expect("close").expect("a boundary");
+    fill(&engine, "alice:episodes", "second", 2).await;
+    let b2 = s.close_episode().await.expect("close").expect("a boundary");
+    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
+    let history = s.history(Seq::new(1), 1_000).await.expect("history");
+    let spans: Vec<(Seq, Seq)> = extracted_events(&history).into_iter().map(|(from, upto, _)| (from, upto)).collect();
+    assert_eq!(spans, [(Seq::ZERO, b1), (b1, b2)]);
+    let memories = engine.memories("alice", 1_000).expect("memories");
+    let second: Vec<&str> = memories.iter().filter(|m| m.from == b1).map(|m| m.text.as_str()).collect();
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(second.iter().all(|t| t.starts_with("second")), "{second:?}");
+    assert!(memories.iter().filter(|m| m.from == Seq::ZERO).all(|m| m.text.starts_with("first") && m.upto == b1));
+    assert!(memories.iter().any(|m| m.text == "first question"), "the episode's first page was read too");
+}

@@ -33,7 +33,7 @@ use crate::engine::{Engine, Inner, now_ms};
 use crate::error::Error;
 use crate::guard::LockOutcome;
 use crate::guard::stats::{Counters, add};
-use crate::log::event::EventKind;
+use crate::log::event::{Event, EventKind};
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::messages_of;
 use crate::storage::fjall::{Ks, Op};
@@ -440,17 +440,21 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     let Some(head) = store.head(id)?.filter(|h| !h.is_deleted()) else {
         return Ok(Ended::Skipped("the session was deleted".to_string()));
     };
-    let from = match job.from {
-        Some(from) => from,
-        None => episode_start(engine, id, job.upto, head.base())?,
-    }
-    .max(head.base());
-    if job.upto <= from {
-        return Ok(Ended::Done { n_new: 0 });
-    }
     let max_span = inner.config.compaction.max_span_messages;
+    let (from, events) = match job.from {
+        Some(from) => {
+            let from = from.max(head.base());
+            if job.upto <= from {
+                return Ok(Ended::Done { n_new: 0 });
+            }
+            let to = job.upto.min(Seq::new(from.get().saturating_add(max_span)));
+            (from, store.events(id, from.next(), to, usize::MAX)?)
+        }
+        // The backward search for the episode's start reads the episode's events: keep them.
+        None => episode_span(engine, id, job.upto, head.base())?,
+    };
     let to = job.upto.min(Seq::new(from.get().saturating_add(max_span)));
-    let messages: Vec<_> = messages_of(store.events(id, from.next(), to, usize::MAX)?).collect();
+    let messages: Vec<_> = messages_of(events.into_iter().filter(|e| e.seq > from && e.seq <= to)).collect();
     if messages.is_empty() {
         return Ok(Ended::Done { n_new: 0 });
     }
@@ -508,19 +512,26 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     Ok(Ended::Done { n_new })
 }
 
-/// Where the episode ending at `boundary` began: the seq of the previous boundary, or the
-/// deletion base, searched at most [`MAX_EPISODE_SCAN_EVENTS`] events back.
-fn episode_start(engine: &Engine, id: &SessionId, boundary: Seq, base: Seq) -> Result<Seq, Error> {
+/// Where the episode ending at `boundary` began (the seq of the previous boundary, or the deletion
+/// base, searched at most [`MAX_EPISODE_SCAN_EVENTS`] events back), and the events after that start
+/// up to just before `boundary`, in seq order: the search reads them anyway, so the span is not read
+/// twice.
+fn episode_span(engine: &Engine, id: &SessionId, boundary: Seq, base: Seq) -> Result<(Seq, Vec<Event>), Error> {
     const PAGE: u64 = 256;
     let floor = boundary.get().saturating_sub(MAX_EPISODE_SCAN_EVENTS).max(base.get());
     let mut end = boundary.get().saturating_sub(1);
+    let mut pages: Vec<Vec<Event>> = Vec::new();
+    let mut start_at = Seq::new(floor);
     while end > floor {
         let start = end.saturating_sub(PAGE - 1).max(floor + 1);
-        let events = engine.store().events(id, Seq::new(start), Seq::new(end), usize::MAX)?;
-        if let Some(e) = events.iter().rev().find(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })) {
-            return Ok(e.seq);
+        let mut events = engine.store().events(id, Seq::new(start), Seq::new(end), usize::MAX)?;
+        if let Some(pos) = events.iter().rposition(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })) {
+            start_at = events[pos].seq;
+            pages.push(events.split_off(pos + 1));
+            break;
         }
+        pages.push(events);
         end = start - 1;
     }
-    Ok(Seq::new(floor))
+    Ok((start_at, pages.into_iter().rev().flatten().collect()))
 }
