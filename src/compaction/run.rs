@@ -105,6 +105,25 @@ enum Step {
     Summarized(Summarized),
 }
 
+/// What the load step found.
+enum Load {
+    /// Nothing to do; the outcome says why.
+    Done(CompactionOutcome),
+    /// A span to summarize.
+    Loaded(Loaded),
+}
+
+/// A checked plan and the span it covers, read through one snapshot.
+struct Loaded {
+    span_messages: Vec<view::StoredMessage>,
+    previous_summary: Option<String>,
+    lower: Seq,
+    upto: Seq,
+    requested: Seq,
+    n_messages: u64,
+    base_at_plan: Seq,
+}
+
 /// A summary and the plan it was made for.
 struct Summarized {
     text: String,
@@ -248,6 +267,31 @@ impl Session {
 
     /// Steps 2 and 3 of the module docs: choose and check the cut, summarize.
     async fn summarize_step(&self, id: u64, request: CompactionRequest) -> Result<Step, Error> {
+        let inner = self.engine().inner();
+        // Reading and decoding a span of up to `max_span_messages` is CPU-bound work of tens to
+        // hundreds of milliseconds: it runs on a blocking thread, not on a runtime worker that
+        // the session's appends (or anyone else's tasks) may be queued behind.
+        let session = self.clone();
+        let focus = request.focus.clone();
+        let loaded = tokio::task::spawn_blocking(move || session.load_step(id, request))
+            .await
+            .map_err(|e| Error::storage("load the compaction's span", format!("the load task failed: {e}")))??;
+        let Loaded { span_messages, previous_summary, lower, upto, requested, n_messages, base_at_plan } = match loaded
+        {
+            Load::Done(outcome) => return Ok(Step::Done(outcome)),
+            Load::Loaded(loaded) => loaded,
+        };
+        // No lock is held from here to the splice: appends to this session go on meanwhile.
+        let publish = |stage| inner.progress.publish(self.id(), id, stage);
+        let span = Span { messages: span_messages, previous_summary, focus };
+        let text = summarize_span(&inner.summarizer, span, &inner.config.compaction, &publish).await?;
+        Ok(Step::Summarized(Summarized { text, lower, upto, requested, n_messages, base_at_plan }))
+    }
+
+    /// Step 2 of the module docs, blocking: read the session through one snapshot, choose and check
+    /// the cut, and take the span's messages and the previous summary. The snapshot is dropped
+    /// before returning: held through a long model call it would hold back fjall's garbage collection.
+    fn load_step(&self, id: u64, request: CompactionRequest) -> Result<Load, Error> {
         let engine = self.engine();
         let inner = engine.inner();
         let cfg = &inner.config.compaction;
@@ -268,7 +312,7 @@ impl Session {
                 let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
                 let last = self.last_messages(&view, lower, head.last_seq(), keep.saturating_add(1))?;
                 if last.len() <= keep {
-                    return Ok(Step::Done(CompactionOutcome::NothingToCompact {
+                    return Ok(Load::Done(CompactionOutcome::NothingToCompact {
                         requested_upto: None,
                         reason: format!(
                             "{} messages after the summary; compaction.keep_last_messages keeps {keep}",
@@ -292,26 +336,31 @@ impl Session {
                          cutting before it leaves nothing to compact"
                     ),
                 };
-                return Ok(Step::Done(CompactionOutcome::NothingToCompact { requested_upto: Some(requested), reason }));
+                return Ok(Load::Done(CompactionOutcome::NothingToCompact { requested_upto: Some(requested), reason }));
             }
         };
         let upto = plan.upto();
         let messages: Vec<_> = view::messages_of(span.into_iter().take_while(|e| e.seq <= upto)).collect();
         let n_messages = messages.len() as u64;
         let n_bytes = messages.iter().map(|m| m.message.size_bytes() as u64).sum();
-        let publish = |stage| inner.progress.publish(self.id(), id, stage);
-        publish(Stage::Loaded { base: lower, requested_upto: requested, upto, n_messages, n_bytes });
+        inner.progress.publish(
+            self.id(),
+            id,
+            Stage::Loaded { base: lower, requested_upto: requested, upto, n_messages, n_bytes },
+        );
         let previous_summary = match head.splice() {
             Some(s) if s.upto == lower => Some(self.summary(&view, s.upto, &s.summary_hash)?.text),
             _ => None,
         };
-        // A snapshot held through a long model call would hold back fjall's garbage collection.
-        drop(view);
-
-        // No lock is held from here to the splice: appends to this session go on meanwhile.
-        let span = Span { messages, previous_summary, focus: request.focus };
-        let text = summarize_span(&inner.summarizer, span, cfg, &publish).await?;
-        Ok(Step::Summarized(Summarized { text, lower, upto, requested, n_messages, base_at_plan: head.base() }))
+        Ok(Load::Loaded(Loaded {
+            span_messages: messages,
+            previous_summary,
+            lower,
+            upto,
+            requested,
+            n_messages,
+            base_at_plan: head.base(),
+        }))
     }
 
     /// Step 4 of the module docs: store the blob, re-check and splice.

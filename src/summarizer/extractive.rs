@@ -54,7 +54,17 @@ impl Summarizer for ExtractiveSummarizer {
     }
 
     fn summarize(&self, input: SummaryInput) -> BoxFuture<'_, Result<String, Error>> {
-        Box::pin(async move { Ok(summarize(&input)) })
+        // A span of many thousands of messages takes real CPU time: on a blocking thread when there
+        // is a runtime, so no runtime worker (and no append queued behind it) waits for it.
+        Box::pin(async move {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => runtime.spawn_blocking(move || summarize(&input)).await.map_err(|e| Error::Summarizer {
+                    status: None,
+                    message: format!("the extractive summarizer's task failed: {e}"),
+                }),
+                Err(_) => Ok(summarize(&input)),
+            }
+        })
     }
 }
 
