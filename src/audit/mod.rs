@@ -18,7 +18,7 @@ use crate::log::codec;
 use crate::log::event::{Event, EventKind};
 use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SessionId, SummaryHash};
-use crate::storage::fjall::{Ks, Op, View};
+use crate::storage::fjall::{Bytes, Ks, Op, View};
 use crate::storage::keys;
 
 mod gc;
@@ -531,7 +531,10 @@ impl Engine {
     ) -> Result<(), Error> {
         let heads: Box<dyn Iterator<Item = Result<_, Error>>> = match &options.session {
             Some(id) => Box::new(
-                store.get(Ks::Heads, keys::head_key(id))?.map(|v| Ok((keys::head_key(id).to_vec(), v))).into_iter(),
+                store
+                    .get(Ks::Heads, keys::head_key(id))?
+                    .map(|v| Ok((Bytes::from(keys::head_key(id)), Bytes::from(v))))
+                    .into_iter(),
             ),
             None => Box::new(store.iter_from(Ks::Heads, None)),
         };
@@ -621,7 +624,7 @@ impl Engine {
                 Some((_, seq)) if seq < floor || result.splice_seqs.contains(&seq) => {
                     indexed.insert(seq);
                 }
-                _ => ops.push(Op::Delete(Ks::Splices, key)),
+                _ => ops.push(Op::Delete(Ks::Splices, key.to_vec())),
             }
         }
         for seq in &result.splice_seqs {
@@ -655,12 +658,12 @@ impl Engine {
                     ids.insert(id);
                     after = Some(past);
                 }
-                None => after = Some(key),
+                None => after = Some(key.to_vec()),
             }
         }
         for row in store.iter_from(Ks::Heads, None) {
             let (key, _) = row?;
-            if let Some(id) = String::from_utf8(key).ok().and_then(|k| SessionId::new(k).ok()) {
+            if let Some(id) = String::from_utf8(key.to_vec()).ok().and_then(|k| SessionId::new(k).ok()) {
                 ids.insert(id);
             }
         }

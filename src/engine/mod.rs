@@ -228,7 +228,7 @@ impl Engine {
                 break;
             }
             let (key, value) = row?;
-            let id = String::from_utf8(key).ok().and_then(|k| SessionId::new(k).ok()).ok_or_else(|| {
+            let id = String::from_utf8(key.to_vec()).ok().and_then(|k| SessionId::new(k).ok()).ok_or_else(|| {
                 Error::Corrupt { session: None, seq: None, detail: "a session head has a malformed key".to_string() }
             })?;
             if !codec::decode_head(id.as_str(), &value)?.is_deleted() {

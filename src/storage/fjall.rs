@@ -66,8 +66,12 @@ pub(crate) enum Ks {
     Extractions,
 }
 
+/// Bytes read from the store: fjall's reference-counted slice, so a scan hands out what the block
+/// cache or memtable holds without copying it (it derefs to `[u8]`).
+pub(crate) type Bytes = ::fjall::Slice;
+
 /// A stored key and its value.
-pub(crate) type Row = (Vec<u8>, Vec<u8>);
+pub(crate) type Row = (Bytes, Bytes);
 
 /// One write in a batch.
 #[derive(Clone, Debug)]
@@ -227,20 +231,14 @@ impl Store {
             None => self.ks(ks).iter(),
         };
         let fault = self.fault(FaultPointAlias::Read).err();
-        fault
-            .into_iter()
-            .map(Err)
-            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
+        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
     }
 
     /// Every key/value pair whose key starts with `prefix`, in key order, read lazily.
     pub(crate) fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
         let fault = self.fault(FaultPointAlias::Read).err();
         let iter = self.ks(ks).prefix(prefix);
-        fault
-            .into_iter()
-            .map(Err)
-            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
+        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
     }
 
     /// On-disk bytes of a keyspace (approximate: fjall's accounting of its tables and blobs).
@@ -298,8 +296,7 @@ impl View<'_> {
         self.store.fault(FaultPointAlias::Read)?;
         let mut out = Vec::new();
         for guard in self.snapshot.range(self.store.ks(ks), from..=to).rev().take(limit) {
-            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
-            out.push((k.to_vec(), v.to_vec()));
+            out.push(guard.into_inner().map_err(storage("scan"))?);
         }
         Ok(out)
     }
@@ -312,20 +309,14 @@ impl View<'_> {
             None => self.snapshot.iter(ks),
         };
         let fault = self.store.fault(FaultPointAlias::Read).err();
-        fault
-            .into_iter()
-            .map(Err)
-            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
+        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
     }
 
     /// Like [`Store::iter_prefix`], in this view.
     pub(crate) fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
         let fault = self.store.fault(FaultPointAlias::Read).err();
         let iter = self.snapshot.prefix(self.store.ks(ks), prefix);
-        fault
-            .into_iter()
-            .map(Err)
-            .chain(iter.map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage("scan"))))
+        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
     }
 
     /// The stored head of `session`, if it has one.
