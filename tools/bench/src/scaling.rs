@@ -111,9 +111,14 @@ async fn measure_samples(plan: &Plan, targets: &mut [Target], label: &str) -> Ve
     }
     let mut samples = vec![(Vec::new(), Vec::new()); targets.len()];
     for repeat in 0..plan.repeats {
-        for (target, (appends, reads)) in targets.iter_mut().zip(samples.iter_mut()) {
-            reads.push(target.wm_us(plan.scale_wm_calls, &mut rng).await);
-            appends.push(target.append_us(plan.scale_appends, &mut rng).await);
+        // Each repeat starts at the next target, so none always follows the background work
+        // (flushes) the previous one's appends left behind.
+        let n = targets.len();
+        for k in 0..n {
+            let idx = (repeat + k) % n;
+            let (appends, reads) = &mut samples[idx];
+            reads.push(targets[idx].wm_us(plan.scale_wm_calls, &mut rng).await);
+            appends.push(targets[idx].append_us(plan.scale_appends, &mut rng).await);
         }
         log(format!("scaling ({label}) repeat {repeat} done"));
     }
