@@ -207,6 +207,32 @@ async fn build_session(session: &palimpsest::Session, n: u64) {
     }
 }
 
+/// Reads every file under `dir` once (bounded buffer), so later reads find them in the OS page
+/// cache; returns the bytes read. Files that vanish meanwhile (fjall's own maintenance) are skipped.
+pub fn read_files(dir: &Path) -> u64 {
+    use std::io::Read as _;
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(mut file) = std::fs::File::open(&path) {
+                while let Ok(n) = file.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+            }
+        }
+    }
+    total
+}
+
 /// Free bytes on the file system holding `path` (`df`), or `None` when `df` is unavailable.
 fn free_bytes(path: &Path) -> Option<u64> {
     let output = Command::new("df").arg("-B1").arg("--output=avail").arg(path).output().ok()?;
