@@ -8,14 +8,22 @@
 //! - `workload`: realistic messages, opening engines, building sessions fast.
 //! - `raw`: the raw fjall baseline (same keys, values copied from the engine's database).
 //! - `stats`: medians, percentiles, paired ratios.
-//! - `writes`: p3 (buffered appends vs raw inserts), p4 (group commit gain).
-//! - `stall`: p5 (append latency while a 2 s compaction is in flight).
-//! - `reads`: p1 (read growth), p2 (read vs raw), p6 (audit replay vs raw scan).
+//! - `writes`: p3 (buffered appends vs raw inserts and vs raw event + head batches), p4 (group
+//!   commit gain, and against raw 64-event batches with one fsync each).
+//! - `stall`: p5 (append p99 while a 2 s compaction is in flight; p99.9 while a compaction of a
+//!   100k-message span is).
+//! - `reads`: p1 (read growth), p2 (cold read vs raw), p2w (warm read vs raw), p6 (audit replay vs
+//!   raw scan).
 //! - `rss`: p7 (peak RSS, measured in child processes).
-//! - `scaling`: latency by session length and by number of sessions.
+//! - `opening`: p8 (open time by database size, and against fjall's own open; child processes).
+//! - `scaling`: latency by session length and by number of sessions; p9 (10M messages in one
+//!   session) and p10 (100k sessions) against one 100-message session.
+//! - `cache`: the 10M-message and 100k-session databases, built once and reused across runs.
 //! - `report`: targets, the JSON object and the table.
 //! - `profile`: a hidden subcommand running one hot loop alone, for `perf` or callgrind.
 
+mod cache;
+mod opening;
 mod profile;
 mod raw;
 mod reads;
@@ -47,6 +55,13 @@ struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Where the 10M-message and 100k-session databases are kept between runs (default: a
+    /// `palimpsest-bench-cache` directory under the system temp dir). Several GB; delete it freely.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Rebuild the cached databases even when a valid one exists.
+    #[arg(long)]
+    fresh_cache: bool,
     #[command(subcommand)]
     command: Option<Hidden>,
 }
@@ -66,6 +81,15 @@ enum Hidden {
         /// Then delete the session and wait for its purge, and report that too.
         #[arg(long)]
         delete: bool,
+    },
+    /// Opens a database once (the engine, or raw fjall with the engine's keyspaces), prints the
+    /// open time as JSON.
+    #[command(name = "open-probe", hide = true)]
+    OpenProbe {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, value_enum)]
+        side: opening::Side,
     },
     /// Runs one hot loop alone, for a profiler.
     #[command(hide = true)]
@@ -117,6 +141,17 @@ pub struct Plan {
     pub scale_wm_calls: usize,
     /// Appends per scaling repeat.
     pub scale_appends: usize,
+    /// Sessions read once each per p2 (cold) repeat.
+    pub cold_calls: usize,
+    /// Messages in the span each p5 p99.9 compaction covers.
+    pub p5_span_messages: u64,
+    /// p5 p99.9 rounds.
+    pub p5_p999_rounds: usize,
+    /// Messages in the one-session database of p8 and p9 (10M; the quick run's stand-in is smaller).
+    pub p9_messages: u64,
+    /// Sessions of `scale_per_session` messages in the database of p2 (cold) and p10 (100k; the
+    /// quick run's stand-in is smaller).
+    pub p10_sessions: u64,
 }
 
 impl Plan {
@@ -146,6 +181,11 @@ impl Plan {
             scale_per_session: 100,
             scale_wm_calls: if quick { 500 } else { 1_000 },
             scale_appends: if quick { 500 } else { 1_000 },
+            cold_calls: if quick { 500 } else { 2_000 },
+            p5_span_messages: 100_000,
+            p5_p999_rounds: if quick { 3 } else { 5 },
+            p9_messages: if quick { 1_000_000 } else { 10_000_000 },
+            p10_sessions: if quick { 10_000 } else { 100_000 },
         }
     }
 }
@@ -167,6 +207,7 @@ fn main() {
     let args = Args::parse();
     match &args.command {
         Some(Hidden::RssProbe { db, session, calls, delete }) => return rss::probe(db, session, *calls, *delete),
+        Some(Hidden::OpenProbe { db, side }) => return opening::probe(db, *side),
         Some(Hidden::Profile { which, calls }) => return profile::run(*which, *calls),
         None => {}
     }
@@ -179,7 +220,8 @@ fn main() {
     out.insert("small_session_messages".into(), json!(plan.small));
     out.insert("repeats".into(), json!(plan.repeats));
     let runtime = runtime();
-    runtime.block_on(run(&plan, &mut out));
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(cache::default_dir);
+    runtime.block_on(run(&plan, &mut out, &cache_dir, args.fresh_cache));
     out.insert("elapsed_s".into(), json!(stats::round(started.elapsed().as_secs_f64(), 1)));
     let out = report::finish(out);
     if args.json {
@@ -198,13 +240,15 @@ fn merge(out: &mut Map<String, Value>, part: Value) {
 /// Every measurement, in an order that keeps each from disturbing the next: the write-side ones
 /// on fresh databases first, then the large database is built once and serves p7, p1, p2, p6 and
 /// the scaling table.
-async fn run(plan: &Plan, out: &mut Map<String, Value>) {
+async fn run(plan: &Plan, out: &mut Map<String, Value>, cache_dir: &std::path::Path, fresh_cache: bool) {
     log("p3: buffered appends vs raw inserts");
     merge(out, writes::append_ratio(plan).await);
     log("p4: group commit");
     merge(out, writes::group_commit_gain(plan).await);
     log("p5: appends while a compaction is in flight");
     merge(out, stall::compaction_stall(plan).await);
+    log("p5 p99.9: appends while a compaction of a 100k-message span is in flight");
+    merge(out, stall::compaction_stall_p999(plan).await);
 
     let (large_dir, small_dir, raw_dir) = (temp(), temp(), temp());
     let (large_id, small_id) = ("large-session", "small-session");
@@ -242,9 +286,89 @@ async fn run(plan: &Plan, out: &mut Map<String, Value>) {
     log("p7 diagnostic: peak RSS of the large database once flushed");
     merge(out, rss::rss_after_flush(plan, (large_dir.path(), large_id)));
 
+    large_scale(plan, out, cache_dir, fresh_cache).await;
+
     // Last: it deletes both sessions.
     log("deletion: peak RSS deleting and purging the large session vs the small one");
     merge(out, rss::deletion(plan, (large_dir.path(), large_id), (small_dir.path(), small_id)));
+}
+
+/// p8, p2 (cold), p9 and p10, on the cached databases: one session of `plan.p9_messages` messages
+/// and `plan.p10_sessions` sessions of 100 (built on the first run, reused after). A database the
+/// disk has no room for is skipped, and its fields are then missing (their targets not met).
+async fn large_scale(plan: &Plan, out: &mut Map<String, Value>, cache_dir: &std::path::Path, fresh: bool) {
+    let big_spec = cache::Spec { sessions: 1, per_session: plan.p9_messages, raw_copy: false };
+    let many_spec = cache::Spec { sessions: plan.p10_sessions, per_session: plan.scale_per_session, raw_copy: true };
+    let big = cache::ensure(cache_dir, &big_spec, fresh).await;
+    let many = cache::ensure(cache_dir, &many_spec, fresh).await;
+    let describe = |c: &Option<cache::Cached>, spec: &cache::Spec| match c {
+        Some(c) => json!({
+            "sessions": spec.sessions,
+            "messages_per_session": spec.per_session,
+            "build_s": stats::round(c.build_s, 1),
+            "built_this_run": c.built_now,
+            "path": c.db.display().to_string(),
+        }),
+        None => json!({"sessions": spec.sessions, "messages_per_session": spec.per_session, "skipped": "disk space"}),
+    };
+    out.insert(
+        "cached_databases".into(),
+        json!({
+            "dir": cache_dir.display().to_string(),
+            "format_version": cache::FORMAT_VERSION,
+            // The quick run measures smaller stand-ins for the 10M-message and 100k-session databases.
+            "stand_ins": plan.quick,
+            "one_session": describe(&big, &big_spec),
+            "many_sessions": describe(&many, &many_spec),
+        }),
+    );
+
+    // Every side of p8, p2, p9 and p10 then reads from the OS page cache, as the fresh 100-message
+    // database does, whatever ran on the machine since the cached ones were built: "cold" below means
+    // not in the engine's or fjall's caches, never a disk read on one side only.
+    let dirs = [
+        big.as_ref().map(|b| b.db.clone()),
+        many.as_ref().map(|m| m.db.clone()),
+        many.as_ref().and_then(|m| m.raw.clone()),
+    ];
+    let warmed: u64 = dirs.iter().flatten().map(|d| cache::read_files(d)).sum();
+    log(format!("read {} MB of cached database files into the page cache", warmed >> 20));
+
+    // p8 first: every database is closed here. The 100-message database is fresh.
+    let small_dir = temp();
+    {
+        let engine = workload::open(small_dir.path(), Durability::Buffered);
+        workload::build(&workload::session(&engine, "small-session"), 0, plan.small).await;
+    }
+    if let Some(big) = &big {
+        log("p8: open time, cleanly closed databases, child processes");
+        let dbs = opening::Databases {
+            big: &big.db,
+            big_messages: plan.p9_messages,
+            small: small_dir.path(),
+            many: many.as_ref().map(|m| m.db.as_path()),
+        };
+        merge(out, opening::open_ratios(plan, &dbs));
+    }
+
+    let big_engine = big.as_ref().map(|b| workload::open(&b.db, Durability::Buffered));
+    let many_engine = many.as_ref().map(|m| workload::open(&m.db, Durability::Buffered));
+    if let (Some(many), Some(engine)) = (&many, &many_engine) {
+        log("p2: cold working memory vs raw fjall");
+        let raw = RawDb::open(many.raw.as_ref().expect("the many-session database has a raw copy"));
+        let half = &many.ids[..many.ids.len() / 2];
+        merge(out, reads::cold_read_ratio(plan, engine, &raw, half).await);
+    }
+    log("p9/p10: 10M messages in one session, 100k sessions, against one 100-message session");
+    let big_target = match (&big, &big_engine) {
+        (Some(b), Some(e)) => Some(scaling::Target::cached(e, &b.ids).await),
+        _ => None,
+    };
+    let many_target = match (&many, &many_engine) {
+        (Some(m), Some(e)) => Some(scaling::Target::cached(e, &m.ids).await),
+        _ => None,
+    };
+    merge(out, scaling::scale_ratios(plan, big_target, many_target).await);
 }
 
 fn temp() -> tempfile::TempDir {

@@ -1,5 +1,5 @@
 //! Hidden `profile` subcommand: one hot loop at a time (buffered appends, raw inserts, working
-//! memory, durable appends from 64 writers), long enough to run under `perf record` or
+//! memory, durable appends from 64 writers, appends during large compactions), long enough to run under `perf record` or
 //! `valgrind --tool=callgrind` when a target is missed, without the other measurements mixed in.
 
 use std::time::Instant;
@@ -21,6 +21,9 @@ pub enum Loop {
     WorkingMemory,
     /// Durable appends from 64 concurrent sessions (p4's many-writer side); `calls` in total.
     SyncAppend64,
+    /// p5's p99.9 measurement alone (appends while 100k-message compactions are in flight), with
+    /// the quick run's rounds; `calls` is ignored. Prints its JSON fields.
+    CompactionStall,
 }
 
 /// Messages in the session `working-memory` reads.
@@ -34,6 +37,11 @@ pub fn run(which: Loop, calls: u64) {
     match which {
         Loop::WorkingMemory => return working_memory(&runtime, dir.path(), calls),
         Loop::SyncAppend64 => return sync_append_64(&runtime, dir.path(), calls),
+        Loop::CompactionStall => {
+            let fields = runtime.block_on(crate::stall::compaction_stall_p999(&crate::Plan::new(true)));
+            eprintln!("{fields}");
+            return;
+        }
         Loop::Append | Loop::RawInsert => {}
     }
     let engine = workload::open(dir.path(), Durability::Buffered);
@@ -49,7 +57,7 @@ pub fn run(which: Loop, calls: u64) {
             // The rows come from an engine run whose time is not reported.
             runtime.block_on(workload::build(&session, 0, calls));
         }
-        Loop::WorkingMemory | Loop::SyncAppend64 => unreachable!("handled above"),
+        Loop::WorkingMemory | Loop::SyncAppend64 | Loop::CompactionStall => unreachable!("handled above"),
     }
     let engine_s = start.elapsed().as_secs_f64();
     drop((session, engine));

@@ -18,8 +18,21 @@ pub const EVENTS: &str = "events";
 /// The engine's keyspace of session heads (`keys::HEADS`).
 pub const HEADS: &str = "heads";
 
+/// Every keyspace the engine opens (`keys.rs`), in the engine's order: opening the raw side with
+/// all of them makes its open do what the engine's store does (p8).
+pub const ALL_KEYSPACES: [&str; 7] = [EVENTS, HEADS, "splices", "blobs", "meta", "memories", "extractions"];
+
+/// The engine's memtable size per keyspace (`store::MEMTABLE_BYTES`), mirrored so the raw side
+/// flushes as often as the engine does.
+pub const MEMTABLE_BYTES: u64 = 8 << 20;
+
 /// Keys and values copied per batch.
 const COPY_BATCH: usize = 1_000;
+
+/// The engine's keyspace options (`store.rs`): 8 MiB memtables, everything else fjall's default.
+pub fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
 
 /// A stored key and value, as fjall hands them out (no copy).
 pub type Row = (UserKey, UserValue);
@@ -38,6 +51,8 @@ pub struct RawDb {
     db: Database,
     events: Keyspace,
     heads: Keyspace,
+    /// The engine's other keyspaces, opened so both sides carry the same memtables and journal.
+    _others: Vec<Keyspace>,
 }
 
 impl RawDb {
@@ -47,10 +62,28 @@ impl RawDb {
     }
 
     fn open_with_cache(path: &Path, cache_bytes: u64) -> Self {
+        Self::open_timed(path, cache_bytes).0
+    }
+
+    /// Opens the database at `path` with the engine's keyspaces and options, and returns how long
+    /// the successful open took in milliseconds (fjall's open plus every keyspace's), leaving out
+    /// attempts refused because a database closed a moment ago was still releasing its lock.
+    pub fn open_timed(path: &Path, cache_bytes: u64) -> (Self, f64) {
         let mut attempts = 0;
-        let db = loop {
+        loop {
+            let start = std::time::Instant::now();
             match Database::builder(path).cache_size(cache_bytes).open() {
-                Ok(db) => break db,
+                Ok(db) => {
+                    let mut keyspaces: Vec<Keyspace> = ALL_KEYSPACES
+                        .iter()
+                        .map(|name| db.keyspace(name, keyspace_options).expect("opening a keyspace"))
+                        .collect();
+                    let open_ms = start.elapsed().as_secs_f64() * 1e3;
+                    let others = keyspaces.split_off(2);
+                    let heads = keyspaces.pop().expect("the heads keyspace is second");
+                    let events = keyspaces.pop().expect("the events keyspace is first");
+                    return (Self { db, events, heads, _others: others }, open_ms);
+                }
                 // A database closed a moment ago may still be releasing its lock.
                 Err(fjall::Error::Locked) if attempts < 200 => {
                     attempts += 1;
@@ -58,10 +91,7 @@ impl RawDb {
                 }
                 Err(e) => panic!("opening a raw fjall database at {} failed: {e:?}", path.display()),
             }
-        };
-        let events = db.keyspace(EVENTS, KeyspaceCreateOptions::default).expect("opening the events keyspace");
-        let heads = db.keyspace(HEADS, KeyspaceCreateOptions::default).expect("opening the heads keyspace");
-        Self { db, events, heads }
+        }
     }
 
     /// Copies every event and head of the (closed) engine database at `engine_dir` into this
@@ -139,6 +169,17 @@ impl RawDb {
         self.db.persist(PersistMode::SyncData).expect("raw fsync");
     }
 
+    /// Commits `rows` (events) in one batch and fsyncs the journal once: the floor of group commit,
+    /// what 64 durable appends sharing one fsync would cost with no engine around them.
+    pub fn commit_events_synced(&self, rows: &[(Vec<u8>, &[u8])]) {
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        for (key, value) in rows {
+            batch.insert(&self.events, key.as_slice(), *value);
+        }
+        batch.commit().expect("raw batch commit");
+        self.db.persist(PersistMode::SyncData).expect("raw fsync");
+    }
+
     /// Commits one event row and a head value in one batch, as the engine's write does (without
     /// its reads, validation or encoding): the floor of an atomic event + head design on fjall.
     pub fn commit_event_and_head(&self, key: UserKey, value: UserValue, head_key: &str, head: UserValue) {
@@ -159,7 +200,7 @@ impl RawDb {
     pub fn flush_dir(path: &Path) {
         let db = Self::open_with_cache(path, 8 << 20).db;
         for name in db.list_keyspace_names() {
-            let keyspace = db.keyspace(&name, KeyspaceCreateOptions::default).expect("opening a keyspace");
+            let keyspace = db.keyspace(&name, keyspace_options).expect("opening a keyspace");
             keyspace.rotate_memtable_and_wait().expect("flushing a memtable");
         }
     }

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use crate::Plan;
 use crate::reads::WINDOW;
-use crate::stats::{median, round, us};
+use crate::stats::{median, paired_ratio, round, us};
 use crate::workload::{self, log, message, splitmix};
 
 /// One database being measured, with its sessions and each session's next message index.
@@ -21,6 +21,9 @@ pub struct Target {
     /// Handles keep their engine open.
     sessions: Vec<Session>,
     next: Vec<u64>,
+    /// Appends pick sessions from this index on (reads pick from all): p2's cold reads use the
+    /// sessions below it in a cached database, which then keep the raw copy's length.
+    append_from: usize,
     /// Owns the directory of a database built here (none for one lent by the caller).
     _dir: Option<TempDir>,
 }
@@ -29,7 +32,19 @@ impl Target {
     /// A target over an engine that is already open and built, with one session.
     pub async fn lent(session: Session) -> Self {
         let next = vec![workload::message_count(&session).await];
-        Self { sessions: vec![session], next, _dir: None }
+        Self { sessions: vec![session], next, append_from: 0, _dir: None }
+    }
+
+    /// A target over an open engine holding `ids` (a cached database); appends go to the upper
+    /// half of the sessions when there are several (see `append_from`).
+    pub async fn cached(engine: &palimpsest::Engine, ids: &[String]) -> Self {
+        let sessions: Vec<Session> = ids.iter().map(|id| workload::session(engine, id)).collect();
+        let append_from = sessions.len() / 2;
+        let mut next = vec![0; sessions.len()];
+        for (slot, session) in next.iter_mut().zip(&sessions).skip(append_from) {
+            *slot = workload::message_count(session).await;
+        }
+        Self { sessions, next, append_from, _dir: None }
     }
 
     /// Builds a database of `n_sessions` sessions of `per_session` messages, closes it and
@@ -50,7 +65,7 @@ impl Target {
         let engine = workload::open(dir.path(), Durability::Buffered);
         let sessions: Vec<Session> = ids.iter().map(|id| workload::session(&engine, id)).collect();
         let next = vec![per_session; sessions.len()];
-        Self { sessions, next, _dir: Some(dir) }
+        Self { sessions, next, append_from: 0, _dir: Some(dir) }
     }
 
     /// Mean microseconds of `calls` working-memory reads of pseudo-randomly picked sessions.
@@ -68,7 +83,8 @@ impl Target {
         // Messages are made before the clock starts.
         let mut batch = Vec::with_capacity(calls);
         for _ in 0..calls {
-            let pick = (splitmix(rng) % self.sessions.len() as u64) as usize;
+            let span = (self.sessions.len() - self.append_from) as u64;
+            let pick = self.append_from + (splitmix(rng) % span) as usize;
             batch.push((pick, message(self.next[pick])));
             self.next[pick] += 1;
         }
@@ -82,19 +98,65 @@ impl Target {
 
 /// Measures every target `plan.repeats` times, interleaved; returns (append us, wm50 us) medians.
 async fn measure(plan: &Plan, targets: &mut [Target], label: &str) -> Vec<(f64, f64)> {
+    let samples = measure_samples(plan, targets, label).await;
+    samples.iter().map(|(a, r)| (median(a), median(r))).collect()
+}
+
+/// Per-repeat samples of every target: (append us per repeat, wm50 us per repeat), each target
+/// measured in every repeat, so ratios between targets can be paired.
+async fn measure_samples(plan: &Plan, targets: &mut [Target], label: &str) -> Vec<(Vec<f64>, Vec<f64>)> {
     let mut rng = 0x5CA1_AB1E_u64;
     for target in targets.iter() {
         target.wm_us(100, &mut rng).await;
     }
     let mut samples = vec![(Vec::new(), Vec::new()); targets.len()];
     for repeat in 0..plan.repeats {
-        for (target, (appends, reads)) in targets.iter_mut().zip(samples.iter_mut()) {
-            reads.push(target.wm_us(plan.scale_wm_calls, &mut rng).await);
-            appends.push(target.append_us(plan.scale_appends, &mut rng).await);
+        // Each repeat starts at the next target, so none always follows the background work
+        // (flushes) the previous one's appends left behind.
+        let n = targets.len();
+        for k in 0..n {
+            let idx = (repeat + k) % n;
+            let (appends, reads) = &mut samples[idx];
+            reads.push(targets[idx].wm_us(plan.scale_wm_calls, &mut rng).await);
+            appends.push(targets[idx].append_us(plan.scale_appends, &mut rng).await);
         }
         log(format!("scaling ({label}) repeat {repeat} done"));
     }
-    samples.iter().map(|(a, r)| (median(a), median(r))).collect()
+    samples
+}
+
+/// p9 and p10: `working_memory(WINDOW)` and a single buffered append on one session of the big
+/// size (p9) and on pseudo-randomly picked sessions of the many-session database (p10), each
+/// against one fresh 100-message session, all three measured in every repeat.
+pub async fn scale_ratios(plan: &Plan, big: Option<Target>, many: Option<Target>) -> Value {
+    let mut targets = vec![Target::build(1, plan.small).await];
+    let (has_big, has_many) = (big.is_some(), many.is_some());
+    targets.extend(big);
+    targets.extend(many);
+    let samples = measure_samples(plan, &mut targets, "p9/p10").await;
+    let (small_append, small_wm) = &samples[0];
+    let mut out = serde_json::Map::new();
+    // With --quick these are stand-ins (1M messages, 10k sessions): the sizes say which.
+    if has_big {
+        out.insert("p9_messages".into(), json!(plan.p9_messages));
+    }
+    if has_many {
+        out.insert("p10_sessions".into(), json!(plan.p10_sessions));
+    }
+    out.insert("p9_p10_small_append_us".into(), json!(round(median(small_append), 2)));
+    out.insert("p9_p10_small_wm50_us".into(), json!(round(median(small_wm), 2)));
+    let mut rest = samples[1..].iter();
+    for (has, prefix, name) in [(has_big, "p9", "p9_scale_10m"), (has_many, "p10", "p10_sessions_100k")] {
+        if !has {
+            continue;
+        }
+        let (append, wm) = rest.next().expect("one sample set per target");
+        out.insert(format!("{name}_wm50"), json!(round(paired_ratio(wm, small_wm), 3)));
+        out.insert(format!("{name}_append"), json!(round(paired_ratio(append, small_append), 3)));
+        out.insert(format!("{prefix}_wm50_us"), json!(round(median(wm), 2)));
+        out.insert(format!("{prefix}_append_us"), json!(round(median(append), 2)));
+    }
+    Value::Object(out)
 }
 
 /// The whole table. `large` and `small` are the p1 sessions (already open), reused at their sizes.

@@ -96,6 +96,23 @@ async fn sync_appends_per_s(sessions: &[Session], next: &mut [u64], phase: Durat
 /// Bytes of the value each raw durable insert writes (about an event).
 const RAW_SYNC_VALUE_BYTES: usize = 300;
 
+/// The floor of group commit for `writers` sessions: raw fjall committing batches of `writers`
+/// events (one per session, [`RAW_SYNC_VALUE_BYTES`] each) with one fsync per batch, back to back
+/// for `phase`; returns events per second. No engine, no waiting for writers to gather: what the
+/// disk and fjall allow when every fsync is shared by `writers` appends.
+fn group_commit_floor(raw: &RawDb, seq: &mut u64, writers: usize, value: &[u8], phase: Duration) -> f64 {
+    let start = Instant::now();
+    let mut events = 0u64;
+    while start.elapsed() < phase {
+        *seq += 1;
+        let rows: Vec<(Vec<u8>, &[u8])> =
+            (0..writers).map(|w| (crate::raw::seq_key(&format!("floor-{w:03}"), *seq), value)).collect();
+        raw.commit_events_synced(&rows);
+        events += writers as u64;
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
 /// p4. Durable (`Sync`) appends per second with `plan.p4_writers` sessions appending at once,
 /// each from its own task on the multi-thread runtime, against a single writer; alternating.
 /// For information, each repeat also times raw fjall insert + fsync in a loop: what one fsync
@@ -115,7 +132,11 @@ pub async fn group_commit_gain(plan: &Plan) -> Value {
     let value = vec![b'x'; RAW_SYNC_VALUE_BYTES];
     let mut raw_seq = 0u64;
 
-    let (mut one, mut many, mut raw_sync) = (vec![], vec![], vec![]);
+    let floor_dir = tempfile::tempdir().expect("a temp dir");
+    let floor = RawDb::open(floor_dir.path());
+    let mut floor_seq = 0u64;
+
+    let (mut one, mut many, mut raw_sync, mut floor_rate) = (vec![], vec![], vec![], vec![]);
     for repeat in 0..plan.repeats {
         one.push(sync_appends_per_s(&sessions[..1], &mut next[..1], plan.p4_phase).await);
         many.push(sync_appends_per_s(&sessions, &mut next, plan.p4_phase).await);
@@ -126,9 +147,11 @@ pub async fn group_commit_gain(plan: &Plan) -> Value {
             raw.insert_event_synced(crate::raw::seq_key("raw-sync", raw_seq), &value);
         }
         raw_sync.push((raw_seq - first) as f64 / start.elapsed().as_secs_f64());
+        floor_rate.push(group_commit_floor(&floor, &mut floor_seq, plan.p4_writers, &value, plan.p4_phase));
         log(format!(
-            "p4 repeat {repeat}: {:.0} durable appends/s with 1 writer, {:.0} with {}; raw insert+fsync {:.0}/s",
-            one[repeat], many[repeat], plan.p4_writers, raw_sync[repeat]
+            "p4 repeat {repeat}: {:.0} durable appends/s with 1 writer, {:.0} with {}; raw insert+fsync {:.0}/s; \
+             raw {}-event batches + fsync {:.0} events/s",
+            one[repeat], many[repeat], plan.p4_writers, raw_sync[repeat], plan.p4_writers, floor_rate[repeat]
         ));
     }
     json!({
@@ -137,6 +160,8 @@ pub async fn group_commit_gain(plan: &Plan) -> Value {
         "p4_sync_appends_per_s_one": round(median(&one), 0),
         "p4_raw_insert_fsync_per_s": round(median(&raw_sync), 0),
         "p4_one_writer_vs_raw_fsync": round(paired_ratio(&one, &raw_sync), 3),
+        "p4_group_commit_vs_floor": round(paired_ratio(&many, &floor_rate), 3),
+        "p4_raw_batch_fsync_events_per_s": round(median(&floor_rate), 0),
         "p4_writers": plan.p4_writers,
         "p4_phase_ms": plan.p4_phase.as_millis() as u64,
     })
