@@ -2,7 +2,7 @@
 //! and values as an engine database, and the bare key operations the engine's work is compared
 //! with (a head read plus a 50-key reverse scan, single inserts, a full scan).
 //!
-//! The engine's keys are mirrored here (`session ++ 0x00 ++ seq u64 BE`, see `src/keys.rs`)
+//! The engine's keys are mirrored here (`session ++ 0x00 ++ seq u64 BE`, see `src/storage/keys.rs`)
 //! because `keys` is private. Values are never invented: they are copied byte for byte from an
 //! engine database opened raw after the engine closed, so both sides hold equal keys and values.
 
