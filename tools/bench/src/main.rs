@@ -268,20 +268,27 @@ async fn run(plan: &Plan, out: &mut Map<String, Value>, cache_dir: &std::path::P
     log("p7: peak RSS in child processes");
     merge(out, rss::rss_growth(plan, (large_dir.path(), large_id), (small_dir.path(), small_id)));
 
-    // Reopened after building, as after a restart (recovery replays the journal).
-    let large_engine = workload::open(large_dir.path(), Durability::Buffered);
-    let small_engine = workload::open(small_dir.path(), Durability::Buffered);
+    // Reopened after building, as after a restart (recovery replays the journal). The storage path
+    // first: the window cache off, so p1 and the scaling table read storage on both sides.
+    let large_engine = workload::open_storage_path(large_dir.path(), Durability::Buffered);
+    let small_engine = workload::open_storage_path(small_dir.path(), Durability::Buffered);
     let raw = RawDb::open(raw_dir.path());
     let (large, small) = (workload::session(&large_engine, large_id), workload::session(&small_engine, small_id));
     log("p1/p2: working memory vs session length and vs raw fjall");
     merge(out, reads::read_ratios(plan, &large, &small, &raw).await);
     log("p6: audit replay vs raw full scan");
     merge(out, reads::replay_ratio(plan, &large_engine, &raw));
-    drop(raw);
 
     log("scaling table");
     out.insert("scaling".into(), scaling::scaling(plan, &large, &small).await);
     drop((large, small, large_engine, small_engine));
+
+    log("p2w: the agent loop's read, window cache on (the default)");
+    {
+        let engine = workload::open(large_dir.path(), Durability::Buffered);
+        merge(out, reads::warm_read_ratio(plan, &workload::session(&engine, large_id), &raw).await);
+    }
+    drop(raw);
 
     log("p7 diagnostic: peak RSS of the large database once flushed");
     merge(out, rss::rss_after_flush(plan, (large_dir.path(), large_id)));
@@ -351,8 +358,10 @@ async fn large_scale(plan: &Plan, out: &mut Map<String, Value>, cache_dir: &std:
         merge(out, opening::open_ratios(plan, &dbs));
     }
 
-    let big_engine = big.as_ref().map(|b| workload::open(&b.db, Durability::Buffered));
-    let many_engine = many.as_ref().map(|m| workload::open(&m.db, Durability::Buffered));
+    // p9 and p10 measure the storage path (window cache off): the one-session side would otherwise be
+    // served from memory call after call while the 100k-session side reads cold sessions.
+    let big_engine = big.as_ref().map(|b| workload::open_storage_path(&b.db, Durability::Buffered));
+    let many_engine = many.as_ref().map(|m| workload::open_storage_path(&m.db, Durability::Buffered));
     if let (Some(many), Some(engine)) = (&many, &many_engine) {
         log("p2: cold working memory vs raw fjall");
         let raw = RawDb::open(many.raw.as_ref().expect("the many-session database has a raw copy"));

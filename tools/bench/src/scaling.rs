@@ -62,7 +62,8 @@ impl Target {
     }
 
     fn reopen(dir: TempDir, ids: &[String], per_session: u64) -> Self {
-        let engine = workload::open(dir.path(), Durability::Buffered);
+        // The storage path, as the cached targets measure it (see `workload::open_storage_path`).
+        let engine = workload::open_storage_path(dir.path(), Durability::Buffered);
         let sessions: Vec<Session> = ids.iter().map(|id| workload::session(&engine, id)).collect();
         let next = vec![per_session; sessions.len()];
         Self { sessions, next, append_from: 0, _dir: Some(dir) }

@@ -101,6 +101,17 @@ pub fn open(path: &Path, durability: Durability) -> Engine {
     open_config(config)
 }
 
+/// Like [`open`], with the engine's working-memory window cache off (`cache.window_bytes = 0`):
+/// for the measurements of the storage path (p1, p9, p10, the scaling table), where a session
+/// read call after call would otherwise be served from memory on one side only.
+pub fn open_storage_path(path: &Path, durability: Durability) -> Engine {
+    let mut config = Config::new(path);
+    config.durability = durability;
+    config.cache_mb = CACHE_MB;
+    config.cache.window_bytes = 0;
+    open_config(config)
+}
+
 /// Opens an engine with a full `config`, retrying `Locked` as [`open`] does.
 pub fn open_config(config: Config) -> Engine {
     let mut attempts = 0;
