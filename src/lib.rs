@@ -50,6 +50,7 @@ pub use crate::{
         Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits, Locks as LocksConfig,
         OnLockTimeout, OpenAiConfig, RetryConfig, SummarizerConfig, SummarizerKind, Writes,
     },
+    engine::metadata::{SessionMetadata, SessionState, SessionUpdate, UpdateOutcome},
     engine::{Components, Engine, Session},
     episodes::{
         Boundary, CLASSIFY_CONTEXT_EVENTS, ClassifyInput, EpisodeClassifier, EpisodeDecision, LexicalClassifier,

@@ -6,6 +6,7 @@
 //! it (each push folds it, once), and commit events + head (+ index entries) as one atomic batch. Appends to one session are
 //! therefore totally ordered; different sessions only share the group-commit thread.
 
+pub(crate) mod metadata;
 pub(crate) mod writer;
 
 use std::sync::atomic::AtomicU64;
