@@ -13,6 +13,8 @@
 //! Every event goes through [`Engine::write_events`], the one write path (SPEC.md section 5).
 
 use crate::config::Limits;
+use crate::storage::fjall::{Ks, Op};
+use crate::storage::{keys, purge};
 use crate::engine::{Session, now_ms};
 use crate::episodes;
 use crate::error::Error;
@@ -222,5 +224,40 @@ impl Session {
             self.engine.schedule_episode_extraction(&self.id, boundary);
         }
         Ok(UpdateOutcome { head, reset: reset_seq, message_seqs })
+    }
+
+    /// [`Session::delete`], only if the session's last seq is still `expect_last_seq` (checked under
+    /// the session's lock): a sweep that found a session expired deletes it only if nothing was
+    /// written since ([`Error::Conflict`] otherwise, and nothing is written).
+    ///
+    /// Cancel safety: as [`Session::delete`].
+    pub async fn delete_expecting(&self, expect_last_seq: Seq) -> Result<Seq, Error> {
+        let id = &self.id;
+        let head = self
+            .engine
+            .write_events(id, |batch, _| {
+                let head = batch.head();
+                if head.last_seq() != expect_last_seq {
+                    return Err(Error::Conflict {
+                        session: id.to_string(),
+                        expected: expect_last_seq.get(),
+                        found: head.last_seq().get(),
+                    });
+                }
+                if head.last_seq() == Seq::ZERO || head.is_deleted() {
+                    return Err(Error::NotFound { session: id.to_string() });
+                }
+                // As `delete`: the events still stored, from the log's start (the previous
+                // deletion, itself one, or seq 1) to the last, resets' earlier events included.
+                let start = head.log_start();
+                let n_events_removed = head.last_seq().get() - start.get() + u64::from(start > Seq::ZERO);
+                let seq = batch.push(EventKind::SessionDeleted { n_events_removed })?;
+                batch.op(Op::Put(Ks::Meta, keys::purge_key(id, seq), Vec::new()));
+                Ok(())
+            })
+            .await?;
+        let base = head.last_seq();
+        self.engine.inner.purger.enqueue(purge::Job { session: id.clone(), base });
+        Ok(base)
     }
 }
