@@ -13,6 +13,9 @@
 //! - unknown messages before the first known one are taken as messages compacted since the
 //!   client's GET when they are the last ones compacted (the caller checks, [`Plan::Append`]'s
 //!   `leading`); otherwise the PUT is a replacement;
+//! - a body none of whose messages is stored appends them all (the client read the session empty,
+//!   or before everything now stored): to replace a session wholesale, PUT `messages: []` first
+//!   (a truncation) or DELETE it;
 //! - anything else (an earlier message dropped, edited or reordered, a new one between known
 //!   ones) is a replacement: recorded as a reset plus the body's messages, the old ones kept in
 //!   the log.
@@ -42,8 +45,14 @@ pub enum Plan {
 pub fn plan(stored: &[(&str, &Message)], body: &[(String, Message)]) -> Plan {
     let index: HashMap<&str, usize> = stored.iter().enumerate().map(|(i, (id, _))| (*id, i)).collect();
     let Some(first_known) = body.iter().position(|(id, _)| index.contains_key(id.as_str())) else {
-        // Nothing the body names is stored: new messages onto an empty session, or a replacement.
-        return if stored.is_empty() { Plan::Append { leading: 0, new: (0..body.len()).collect() } } else { Plan::Replace };
+        // Nothing the body names is stored: the client read the session empty (or before
+        // everything now stored was written) and brings new messages, which go after what others
+        // wrote meanwhile; an empty body truncates.
+        return if body.is_empty() && !stored.is_empty() {
+            Plan::Replace
+        } else {
+            Plan::Append { leading: 0, new: (0..body.len()).collect() }
+        };
     };
     let mut expected = 0usize;
     let mut new = Vec::new();
@@ -103,7 +112,7 @@ mod tests {
         assert_eq!(run(&stored, &[m("a", "1"), m("b", "edited"), m("c", "3")]), Plan::Replace);
         assert_eq!(run(&stored, &[m("b", "2"), m("a", "1"), m("c", "3")]), Plan::Replace);
         assert_eq!(run(&stored, &[m("a", "1"), m("n", "new"), m("b", "2"), m("c", "3")]), Plan::Replace);
-        assert_eq!(run(&stored, &[m("z", "all new")]), Plan::Replace);
+        assert_eq!(run(&stored, &[m("z", "all new")]), Plan::Append { leading: 0, new: vec![0] }, "a stale empty read");
         assert_eq!(run(&stored, &[]), Plan::Replace);
     }
 

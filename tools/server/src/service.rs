@@ -203,6 +203,7 @@ impl Service {
     }
 
     /// The response for a session read (or just written).
+    #[allow(clippy::too_many_arguments)] // each is one part of the answer; a struct would only rename them
     pub fn respond(
         &self,
         key: &SessionKey,
@@ -211,10 +212,11 @@ impl Service {
         mut messages: Vec<StoredMessage>,
         last_write_ms: u64,
         window: Window<'_>,
+        truncate: bool,
     ) -> WorkingMemoryOut {
         let tokens_of = |m: &StoredMessage| message_tokens(model::role_of(&m.message), &m.message.content);
         let given = window.given();
-        if let Some(limit) = given {
+        if let (Some(limit), true) = (given, truncate) {
             // Upstream drops the oldest until the rest fits, keeping at least one.
             let mut total: u64 = messages.iter().map(tokens_of).sum();
             let mut drop = 0;
@@ -258,7 +260,7 @@ impl Service {
             messages.sort_by_key(|m| m.message.created_at_ms);
         }
         let summary = read.state.memory.summary.as_ref().map(|s| s.text.as_str());
-        Ok(self.respond(&key, &read.doc, summary, messages, last_write_ms(&read), window))
+        Ok(self.respond(&key, &read.doc, summary, messages, last_write_ms(&read), window, true))
     }
 
     /// `PUT /v1/working-memory/{id}`: the stored messages plus new ones append the new ones;
@@ -329,7 +331,9 @@ impl Service {
                     if !outcome.message_seqs.is_empty() {
                         self.background.after_write(&self.engine, session.clone(), window.for_summary());
                     }
-                    let out = self.respond(&key, &doc, summary.as_deref(), live, now, window);
+                    // Upstream's PUT answers the session as stored (it summarizes rather than
+                    // truncating); palimpsest summarizes afterwards, in the background.
+                    let out = self.respond(&key, &doc, summary.as_deref(), live, now, window, false);
                     return Ok((out, missing_created_at));
                 }
                 Err(Error::Conflict { .. }) => {
@@ -452,7 +456,7 @@ impl Service {
     pub async fn prompt_messages(&self, key: &SessionKey, window: Window<'_>) -> Result<Vec<Value>, ApiError> {
         let Some((key, read)) = self.resolve(key, None).await? else { return Ok(Vec::new()) };
         let summary = read.state.memory.summary.as_ref().map(|s| s.text.as_str());
-        let out = self.respond(&key, &read.doc, summary, read.messages.clone(), last_write_ms(&read), window);
+        let out = self.respond(&key, &read.doc, summary, read.messages.clone(), last_write_ms(&read), window, true);
         let text = |role: &str, t: &str| json!({"role": role, "content": {"type": "text", "text": t, "annotations": null, "_meta": null}});
         let mut messages = Vec::new();
         if let Some(context) = out.context.as_deref().filter(|c| !c.is_empty()) {
