@@ -11,6 +11,7 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::error_handling::HandleErrorLayer;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -18,6 +19,8 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::load_shed::error::Overloaded;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -53,6 +56,10 @@ pub fn router(state: Shared) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.request_timeout_ms),
         ))
+        // Past the bound a request is refused at once (503, `Retry-After: 1`) rather than queued:
+        // a queue would only add latency the client cannot see, and every wait must be bounded.
+        .layer(HandleErrorLayer::new(overloaded))
+        .layer(LoadShedLayer::new())
         .layer(GlobalConcurrencyLimitLayer::new(usize::try_from(config.max_concurrent_requests).unwrap_or(usize::MAX)))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth_layer))
         .layer(RequestBodyLimitLayer::new(usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX)))
@@ -68,6 +75,16 @@ pub fn router(state: Shared) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))) })
         .layer(layers)
         .with_state(state)
+}
+
+async fn overloaded(error: tower::BoxError) -> Response {
+    if error.is::<Overloaded>() {
+        let mut response = ApiError::Unavailable("too many requests in flight (server.max_concurrent_requests); retry".to_string()).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    } else {
+        ApiError::Internal(error.to_string()).into_response()
+    }
 }
 
 fn now_ms() -> u64 {

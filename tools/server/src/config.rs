@@ -39,7 +39,8 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Longest a request may take, ms (then 408). Default 30,000, range 100..=600,000.
     pub request_timeout_ms: u64,
-    /// Requests handled at once; more wait (within their timeout). Default 256, range 1..=65,536.
+    /// Requests handled at once; more are refused with 503 and `Retry-After: 1`. Default 256, range
+    /// 1..=65,536.
     pub max_concurrent_requests: u64,
     /// Longest shutdown waits for requests in flight, then for background work, ms. Default
     /// 10,000, range 100..=600,000.
