@@ -6,9 +6,7 @@
 mod common;
 
 use common::{FnSummarizer, engine_with, snapshot, turn};
-use palimpsest::{
-    AuditOptions, CompactionOutcome, CompactionRequest, Error, EventKind, Message, Seq, SessionUpdate,
-};
+use palimpsest::{AuditOptions, CompactionOutcome, CompactionRequest, Error, EventKind, Message, Seq, SessionUpdate};
 
 #[tokio::test]
 async fn a_reset_replaces_the_window_and_keeps_the_old_messages_in_the_log() {

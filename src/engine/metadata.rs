@@ -13,8 +13,6 @@
 //! Every event goes through [`Engine::write_events`], the one write path (SPEC.md section 5).
 
 use crate::config::Limits;
-use crate::storage::fjall::{Ks, Op};
-use crate::storage::{keys, purge};
 use crate::engine::{Session, now_ms};
 use crate::episodes;
 use crate::error::Error;
@@ -22,6 +20,8 @@ use crate::log::event::{BoundaryReason, EventKind, Message, Role};
 use crate::log::fold::{self, Head};
 use crate::log::ids::Seq;
 use crate::log::view::{self, WorkingMemory};
+use crate::storage::fjall::{Ks, Op};
+use crate::storage::{keys, purge};
 
 /// A session's metadata document as last set.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -92,7 +92,8 @@ impl Session {
     ///
     /// Cancel safety: as [`Session::append_many`]: the write lands whole or not at all.
     pub async fn set_metadata(&self, document: impl Into<String>) -> Result<Seq, Error> {
-        let outcome = self.update(SessionUpdate { metadata: Some(document.into()), ..SessionUpdate::default() }).await?;
+        let outcome =
+            self.update(SessionUpdate { metadata: Some(document.into()), ..SessionUpdate::default() }).await?;
         Ok(outcome.head.last_seq())
     }
 
@@ -169,7 +170,11 @@ impl Session {
         if messages.len() as u64 > limits.max_batch_messages {
             return Err(Error::InvalidArgument {
                 what: "batch size",
-                reason: format!("{} messages; at most {} (limits.max_batch_messages)", messages.len(), limits.max_batch_messages),
+                reason: format!(
+                    "{} messages; at most {} (limits.max_batch_messages)",
+                    messages.len(),
+                    limits.max_batch_messages
+                ),
             });
         }
         if let Some(document) = &metadata {

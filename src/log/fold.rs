@@ -295,14 +295,23 @@ mod tests {
             Event { seq: Seq::new(3), at_ms: 0, kind: EventKind::MetadataSet { document: "{}".to_string() } },
         ]);
         assert_eq!(head.metadata_seq(), Some(Seq::new(3)));
-        apply(&mut head, &Event { seq: Seq::new(4), at_ms: 0, kind: EventKind::MessagesReset { n_messages_dropped: 2 } });
+        apply(
+            &mut head,
+            &Event { seq: Seq::new(4), at_ms: 0, kind: EventKind::MessagesReset { n_messages_dropped: 2 } },
+        );
         assert_eq!((head.base(), head.log_start(), head.n_messages()), (Seq::new(4), Seq::ZERO, 0));
         assert!(head.open_calls().is_empty() && head.splice().is_none() && !head.is_deleted());
         assert_eq!(head.metadata_seq(), Some(Seq::new(3)));
         // A deletion resets the log start and forgets the metadata.
-        apply(&mut head, &Event { seq: Seq::new(5), at_ms: 0, kind: EventKind::SessionDeleted { n_events_removed: 4 } });
+        apply(
+            &mut head,
+            &Event { seq: Seq::new(5), at_ms: 0, kind: EventKind::SessionDeleted { n_events_removed: 4 } },
+        );
         assert_eq!((head.base(), head.log_start(), head.metadata_seq()), (Seq::new(5), Seq::new(5), None));
-        apply(&mut head, &Event { seq: Seq::new(6), at_ms: 0, kind: EventKind::MessagesReset { n_messages_dropped: 0 } });
+        apply(
+            &mut head,
+            &Event { seq: Seq::new(6), at_ms: 0, kind: EventKind::MessagesReset { n_messages_dropped: 0 } },
+        );
         assert_eq!((head.base(), head.log_start()), (Seq::new(6), Seq::new(5)));
     }
 }

@@ -158,7 +158,8 @@ impl Session {
                 m.validate(0, max_bytes).map_err(|e| invalid(number, strip_index(&e)))?;
             }
             if let EventKind::MetadataSet { document } = &line.kind {
-                crate::engine::metadata::check_metadata(document, limits).map_err(|e| invalid(number, e.to_string()))?;
+                crate::engine::metadata::check_metadata(document, limits)
+                    .map_err(|e| invalid(number, e.to_string()))?;
             }
             lines.push(line);
         }

@@ -53,14 +53,26 @@ fn message(id: &str) -> Value {
 }
 
 /// One append; `Ok(true)` when acknowledged with 200.
-async fn append(client: &reqwest::Client, url: &str, session: &str, id: &str, extension: bool) -> Result<bool, reqwest::Error> {
+async fn append(
+    client: &reqwest::Client,
+    url: &str,
+    session: &str,
+    id: &str,
+    extension: bool,
+) -> Result<bool, reqwest::Error> {
     if extension {
-        let r = client.post(format!("{url}/v1/working-memory/{session}/messages")).json(&json!({"messages": [message(id)]})).send().await?;
+        let r = client
+            .post(format!("{url}/v1/working-memory/{session}/messages"))
+            .json(&json!({"messages": [message(id)]}))
+            .send()
+            .await?;
         return Ok(r.status().as_u16() == 200);
     }
     let got: Value = client.get(format!("{url}/v1/working-memory/{session}")).send().await?.json().await?;
     let mut body = got;
-    body["messages"].as_array_mut().map(|m| m.push(message(id)));
+    if let Some(messages) = body["messages"].as_array_mut() {
+        messages.push(message(id));
+    }
     let r = client.put(format!("{url}/v1/working-memory/{session}")).json(&body).send().await?;
     Ok(r.status().as_u16() == 200)
 }
@@ -73,7 +85,12 @@ async fn acknowledged_appends_survive_a_sigkill_of_the_server() {
     let http = client();
     let sessions = ["k0", "k1", "k2"];
     for s in sessions {
-        let r = http.put(format!("{url}/v1/working-memory/{s}")).json(&json!({"messages": []})).send().await.expect("create");
+        let r = http
+            .put(format!("{url}/v1/working-memory/{s}"))
+            .json(&json!({"messages": []}))
+            .send()
+            .await
+            .expect("create");
         assert_eq!(r.status().as_u16(), 200);
     }
     let acked = Arc::new(acks::AckLog::default());
@@ -116,8 +133,10 @@ async fn acknowledged_appends_survive_a_sigkill_of_the_server() {
     let (mut server, url) = start(&db).await;
     let mut checked = 0;
     for s in sessions {
-        let got: Value = http.get(format!("{url}/v1/working-memory/{s}")).send().await.expect("get").json().await.expect("json");
-        let ids: Vec<&str> = got["messages"].as_array().expect("messages").iter().filter_map(|m| m["id"].as_str()).collect();
+        let got: Value =
+            http.get(format!("{url}/v1/working-memory/{s}")).send().await.expect("get").json().await.expect("json");
+        let ids: Vec<&str> =
+            got["messages"].as_array().expect("messages").iter().filter_map(|m| m["id"].as_str()).collect();
         let unique: HashSet<&str> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "{s}: no message twice");
         for id in acked.of(s) {
@@ -131,7 +150,8 @@ async fn acknowledged_appends_survive_a_sigkill_of_the_server() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = tokio::time::timeout(WAIT, server.wait()).await.expect("stops").expect("wait");
     assert!(status.success(), "a SIGTERM is a clean stop: {status:?}");
-    let audit = Command::new(env!("CARGO_BIN_EXE_palimpsest")).args(["audit", "--db"]).arg(&db).output().await.expect("audit");
+    let audit =
+        Command::new(env!("CARGO_BIN_EXE_palimpsest")).args(["audit", "--db"]).arg(&db).output().await.expect("audit");
     assert!(audit.status.success(), "audit: {}", String::from_utf8_lossy(&audit.stdout));
 }
 
@@ -147,7 +167,13 @@ mod acks {
             self.0.lock().expect("not poisoned").push((session.to_string(), id));
         }
         pub fn of(&self, session: &str) -> Vec<String> {
-            self.0.lock().expect("not poisoned").iter().filter(|(s, _)| s == session).map(|(_, id)| id.clone()).collect()
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .filter(|(s, _)| s == session)
+                .map(|(_, id)| id.clone())
+                .collect()
         }
     }
 }

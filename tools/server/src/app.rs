@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::error_handling::HandleErrorLayer;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -79,7 +79,9 @@ pub fn router(state: Shared) -> Router {
 
 async fn overloaded(error: tower::BoxError) -> Response {
     if error.is::<Overloaded>() {
-        let mut response = ApiError::Unavailable("too many requests in flight (server.max_concurrent_requests); retry".to_string()).into_response();
+        let mut response =
+            ApiError::Unavailable("too many requests in flight (server.max_concurrent_requests); retry".to_string())
+                .into_response();
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         response
     } else {
@@ -110,8 +112,11 @@ async fn auth_layer(State(state): State<Shared>, request: Request, next: Next) -
         state.service.metrics.auth_failures.inc();
         ApiError::Unauthorized(why).into_response()
     };
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else { return refuse("Missing authorization header") };
-    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).filter(|t| !t.is_empty())
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return refuse("Missing authorization header");
+    };
+    let Some(token) =
+        value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).filter(|t| !t.is_empty())
     else {
         return refuse("Missing bearer token");
     };
@@ -178,7 +183,10 @@ impl Params {
     }
 
     fn window(&self) -> Result<Window<'_>, ApiError> {
-        Ok(Window { model_name: self.text("model_name"), context_window_max: self.int("context_window_max", 1, u64::MAX)? })
+        Ok(Window {
+            model_name: self.text("model_name"),
+            context_window_max: self.int("context_window_max", 1, u64::MAX)?,
+        })
     }
 }
 
@@ -197,7 +205,8 @@ async fn list(State(state): State<Shared>, Query(q): Query<HashMap<String, Strin
     let p = Params(q);
     let limit = p.int("limit", 1, 100)?.unwrap_or(20);
     let offset = p.int("offset", 0, u64::MAX)?.unwrap_or(0);
-    let (namespace, user_id) = (p.text("namespace").filter(|s| !s.is_empty()), p.text("user_id").filter(|s| !s.is_empty()));
+    let (namespace, user_id) =
+        (p.text("namespace").filter(|s| !s.is_empty()), p.text("user_id").filter(|s| !s.is_empty()));
     let service = &state.service;
     let (sessions, total) =
         service.list(limit as usize, usize::try_from(offset).unwrap_or(usize::MAX), namespace, user_id)?;
@@ -216,7 +225,12 @@ async fn get_memory(
         None => None,
         Some(raw) => {
             let n: i64 = raw.trim().parse().map_err(|_| {
-                ApiError::invalid("int_parsing", vec![json!("query"), json!("recent_messages_limit")], "Input should be a valid integer", json!(raw))
+                ApiError::invalid(
+                    "int_parsing",
+                    vec![json!("query"), json!("recent_messages_limit")],
+                    "Input should be a valid integer",
+                    json!(raw),
+                )
             })?;
             usize::try_from(n).ok().filter(|&n| n > 0)
         }
@@ -295,24 +309,33 @@ async fn prompt(State(state): State<Shared>, body: Result<Bytes, BytesRejection>
     let mut messages = Vec::new();
     if let Some(s) = &body.session {
         let key = SessionKey::new(&s.session_id, s.namespace.as_deref(), s.user_id.as_deref()).map_err(|e| {
-            ApiError::invalid("value_error", vec![json!("body"), json!("session"), json!(e.field)], e.reason, Value::Null)
+            ApiError::invalid(
+                "value_error",
+                vec![json!("body"), json!("session"), json!(e.field)],
+                e.reason,
+                Value::Null,
+            )
         })?;
         let max = match &s.context_window_max {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().or_else(|| v.as_str().and_then(|t| t.trim().parse().ok())).ok_or_else(|| {
-                ApiError::invalid(
-                    "int_parsing",
-                    vec![json!("body"), json!("session"), json!("context_window_max")],
-                    "Input should be a valid integer",
-                    v.clone(),
-                )
-            })?),
+            Some(v) => {
+                Some(v.as_u64().or_else(|| v.as_str().and_then(|t| t.trim().parse().ok())).ok_or_else(|| {
+                    ApiError::invalid(
+                        "int_parsing",
+                        vec![json!("body"), json!("session"), json!("context_window_max")],
+                        "Input should be a valid integer",
+                        v.clone(),
+                    )
+                })?)
+            }
         };
         let window = Window { model_name: s.model_name.as_deref(), context_window_max: max };
         messages = state.service.prompt_messages(&key, window).await?;
     }
     // Long-term search is not served: palimpsest keeps no vector index (the block stays null).
-    messages.push(json!({"role": "user", "content": {"type": "text", "text": body.query, "annotations": null, "_meta": null}}));
+    messages.push(
+        json!({"role": "user", "content": {"type": "text", "text": body.query, "annotations": null, "_meta": null}}),
+    );
     Ok(Json(json!({ "messages": messages, "long_term_memories": null })))
 }
 

@@ -68,10 +68,7 @@ impl Background {
     /// aborted compaction is abandoned: nothing but an orphan blob). Returns how many were aborted.
     pub async fn drain(&self, timeout: Duration) -> usize {
         let mut tasks = std::mem::take(&mut *self.tasks.lock());
-        let finished = tokio::time::timeout(timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let finished = tokio::time::timeout(timeout, async { while tasks.join_next().await.is_some() {} }).await;
         if finished.is_ok() {
             return 0;
         }
@@ -95,7 +92,12 @@ async fn summarize_if_due(session: &Session, window: u64, max_read: usize, metri
             Err(Error::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let tokens: u64 = state.memory.messages.iter().map(|m| model::message_tokens(model::role_of(&m.message), &m.message.content)).sum();
+        let tokens: u64 = state
+            .memory
+            .messages
+            .iter()
+            .map(|m| model::message_tokens(model::role_of(&m.message), &m.message.content))
+            .sum();
         if tokens > threshold {
             break state;
         }
@@ -131,7 +133,11 @@ async fn summarize_if_due(session: &Session, window: u64, max_read: usize, metri
 /// One TTL sweep: looks at up to `batch` sessions after `cursor` and deletes the expired ones
 /// (only if nothing was written since they were read). Returns the cursor for the next sweep
 /// (`None`: start over).
-pub async fn sweep(service: &crate::service::Service, cursor: Option<SessionId>, batch: usize) -> Result<Option<SessionId>, Error> {
+pub async fn sweep(
+    service: &crate::service::Service,
+    cursor: Option<SessionId>,
+    batch: usize,
+) -> Result<Option<SessionId>, Error> {
     let ids = service.engine.list_sessions(cursor.as_ref(), batch)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -93,7 +93,10 @@ fn in_range(field: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError
     if (lo..=hi).contains(&value) {
         Ok(())
     } else {
-        Err(ConfigError::Invalid { field: format!("server.{field}"), reason: format!("{value} is outside {lo}..={hi}") })
+        Err(ConfigError::Invalid {
+            field: format!("server.{field}"),
+            reason: format!("{value} is outside {lo}..={hi}"),
+        })
     }
 }
 
@@ -151,7 +154,8 @@ impl ServerConfig {
 }
 
 fn read_token_file(path: &Path) -> Result<Vec<[u8; 32]>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile { path: path.to_path_buf(), source })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))

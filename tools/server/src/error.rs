@@ -73,7 +73,9 @@ impl From<palimpsest::Error> for ApiError {
             E::InvalidArgument { what, reason } => {
                 Self::invalid("value_error", vec![json!("body"), json!(what)], reason, Value::Null)
             }
-            E::InvalidSessionId { .. } => Self::invalid("value_error", vec![json!("path"), json!("session_id")], text, Value::Null),
+            E::InvalidSessionId { .. } => {
+                Self::invalid("value_error", vec![json!("path"), json!("session_id")], text, Value::Null)
+            }
             E::Conflict { .. } => Self::Conflict(text),
             E::Timeout { .. } | E::LockTimeout { .. } | E::Poisoned | E::Closed => Self::Unavailable(text),
             _ => Self::Internal(text),

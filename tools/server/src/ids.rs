@@ -56,7 +56,8 @@ impl SessionKey {
     /// Validates the parts (an empty namespace or user id is none).
     pub fn new(session_id: &str, namespace: Option<&str>, user_id: Option<&str>) -> Result<Self, BadPart> {
         check_part("session_id", session_id)?;
-        let key = Self { session_id: session_id.to_string(), namespace: non_empty(namespace), user_id: non_empty(user_id) };
+        let key =
+            Self { session_id: session_id.to_string(), namespace: non_empty(namespace), user_id: non_empty(user_id) };
         if let Some(ns) = &key.namespace {
             check_part("namespace", ns)?;
         }

@@ -75,7 +75,11 @@ pub struct ShutdownReport {
 
 /// The token hashes to check, after the rule: tokens are required when `listen` is not loopback,
 /// unless `insecure_no_auth`.
-pub fn tokens_for(config: &ServerConfig, listen: SocketAddr, options: ServeOptions) -> Result<Vec<[u8; 32]>, ServeError> {
+pub fn tokens_for(
+    config: &ServerConfig,
+    listen: SocketAddr,
+    options: ServeOptions,
+) -> Result<Vec<[u8; 32]>, ServeError> {
     config.validate()?;
     let tokens = config.token_hashes()?;
     if tokens.is_empty() && !listen.ip().is_loopback() && !options.insecure_no_auth {
@@ -162,7 +166,10 @@ pub async fn serve(
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error during shutdown"),
         Ok(_) => {}
         Err(_) => {
-            tracing::warn!(timeout_ms = grace.as_millis() as u64, "requests still in flight at the deadline; cutting them off");
+            tracing::warn!(
+                timeout_ms = grace.as_millis() as u64,
+                "requests still in flight at the deadline; cutting them off"
+            );
             report.requests_cut = true;
             server.abort();
             let _ = server.await;

@@ -89,7 +89,11 @@ impl Default for Metrics {
         Self {
             messages_appended: counter(&mut registry, "messages_appended", "Messages appended"),
             replacements: counter(&mut registry, "replacements", "PUTs recorded as replacements (reset + messages)"),
-            conflicts: counter(&mut registry, "write_conflicts", "Writes retried because the session changed meanwhile"),
+            conflicts: counter(
+                &mut registry,
+                "write_conflicts",
+                "Writes retried because the session changed meanwhile",
+            ),
             compactions_started: counter(&mut registry, "compactions_started", "Background compactions started"),
             compactions_spliced: counter(&mut registry, "compactions_spliced", "Background compactions that spliced"),
             compactions_failed: counter(&mut registry, "compactions_failed", "Background summarizations that failed"),
@@ -97,10 +101,26 @@ impl Default for Metrics {
             ttl_deleted: counter(&mut registry, "ttl_deleted", "Sessions deleted by the TTL sweep"),
             auth_failures: counter(&mut registry, "auth_failures", "Requests refused with 401"),
             guard_lock_timeouts: gauge(&mut registry, "guard_lock_timeouts", "Namespace lock waits that ran out"),
-            guard_background_permits_in_use: gauge(&mut registry, "guard_background_permits_in_use", "Background model permits in use"),
-            guard_background_waiters: gauge(&mut registry, "guard_background_waiters", "Tasks waiting for a background model permit"),
-            guard_background_permit_timeouts: gauge(&mut registry, "guard_background_permit_timeouts", "Background permit waits that ran out"),
-            guard_extractions_failed: gauge(&mut registry, "guard_extractions_failed", "Memory extractions that failed"),
+            guard_background_permits_in_use: gauge(
+                &mut registry,
+                "guard_background_permits_in_use",
+                "Background model permits in use",
+            ),
+            guard_background_waiters: gauge(
+                &mut registry,
+                "guard_background_waiters",
+                "Tasks waiting for a background model permit",
+            ),
+            guard_background_permit_timeouts: gauge(
+                &mut registry,
+                "guard_background_permit_timeouts",
+                "Background permit waits that ran out",
+            ),
+            guard_extractions_failed: gauge(
+                &mut registry,
+                "guard_extractions_failed",
+                "Memory extractions that failed",
+            ),
             compactions_in_flight: gauge(&mut registry, "compactions_in_flight", "Compactions in flight"),
             purges_pending: gauge(&mut registry, "purges_pending", "Deletions whose purge is not finished"),
             requests,
@@ -117,7 +137,9 @@ fn as_gauge(v: u64) -> i64 {
 impl Metrics {
     /// Counts one answered request.
     pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        self.requests.get_or_create(&RequestLabels { route: route.to_string(), method: method.to_string(), status }).inc();
+        self.requests
+            .get_or_create(&RequestLabels { route: route.to_string(), method: method.to_string(), status })
+            .inc();
         self.latency.get_or_create(&RouteLabels { route: route.to_string() }).observe(seconds);
     }
 

@@ -211,7 +211,7 @@ pub struct WorkingMemoryOut {
 /// ISO-8601 UTC with `Z`, microseconds when non-zero (upstream's format).
 pub fn format_time(ms: u64) -> String {
     let t = DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         t.to_rfc3339_opts(SecondsFormat::Secs, true)
     } else {
         t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -331,7 +331,8 @@ pub fn to_library(m: &MessageIn, now_ms: u64) -> Result<(String, Message), Messa
         "system" => (Role::System, false),
         _ => (Role::Assistant, true),
     };
-    let mut message = Message::new(role, m.content.clone()).with_created_at_ms(created_at_ms).with_metadata(META_ID, &id);
+    let mut message =
+        Message::new(role, m.content.clone()).with_created_at_ms(created_at_ms).with_metadata(META_ID, &id);
     if foreign {
         message.metadata.insert(META_ROLE.to_string(), m.role.clone());
     }
@@ -418,6 +419,9 @@ mod tests {
         let blank = MessageIn { content: "  ".into(), ..m.clone() };
         assert_eq!(to_library(&blank, 0), Err(MessageError::Blank("m1".into())));
         let future = MessageIn { created_at: Some("2099-01-01T00:00:00Z".into()), ..m };
-        assert!(matches!(to_library(&future, 1_700_000_000_000), Err(MessageError::Invalid { field: "created_at", .. })));
+        assert!(matches!(
+            to_library(&future, 1_700_000_000_000),
+            Err(MessageError::Invalid { field: "created_at", .. })
+        ));
     }
 }

@@ -108,10 +108,15 @@ fn convert(messages: &[MessageIn], now: u64) -> Result<Vec<(String, palimpsest::
         .enumerate()
         .map(|(i, m)| {
             model::to_library(m, now).map_err(|e| match e {
-                MessageError::Blank(id) => ApiError::BadRequest(format!("Message content cannot be empty (message ID: {id})")),
-                MessageError::Invalid { field, reason, input } => {
-                    ApiError::invalid("value_error", vec![json!("body"), json!("messages"), json!(i), json!(field)], reason, input)
+                MessageError::Blank(id) => {
+                    ApiError::BadRequest(format!("Message content cannot be empty (message ID: {id})"))
                 }
+                MessageError::Invalid { field, reason, input } => ApiError::invalid(
+                    "value_error",
+                    vec![json!("body"), json!("messages"), json!(i), json!(field)],
+                    reason,
+                    input,
+                ),
             })
         })
         .collect()
@@ -158,7 +163,9 @@ impl Service {
                 let older: Vec<StoredMessage> = events
                     .into_iter()
                     .filter_map(|e| match e.kind {
-                        palimpsest::EventKind::MessageAppended(message) => Some(StoredMessage { seq: e.seq, at_ms: e.at_ms, message }),
+                        palimpsest::EventKind::MessageAppended(message) => {
+                            Some(StoredMessage { seq: e.seq, at_ms: e.at_ms, message })
+                        }
                         _ => None,
                     })
                     .collect();
@@ -176,7 +183,11 @@ impl Service {
 
     /// The session for `key`, or upstream's fallback: the one session with this session id (and
     /// the namespace and user id, where given) when the exact key has none.
-    pub async fn resolve(&self, key: &SessionKey, limit: Option<usize>) -> Result<Option<(SessionKey, Read)>, ApiError> {
+    pub async fn resolve(
+        &self,
+        key: &SessionKey,
+        limit: Option<usize>,
+    ) -> Result<Option<(SessionKey, Read)>, ApiError> {
         let session = self.session(key)?;
         if let Some(read) = self.read(&session, limit).await? {
             return Ok(Some((key.clone(), read)));
@@ -252,7 +263,12 @@ impl Service {
     }
 
     /// `GET /v1/working-memory/{id}`.
-    pub async fn get(&self, key: &SessionKey, limit: Option<usize>, window: Window<'_>) -> Result<WorkingMemoryOut, ApiError> {
+    pub async fn get(
+        &self,
+        key: &SessionKey,
+        limit: Option<usize>,
+        window: Window<'_>,
+    ) -> Result<WorkingMemoryOut, ApiError> {
         let (key, read) = self.resolve(key, limit).await?.ok_or_else(|| not_found(key))?;
         let mut messages = read.messages.clone();
         if limit.is_some() {
@@ -266,7 +282,12 @@ impl Service {
     /// `PUT /v1/working-memory/{id}`: the stored messages plus new ones append the new ones;
     /// anything else is a replacement (a reset and the body's messages, one batch). Returns the
     /// response and whether a message lacked `created_at` (the deprecation header).
-    pub async fn put(&self, session_id: &str, body: UpdateBody, window: Window<'_>) -> Result<(WorkingMemoryOut, bool), ApiError> {
+    pub async fn put(
+        &self,
+        session_id: &str,
+        body: UpdateBody,
+        window: Window<'_>,
+    ) -> Result<(WorkingMemoryOut, bool), ApiError> {
         let key = SessionKey::new(session_id, body.namespace.as_deref(), body.user_id.as_deref()).map_err(|e| {
             ApiError::invalid("value_error", vec![json!("body"), json!(e.field)], e.reason, Value::Null)
         })?;
@@ -287,7 +308,9 @@ impl Service {
                     let stored: Vec<(&str, &palimpsest::Message)> =
                         ids.iter().map(String::as_str).zip(read.messages.iter().map(|m| &m.message)).collect();
                     match diff::plan(&stored, &incoming) {
-                        Plan::Append { leading, new } if leading == 0 || self.compacted(&session, read, &incoming[..leading]).await? => {
+                        Plan::Append { leading, new }
+                            if leading == 0 || self.compacted(&session, read, &incoming[..leading]).await? =>
+                        {
                             (false, new)
                         }
                         _ => (true, (0..incoming.len()).collect()),
@@ -349,7 +372,12 @@ impl Service {
 
     /// Whether `leading` (unknown messages before the first stored one in a PUT) are the last
     /// messages compacted away, in order: the client read before a compaction.
-    async fn compacted(&self, session: &Session, read: &Read, leading: &[(String, palimpsest::Message)]) -> Result<bool, ApiError> {
+    async fn compacted(
+        &self,
+        session: &Session,
+        read: &Read,
+        leading: &[(String, palimpsest::Message)],
+    ) -> Result<bool, ApiError> {
         let head = &read.state.head;
         let (base, upto) = (head.base(), head.upto());
         if upto <= base || leading.is_empty() {
@@ -364,14 +392,19 @@ impl Service {
             .into_iter()
             .filter(|e| e.seq <= upto)
             .filter_map(|e| match e.kind {
-                palimpsest::EventKind::MessageAppended(message) => Some(StoredMessage { seq: e.seq, at_ms: e.at_ms, message }),
+                palimpsest::EventKind::MessageAppended(message) => {
+                    Some(StoredMessage { seq: e.seq, at_ms: e.at_ms, message })
+                }
                 _ => None,
             })
             .collect();
         if tail.len() < want {
             return Ok(false);
         }
-        Ok(tail[tail.len() - want..].iter().zip(leading).all(|(s, (id, m))| model::id_of(s) == *id && model::same_message(m, &s.message)))
+        Ok(tail[tail.len() - want..]
+            .iter()
+            .zip(leading)
+            .all(|(s, (id, m))| model::id_of(s) == *id && model::same_message(m, &s.message)))
     }
 
     /// `POST /v1/working-memory/{id}/messages` (extension): appends without resending the session,
@@ -384,7 +417,8 @@ impl Service {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let (key, read) = self.resolve(key, Some(recent)).await?.ok_or_else(|| not_found(key))?;
             let known: std::collections::HashSet<String> = read.messages.iter().map(model::id_of).collect();
-            let fresh: Vec<&(String, palimpsest::Message)> = incoming.iter().filter(|(id, _)| !known.contains(id)).collect();
+            let fresh: Vec<&(String, palimpsest::Message)> =
+                incoming.iter().filter(|(id, _)| !known.contains(id)).collect();
             let skipped = incoming.len() - fresh.len();
             if fresh.is_empty() {
                 return Ok(json!({"status": "ok", "session_id": key.session_id, "appended": 0, "skipped": skipped}));
@@ -428,7 +462,13 @@ impl Service {
 
     /// `GET /v1/working-memory/`: ids (AMS session ids) in library id order, filtered, with the
     /// total of matches among the first `server.max_list_scan` sessions.
-    pub fn list(&self, limit: usize, offset: usize, namespace: Option<&str>, user_id: Option<&str>) -> Result<(Vec<String>, u64), ApiError> {
+    pub fn list(
+        &self,
+        limit: usize,
+        offset: usize,
+        namespace: Option<&str>,
+        user_id: Option<&str>,
+    ) -> Result<(Vec<String>, u64), ApiError> {
         let scan = usize::try_from(self.config.max_list_scan).unwrap_or(usize::MAX);
         let page = self.max_read().min(1_000);
         let (mut seen, mut total, mut out, mut after) = (0usize, 0u64, Vec::new(), None::<SessionId>);
@@ -438,7 +478,9 @@ impl Service {
             seen += ids.len();
             for id in &ids {
                 let Some(key) = SessionKey::parse(id) else { continue };
-                if namespace.is_some_and(|n| key.namespace.as_deref() != Some(n)) || user_id.is_some_and(|u| key.user_id.as_deref() != Some(u)) {
+                if namespace.is_some_and(|n| key.namespace.as_deref() != Some(n))
+                    || user_id.is_some_and(|u| key.user_id.as_deref() != Some(u))
+                {
                     continue;
                 }
                 if total as usize >= offset && out.len() < limit {

@@ -21,9 +21,11 @@ async fn tokens_are_required_when_configured_and_health_is_free() {
         }
         req.send()
     };
-    for (auth, detail) in
-        [(None, "Missing authorization header"), (Some("Basic abc"), "Missing bearer token"), (Some("Bearer wrong"), "Invalid token")]
-    {
+    for (auth, detail) in [
+        (None, "Missing authorization header"),
+        (Some("Basic abc"), "Missing bearer token"),
+        (Some("Bearer wrong"), "Invalid token"),
+    ] {
         let resp = get(auth, "/v1/working-memory/").await.expect("send");
         assert_eq!(resp.status().as_u16(), 401);
         assert_eq!(resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
@@ -116,7 +118,11 @@ async fn past_the_concurrency_bound_requests_are_refused_with_503() {
     stalled.write_all(&body.as_bytes()[body.len() / 2..]).await.expect("rest");
     assert_eq!(status_of(&mut stalled).await, 200);
     drop(stalled);
-    assert_eq!(s.client.get(s.url("/v1/health")).send().await.expect("send").status().as_u16(), 200, "the slot is free again");
+    assert_eq!(
+        s.client.get(s.url("/v1/health")).send().await.expect("send").status().as_u16(),
+        200,
+        "the slot is free again"
+    );
     s.stop().await;
 }
 

@@ -66,7 +66,8 @@ async fn drops_edits_and_reorders_are_replacements_that_keep_the_old_history() {
         assert_eq!(status, 200);
         let (_, got) = s.call("GET", "/v1/working-memory/r", None).await;
         assert_eq!(got["messages"], put["messages"]);
-        let contents: Vec<&str> = got["messages"].as_array().expect("list").iter().filter_map(|m| m["content"].as_str()).collect();
+        let contents: Vec<&str> =
+            got["messages"].as_array().expect("list").iter().filter_map(|m| m["content"].as_str()).collect();
         let want: Vec<&str> = body.iter().filter_map(|m| m["content"].as_str()).collect();
         assert_eq!(contents, want);
         assert_eq!(count(&events(&s, "r::").await, "messages_reset"), n + 1);
@@ -96,7 +97,11 @@ async fn concurrent_get_put_appends_lose_nothing() {
                     let path = format!("{url}/v1/working-memory/c{i}");
                     let got: Value = client.get(&path).send().await.expect("get").json().await.expect("json");
                     let mut body = got.clone();
-                    body["messages"].as_array_mut().expect("list").push(msg(&format!("c{c}-t{t}"), "user", &format!("from {c} turn {t}")));
+                    body["messages"].as_array_mut().expect("list").push(msg(
+                        &format!("c{c}-t{t}"),
+                        "user",
+                        &format!("from {c} turn {t}"),
+                    ));
                     let resp = client.put(&path).json(&body).send().await.expect("put");
                     assert_eq!(resp.status().as_u16(), 200);
                 }
@@ -108,7 +113,8 @@ async fn concurrent_get_put_appends_lose_nothing() {
     }
     for i in 0..sessions {
         let (_, got) = s.call("GET", &format!("/v1/working-memory/c{i}"), None).await;
-        let ids: HashSet<&str> = got["messages"].as_array().expect("list").iter().filter_map(|m| m["id"].as_str()).collect();
+        let ids: HashSet<&str> =
+            got["messages"].as_array().expect("list").iter().filter_map(|m| m["id"].as_str()).collect();
         assert_eq!(ids.len(), clients * turns, "session c{i}: every client's every append is there");
         let kinds = events(&s, &format!("c{i}::")).await;
         assert_eq!(count(&kinds, "message_appended"), clients * turns, "and each exactly once");
@@ -122,7 +128,8 @@ async fn summarization_runs_in_the_background_and_the_client_pattern_survives_it
     let mut s = TestServer::start(|_| {}).await;
     // 40 messages of 100 tokens against a window of 1,000: past 700, compacted down to what fits 400.
     let messages: Vec<Value> = (0..40).map(|i| msg(&format!("m{i}"), "user", &"w".repeat(394))).collect();
-    let (status, put) = s.call("PUT", "/v1/working-memory/big?context_window_max=1000", Some(json!({"messages": messages}))).await;
+    let (status, put) =
+        s.call("PUT", "/v1/working-memory/big?context_window_max=1000", Some(json!({"messages": messages}))).await;
     assert_eq!(status, 200);
     assert_eq!(put["messages"].as_array().map(Vec::len), Some(40), "the PUT answers at once, before summarizing");
     let session = s.engine.session("big::").expect("id");

@@ -42,13 +42,19 @@ async fn every_field_round_trips_through_put_and_get() {
     for answer in [&put, &got] {
         let m = &answer["messages"];
         assert_eq!(m.as_array().map(Vec::len), Some(3));
-        assert_eq!(m[0], json!({"role": "user", "content": "hello", "id": "m1", "created_at": "2024-05-01T10:00:00Z",
-            "persisted_at": null, "discrete_memory_extracted": "f"}));
+        assert_eq!(
+            m[0],
+            json!({"role": "user", "content": "hello", "id": "m1", "created_at": "2024-05-01T10:00:00Z",
+            "persisted_at": null, "discrete_memory_extracted": "f"})
+        );
         assert_eq!(m[1]["role"], "tool", "a role the library lacks is kept");
         assert_eq!(m[2]["created_at"], "2024-05-01T10:00:01.250000Z");
         assert_eq!(m[2]["persisted_at"], "2024-05-02T00:00:00Z");
         assert_eq!(m[2]["discrete_memory_extracted"], "t");
-        assert_eq!(answer["memories"], json!([{"id": "mem1", "text": "likes tea", "topics": ["drinks"], "memory_type": "semantic"}]));
+        assert_eq!(
+            answer["memories"],
+            json!([{"id": "mem1", "text": "likes tea", "topics": ["drinks"], "memory_type": "semantic"}])
+        );
         assert_eq!(answer["data"], json!({"k": [1, 2, {"x": null}]}));
         assert_eq!(answer["context"], "earlier talk");
         assert_eq!((answer["user_id"].as_str(), answer["namespace"].as_str()), (Some("u1"), Some("ns1")));
@@ -62,8 +68,9 @@ async fn every_field_round_trips_through_put_and_get() {
         assert_eq!(answer["context_percentage_total_used"], Value::Null);
     }
     // `data: null` is returned as {}; a message without created_at gets the deprecation header.
-    let (status, headers, put) =
-        s.call_full("PUT", "/v1/working-memory/s2", Some(json!({"messages": [{"role": "user", "content": "x"}]}))).await;
+    let (status, headers, put) = s
+        .call_full("PUT", "/v1/working-memory/s2", Some(json!({"messages": [{"role": "user", "content": "x"}]})))
+        .await;
     assert_eq!(status, 200);
     assert!(headers.get("x-deprecation-warning").is_some());
     assert_eq!(put["data"], json!({}));
@@ -77,16 +84,23 @@ async fn errors_have_upstream_status_and_shape_and_change_nothing() {
     let mut s = TestServer::start(|c| c.max_body_bytes = 4096).await;
     let (status, body) = s.call("GET", "/v1/working-memory/missing", None).await;
     assert_eq!((status, body), (404, json!({"detail": "Session missing not found"})));
-    let (status, body) = s.call("PUT", "/v1/working-memory/s", Some(json!({"messages": [msg("b1", "user", " \n")]}))).await;
+    let (status, body) =
+        s.call("PUT", "/v1/working-memory/s", Some(json!({"messages": [msg("b1", "user", " \n")]}))).await;
     assert_eq!((status, body), (400, json!({"detail": "Message content cannot be empty (message ID: b1)"})));
     let future = json!({"messages": [{"role": "user", "content": "x", "created_at": "2099-01-01T00:00:00Z"}]});
     let cases = [
         (future, vec![json!("body"), json!("messages"), json!(0), json!("created_at")]),
         (json!({"memories": [{"text": "no id"}]}), vec![json!("body"), json!("memories"), json!(0)]),
         (json!({"memories": [{"id": "no text"}]}), vec![json!("body"), json!("memories"), json!(0)]),
-        (json!({"messages": [{"role": "user", "content": 5}]}), vec![json!("body"), json!("messages"), json!(0), json!("content")]),
+        (
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            vec![json!("body"), json!("messages"), json!(0), json!("content")],
+        ),
         (json!({"data": [1]}), vec![json!("body"), json!("data")]),
-        (json!({"long_term_memory_strategy": {"strategy": "bogus"}}), vec![json!("body"), json!("long_term_memory_strategy"), json!("strategy")]),
+        (
+            json!({"long_term_memory_strategy": {"strategy": "bogus"}}),
+            vec![json!("body"), json!("long_term_memory_strategy"), json!("strategy")],
+        ),
         (json!({"namespace": "bad namespace"}), vec![json!("body"), json!("namespace")]),
     ];
     for (body, loc) in cases {
@@ -169,7 +183,12 @@ async fn recent_messages_truncation_and_percentages_follow_upstream() {
     let (_, got) = s.call("GET", "/v1/working-memory/t?recent_messages_limit=3", None).await;
     let ids: Vec<&str> = got["messages"].as_array().expect("list").iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(ids, ["m9", "m8", "m7"]);
-    assert_eq!(s.call("GET", "/v1/working-memory/t?recent_messages_limit=0", None).await.1["messages"].as_array().map(Vec::len), Some(10));
+    assert_eq!(
+        s.call("GET", "/v1/working-memory/t?recent_messages_limit=0", None).await.1["messages"]
+            .as_array()
+            .map(Vec::len),
+        Some(10)
+    );
     // "user: " + 34 x = 40 bytes = 10 tokens each; a window of 35 keeps 3 (30 tokens).
     let (_, got) = s.call("GET", "/v1/working-memory/t?context_window_max=35", None).await;
     assert_eq!(got["messages"].as_array().map(Vec::len), Some(3));
@@ -177,7 +196,10 @@ async fn recent_messages_truncation_and_percentages_follow_upstream() {
     assert!((total - 30.0 / 35.0 * 100.0).abs() < 1e-9, "{total}");
     assert_eq!(got["context_percentage_until_summarization"].as_f64(), Some(100.0), "30 / int(24.5) capped");
     // At least one message is kept, whatever the window.
-    assert_eq!(s.call("GET", "/v1/working-memory/t?context_window_max=1", None).await.1["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        s.call("GET", "/v1/working-memory/t?context_window_max=1", None).await.1["messages"].as_array().map(Vec::len),
+        Some(1)
+    );
     s.stop().await;
 }
 
@@ -195,7 +217,11 @@ async fn the_append_extension_appends_atomically_and_once() {
     assert_eq!((again["appended"].as_u64(), again["skipped"].as_u64()), (Some(0), Some(2)));
     let (_, got) = s.call("GET", "/v1/working-memory/e", None).await;
     assert_eq!(got["messages"].as_array().map(Vec::len), Some(3));
-    assert_eq!((got["data"].clone(), got["ttl_seconds"].clone()), (json!({"keep": 1}), json!(600)), "the document is kept");
+    assert_eq!(
+        (got["data"].clone(), got["ttl_seconds"].clone()),
+        (json!({"keep": 1}), json!(600)),
+        "the document is kept"
+    );
     // Missing session: 404; bad message: nothing appended.
     assert_eq!(s.call("POST", "/v1/working-memory/none/messages", Some(json!({"messages": []}))).await.0, 404);
     let bad = json!({"messages": [msg("m4", "user", "fine"), msg("m5", "user", "")]});
@@ -207,10 +233,15 @@ async fn the_append_extension_appends_atomically_and_once() {
 #[tokio::test]
 async fn the_memory_prompt_puts_summary_messages_and_query_in_order() {
     let mut s = TestServer::start(|_| {}).await;
-    let body = json!({"context": "we planned a trip", "messages": [msg("a", "user", "book it"), msg("b", "tool", "booked")]});
+    let body =
+        json!({"context": "we planned a trip", "messages": [msg("a", "user", "book it"), msg("b", "tool", "booked")]});
     s.call("PUT", "/v1/working-memory/p", Some(body)).await;
     let (status, out) = s
-        .call("POST", "/v1/memory/prompt", Some(json!({"query": "what now?", "session": {"session_id": "p", "context_window_max": "1000"}})))
+        .call(
+            "POST",
+            "/v1/memory/prompt",
+            Some(json!({"query": "what now?", "session": {"session_id": "p", "context_window_max": "1000"}})),
+        )
         .await;
     assert_eq!(status, 200, "{out}");
     let text = |m: &Value| (m["role"].as_str().map(str::to_string), m["content"]["text"].as_str().map(str::to_string));
@@ -222,10 +253,14 @@ async fn the_memory_prompt_puts_summary_messages_and_query_in_order() {
         ("user", "what now?"),
     ];
     assert_eq!(got, want.map(|(r, t)| (Some(r.to_string()), Some(t.to_string()))));
-    assert_eq!(out["messages"][0]["content"], json!({"type": "text", "text": want[0].1, "annotations": null, "_meta": null}));
+    assert_eq!(
+        out["messages"][0]["content"],
+        json!({"type": "text", "text": want[0].1, "annotations": null, "_meta": null})
+    );
     assert_eq!(out["long_term_memories"], Value::Null);
     // A missing session counts as empty; neither session nor long_term_search is 400.
-    let (_, out) = s.call("POST", "/v1/memory/prompt", Some(json!({"query": "q", "session": {"session_id": "none"}}))).await;
+    let (_, out) =
+        s.call("POST", "/v1/memory/prompt", Some(json!({"query": "q", "session": {"session_id": "none"}}))).await;
     assert_eq!(out["messages"].as_array().map(Vec::len), Some(1));
     let (status, out) = s.call("POST", "/v1/memory/prompt", Some(json!({"query": "q"}))).await;
     assert_eq!(status, 400, "{out}");
@@ -237,10 +272,15 @@ async fn the_memory_prompt_puts_summary_messages_and_query_in_order() {
 async fn an_expired_session_reads_as_missing_and_the_sweep_deletes_it_as_an_event() {
     let (engine, _dir) = common::engine();
     let mut s = TestServer::start_on(engine.clone(), |_| {}).await;
-    s.call("PUT", "/v1/working-memory/old", Some(json!({"ttl_seconds": 0, "messages": [msg("a", "user", "hi")]}))).await;
-    s.call("PUT", "/v1/working-memory/live", Some(json!({"ttl_seconds": 3600, "messages": [msg("a", "user", "hi")]}))).await;
+    s.call("PUT", "/v1/working-memory/old", Some(json!({"ttl_seconds": 0, "messages": [msg("a", "user", "hi")]})))
+        .await;
+    s.call("PUT", "/v1/working-memory/live", Some(json!({"ttl_seconds": 3600, "messages": [msg("a", "user", "hi")]})))
+        .await;
     assert_eq!(s.call("GET", "/v1/working-memory/old", None).await.0, 404);
-    assert_eq!(s.call("POST", "/v1/working-memory/old/messages", Some(json!({"messages": [msg("b", "user", "x")]}))).await.0, 404);
+    assert_eq!(
+        s.call("POST", "/v1/working-memory/old/messages", Some(json!({"messages": [msg("b", "user", "x")]}))).await.0,
+        404
+    );
     assert_eq!(s.call("GET", "/v1/working-memory/live", None).await.0, 200);
     s.stop().await;
     // A new server's first sweep (at start) deletes the expired session, as a deletion event.

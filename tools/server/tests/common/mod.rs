@@ -39,9 +39,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(palimpsest_server::serve(engine.clone(), config, listener, ServeOptions::default(), async {
-            let _ = rx.await;
-        }));
+        let handle =
+            tokio::spawn(palimpsest_server::serve(engine.clone(), config, listener, ServeOptions::default(), async {
+                let _ = rx.await;
+            }));
         Self { addr, engine, client: client(), stop: Some(tx), handle: Some(handle), dir: None }
     }
 
@@ -54,7 +55,12 @@ impl TestServer {
         (status, value)
     }
 
-    pub async fn call_full(&self, method: &str, path: &str, body: Option<Value>) -> (u16, reqwest::header::HeaderMap, Value) {
+    pub async fn call_full(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.client.request(method, self.url(path));
         if let Some(b) = body {
