@@ -516,7 +516,7 @@ mod tests {
             (r#"{"type":null,"role":"user"}"#, "type: invalid type: null, expected variant identifier"),
             (
                 r#"{"type":"nap"}"#,
-                "type: unknown variant `nap`, expected one of `message`, `compaction_spliced`, `episode_boundary`, `memories_extracted`, `session_deleted`",
+                "type: unknown variant `nap`, expected one of `message`, `compaction_spliced`, `episode_boundary`, `memories_extracted`, `session_deleted`, `metadata_set`, `messages_reset`",
             ),
             (r#"{"type":"compaction_spliced","upto":1,"previous_upto":0}"#, "missing field `summary`"),
             (
@@ -536,6 +536,12 @@ mod tests {
             (
                 r#"{"type":"session_deleted","n_events_removed":"all"}"#,
                 "n_events_removed: invalid type: string \"all\", expected u64",
+            ),
+            (r#"{"type":"metadata_set"}"#, "missing field `document`"),
+            (r#"{"type":"metadata_set","document":{}}"#, "document: invalid type: map, expected a string"),
+            (
+                r#"{"type":"messages_reset","n_messages_dropped":-1}"#,
+                "n_messages_dropped: invalid value: integer `-1`, expected u64",
             ),
         ];
         for (raw, expected) in rows {
