@@ -25,6 +25,18 @@ pub struct Background {
     metrics: Arc<Metrics>,
 }
 
+/// A session's place in the pending set, given up when dropped.
+struct PendingEntry {
+    pending: Arc<Mutex<HashSet<SessionId>>>,
+    id: SessionId,
+}
+
+impl Drop for PendingEntry {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.id);
+    }
+}
+
 /// Messages read per step when measuring a session's live tokens; each step reads 4 times more.
 const FIRST_MEASURE: usize = 64;
 
@@ -35,8 +47,8 @@ impl Background {
     }
 
     /// After a write that added messages: measure the session in the background and compact it if
-    /// it passed the threshold. Skipped (and counted) when summarization is off is not counted;
-    /// when the session already has a check in flight, or the bound is reached, it is.
+    /// it passed the threshold. Nothing happens with summarization off; a check is skipped (and
+    /// counted) when the session already has one in flight or the bound is reached.
     pub fn after_write(&self, engine: &Engine, session: Session, window_tokens: u64) {
         if !self.summarization {
             return;
@@ -55,12 +67,13 @@ impl Background {
         let (pending, metrics) = (Arc::clone(&self.pending), Arc::clone(&self.metrics));
         let max_read = usize::try_from(engine.config().limits.max_read_messages).unwrap_or(usize::MAX);
         tasks.spawn(async move {
+            // Removes the session's entry however the task ends (done, failed, aborted, panicked).
+            let _entry = PendingEntry { pending, id };
             let outcome = summarize_if_due(&session, window_tokens, max_read, &metrics).await;
             if let Err(e) = outcome {
                 tracing::warn!(session = %session.id(), error = %e, "background summarization failed");
                 metrics.compactions_failed.inc();
             }
-            pending.lock().remove(&id);
         });
     }
 
