@@ -77,41 +77,52 @@ class Counting(httpx.AsyncBaseTransport):
         return httpx.Response(response.status_code, headers=response.headers, content=raw, request=request)
 
 
-async def measure(n: int) -> dict:
-    session = f"b{RUN}-{n}"
+async def measure(sizes: list[int]) -> dict[int, dict]:
+    """Fills one session per size, then measures the sizes in interleaved rounds, so that the disk's
+    background work (memtable flushes after the fills, fjall compactions) weighs on every size alike."""
+    sessions = {n: f"b{RUN}-{n}" for n in sizes}
+    get_ms = {n: [] for n in sizes}
+    ext_ms = {n: [] for n in sizes}
+    ext_bytes = {n: 0 for n in sizes}
+    app_ms = {n: [] for n in sizes}
+    app_bytes = {n: 0 for n in sizes}
+    reps, app_reps = 40, 8
     async with httpx.AsyncClient(base_url=BASE, timeout=300.0) as raw:
-        await fill(raw, session, n)
-        reps = 50 if n <= 5_000 else 20
-        get_ms = []
+        for n in sizes:
+            await fill(raw, sessions[n], n)
         for _ in range(reps):
-            t = time.perf_counter()
-            r = await raw.get(f"/v1/working-memory/{session}", params={"recent_messages_limit": 50})
-            r.raise_for_status()
-            assert len(r.json()["messages"]) == 50
-            get_ms.append((time.perf_counter() - t) * 1000)
-        ext_ms, ext_bytes = [], 0
+            for n in sizes:
+                t = time.perf_counter()
+                r = await raw.get(f"/v1/working-memory/{sessions[n]}", params={"recent_messages_limit": 50})
+                r.raise_for_status()
+                get_ms[n].append((time.perf_counter() - t) * 1000)
+                assert len(r.json()["messages"]) == 50
         for i in range(reps):
-            body = json.dumps({"messages": [message(i)]})
-            t = time.perf_counter()
-            r = await raw.post(f"/v1/working-memory/{session}/messages", content=body, headers={"content-type": "application/json"})
-            r.raise_for_status()
-            ext_ms.append((time.perf_counter() - t) * 1000)
-            ext_bytes += len(body) + len(r.content)
-    counting = Counting()
-    client = MemoryAPIClient(MemoryClientConfig(base_url=BASE, timeout=300.0))
-    client._client = httpx.AsyncClient(base_url=BASE, timeout=300.0, transport=counting)
-    app_ms = []
-    app_reps = 20 if n <= 5_000 else 8
-    async with client:
-        for i in range(app_reps):
-            t = time.perf_counter()
-            await client.append_messages_to_working_memory(session, [message(i)])
-            app_ms.append((time.perf_counter() - t) * 1000)
+            for n in sizes:
+                body = json.dumps({"messages": [message(i)]})
+                t = time.perf_counter()
+                r = await raw.post(f"/v1/working-memory/{sessions[n]}/messages", content=body, headers={"content-type": "application/json"})
+                r.raise_for_status()
+                ext_ms[n].append((time.perf_counter() - t) * 1000)
+                ext_bytes[n] += len(body) + len(r.content)
+    for i in range(app_reps):
+        for n in sizes:
+            counting = Counting()
+            client = MemoryAPIClient(MemoryClientConfig(base_url=BASE, timeout=300.0))
+            client._client = httpx.AsyncClient(base_url=BASE, timeout=300.0, transport=counting)
+            async with client:
+                t = time.perf_counter()
+                await client.append_messages_to_working_memory(sessions[n], [message(i)])
+                app_ms[n].append((time.perf_counter() - t) * 1000)
+            app_bytes[n] += counting.sent + counting.received
     return {
-        "n": n,
-        "get50": (statistics.median(get_ms), pct(get_ms, 95)),
-        "client": (statistics.median(app_ms), pct(app_ms, 95), (counting.sent + counting.received) / app_reps),
-        "ext": (statistics.median(ext_ms), pct(ext_ms, 95), ext_bytes / reps),
+        n: {
+            "n": n,
+            "get50": (statistics.median(get_ms[n]), pct(get_ms[n], 95)),
+            "client": (statistics.median(app_ms[n]), pct(app_ms[n], 95), app_bytes[n] / app_reps),
+            "ext": (statistics.median(ext_ms[n]), pct(ext_ms[n], 95), ext_bytes[n] / reps),
+        }
+        for n in sizes
     }
 
 
@@ -156,9 +167,10 @@ def throughput(n: int, use_extension: bool) -> float:
 
 
 def main() -> None:
+    measured = asyncio.run(measure(SIZES))
     rows = []
     for n in SIZES:
-        m = asyncio.run(measure(n))
+        m = measured[n]
         m["tp_client"] = throughput(n, use_extension=False)
         m["tp_ext"] = throughput(n, use_extension=True)
         rows.append(m)

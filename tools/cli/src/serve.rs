@@ -2,7 +2,8 @@
 //! crate) over a database, until SIGTERM or Ctrl-C.
 //!
 //! `--config FILE` (.toml or .json) holds two optional tables: `engine`, the library's config (as
-//! every other command's `--config`), and `server`, the server's (`palimpsest_server::ServerConfig`).
+//! every other command's `--config`, except that `limits.max_batch_messages` defaults to 100,000: a
+//! PUT of a whole session is one batch), and `server`, the server's (`palimpsest_server::ServerConfig`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,9 +58,16 @@ pub struct ServeArgs {
     pub json: bool,
 }
 
+/// `limits.max_batch_messages` when the `[engine]` table does not set it.
+const SERVE_MAX_BATCH_MESSAGES: u64 = 100_000;
+
 /// The two tables of the serve config file.
 fn load(file: Option<&Path>) -> Result<(Config, ServerConfig), CliError> {
-    let Some(file) = file else { return Ok((Config::default(), ServerConfig::default())) };
+    let Some(file) = file else {
+        let mut engine = Config::default();
+        engine.limits.max_batch_messages = SERVE_MAX_BATCH_MESSAGES;
+        return Ok((engine, ServerConfig::default()));
+    };
     let shown = file.display().to_string();
     let bad = |m: String| CliError::unusable(format!("{shown}: {m}"));
     let text = std::fs::read_to_string(file).map_err(|e| bad(format!("cannot read: {e}")))?;
@@ -72,10 +80,16 @@ fn load(file: Option<&Path>) -> Result<(Config, ServerConfig), CliError> {
         _ => return Err(bad("the config must be a .json or .toml file".to_string())),
     };
     let Value::Object(mut tables) = value else { return Err(bad("not a table".to_string())) };
-    let engine = match tables.remove("engine") {
-        Some(v) => Config::from_json_str(&v.to_string()).map_err(|e| bad(format!("[engine] {e}")))?,
-        None => Config::default(),
-    };
+    let mut engine_table = tables.remove("engine").unwrap_or_else(|| Value::Object(Default::default()));
+    // A PUT of a whole session is one batch (it lands whole or not at all), so the serve default for
+    // `limits.max_batch_messages` is the library's maximum; the request body limit bounds it first.
+    if let Value::Object(engine) = &mut engine_table {
+        let limits = engine.entry("limits").or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(limits) = limits {
+            limits.entry("max_batch_messages").or_insert(Value::from(SERVE_MAX_BATCH_MESSAGES));
+        }
+    }
+    let engine = Config::from_json_str(&engine_table.to_string()).map_err(|e| bad(format!("[engine] {e}")))?;
     let server = match tables.remove("server") {
         Some(v) => {
             let result: Result<ServerConfig, _> = serde_path_to_error::deserialize(v);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -73,6 +73,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/memory/prompt", post(prompt))
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))) })
+        // axum's own 2 MB default would otherwise cut bodies below `server.max_body_bytes`.
+        .layer(DefaultBodyLimit::disable())
         .layer(layers)
         .with_state(state)
 }

@@ -300,3 +300,19 @@ async fn an_expired_session_reads_as_missing_and_the_sweep_deletes_it_as_an_even
     assert_eq!(s.call("GET", "/v1/working-memory/live", None).await.0, 200);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_up_to_the_configured_limit_is_accepted() {
+    // 3 MB: past axum's own 2 MB default, within the server's 8 MiB.
+    let mut s = TestServer::start(|c| c.summarization = false).await;
+    let messages: Vec<Value> = (0..1_000).map(|i| msg(&format!("m{i}"), "user", &"y".repeat(3_000))).collect();
+    let (status, body) = s.call("PUT", "/v1/working-memory/big", Some(json!({"messages": messages}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        s.call("GET", "/v1/working-memory/big?recent_messages_limit=5", None).await.1["messages"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    s.stop().await;
+}
