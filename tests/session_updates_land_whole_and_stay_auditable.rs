@@ -111,3 +111,26 @@ async fn metadata_is_bounded_and_forgotten_by_a_deletion() {
     assert!(events.iter().all(|e| !matches!(e.kind, EventKind::MetadataSet { .. })));
     assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
 }
+
+#[tokio::test]
+async fn a_conditional_delete_deletes_only_the_state_it_read() {
+    let (engine, _dir) = engine_with(FnSummarizer::constant("x"), |_| {});
+    let s = engine.session("cond").unwrap();
+    s.append(Message::user("one")).await.unwrap();
+    s.update(SessionUpdate { reset: true, messages: vec![Message::user("two")], ..SessionUpdate::default() })
+        .await
+        .unwrap();
+    let last = s.head().await.unwrap().unwrap().last_seq();
+    let before = snapshot(&s).await;
+    let err = s.delete_expecting(Seq::new(last.get() - 1)).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(snapshot(&s).await, before, "a stale conditional delete writes nothing");
+    let seq = s.delete_expecting(last).await.unwrap();
+    let events = s.history(Seq::new(1), 10).await.unwrap();
+    // The count covers the events before the reset too: the purge removes them all.
+    assert!(matches!(events[0].kind, EventKind::SessionDeleted { n_events_removed: 3 }), "{events:?}");
+    assert_eq!(events[0].seq, seq);
+    assert!(matches!(s.delete_expecting(seq).await, Err(Error::NotFound { .. })));
+    assert!(engine.wait_for_purges(std::time::Duration::from_secs(30)));
+    assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
+}
