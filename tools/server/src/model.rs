@@ -369,12 +369,13 @@ pub fn to_wire(m: &StoredMessage) -> MessageOut {
 }
 
 /// Whether a request's message says the same as a stored one (role, content, and `created_at`
-/// when the request gives one), so a PUT that resends it appends nothing.
+/// when the request gives one: `created_at_ms` 0 stands for "not given"), so a PUT that resends it
+/// appends nothing.
 pub fn same_message(given: &Message, stored: &Message) -> bool {
     given.role == stored.role
         && given.content == stored.content
         && given.metadata.get(META_ROLE) == stored.metadata.get(META_ROLE)
-        && given.created_at_ms == stored.created_at_ms
+        && (given.created_at_ms == 0 || given.created_at_ms == stored.created_at_ms)
 }
 
 #[cfg(test)]

@@ -294,6 +294,19 @@ impl Service {
         let now = now_ms();
         let missing_created_at = body.messages.iter().any(|m| m.created_at.is_none());
         let incoming = convert(&body.messages, now)?;
+        // For the comparison only: a message sent without `created_at` matches a stored one whatever
+        // its time (0 stands for "not given"); what is written keeps the stamp.
+        let compare: Vec<(String, palimpsest::Message)> = incoming
+            .iter()
+            .zip(&body.messages)
+            .map(|((id, m), given)| {
+                let mut m = m.clone();
+                if given.created_at.is_none() {
+                    m.created_at_ms = 0;
+                }
+                (id.clone(), m)
+            })
+            .collect();
         let session = self.session(&key)?;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let existing = self.read(&session, None).await?;
@@ -307,9 +320,9 @@ impl Service {
                     let ids: Vec<String> = read.messages.iter().map(model::id_of).collect();
                     let stored: Vec<(&str, &palimpsest::Message)> =
                         ids.iter().map(String::as_str).zip(read.messages.iter().map(|m| &m.message)).collect();
-                    match diff::plan(&stored, &incoming) {
+                    match diff::plan(&stored, &compare) {
                         Plan::Append { leading, new }
-                            if leading == 0 || self.compacted(&session, read, &incoming[..leading]).await? =>
+                            if leading == 0 || self.compacted(&session, read, &compare[..leading]).await? =>
                         {
                             (false, new)
                         }

@@ -154,3 +154,16 @@ async fn summarization_runs_in_the_background_and_the_client_pattern_survives_it
     assert!(s.engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit").ok);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn resent_messages_without_created_at_still_match() {
+    let mut s = TestServer::start(|c| c.summarization = false).await;
+    let bare = |id: &str, text: &str| json!({"id": id, "role": "user", "content": text});
+    s.call("PUT", "/v1/working-memory/bare", Some(json!({"messages": [bare("a", "1")]}))).await;
+    let (status, put) =
+        s.call("PUT", "/v1/working-memory/bare", Some(json!({"messages": [bare("a", "1"), bare("b", "2")]}))).await;
+    assert_eq!(status, 200, "{put}");
+    let kinds = events(&s, "bare::").await;
+    assert_eq!((count(&kinds, "message_appended"), count(&kinds, "messages_reset")), (2, 0));
+    s.stop().await;
+}
