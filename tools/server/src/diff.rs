@@ -4,8 +4,8 @@
 //! The client's append (`append_messages_to_working_memory`) GETs the session and PUTs the stored
 //! messages plus new ones, matched here by message id:
 //! - the body's known messages (ids stored in the live window) must be the stored ones from the
-//!   first, in order and unchanged (role, content, `created_at`), with every new message after
-//!   them: then only the new ones are appended;
+//!   first, in order and unchanged (role, content, and `created_at` when the body gives one), with
+//!   every new message after them: then only the new ones are appended;
 //! - stored messages after the last known one that the body lacks were written after the client's
 //!   GET (another client's append): they are kept, and the new messages go after them, so
 //!   concurrent GET+PUT appends lose nothing. A body with no new message that lacks them is a
