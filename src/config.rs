@@ -89,6 +89,9 @@ pub struct Limits {
     pub max_read_messages: u64,
     /// Most tool calls a session may have waiting for results. Default 256, range 1..=4,096.
     pub max_open_tool_calls: u64,
+    /// Largest session metadata document (`Session::set_metadata`), bytes. Default 1 MiB, range
+    /// 1 B..=16 MiB.
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for Limits {
@@ -98,6 +101,7 @@ impl Default for Limits {
             max_batch_messages: 1_000,
             max_read_messages: 10_000,
             max_open_tool_calls: 256,
+            max_metadata_bytes: 1 << 20,
         }
     }
 }
@@ -458,6 +462,7 @@ impl Config {
         in_range("limits.max_batch_messages", l.max_batch_messages, 1, 100_000)?;
         in_range("limits.max_read_messages", l.max_read_messages, 1, 1_000_000)?;
         in_range("limits.max_open_tool_calls", l.max_open_tool_calls, 1, 4_096)?;
+        in_range("limits.max_metadata_bytes", l.max_metadata_bytes, 1, 16 << 20)?;
         let w = &self.writes;
         in_range("writes.queue_depth", w.queue_depth, 1, 1_000_000)?;
         in_range("writes.group_max_events", w.group_max_events, 1, 1_000_000)?;

@@ -176,6 +176,19 @@ pub enum Error {
         message: String,
     },
 
+    /// The session changed since the caller read it: a write made with an expected last seq
+    /// (`SessionUpdate::expect_last_seq`) found another. Nothing was written; read the session
+    /// again and retry.
+    #[error("session {session} changed: expected last seq {expected}, found {found}")]
+    Conflict {
+        /// The session written to.
+        session: String,
+        /// The last seq the caller expected.
+        expected: u64,
+        /// The session's last seq when the write was tried.
+        found: u64,
+    },
+
     /// The engine is shutting down or was closed.
     #[error("engine is closed")]
     Closed,

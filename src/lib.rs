@@ -14,7 +14,8 @@
 //! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
 //! - `engine`: [`Engine`] and [`Session`], the async API: the write path (locks, group commit,
-//!   poisoning) and the reads.
+//!   poisoning) and the reads; session metadata and atomic whole-session updates
+//!   ([`SessionUpdate`], [`SessionState`]) for servers that keep a session document.
 //! - `compaction`, `episodes`, `extraction`: features standing on the engine's crate-internal write
 //!   path: the single-flight compaction runner and its progress events; the [`EpisodeClassifier`]
 //!   and turn caps; background memory extraction into namespaces with `drain`.
@@ -50,6 +51,7 @@ pub use crate::{
         Durability, Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits,
         Locks as LocksConfig, OnLockTimeout, OpenAiConfig, RetryConfig, SummarizerConfig, SummarizerKind, Writes,
     },
+    engine::metadata::{SessionMetadata, SessionState, SessionUpdate, UpdateOutcome},
     engine::{Components, Engine, Session},
     episodes::{
         Boundary, CLASSIFY_CONTEXT_EVENTS, ClassifyInput, EpisodeClassifier, EpisodeDecision, LexicalClassifier,

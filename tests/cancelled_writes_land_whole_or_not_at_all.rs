@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use common::{Rng, fast_tempdir};
 use palimpsest::{
-    AuditOptions, CompactionRequest, Config, Durability, Engine, EventKind, Message, Seq, Session, ToolCall,
+    AuditOptions, CompactionRequest, Config, Durability, Engine, EventKind, Message, Seq, Session, SessionUpdate,
+    ToolCall,
 };
 
 /// Polls the inner future at most `polls` times, then drops it (returning `None`). After a
@@ -68,10 +69,21 @@ enum Op {
     Delete,
     Import,
     CloseEpisode,
+    /// `Session::update`: a reset, two user messages and a metadata document in one batch.
+    Update,
 }
 
-const OPS: [Op; 8] =
-    [Op::Append, Op::AppendMany, Op::AppendTurn, Op::ToolPair, Op::Compact, Op::Delete, Op::Import, Op::CloseEpisode];
+const OPS: [Op; 9] = [
+    Op::Append,
+    Op::AppendMany,
+    Op::AppendTurn,
+    Op::ToolPair,
+    Op::Compact,
+    Op::Delete,
+    Op::Import,
+    Op::CloseEpisode,
+    Op::Update,
+];
 
 /// What the harness knows must be stored: acknowledged messages by seq, per session, since the
 /// session's last deletion.
@@ -155,6 +167,28 @@ async fn run_op(session: &Session, op: Op, tag: &str, polls: usize, acked: &mut 
             }
         }
         Op::CloseEpisode => within(polls, session.close_episode()).await.map(|r| r.expect("close_episode")).is_some(),
+        Op::Update => {
+            let update = SessionUpdate {
+                reset: true,
+                messages: (0..2).map(|i| Message::user(format!("{tag}/{i}"))).collect(),
+                metadata: Some(format!("{{\"tag\":\"{tag}\"}}")),
+                ..SessionUpdate::default()
+            };
+            match within(polls, session.update(update)).await {
+                Some(r) => {
+                    let out = r.expect("update");
+                    if let Some(reset) = out.reset {
+                        acked.messages.clear();
+                        acked.deleted_at = reset;
+                    }
+                    for (i, seq) in out.message_seqs.into_iter().enumerate() {
+                        acked.messages.insert(seq, format!("{tag}/{i}"));
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
     }
 }
 
@@ -172,8 +206,12 @@ async fn tagged(session: &Session, tag: &str) -> Vec<(Seq, String)> {
 /// there or none (`expect_n` of them when whole).
 async fn check(session: &Session, acked: &mut Acked, cancelled: Option<(&str, usize)>) {
     let events = session.history(Seq::new(1), 10_000).await.expect("history");
-    // A deletion landed by a cancelled delete: what came before it is gone, by design.
-    if let Some(del) = events.iter().rev().find(|e| matches!(e.kind, EventKind::SessionDeleted { .. }))
+    // A deletion (or reset) landed by a cancelled delete (or update): what came before it is out of
+    // history, by design (a reset's earlier events stay stored; audit and export see them).
+    if let Some(del) = events
+        .iter()
+        .rev()
+        .find(|e| matches!(e.kind, EventKind::SessionDeleted { .. } | EventKind::MessagesReset { .. }))
         && del.seq > acked.deleted_at
     {
         acked.messages.retain(|seq, _| *seq > del.seq);
@@ -207,6 +245,7 @@ fn open(dir: &std::path::Path, durability: Durability) -> Engine {
 fn tagged_count(op: Op) -> usize {
     match op {
         Op::Append | Op::AppendTurn | Op::ToolPair => 1,
+        Op::Update => 2,
         Op::AppendMany => 3,
         Op::Import => 4,
         Op::Compact | Op::Delete | Op::CloseEpisode => 0,

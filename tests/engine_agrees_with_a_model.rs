@@ -1,8 +1,9 @@
 //! Model-based property (feature `testing`): random sequences of up to 200 operations drive the
 //! real engine and a simple in-memory model side by side - appends (user turns, assistant turns
 //! with tool calls, tool results), compactions that start, then finish, fail or are cancelled
-//! while appends go on, reopens (which cancel an in-flight compaction, as a crash would), and
-//! injected storage failures - and after every step the two must agree on the log, the working
+//! while appends go on, reopens (which cancel an in-flight compaction, as a crash would),
+//! injected storage failures, and resets (`Session::update` replacing the messages, which abandons a
+//! compaction in flight) - and after every step the two must agree on the log, the working
 //! memory and the compaction outcome. The model plans its cuts with its own obvious
 //! implementation of the pair-safe rule. Working memory is read twice per step at two window
 //! sizes, so the engine's head and window caches are read after every kind of write (appends,
@@ -16,7 +17,7 @@ use std::time::Duration;
 use common::FnSummarizer;
 use palimpsest::{
     BoundaryReason, CompactionOutcome, CompactionRequest, Config, Durability, Engine, Error, EventKind, Fault,
-    FaultMode, FaultPoint, Message, Seq, Stage, ToolCall,
+    FaultMode, FaultPoint, Message, Seq, SessionUpdate, Stage, ToolCall,
 };
 use parking_lot::Mutex;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
@@ -33,6 +34,8 @@ enum Op {
     CancelCompaction,
     Reopen,
     FailedWrite,
+    /// `Session::update` with a reset and one user message (a replacement, as `palimpsest serve` writes it).
+    Reset,
 }
 
 impl Arbitrary for Op {
@@ -46,6 +49,7 @@ impl Arbitrary for Op {
             15 => Op::FailCompaction,
             16 => Op::CancelCompaction,
             17 => Op::Reopen,
+            18 => Op::Reset,
             _ => Op::FailedWrite,
         }
     }
@@ -57,6 +61,7 @@ enum Ev {
     Msg(Message),
     Splice { upto: u64, text: String },
     TurnCap { episode: u64 },
+    Reset,
 }
 
 /// `episodes.max_turns_per_episode` of the engine under test (the default).
@@ -70,6 +75,10 @@ struct Model {
     summary: Option<String>,
     episode: u64,
     episode_turns: u64,
+    /// Seq of the latest reset (0: none): the log before it is history, not working memory.
+    base: u64,
+    /// Messages since the start or the latest reset (a reset is written only when there are some).
+    live_messages: u64,
 }
 
 impl Model {
@@ -104,10 +113,12 @@ impl Model {
                     .iter()
                     .any(|e| matches!(e, Ev::Msg(m) if m.tool_call_id.as_deref() == Some(id)))
             };
-            let blocker = self.log[..cut as usize].iter().enumerate().find_map(|(i, e)| match e {
-                Ev::Msg(m) if m.tool_calls.iter().any(|c| !answered_by(&c.id, cut)) => Some(i as u64 + 1),
-                _ => None,
-            });
+            // Calls before the lower bound are summarized (answered by then) or dropped by a reset.
+            let blocker =
+                self.log[..cut as usize].iter().enumerate().skip(self.upto as usize).find_map(|(i, e)| match e {
+                    Ev::Msg(m) if m.tool_calls.iter().any(|c| !answered_by(&c.id, cut)) => Some(i as u64 + 1),
+                    _ => None,
+                });
             match blocker {
                 None => break,
                 Some(call_seq) => cut = call_seq - 1,
@@ -139,6 +150,8 @@ fn open(dir: &std::path::Path, gate: &Gate) -> Engine {
 struct InFlight {
     task: tokio::task::JoinHandle<Result<CompactionOutcome, Error>>,
     plan: Option<(u64, usize)>,
+    /// A reset landed while it summarized: the splice's re-check must abandon it.
+    reset_since: bool,
 }
 
 /// Cancels an in-flight compaction the way a crash or a caller dropping the future would.
@@ -165,11 +178,12 @@ async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
             EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap } => {
                 Ev::TurnCap { episode: *episode }
             }
+            EventKind::MessagesReset { .. } => Ev::Reset,
             other => panic!("unexpected {other:?}"),
         })
         .collect();
-    let want: Vec<Ev> = model
-        .log
+    // History starts at the latest reset (the events before it stay stored, for audit and export).
+    let want: Vec<Ev> = model.log[model.base.saturating_sub(1) as usize..]
         .iter()
         .map(|e| match e {
             Ev::Splice { upto, .. } => Ev::Splice { upto: *upto, text: String::new() },
@@ -187,7 +201,7 @@ async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
         if got != want {
             return Err(format!("working_memory({limit}) differs:\n engine {got:?}\n model  {want:?}"));
         }
-        if wm.n_messages != Some(model.log.iter().filter(|e| matches!(e, Ev::Msg(_))).count() as u64) {
+        if wm.n_messages != Some(model.live_messages) {
             return Err(format!("working_memory({limit}) counts {:?} messages", wm.n_messages));
         }
     }
@@ -228,6 +242,7 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                     }
                     model.log.push(Ev::Msg(Message::user(format!("turn {step}"))));
                     model.episode_turns += 1;
+                    model.live_messages += 1;
                 }
                 Op::Calls(n) => {
                     let calls: Vec<ToolCall> = (0..n)
@@ -239,6 +254,7 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                     let m = Message::assistant_tool_calls("", calls.clone());
                     append(m.clone()).await?;
                     model.log.push(Ev::Msg(m));
+                    model.live_messages += 1;
                     let seq = model.last();
                     model.open.extend(calls.into_iter().map(|c| (c.id, seq)));
                 }
@@ -247,6 +263,36 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                     let m = Message::tool_result(&id, "done");
                     append(m.clone()).await?;
                     model.log.push(Ev::Msg(m));
+                    model.live_messages += 1;
+                }
+                Op::Reset => {
+                    let m = Message::user(format!("fresh {step}"));
+                    let update = SessionUpdate { reset: true, messages: vec![m.clone()], ..SessionUpdate::default() };
+                    let out = s.update(update).await.map_err(|e| format!("step {step}: {e}"))?;
+                    let written = model.live_messages > 0;
+                    if written {
+                        model.log.push(Ev::Reset);
+                        (model.base, model.upto, model.summary, model.live_messages) =
+                            (model.last(), model.last(), None, 0);
+                        model.open.clear();
+                        if let Some(f) = in_flight.as_mut() {
+                            f.reset_since = true;
+                        }
+                    }
+                    // A reset is written only over live messages, and then at the model's seq.
+                    if out.reset.map(Seq::get) != written.then_some(model.base) {
+                        return Err(format!(
+                            "step {step}: reset at {:?}, model {written} at {}",
+                            out.reset, model.base
+                        ));
+                    }
+                    if model.episode_turns == MAX_TURNS {
+                        model.log.push(Ev::TurnCap { episode: model.episode });
+                        (model.episode, model.episode_turns) = (model.episode + 1, 0);
+                    }
+                    model.log.push(Ev::Msg(m));
+                    model.episode_turns += 1;
+                    model.live_messages += 1;
                 }
                 Op::Result(_) => {}
                 Op::StartCompaction(x) if in_flight.is_none() && model.last() > 0 => {
@@ -268,7 +314,7 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                                 break;
                             }
                         }
-                        in_flight = Some(InFlight { task, plan });
+                        in_flight = Some(InFlight { task, plan, reset_since: false });
                     } else {
                         let outcome = task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
                         if !matches!(outcome, CompactionOutcome::NothingToCompact { .. }) {
@@ -278,7 +324,7 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                 }
                 Op::StartCompaction(_) => {}
                 Op::FinishCompaction | Op::FailCompaction if in_flight.is_some() => {
-                    let InFlight { task, plan } = in_flight.take().expect("checked");
+                    let InFlight { task, plan, reset_since } = in_flight.take().expect("checked");
                     let fail = matches!(op, Op::FailCompaction);
                     let release =
                         if fail { Err(Error::Summarizer { status: None, message: "no".into() }) } else { Ok(()) };
@@ -287,7 +333,10 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                     let (upto, n) = plan.expect("in flight only with a plan");
                     match (fail, outcome) {
                         (true, Err(Error::Summarizer { .. })) => {}
-                        (false, Ok(CompactionOutcome::Spliced { upto: got, .. })) if got.get() == upto => {
+                        (false, Ok(CompactionOutcome::Abandoned { .. })) if reset_since => {}
+                        (false, Ok(CompactionOutcome::Spliced { upto: got, .. }))
+                            if got.get() == upto && !reset_since =>
+                        {
                             let text = format!("summary of {n} messages");
                             model.log.push(Ev::Splice { upto, text: text.clone() });
                             model.upto = upto;

@@ -141,7 +141,7 @@ pub struct Replayer {
     n_events: u64,
     /// True until the first event: only the log's first event may be a deletion at any seq.
     at_start: bool,
-    /// `max(splice upto, deletion base)`: messages at or before it are summarized or gone.
+    /// `max(splice upto, deletion or reset base)`: messages at or before it are summarized or gone.
     lower: Seq,
     /// (call seq, result seq) of calls answered after `lower`, for the pair check at a splice.
     answered: Vec<(Seq, Seq)>,
@@ -224,10 +224,12 @@ impl Replayer {
                 }
             }
             EventKind::CompactionSpliced(s) => self.splice(key_seq, s),
-            EventKind::SessionDeleted { .. } => {
+            // A reset ends the window like a deletion (its calls are dropped with it), without a purge.
+            EventKind::SessionDeleted { .. } | EventKind::MessagesReset { .. } => {
                 self.lower = key_seq;
                 self.answered.clear();
             }
+            EventKind::MetadataSet { .. } => {}
             EventKind::EpisodeBoundary { .. } | EventKind::MemoriesExtracted { .. } => {
                 if let Err(detail) = fold::check_marker(&self.head, event) {
                     self.violation(Some(key_seq), ViolationKind::InvalidEvent, detail);

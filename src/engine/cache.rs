@@ -13,7 +13,7 @@
 //!   `last_seq` it was computed at. A read uses it only when that tag equals the session's current
 //!   `last_seq`: every write appends an event, and the log below `last_seq` never changes, so equal
 //!   seqs mean equal windows; a stale entry is a miss, never a wrong answer. Writes that append only
-//!   messages (and boundaries or memory records) extend the entry in their settle step, so the
+//!   messages (and boundaries, memory records or metadata) extend the entry in their settle step, so the
 //!   agent loop (append a turn, read working memory) keeps hitting; every other write drops it.
 //!   Memory is bounded by `cache.window_bytes` (least recently used windows go first).
 
@@ -102,7 +102,9 @@ impl Caches {
                 EventKind::MessageAppended(m) => {
                     added.push(StoredMessage { seq: event.seq, at_ms: event.at_ms, message: m.clone() })
                 }
-                EventKind::EpisodeBoundary { .. } | EventKind::MemoriesExtracted { .. } => {}
+                EventKind::EpisodeBoundary { .. }
+                | EventKind::MemoriesExtracted { .. }
+                | EventKind::MetadataSet { .. } => {}
                 _ => return WindowChange::Drop,
             }
         }

@@ -7,6 +7,7 @@
 //! therefore totally ordered; different sessions only share the group-commit thread.
 
 mod cache;
+pub(crate) mod metadata;
 pub(crate) mod writer;
 
 use std::sync::atomic::AtomicU64;
@@ -618,16 +619,31 @@ impl Session {
     /// Cancel safety: dropping the future before the deletion is queued deletes nothing; after, the
     /// deletion lands (and its purge then waits for the next open, which resumes it from the marker).
     pub async fn delete(&self) -> Result<Seq, Error> {
+        self.delete_if(None).await
+    }
+
+    /// [`Session::delete`], and with `expect_last_seq` only if the session's last seq is still that
+    /// (checked under the session's lock; [`Error::Conflict`] otherwise, and nothing is written).
+    pub(crate) async fn delete_if(&self, expect_last_seq: Option<Seq>) -> Result<Seq, Error> {
         let id = &self.id;
         let head = self
             .engine
             .write_events(id, |batch, _| {
                 let head = batch.head();
+                if let Some(expected) = expect_last_seq.filter(|e| *e != head.last_seq()) {
+                    return Err(Error::Conflict {
+                        session: id.to_string(),
+                        expected: expected.get(),
+                        found: head.last_seq().get(),
+                    });
+                }
                 if head.last_seq() == Seq::ZERO || head.is_deleted() {
                     return Err(Error::NotFound { session: id.to_string() });
                 }
-                // The events still stored: from the previous deletion (itself one) to the last.
-                let n_events_removed = head.last_seq().get() - head.base().get() + u64::from(head.base() > Seq::ZERO);
+                // The events still stored: from the log's start (the previous deletion, itself
+                // one, or seq 1) to the last, the events before a messages reset included.
+                let start = head.log_start();
+                let n_events_removed = head.last_seq().get() - start.get() + u64::from(start > Seq::ZERO);
                 let seq = batch.push(EventKind::SessionDeleted { n_events_removed })?;
                 batch.op(Op::Put(Ks::Meta, keys::purge_key(id, seq), Vec::new()));
                 Ok(())

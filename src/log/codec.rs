@@ -22,12 +22,17 @@ pub const HEAD_FORMAT: u8 = 1;
 pub const DB_FORMAT: u8 = 1;
 /// No stored message may exceed this, whatever `limits.max_message_bytes` says (decode-side bound).
 pub const MAX_STORED_MESSAGE_BYTES: usize = 64 << 20;
+/// No stored metadata document may exceed this, whatever `limits.max_metadata_bytes` says.
+pub const MAX_STORED_METADATA_BYTES: usize = 64 << 20;
 
 /// Encodes an event for the events keyspace. Every event reaches here through `Batch::push`,
 /// which has checked it with [`check_event`] in every build; this is the paired assertion.
 pub fn encode_event(event: &Event) -> Vec<u8> {
     debug_assert!(check_event(event, event.seq).is_ok(), "refusing to encode an impossible event");
-    let payload = event.message().map_or(0, Message::size_bytes);
+    let payload = match &event.kind {
+        EventKind::MetadataSet { document } => document.len(),
+        _ => event.message().map_or(0, Message::size_bytes),
+    };
     encode(EVENT_FORMAT, event, payload + ENCODING_OVERHEAD)
 }
 
@@ -151,6 +156,10 @@ pub(crate) fn check_kind(event: &Event) -> Result<(), String> {
             "namespace {:?} is not a namespace (1 to {MAX_SESSION_ID_BYTES} bytes of the session-id alphabet)",
             truncate_for_error(namespace)
         )),
+        EventKind::MetadataSet { document } if document.len() > MAX_STORED_METADATA_BYTES => Err(format!(
+            "metadata document of {} bytes is past the stored limit of {MAX_STORED_METADATA_BYTES}",
+            document.len()
+        )),
         _ => Ok(()),
     }
 }
@@ -229,5 +238,50 @@ mod tests {
         for ok in [event(5, ns("n", 3, 4)), event(5, boundary(4)), event(Seq::MAX.get(), boundary(0))] {
             assert_eq!(check_event(&ok, ok.seq), Ok(()), "{ok:?}");
         }
+    }
+
+    /// Heads are positional msgpack arrays; one written before `metadata` and `log_start` existed
+    /// is two elements shorter and must still decode, with both absent.
+    #[test]
+    fn a_head_written_before_metadata_and_resets_existed_still_decodes() {
+        let head = crate::log::fold::replay(&[
+            event(1, EventKind::MessageAppended(Message::user("hi"))),
+            event(2, EventKind::SessionDeleted { n_events_removed: 1 }),
+            event(3, EventKind::MessageAppended(Message::user("again"))),
+        ]);
+        // The 9 fields of the earlier format, in order, as that build wrote them.
+        let old = (
+            head.last_seq(),
+            head.n_messages(),
+            head.splice().cloned(),
+            head.open_calls().to_vec(),
+            Vec::<u64>::new(),
+            head.episode(),
+            head.episode_turns(),
+            head.base(),
+            head.is_deleted(),
+        );
+        let mut bytes = vec![HEAD_FORMAT];
+        rmp_serde::encode::write(&mut bytes, &old).expect("encodes");
+        let decoded = decode_head("s", &bytes).expect("an old head decodes");
+        assert_eq!(decoded, head);
+        assert_eq!((decoded.metadata_seq(), decoded.log_start()), (None, Seq::new(2)));
+        // The new head is an array (not a map): 11 elements now.
+        let new = encode_head(&head);
+        assert_eq!(new[1], 0x90 | 11);
+        assert_eq!(decode_head("s", &new).expect("round trip"), head);
+    }
+
+    #[test]
+    fn metadata_and_reset_events_round_trip() {
+        for kind in [
+            EventKind::MetadataSet { document: r#"{"a":1}"#.to_string() },
+            EventKind::MessagesReset { n_messages_dropped: 3 },
+        ] {
+            let ev = event(4, kind);
+            assert_eq!(decode_event("s", Seq::new(4), &encode_event(&ev)).expect("round trip"), ev);
+        }
+        let huge = event(4, EventKind::MetadataSet { document: "x".repeat(MAX_STORED_METADATA_BYTES + 1) });
+        assert!(check_event(&huge, huge.seq).is_err());
     }
 }

@@ -297,6 +297,23 @@ pub enum EventKind {
         /// one), if any, to the last.
         n_events_removed: u64,
     },
+    /// The session's metadata document is now `document` (replacing the previous one whole). The
+    /// engine does not interpret it: a server keeps its session record here (palimpsest serve keeps
+    /// JSON). The head remembers the seq of the latest one, so reading it costs the head plus this
+    /// event. At most `limits.max_metadata_bytes` bytes when written.
+    MetadataSet {
+        /// The caller's document, stored as given.
+        document: String,
+    },
+    /// The session's messages were replaced: every message before this event leaves the working
+    /// memory (and compaction's reach), as after a deletion, but the events stay in the log for
+    /// audit, export and time travel up to here; nothing is purged. Messages written after it (in
+    /// the same batch, typically) are the session's new content.
+    MessagesReset {
+        /// Messages the session held (since its last deletion or reset, compacted ones included)
+        /// that left the window.
+        n_messages_dropped: u64,
+    },
 }
 
 impl EventKind {
@@ -308,6 +325,8 @@ impl EventKind {
             EventKind::EpisodeBoundary { .. } => "episode_boundary",
             EventKind::MemoriesExtracted { .. } => "memories_extracted",
             EventKind::SessionDeleted { .. } => "session_deleted",
+            EventKind::MetadataSet { .. } => "metadata_set",
+            EventKind::MessagesReset { .. } => "messages_reset",
         }
     }
 }

@@ -56,6 +56,15 @@ pub struct Head {
     pub(crate) episode_turns: u64,
     pub(crate) base: Seq,
     pub(crate) deleted: bool,
+    /// Seq of the latest `MetadataSet` since the last deletion. Added after format 1's first
+    /// release: heads written before it decode with `None` (the positional array is shorter).
+    #[serde(default)]
+    pub(crate) metadata: Option<Seq>,
+    /// Where the stored log starts when a `MessagesReset` moved `base` past it: the last deletion's
+    /// seq (0: never deleted). `None` means `base` (no reset since the last deletion); heads
+    /// written before resets existed decode as `None`, which is right for them.
+    #[serde(default)]
+    pub(crate) log_start: Option<Seq>,
 }
 
 impl Head {
@@ -87,9 +96,19 @@ impl Head {
     pub fn episode_turns(&self) -> u64 {
         self.episode_turns
     }
-    /// Seq of the last deletion: events at or before it are gone (0 if never deleted).
+    /// Seq of the last deletion or messages reset (0 if neither): messages at or before it are out
+    /// of the working memory (a deletion's events are purged; a reset's stay in the log).
     pub fn base(&self) -> Seq {
         self.base
+    }
+    /// Seq the session's stored log starts at: its last deletion (whose earlier events are dead),
+    /// or 0 when it was never deleted. Events from here on are all stored, resets included.
+    pub fn log_start(&self) -> Seq {
+        self.log_start.unwrap_or(self.base)
+    }
+    /// Seq of the latest `MetadataSet` since the last deletion, if any.
+    pub fn metadata_seq(&self) -> Option<Seq> {
+        self.metadata
     }
     /// True when the last thing that happened to the session was its deletion.
     pub fn is_deleted(&self) -> bool {
@@ -130,6 +149,17 @@ pub fn apply(head: &mut Head, event: &Event) {
         EventKind::MemoriesExtracted { .. } => {}
         EventKind::SessionDeleted { .. } => {
             *head = Head { last_seq: event.seq, base: event.seq, deleted: true, ..Head::default() };
+        }
+        EventKind::MetadataSet { .. } => head.metadata = Some(event.seq),
+        // Like a deletion for the window (the messages before it leave it, with their summary and
+        // open calls), but the log, the episode count and the metadata stay.
+        EventKind::MessagesReset { .. } => {
+            head.log_start = Some(head.log_start());
+            head.base = event.seq;
+            head.n_messages = 0;
+            head.splice = None;
+            head.open_calls.clear();
+            head.recently_answered.clear();
         }
     }
 }
@@ -255,5 +285,33 @@ mod tests {
         assert_eq!((head.last_seq(), head.base(), head.n_messages()), (Seq::new(3), Seq::new(3), 0));
         apply(&mut head, &msg(4, Message::user("again")));
         assert!(!head.is_deleted());
+    }
+
+    #[test]
+    fn a_reset_moves_the_window_base_but_keeps_the_log_start_and_metadata() {
+        let mut head = replay(&[
+            msg(1, Message::user("a")),
+            msg(2, Message::assistant_tool_calls("", vec![ToolCall::new("c1", "ls", "{}")])),
+            Event { seq: Seq::new(3), at_ms: 0, kind: EventKind::MetadataSet { document: "{}".to_string() } },
+        ]);
+        assert_eq!(head.metadata_seq(), Some(Seq::new(3)));
+        apply(
+            &mut head,
+            &Event { seq: Seq::new(4), at_ms: 0, kind: EventKind::MessagesReset { n_messages_dropped: 2 } },
+        );
+        assert_eq!((head.base(), head.log_start(), head.n_messages()), (Seq::new(4), Seq::ZERO, 0));
+        assert!(head.open_calls().is_empty() && head.splice().is_none() && !head.is_deleted());
+        assert_eq!(head.metadata_seq(), Some(Seq::new(3)));
+        // A deletion resets the log start and forgets the metadata.
+        apply(
+            &mut head,
+            &Event { seq: Seq::new(5), at_ms: 0, kind: EventKind::SessionDeleted { n_events_removed: 4 } },
+        );
+        assert_eq!((head.base(), head.log_start(), head.metadata_seq()), (Seq::new(5), Seq::new(5), None));
+        apply(
+            &mut head,
+            &Event { seq: Seq::new(6), at_ms: 0, kind: EventKind::MessagesReset { n_messages_dropped: 0 } },
+        );
+        assert_eq!((head.base(), head.log_start()), (Seq::new(6), Seq::new(5)));
     }
 }

@@ -72,8 +72,9 @@ impl Session {
         let view = self.engine().store().view();
         let head = view.head(self.id())?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
         let io = |e: std::io::Error| Error::storage("export write", e);
-        // Events before the last deletion are gone; the log starts at the deletion itself.
-        let mut from = head.base().max(Seq::new(1));
+        // Events before the last deletion are gone; the log starts at the deletion itself (a
+        // messages reset keeps the events before it, so they are exported too).
+        let mut from = head.log_start().max(Seq::new(1));
         let mut written = 0;
         while from <= head.last_seq() {
             let to = Seq::new(from.get().saturating_add(EXPORT_PAGE as u64 - 1).min(head.last_seq().get()));
@@ -118,6 +119,10 @@ impl Session {
             EventKind::SessionDeleted { n_events_removed } => {
                 json!({ "type": "session_deleted", "n_events_removed": n_events_removed })
             }
+            EventKind::MetadataSet { document } => json!({ "type": "metadata_set", "document": document }),
+            EventKind::MessagesReset { n_messages_dropped } => {
+                json!({ "type": "messages_reset", "n_messages_dropped": n_messages_dropped })
+            }
         };
         if let Value::Object(map) = &mut line {
             map.insert("seq".to_string(), json!(event.seq.get()));
@@ -151,6 +156,10 @@ impl Session {
             let line = parse_line(number, raw)?;
             if let EventKind::MessageAppended(m) = &line.kind {
                 m.validate(0, max_bytes).map_err(|e| invalid(number, strip_index(&e)))?;
+            }
+            if let EventKind::MetadataSet { document } = &line.kind {
+                crate::engine::metadata::check_metadata(document, limits)
+                    .map_err(|e| invalid(number, e.to_string()))?;
             }
             lines.push(line);
         }
@@ -296,6 +305,8 @@ enum LineType {
     EpisodeBoundary,
     MemoriesExtracted,
     SessionDeleted,
+    MetadataSet,
+    MessagesReset,
 }
 
 /// The fields every line may carry.
@@ -361,6 +372,16 @@ struct DeletionLine {
     n_events_removed: Option<u64>,
 }
 
+#[derive(Deserialize)]
+struct MetadataLine {
+    document: String,
+}
+
+#[derive(Deserialize)]
+struct ResetLine {
+    n_messages_dropped: Option<u64>,
+}
+
 /// A field that may be absent but, when present, must hold a value (null is refused).
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
@@ -419,6 +440,14 @@ fn parse_line(number: usize, raw: &str) -> Result<Line, Error> {
         LineType::SessionDeleted => {
             let DeletionLine { n_events_removed } = fields(&value).map_err(&bad)?;
             EventKind::SessionDeleted { n_events_removed: n_events_removed.unwrap_or(0) }
+        }
+        LineType::MetadataSet => {
+            let MetadataLine { document } = fields(&value).map_err(&bad)?;
+            EventKind::MetadataSet { document }
+        }
+        LineType::MessagesReset => {
+            let ResetLine { n_messages_dropped } = fields(&value).map_err(&bad)?;
+            EventKind::MessagesReset { n_messages_dropped: n_messages_dropped.unwrap_or(0) }
         }
     };
     Ok(Line { number, seq: seq.map(Seq::new), at_ms, kind, summary })
@@ -487,7 +516,7 @@ mod tests {
             (r#"{"type":null,"role":"user"}"#, "type: invalid type: null, expected variant identifier"),
             (
                 r#"{"type":"nap"}"#,
-                "type: unknown variant `nap`, expected one of `message`, `compaction_spliced`, `episode_boundary`, `memories_extracted`, `session_deleted`",
+                "type: unknown variant `nap`, expected one of `message`, `compaction_spliced`, `episode_boundary`, `memories_extracted`, `session_deleted`, `metadata_set`, `messages_reset`",
             ),
             (r#"{"type":"compaction_spliced","upto":1,"previous_upto":0}"#, "missing field `summary`"),
             (
@@ -507,6 +536,12 @@ mod tests {
             (
                 r#"{"type":"session_deleted","n_events_removed":"all"}"#,
                 "n_events_removed: invalid type: string \"all\", expected u64",
+            ),
+            (r#"{"type":"metadata_set"}"#, "missing field `document`"),
+            (r#"{"type":"metadata_set","document":{}}"#, "document: invalid type: map, expected a string"),
+            (
+                r#"{"type":"messages_reset","n_messages_dropped":-1}"#,
+                "n_messages_dropped: invalid value: integer `-1`, expected u64",
             ),
         ];
         for (raw, expected) in rows {

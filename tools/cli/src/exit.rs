@@ -100,6 +100,7 @@ fn kind_of(e: &Error) -> &'static str {
         Error::NotADatabase { .. } => "not_a_database",
         Error::Summarizer { .. } => "summarizer",
         Error::Closed => "closed",
+        Error::Conflict { .. } => "conflict",
         // The library may add variants; they read as the tool's generic failure until named here.
         _ => "failed",
     }

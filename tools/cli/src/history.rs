@@ -41,6 +41,10 @@ pub struct EventJson<'a> {
     n_memories: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     n_events_removed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n_messages_dropped: Option<u64>,
 }
 
 impl<'a> EventJson<'a> {
@@ -59,6 +63,8 @@ impl<'a> EventJson<'a> {
             from: None,
             n_memories: None,
             n_events_removed: None,
+            document: None,
+            n_messages_dropped: None,
         };
         match &event.kind {
             EventKind::MessageAppended(m) => json.message = Some(output::MessageJson::of(m)),
@@ -78,6 +84,8 @@ impl<'a> EventJson<'a> {
                 json.n_memories = Some(*n_memories);
             }
             EventKind::SessionDeleted { n_events_removed } => json.n_events_removed = Some(*n_events_removed),
+            EventKind::MetadataSet { document } => json.document = Some(document),
+            EventKind::MessagesReset { n_messages_dropped } => json.n_messages_dropped = Some(*n_messages_dropped),
         }
         json
     }
@@ -116,6 +124,12 @@ pub fn event_human(event: &Event) -> String {
         }
         EventKind::SessionDeleted { n_events_removed } => {
             let _ = writeln!(out, "#{} [session deleted: {n_events_removed} events removed]", event.seq);
+        }
+        EventKind::MetadataSet { document } => {
+            let _ = writeln!(out, "#{} [metadata set: {} bytes]", event.seq, document.len());
+        }
+        EventKind::MessagesReset { n_messages_dropped } => {
+            let _ = writeln!(out, "#{} [messages reset: {n_messages_dropped} messages left the window]", event.seq);
         }
     }
     out

@@ -15,6 +15,7 @@
 //! - `gc`: `palimpsest gc`, orphan summary blobs listed and removed.
 //! - `stats`: `palimpsest stats`, counts and sizes.
 //! - `export`, `import`: `palimpsest export` and `import`, a session as JSON lines and back.
+//! - `serve`: `palimpsest serve`, the agent-memory-server compatible HTTP service (`palimpsest-server`).
 //! - `delete`: `palimpsest delete`, a session deleted (after a confirmation), its purge awaited.
 //! - `memories`: `palimpsest memories`, the memories background extraction wrote.
 //! - `guards`: `palimpsest guards`, the guard counters and pending purges.
@@ -44,6 +45,7 @@ mod memories;
 mod output;
 mod progress;
 mod rebuild;
+mod serve;
 mod show;
 mod stats;
 
@@ -114,6 +116,7 @@ enum Command {
     Delete(delete::DeleteArgs),
     Memories(memories::MemoriesArgs),
     Guards(guards::GuardsArgs),
+    Serve(serve::ServeArgs),
     Completions(completions::CompletionsArgs),
 }
 
@@ -132,6 +135,7 @@ impl Command {
             Command::Delete(args) => delete::run(args).await,
             Command::Memories(args) => memories::run(args).await,
             Command::Guards(args) => guards::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
             Command::Completions(args) => completions::run(&args),
         }
     }
@@ -152,6 +156,7 @@ impl Command {
             Command::Delete(args) => args.json,
             Command::Memories(args) => args.json,
             Command::Guards(args) => args.json,
+            Command::Serve(args) => args.json,
         }
     }
 }
