@@ -176,6 +176,22 @@ pub enum Error {
         message: String,
     },
 
+    /// The session moved on since the writer read it: its last record is not the one the append
+    /// expected (another writer, another engine or a retry got there first). Nothing was written;
+    /// re-read the session's head and build the write again.
+    #[error(
+        "session {session} changed since it was read (expected version {expected}{})",
+        found.map(|f| format!(", found {f}")).unwrap_or_default()
+    )]
+    Conflict {
+        /// The session written to.
+        session: String,
+        /// The version (storage position of the last record) the writer expected.
+        expected: u64,
+        /// The version storage holds, when the server said.
+        found: Option<u64>,
+    },
+
     /// The engine is shutting down or was closed.
     #[error("engine is closed")]
     Closed,

@@ -48,7 +48,8 @@ pub use crate::{
     config::{
         Background as BackgroundConfig, ClassifierKind, Compaction as CompactionConfig, Config, Durability,
         Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits, Locks as LocksConfig,
-        OnLockTimeout, OpenAiConfig, RetryConfig, SummarizerConfig, SummarizerKind, Writes,
+        MIN_NATS_WRITE_TIMEOUT_MS, NatsConfig, OnLockTimeout, OpenAiConfig, RetryConfig, Storage as StorageConfig,
+        StorageKind, SummarizerConfig, SummarizerKind, Writes,
     },
     engine::{Components, Engine, Session},
     episodes::{
@@ -75,6 +76,10 @@ pub use crate::{
 
 #[cfg(feature = "testing")]
 pub use crate::storage::fjall::MEMTABLE_BYTES_ENV;
+/// The NATS JetStream backend, driven directly (features `nats` and `testing`) until the engine
+/// reaches it through the storage boundary.
+#[cfg(all(feature = "nats", feature = "testing"))]
+pub use crate::storage::nats::{MAX_RESUMED_DELETIONS, NatsLog, Version};
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
 pub use crate::{

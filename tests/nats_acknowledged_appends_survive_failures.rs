@@ -1,0 +1,2 @@
+//! placeholder
+mod nats_common;
