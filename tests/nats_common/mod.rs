@@ -153,7 +153,13 @@ impl Cluster {
     /// A plain client of the cluster (for what the tests do beside the backend).
     pub async fn raw_client(&self) -> async_nats::Client {
         let addrs: Vec<async_nats::ServerAddr> = self.urls().iter().map(|u| u.parse().expect("a server URL")).collect();
-        async_nats::connect(addrs).await.expect("a raw client")
+        // Short pings, so a frozen node is left within seconds (the default is a minute).
+        async_nats::ConnectOptions::new()
+            .ping_interval(Duration::from_secs(1))
+            .request_timeout(Some(Duration::from_secs(2)))
+            .connect(addrs)
+            .await
+            .expect("a raw client")
     }
 
     /// Every node's monitoring URL.
@@ -187,6 +193,13 @@ impl Cluster {
     pub fn signal(&self, i: usize, signal: &str) {
         let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid(i).to_string()).status().expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Starts node `i` again (after [`Cluster::kill`]) without waiting: a whole cluster must be
+    /// started together before any node can be healthy.
+    pub fn restart_without_waiting(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "restart of a running node");
+        self.spawn(i);
     }
 
     /// Starts node `i` again (after [`Cluster::kill`]) and waits until it is healthy.
@@ -254,8 +267,10 @@ pub fn text_of(event: &Event) -> String {
 }
 
 /// Appends `text` to `session` until it is stored once, re-reading the head after a conflict or
-/// an unknown outcome (and finding its own earlier attempt there, if it landed). Returns the seq.
+/// an unknown outcome; after an unknown outcome it first looks for its own earlier attempt among
+/// the session's last events (texts are unique). Returns the seq it landed at.
 pub async fn append_until_stored(log: &NatsLog, session: &SessionId, text: &str) -> Seq {
+    let mut uncertain = false;
     for _ in 0..1_000 {
         let (head, version) = match log.head(session).await {
             Ok(found) => found.unwrap_or((Head::default(), Version::NONE)),
@@ -265,22 +280,24 @@ pub async fn append_until_stored(log: &NatsLog, session: &SessionId, text: &str)
                 continue;
             }
         };
-        match log.window(session, 64).await {
-            Ok(events) => {
-                if let Some(mine) = events.iter().find(|e| text_of(e) == text) {
-                    return mine.seq;
+        if uncertain {
+            match log.window(session, 16).await {
+                Ok(events) => {
+                    if let Some(mine) = events.iter().find(|e| text_of(e) == text) {
+                        return mine.seq;
+                    }
                 }
-            }
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             }
         }
         let (events, after) = commit(&head, &[text.to_string()]);
         match log.append(session, version, &events, &after).await {
             Ok(_) => return after.last_seq(),
-            Err(palimpsest::Error::Conflict { .. } | palimpsest::Error::Timeout { .. }) => continue,
-            Err(palimpsest::Error::Storage { .. }) => continue,
+            Err(palimpsest::Error::Conflict { .. }) => continue,
+            Err(palimpsest::Error::Timeout { .. } | palimpsest::Error::Storage { .. }) => uncertain = true,
             Err(e) => panic!("append {text}: {e}"),
         }
     }

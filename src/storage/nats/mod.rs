@@ -103,7 +103,12 @@ impl NatsLog {
         let mut options = async_nats::ConnectOptions::new()
             .name("palimpsest")
             .connection_timeout(connect_timeout)
-            .request_timeout(Some(read_timeout));
+            .request_timeout(Some(read_timeout))
+            // A server that stops answering without closing the connection (a frozen process, a
+            // cut network) is noticed after two unanswered pings, and the client moves to
+            // another server; the default interval (60 s) would stall writes far past the
+            // write timeout.
+            .ping_interval(read_timeout);
         if let Some(token) = &cfg.token {
             options = options.token(token.clone());
         }
@@ -365,7 +370,7 @@ impl NatsLog {
     /// Finishes the deletions whose markers are still there: a session whose head is a tombstone
     /// is purged up to it; a marker whose tombstone never landed is just removed.
     async fn resume_deletions(&self) -> Result<(), Error> {
-        let markers = self.batch(&self.meta, &self.names.deletions(), 1, MAX_RESUMED_DELETIONS).await?;
+        let markers = self.scan(&self.meta, &self.names.deletions(), 1, MAX_RESUMED_DELETIONS).await?;
         for marker in markers {
             let session = self.names.session_of_deletion(marker.subject.as_str())?;
             let (stream_name, subject) = self.names.session(&session);
@@ -425,7 +430,7 @@ impl NatsLog {
     ///
     /// Cancel safety: a read; dropping it changes nothing.
     pub async fn memories(&self, namespace: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let messages = self.batch(&self.meta, &self.names.memories(namespace), 1, limit).await?;
+        let messages = self.scan(&self.meta, &self.names.memories(namespace), 1, limit).await?;
         messages
             .into_iter()
             .map(|m| {

@@ -54,10 +54,19 @@ impl NatsLog {
         let stream = self.session_stream(&stream_name)?;
         let mut cursor = self.seek(session, stream, &subject, from, version).await?;
         while cursor <= version.0 {
-            let mut batch =
-                if self.leader_reads { Vec::new() } else { self.batch(stream, &subject, cursor, BATCH_RECORDS).await? };
+            let mut batch = if self.leader_reads {
+                Vec::new()
+            } else {
+                // A replica that does not answer (frozen, partitioned) costs one read timeout;
+                // the leader then serves the read.
+                self.batch(stream, &subject, cursor, BATCH_RECORDS).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "a batched direct get failed; reading from the leader");
+                    Vec::new()
+                })
+            };
             if batch.is_empty() {
-                // The replica that answered lags behind the head: ask the leader for the next one.
+                // The replica that answered lags behind the head (or did not answer): ask the
+                // leader for the next record.
                 match self.leader_next(stream, &subject, cursor).await? {
                     Some(m) => batch.push(m),
                     None => break,
@@ -210,8 +219,7 @@ impl NatsLog {
         };
         match direct {
             Ok(m) => return Ok(Some(m)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
-            Err(e) => return Err(Error::storage("read a message by subject", e)),
+            Err(e) => direct_get_failed(&e),
         }
         match stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => Ok(Some(m)),
@@ -226,8 +234,7 @@ impl NatsLog {
             if self.leader_reads { Err(DirectGetErrorKind::NotFound.into()) } else { stream.direct_get(seq).await };
         match direct {
             Ok(m) => return Ok(Some(m)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
-            Err(e) => return Err(Error::storage("read a record", e)),
+            Err(e) => direct_get_failed(&e),
         }
         match stream.get_raw_message(seq).await {
             Ok(m) => Ok(Some(m)),
@@ -243,8 +250,10 @@ impl NatsLog {
         }
         match stream.direct_get_next_for_subject(subject, Some(seq)).await {
             Ok(m) => Ok(Some(m)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => self.leader_next(stream, subject, seq).await,
-            Err(e) => Err(Error::storage("read a record", e)),
+            Err(e) => {
+                direct_get_failed(&e);
+                self.leader_next(stream, subject, seq).await
+            }
         }
     }
 
@@ -286,6 +295,32 @@ impl NatsLog {
             }
         }
         Ok(best)
+    }
+
+    /// Up to `n` messages on `filter` from stream sequence `from` on: one batched direct get, or,
+    /// if no replica answers it (a stream made a moment ago has no direct-get responders yet, a
+    /// replica may be frozen), one leader read per message.
+    pub(super) async fn scan(
+        &self,
+        stream: &stream::Stream,
+        filter: &str,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<StreamMessage>, Error> {
+        if !self.leader_reads {
+            match self.batch(stream, filter, from, n).await {
+                Ok(found) => return Ok(found),
+                Err(e) => tracing::debug!(error = %e, "a batched direct get failed; reading from the leader"),
+            }
+        }
+        let mut out = Vec::new();
+        let mut cursor = from;
+        while out.len() < n {
+            let Some(message) = self.leader_next(stream, filter, cursor).await? else { break };
+            cursor = message.sequence + 1;
+            out.push(message);
+        }
+        Ok(out)
     }
 
     /// Up to `n` messages on `filter` (wildcards allowed) from stream sequence `from` on, in one
@@ -335,5 +370,13 @@ impl NatsLog {
         }
         let _ = replies.unsubscribe().await;
         Ok(out)
+    }
+}
+
+/// A direct get that found nothing, or that a replica failed to answer (a lagging, frozen or
+/// partitioned replica): either way the caller asks the stream's leader, which is authoritative.
+fn direct_get_failed(e: &async_nats::jetstream::stream::DirectGetError) {
+    if e.kind() != DirectGetErrorKind::NotFound {
+        tracing::debug!(error = %e, "a direct get failed; reading from the leader");
     }
 }
