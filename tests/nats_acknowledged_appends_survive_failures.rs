@@ -67,7 +67,10 @@ async fn wait_for_acks(rx: &mut watch::Receiver<usize>, at_least: usize) {
 
 async fn join(handles: Vec<tokio::task::JoinHandle<()>>) {
     for handle in handles {
-        tokio::time::timeout(PROGRESS_TIMEOUT * 2, handle).await.expect("a writer finishes").expect("a writer succeeds");
+        tokio::time::timeout(PROGRESS_TIMEOUT * 2, handle)
+            .await
+            .expect("a writer finishes")
+            .expect("a writer succeeds");
     }
 }
 

@@ -65,18 +65,25 @@ async fn wrong_token_wrong_replicas_and_unsynced_servers_are_refused() {
     assert!(e.to_string().contains("fewer than the 2 configured"), "{e}");
 
     // More replicas than the cluster has servers: the stream cannot be made.
-    let e = NatsLog::connect(&NatsConfig { replicas: 3, stream_prefix: "big".to_string(), ..right.clone() }, Durability::Buffered)
-        .await
-        .expect_err("R3 on one server");
+    let e = NatsLog::connect(
+        &NatsConfig { replicas: 3, stream_prefix: "big".to_string(), ..right.clone() },
+        Durability::Buffered,
+    )
+    .await
+    .expect_err("R3 on one server");
     assert!(matches!(e, Error::Storage { .. }), "{e}");
 
     // A database made with more streams than configured.
-    NatsLog::connect(&NatsConfig { streams: 2, stream_prefix: "two".to_string(), ..right.clone() }, Durability::Buffered)
-        .await
-        .expect("two streams");
-    let e = NatsLog::connect(&NatsConfig { streams: 1, stream_prefix: "two".to_string(), ..right }, Durability::Buffered)
-        .await
-        .expect_err("one stream configured, two exist");
+    NatsLog::connect(
+        &NatsConfig { streams: 2, stream_prefix: "two".to_string(), ..right.clone() },
+        Durability::Buffered,
+    )
+    .await
+    .expect("two streams");
+    let e =
+        NatsLog::connect(&NatsConfig { streams: 1, stream_prefix: "two".to_string(), ..right }, Durability::Buffered)
+            .await
+            .expect_err("one stream configured, two exist");
     assert_eq!(field(&e), "storage.nats.streams");
 }
 

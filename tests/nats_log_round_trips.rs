@@ -99,7 +99,8 @@ async fn a_retried_publish_with_the_same_id_is_stored_once(cluster: &Cluster, lo
     })
     .await
     .expect("stream");
-    let first = js.publish_with_headers(subject.clone(), headers.clone(), "x".into()).await.expect("send").await.expect("ack");
+    let first =
+        js.publish_with_headers(subject.clone(), headers.clone(), "x".into()).await.expect("send").await.expect("ack");
     assert!(!first.duplicate);
     // The retry carries the same headers, whose expected sequence the first attempt made stale.
     let retry = js.publish_with_headers(subject.clone(), headers, "x".into()).await.expect("send").await.expect("ack");

@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use palimpsest::{
-    Durability, Event, EventKind, Head, Message, NatsConfig, NatsLog, Seq, SessionId, Version, apply,
-};
+use palimpsest::{Durability, Event, EventKind, Head, Message, NatsConfig, NatsLog, Seq, SessionId, Version, apply};
 
 /// The variable naming the nats-server binary.
 pub const SERVER_ENV: &str = "PALIMPSEST_NATS_SERVER";
@@ -191,7 +189,8 @@ impl Cluster {
 
     /// Sends `signal` (`STOP`, `CONT`) to node `i`.
     pub fn signal(&self, i: usize, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid(i).to_string()).status().expect("run kill");
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.pid(i).to_string()).status().expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
     }
 

@@ -131,10 +131,7 @@ impl NatsLog {
         let bound = connect_timeout.saturating_mul(u32::try_from(addrs.len() + 1).unwrap_or(u32::MAX));
         let client = tokio::time::timeout(bound, options.connect(addrs))
             .await
-            .map_err(|_| Error::Timeout {
-                what: "a NATS server to accept the connection",
-                after_ms: millis(bound),
-            })?
+            .map_err(|_| Error::Timeout { what: "a NATS server to accept the connection", after_ms: millis(bound) })?
             .map_err(|e| Error::storage("connect to the NATS servers", e))?;
 
         let mut js = jetstream::new(client.clone());
@@ -312,7 +309,8 @@ impl NatsLog {
                 break;
             }
             let outcome = tokio::time::timeout(left, async {
-                let ack = self.publisher.publish_with_headers(subject.to_string(), headers.clone(), payload.clone()).await?;
+                let ack =
+                    self.publisher.publish_with_headers(subject.to_string(), headers.clone(), payload.clone()).await?;
                 ack.await
             })
             .await;
@@ -410,7 +408,8 @@ impl NatsLog {
         let Some(message) = self.last_on(&self.meta, &self.names.blob(&hex)).await? else {
             return Ok(None);
         };
-        let corrupt = |detail: String| Error::Corrupt { session: None, seq: None, detail: format!("blob {hex}: {detail}") };
+        let corrupt =
+            |detail: String| Error::Corrupt { session: None, seq: None, detail: format!("blob {hex}: {detail}") };
         let text = String::from_utf8(message.payload.to_vec()).map_err(|e| corrupt(e.to_string()))?;
         if SummaryHash::of(&text) != *hash {
             return Err(corrupt("its text does not hash to its name".to_string()));

@@ -258,7 +258,12 @@ impl NatsLog {
     }
 
     /// The first message on `subject` at or after `seq`, from the leader.
-    async fn leader_next(&self, stream: &stream::Stream, subject: &str, seq: u64) -> Result<Option<StreamMessage>, Error> {
+    async fn leader_next(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        seq: u64,
+    ) -> Result<Option<StreamMessage>, Error> {
         match stream.raw_message_builder().sequence(seq).next_by_subject(subject).send().await {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -340,7 +345,8 @@ impl NatsLog {
         let failed = |e: &dyn std::fmt::Display| Error::storage("a batched direct get", e.to_string());
         let inbox = self.client.new_inbox();
         let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| failed(&e))?;
-        let request = serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": n, "max_bytes": BATCH_MAX_BYTES });
+        let request =
+            serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": n, "max_bytes": BATCH_MAX_BYTES });
         let name = &stream.cached_info().config.name;
         self.client
             .publish_with_reply(format!("$JS.API.DIRECT.GET.{name}"), inbox, request.to_string().into())

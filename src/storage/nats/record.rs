@@ -145,7 +145,10 @@ mod tests {
             assert!(decode(&session, 1, &bytes[..cut]).is_err(), "a record cut at {cut} decoded");
         }
         assert!(matches!(decode(&session, 1, &[2, 0]), Err(Error::Corrupt { .. })));
-        assert!(matches!(decode(&session, 3, &encode(5, &events, &head).expect("encodes")), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            decode(&session, 3, &encode(5, &events, &head).expect("encodes")),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]
