@@ -234,7 +234,17 @@ impl NatsLog {
         if deleting {
             self.publish(&self.names.deletion(session), None, &message_id(), Bytes::new()).await?;
         }
-        let version = self.append_record(session, &subject, expected, payload).await?;
+        let version = match self.append_record(session, &subject, expected, payload).await {
+            Ok(version) => version,
+            Err(e) => {
+                if deleting && matches!(e, Error::Conflict { .. }) {
+                    // The tombstone was refused, so the marker marks nothing; a connect would
+                    // remove it too, this only saves it the work.
+                    let _ = self.meta.purge().filter(self.names.deletion(session)).await;
+                }
+                return Err(e);
+            }
+        };
         if deleting {
             self.finish_deletion(session, &stream_name, &subject, version).await?;
         }

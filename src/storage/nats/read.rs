@@ -47,6 +47,9 @@ impl NatsLog {
         let mut out = Vec::new();
         let Some((head, version)) = self.head(session).await? else { return Ok(out) };
         let to = to.min(head.last_seq());
+        // Events before the last deletion are dead (and purged, or about to be): readers start
+        // at the tombstone, as on fjall.
+        let from = from.max(head.base());
         if limit == 0 || from > to {
             return Ok(out);
         }
@@ -94,7 +97,7 @@ impl NatsLog {
         Ok(out)
     }
 
-    /// The last `n` events of the session (after its last deletion), in order, read newest record
+    /// The last `n` events of the session (from its last deletion's tombstone on), in order, read newest record
     /// first through the back-pointers: the cost depends on `n`, not on the session's length.
     ///
     /// Cancel safety: a read; dropping it changes nothing.
@@ -108,12 +111,12 @@ impl NatsLog {
         loop {
             let (prev, first_seq) = (record.prev, record.first_seq());
             for event in record.events.into_iter().rev() {
-                if newest_first.len() == n || event.seq <= base {
+                if newest_first.len() == n || event.seq < base {
                     break;
                 }
                 newest_first.push(event);
             }
-            if newest_first.len() == n || prev == 0 || first_seq <= base.next() {
+            if newest_first.len() == n || prev == 0 || first_seq <= base {
                 break;
             }
             let Some(message) = self.get_at(stream, prev).await? else { break };
