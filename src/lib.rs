@@ -10,7 +10,7 @@
 //!   pair-safe compaction planner. No I/O, no clock, no runtime.
 //! - `error`, `config`: the public [`Error`] enum; [`Config`], loaded from JSON or TOML and validated.
 //! - `storage`: where a session's log lives: fjall (the embedded default), its key layout, the
-//!   bounded purge of deleted sessions.
+//!   bounded purge of deleted sessions; with the `nats` feature, `NatsLog` on a JetStream cluster.
 //! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
 //! - `engine`: [`Engine`] and [`Session`], the async API: the write path (locks, group commit,
@@ -76,10 +76,10 @@ pub use crate::{
 
 #[cfg(feature = "testing")]
 pub use crate::storage::fjall::MEMTABLE_BYTES_ENV;
-/// The NATS JetStream backend, driven directly (features `nats` and `testing`) until the engine
-/// reaches it through the storage boundary.
-#[cfg(all(feature = "nats", feature = "testing"))]
-pub use crate::storage::nats::{MAX_RESUMED_DELETIONS, NatsLog, Version};
+/// The NATS JetStream backend (feature `nats`), driven directly until the engine reaches it
+/// through the storage boundary (SPEC.md section 11a).
+#[cfg(feature = "nats")]
+pub use crate::storage::nats::{BATCH_RECORDS, MAX_LISTED_SESSIONS, MAX_RESUMED_DELETIONS, NatsLog, Version};
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
 pub use crate::{

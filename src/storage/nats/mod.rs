@@ -14,6 +14,8 @@ mod names;
 mod read;
 mod record;
 
+pub use read::{BATCH_RECORDS, MAX_LISTED_SESSIONS};
+
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -249,6 +251,13 @@ impl NatsLog {
             self.finish_deletion(session, &stream_name, &subject, version).await?;
         }
         Ok(version)
+    }
+
+    /// The connection itself (figures that compare this backend with raw publishing on the same
+    /// connection).
+    #[cfg(feature = "testing")]
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
     }
 
     /// A deletion that stops where a crash between its tombstone and its purge would: the marker
