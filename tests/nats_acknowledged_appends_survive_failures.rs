@@ -15,16 +15,14 @@ use nats_common::{Cluster, append_until_stored, config, connect, text_of};
 use palimpsest::{NatsConfig, NatsLog, Seq, SessionId};
 use tokio::sync::watch;
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// One scenario at a time: an async lock (a test holds it across its awaits), which a panicking
+/// scenario releases like any other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WRITERS: usize = 8;
 const PER_WRITER: usize = 120;
 /// Longest wait for the workload to reach a count of acknowledgements.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn cfg(cluster: &Cluster) -> NatsConfig {
     NatsConfig { read_timeout_ms: 2_000, ..config(cluster, "fail", 3) }
@@ -129,7 +127,7 @@ async fn every_node_holds_every_acknowledged_append(cluster: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_workload_loses_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(3).await;
     let log = Arc::new(connect(&cfg(&cluster)).await);
     let js = async_nats::jetstream::new(cluster.raw_client().await);
@@ -147,7 +145,7 @@ async fn leader_killed_mid_workload_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_leader_loses_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(3).await;
     let log = Arc::new(connect(&cfg(&cluster)).await);
     let js = async_nats::jetstream::new(cluster.raw_client().await);
@@ -164,7 +162,7 @@ async fn frozen_leader_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_restart_loses_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(3).await;
     {
         let log = Arc::new(connect(&cfg(&cluster)).await);

@@ -126,7 +126,7 @@ pub(crate) fn encode_token(text: &str) -> String {
 
 /// The inverse of [`encode_token`]; `None` for anything it could not have produced.
 pub(crate) fn decode_token(token: &str) -> Option<String> {
-    if token.len() % 2 != 0 || !token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !token.len().is_multiple_of(2) || !token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let bytes: Option<Vec<u8>> =
