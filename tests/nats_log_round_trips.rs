@@ -108,11 +108,19 @@ async fn a_retried_publish_with_the_same_id_is_stored_once(cluster: &Cluster, lo
     assert_eq!(retry.sequence, first.sequence);
     let mut stream = js.get_stream("dd_s0").await.expect("stream");
     assert_eq!(stream.info().await.expect("info").state.messages, 1, "stored once");
-    // And through the backend: an append retried after its own success (same id inside) is
-    // impossible to observe from outside, so the backend's half is the seq check below: the
-    // session still has exactly one record.
+    // Through the backend: the caller's retry of a commit whose outcome it did not learn (the same
+    // events and head at the same version) is answered with the first one's version, not stored
+    // again, and not refused as a conflict.
+    let (_, version) = log.head(&session).await.expect("head").expect("records");
+    let (more, more_after) = commit(&after, &texts(1, 1));
+    let stored = log.append(&session, version, &more, &more_after).await.expect("append");
+    let again = log.append(&session, version, &more, &more_after).await.expect("the same commit again");
+    assert_eq!(again, stored, "the retry is the first append");
     let all = log.events(&session, Seq::new(1), Seq::new(10), 10).await.expect("events");
-    assert_eq!(all.len(), 1);
+    assert_eq!(all.iter().map(text_of).collect::<Vec<_>>(), texts(0, 2), "stored once");
+    // Another connection with the very same commit is a different writer: refused.
+    let other = connect(&config(cluster, "rt", 3)).await;
+    assert!(matches!(other.append(&session, version, &more, &more_after).await, Err(Error::Conflict { .. })));
 }
 
 async fn time_travel_and_window_reads_agree_with_a_fold(log: &palimpsest::NatsLog) {

@@ -265,38 +265,35 @@ pub fn text_of(event: &Event) -> String {
     }
 }
 
-/// Appends `text` to `session` until it is stored once, re-reading the head after a conflict or
-/// an unknown outcome; after an unknown outcome it first looks for its own earlier attempt among
-/// the session's last events (texts are unique). Returns the seq it landed at.
+/// Appends `text` to `session` until it is stored once, as an engine would: build the commit on
+/// the head, append; after an unknown outcome (`Timeout`, or `Storage` from the connection) append
+/// the very same commit at the same version again, which the backend deduplicates, so no read is
+/// needed to learn whether it landed; after a `Conflict` (certainly not stored) re-read the head
+/// and rebuild. Returns the seq it landed at.
 pub async fn append_until_stored(log: &NatsLog, session: &SessionId, text: &str) -> Seq {
-    let mut uncertain = false;
+    let mut pending: Option<(Version, Vec<Event>, Head)> = None;
     for _ in 0..1_000 {
-        let (head, version) = match log.head(session).await {
-            Ok(found) => found.unwrap_or((Head::default(), Version::NONE)),
-            Err(_) => {
-                // No leader yet (an election): back off, bounded by the attempt count.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        let (version, events, after) = match pending.take() {
+            Some(commit) => commit,
+            None => {
+                let (head, version) = match log.head(session).await {
+                    Ok(found) => found.unwrap_or((Head::default(), Version::NONE)),
+                    Err(_) => {
+                        // No leader yet (an election): back off, bounded by the attempt count.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (events, after) = commit(&head, &[text.to_string()]);
+                (version, events, after)
             }
         };
-        if uncertain {
-            match log.window(session, 16).await {
-                Ok(events) => {
-                    if let Some(mine) = events.iter().find(|e| text_of(e) == text) {
-                        return mine.seq;
-                    }
-                }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            }
-        }
-        let (events, after) = commit(&head, &[text.to_string()]);
         match log.append(session, version, &events, &after).await {
             Ok(_) => return after.last_seq(),
             Err(palimpsest::Error::Conflict { .. }) => continue,
-            Err(palimpsest::Error::Timeout { .. } | palimpsest::Error::Storage { .. }) => uncertain = true,
+            Err(palimpsest::Error::Timeout { .. } | palimpsest::Error::Storage { .. }) => {
+                pending = Some((version, events, after));
+            }
             Err(e) => panic!("append {text}: {e}"),
         }
     }

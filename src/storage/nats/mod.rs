@@ -75,6 +75,8 @@ pub struct NatsLog {
     /// Read every message from its stream's leader instead of by direct get (see
     /// [`NatsLog::with_leader_reads`]).
     leader_reads: bool,
+    /// Random per connection: part of every commit's message id (`commit_id`).
+    nonce: u128,
 }
 
 impl std::fmt::Debug for NatsLog {
@@ -195,6 +197,7 @@ impl NatsLog {
             write_attempts: u32::try_from(cfg.write_attempts).unwrap_or(u32::MAX),
             read_timeout,
             leader_reads: false,
+            nonce: fastrand::u128(..),
         };
         log.resume_deletions().await?;
         Ok(log)
@@ -217,8 +220,14 @@ impl NatsLog {
     ///
     /// Errors: [`Error::Conflict`] when the session is not at `expected` (nothing was stored);
     /// [`Error::Timeout`] when no attempt was acknowledged within `write_timeout_ms` and
-    /// `write_attempts` (the outcome is unknown: re-read the head); [`Error::Storage`] for a refusal
-    /// that retrying cannot fix (a message above the server's `max_payload`).
+    /// `write_attempts` (the outcome is unknown); [`Error::Storage`] for a refusal that retrying
+    /// cannot fix (a message above the server's `max_payload`). After `Timeout` (or a `Storage`
+    /// error from the connection), call again with the same `expected`, `events` and `head`: the
+    /// commit carries the same message id, so if the first call stored it the server answers with
+    /// that record's version and does not store it again (within the duplicate window), and if it
+    /// did not, this call stores it; a `Conflict` then means it was not stored. This needs no read,
+    /// which matters because right after a leader change a deposed leader may still answer reads
+    /// with an older head for some seconds.
     ///
     /// Cancel safety: not cancel safe in the sense that a dropped future may leave the record
     /// stored (it was handed to the server); it is never stored twice, and the session's head
@@ -277,6 +286,21 @@ impl NatsLog {
         self.append_record(session, &subject, expected, payload).await
     }
 
+    /// The `Nats-Msg-Id` of a commit: blake3 of this connection's random nonce, the session, the
+    /// expected version and the record's bytes, as 32 hex digits. The same commit appended again
+    /// at the same version through this connection (the caller retrying after [`Error::Timeout`])
+    /// carries the same id, so the server deduplicates it like an internal retry; another
+    /// connection's commit never shares it, even with identical bytes.
+    fn commit_id(&self, session: &SessionId, expected: Version, payload: &[u8]) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.nonce.to_be_bytes());
+        hasher.update(&(session.as_str().len() as u64).to_be_bytes());
+        hasher.update(session.as_str().as_bytes());
+        hasher.update(&expected.0.to_be_bytes());
+        hasher.update(payload);
+        hasher.finalize().to_hex()[..32].to_string()
+    }
+
     /// Publishes one record with the version check, retrying an ambiguous outcome with the same
     /// message id.
     async fn append_record(
@@ -286,7 +310,7 @@ impl NatsLog {
         expected: Version,
         payload: Bytes,
     ) -> Result<Version, Error> {
-        let id = message_id();
+        let id = self.commit_id(session, expected, &payload);
         match self.publish(subject, Some(expected), &id, payload).await {
             Ok(Published::Stored(seq)) => Ok(Version(seq)),
             Ok(Published::WrongLast { found, after_retry }) => {
