@@ -43,6 +43,8 @@ pub struct Config {
     pub background: Background,
     /// Long-term memory extraction.
     pub extraction: Extraction,
+    /// Which storage backend holds the logs: the embedded fjall database or a NATS JetStream cluster.
+    pub storage: Storage,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             episodes: Episodes::default(),
             background: Background::default(),
             extraction: Extraction::default(),
+            storage: Storage::default(),
         }
     }
 }
@@ -467,6 +470,9 @@ impl Config {
         in_range("writes.queue_depth", w.queue_depth, 1, 1_000_000)?;
         in_range("writes.group_max_events", w.group_max_events, 1, 1_000_000)?;
         in_range("writes.timeout_ms", w.timeout_ms, MIN_WRITE_TIMEOUT_MS, 600_000)?;
+        if self.storage.kind == StorageKind::Nats {
+            self.storage.nats.validate()?;
+        }
         let c = &self.compaction;
         in_range("compaction.keep_last_messages", c.keep_last_messages, 0, 100_000)?;
         in_range("compaction.max_summary_bytes", c.max_summary_bytes, 256, 1 << 20)?;
@@ -585,6 +591,124 @@ impl Config {
                      the extraction would be stopped before locks.on_timeout could apply"
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+/// Which storage backend holds the logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// The embedded fjall database under `path` (the default).
+    #[default]
+    Fjall,
+    /// A NATS JetStream cluster (`storage.nats`); needs the `nats` cargo feature.
+    Nats,
+}
+
+/// Storage backend choice and settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// `fjall` (default) or `nats`.
+    pub kind: StorageKind,
+    /// Settings for `nats`.
+    pub nats: NatsConfig,
+}
+
+/// The least `storage.nats.write_timeout_ms`, ms: a JetStream stream elects a new leader within
+/// about 15 to 20 s of losing one, and a write timeout below that turns ordinary failovers into
+/// failed appends.
+pub const MIN_NATS_WRITE_TIMEOUT_MS: u64 = 20_000;
+
+/// A NATS JetStream cluster (SPEC.md, "The JetStream backend").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:port`), tried in order. Default `["nats://127.0.0.1:4222"]`;
+    /// 1 to 64 of them, none empty.
+    pub urls: Vec<String>,
+    /// Prefix of every stream name and subject this database uses, so several databases can share
+    /// one cluster. Default `palimpsest`; 1 to 32 bytes of `[A-Za-z0-9_-]`.
+    pub stream_prefix: String,
+    /// Session streams; sessions are hashed onto them (more streams spread the leaders, and so
+    /// the write load, over the cluster). Fixed once the database exists. Default 1, range 1..=64.
+    pub streams: u64,
+    /// Replicas of every stream (an acknowledged write is on a majority of them). Default 3,
+    /// range 1..=5.
+    pub replicas: u64,
+    /// A NATS credentials (`.creds`) file; at most one of it and `token`.
+    pub credentials_file: Option<PathBuf>,
+    /// An authentication token; at most one of it and `credentials_file`.
+    pub token: Option<String>,
+    /// Longest wait for one append, retries of an ambiguous outcome included, ms. Default 20,000,
+    /// range 20,000..=600,000 (the floor is `MIN_NATS_WRITE_TIMEOUT_MS`, above the election window).
+    pub write_timeout_ms: u64,
+    /// Most attempts of one append (the first plus retries of an ambiguous outcome with the same
+    /// `Nats-Msg-Id`). Default 10, range 1..=100.
+    pub write_attempts: u64,
+    /// TCP connect and handshake timeout per server, ms. Default 5,000, range 100..=600,000.
+    pub connect_timeout_ms: u64,
+    /// Timeout of one read or management request, ms. Default 5,000, range 100..=600,000.
+    pub read_timeout_ms: u64,
+    /// The servers' monitoring endpoints (`http://host:port`), read at connect in `sync`
+    /// durability: each must report `jetstream.config.sync_always` (the server option
+    /// `sync_interval: always`), or the connect is refused. Up to 64.
+    pub monitor_urls: Vec<String>,
+    /// In `sync` durability without `monitor_urls`: the operator states that every server runs
+    /// with `sync_interval: always`, which a NATS client cannot see. Default false, so `sync`
+    /// durability needs one of the two.
+    pub sync_always_acknowledged: bool,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["nats://127.0.0.1:4222".to_string()],
+            stream_prefix: "palimpsest".to_string(),
+            streams: 1,
+            replicas: 3,
+            credentials_file: None,
+            token: None,
+            write_timeout_ms: 20_000,
+            write_attempts: 10,
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 5_000,
+            monitor_urls: Vec::new(),
+            sync_always_acknowledged: false,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Checks every value against its range; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let count = u64::try_from(self.urls.len()).unwrap_or(u64::MAX);
+        in_range("storage.nats.urls (count)", count, 1, 64)?;
+        if self.urls.iter().any(|u| u.trim().is_empty()) {
+            return Err(bad("storage.nats.urls", "must not hold an empty URL".to_string()));
+        }
+        let p = &self.stream_prefix;
+        if p.is_empty() || p.len() > 32 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(bad("storage.nats.stream_prefix", format!("{p:?} is not 1 to 32 bytes of [A-Za-z0-9_-]")));
+        }
+        in_range("storage.nats.streams", self.streams, 1, 64)?;
+        in_range("storage.nats.replicas", self.replicas, 1, 5)?;
+        if self.credentials_file.is_some() && self.token.is_some() {
+            return Err(bad("storage.nats.token", "give either credentials_file or token, not both".to_string()));
+        }
+        if self.token.as_deref().is_some_and(str::is_empty) {
+            return Err(bad("storage.nats.token", "must not be empty".to_string()));
+        }
+        in_range("storage.nats.write_timeout_ms", self.write_timeout_ms, MIN_NATS_WRITE_TIMEOUT_MS, 600_000)?;
+        in_range("storage.nats.write_attempts", self.write_attempts, 1, 100)?;
+        in_range("storage.nats.connect_timeout_ms", self.connect_timeout_ms, 100, 600_000)?;
+        in_range("storage.nats.read_timeout_ms", self.read_timeout_ms, 100, 600_000)?;
+        let monitors = u64::try_from(self.monitor_urls.len()).unwrap_or(u64::MAX);
+        in_range("storage.nats.monitor_urls (count)", monitors, 0, 64)?;
+        if self.monitor_urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+            return Err(bad("storage.nats.monitor_urls", "each must start with http:// or https://".to_string()));
         }
         Ok(())
     }

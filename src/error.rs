@@ -176,17 +176,20 @@ pub enum Error {
         message: String,
     },
 
-    /// The session changed since the caller read it: a write made with an expected last seq
-    /// (`SessionUpdate::expect_last_seq`) found another. Nothing was written; read the session
-    /// again and retry.
-    #[error("session {session} changed: expected last seq {expected}, found {found}")]
+    /// The session changed since the caller read it: a write made against what it read (an expected
+    /// last seq, `SessionUpdate::expect_last_seq`; on the JetStream backend, the version of the
+    /// session's last record) found another. Nothing was written; read the session again and retry.
+    #[error(
+        "session {session} changed since it was read (expected {expected}{})",
+        found.map(|f| format!(", found {f}")).unwrap_or_default()
+    )]
     Conflict {
         /// The session written to.
         session: String,
-        /// The last seq the caller expected.
+        /// The last seq (or, on the JetStream backend, the version) the writer expected.
         expected: u64,
-        /// The session's last seq when the write was tried.
-        found: u64,
+        /// What the session held when the write was tried, when known.
+        found: Option<u64>,
     },
 
     /// The engine is shutting down or was closed.

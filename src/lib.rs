@@ -10,7 +10,7 @@
 //!   pair-safe compaction planner. No I/O, no clock, no runtime.
 //! - `error`, `config`: the public [`Error`] enum; [`Config`], loaded from JSON or TOML and validated.
 //! - `storage`: where a session's log lives: fjall (the embedded default), its key layout, the
-//!   bounded purge of deleted sessions.
+//!   bounded purge of deleted sessions; with the `nats` feature, `NatsLog` on a JetStream cluster.
 //! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
 //! - `engine`: [`Engine`] and [`Session`], the async API: the write path (locks, group commit,
@@ -49,7 +49,8 @@ pub use crate::{
     config::{
         Background as BackgroundConfig, Cache as CacheConfig, ClassifierKind, Compaction as CompactionConfig, Config,
         Durability, Episodes as EpisodesConfig, Extraction as ExtractionConfig, ExtractorKind, Limits,
-        Locks as LocksConfig, OnLockTimeout, OpenAiConfig, RetryConfig, SummarizerConfig, SummarizerKind, Writes,
+        Locks as LocksConfig, MIN_NATS_WRITE_TIMEOUT_MS, NatsConfig, OnLockTimeout, OpenAiConfig, RetryConfig,
+        Storage as StorageConfig, StorageKind, SummarizerConfig, SummarizerKind, Writes,
     },
     engine::metadata::{SessionMetadata, SessionState, SessionUpdate, UpdateOutcome},
     engine::{Components, Engine, Session},
@@ -77,6 +78,10 @@ pub use crate::{
 
 #[cfg(feature = "testing")]
 pub use crate::storage::fjall::MEMTABLE_BYTES_ENV;
+/// The NATS JetStream backend (feature `nats`), driven directly until the engine reaches it
+/// through the storage boundary (SPEC.md section 11a).
+#[cfg(feature = "nats")]
+pub use crate::storage::nats::{BATCH_RECORDS, MAX_LISTED_SESSIONS, MAX_RESUMED_DELETIONS, NatsLog, Version};
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
 pub use crate::{

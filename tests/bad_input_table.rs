@@ -283,6 +283,17 @@ async fn every_bad_input_gets_its_exact_error_and_changes_nothing() {
     std::fs::write(not_db.path().join("notes.txt"), "mine").unwrap();
     let refused = Engine::open(Config::new(not_db.path())).err().expect("refused");
     assert!(refused.to_string().contains("is not a usable palimpsest database"), "{refused}");
+    // A valid JetStream config the engine cannot run on yet is refused, never served from a local
+    // fjall database instead (and nothing is created at `path`).
+    let nats_path = dir.path().join("would-be-nats");
+    let mut nats = Config::from_json_str(
+        r#"{"storage":{"kind":"nats","nats":{"urls":["nats://127.0.0.1:4222"],"sync_always_acknowledged":true}}}"#,
+    )
+    .expect("a valid config");
+    nats.path = nats_path.clone();
+    let err = Engine::open(nats).err().expect("refused");
+    assert!(err.to_string().contains("storage.kind") && err.to_string().contains("does not run"), "{err}");
+    assert!(!nats_path.exists(), "nothing was created");
     let file = not_db.path().join("notes.txt");
     assert!(Engine::open(Config::new(&file)).err().expect("a file").to_string().contains("it is not a directory"));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine", "nothing was written there");

@@ -78,7 +78,7 @@ async fn a_stale_expected_seq_writes_nothing() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Conflict { expected: 0, found: 1, .. }), "{err:?}");
+    assert!(matches!(err, Error::Conflict { expected: 0, found: Some(1), .. }), "{err:?}");
     assert_eq!(snapshot(&s).await, before);
     // A bad message anywhere in the update writes nothing either, metadata included.
     let err = s

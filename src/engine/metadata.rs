@@ -198,7 +198,7 @@ impl Session {
                     return Err(Error::Conflict {
                         session: self.id.to_string(),
                         expected: expected.get(),
-                        found: batch.head().last_seq().get(),
+                        found: Some(batch.head().last_seq().get()),
                     });
                 }
                 let live = !batch.head().is_deleted() && batch.head().n_messages() > 0;

@@ -112,6 +112,15 @@ impl Engine {
     /// Like [`Engine::open`], with any of the pluggable parts the caller's.
     pub fn open_with(config: Config, components: Components) -> Result<Self, Error> {
         config.validate()?;
+        if config.storage.kind == crate::config::StorageKind::Nats {
+            // The JetStream backend exists (`palimpsest::nats`, SPEC 11a) but the engine does not run
+            // on it yet: refusing beats silently writing to a local fjall database instead.
+            return Err(Error::InvalidConfig {
+                field: "storage.kind".to_string(),
+                reason: "\"nats\": the engine does not run on the JetStream backend yet (SPEC 11a); use \"fjall\""
+                    .to_string(),
+            });
+        }
         // One client for every model-based part that was not supplied, built only if one needs it.
         let mut client: Option<Arc<OpenAiSummarizer>> = None;
         let mut openai = || -> Result<Arc<OpenAiSummarizer>, Error> {
@@ -634,7 +643,7 @@ impl Session {
                     return Err(Error::Conflict {
                         session: id.to_string(),
                         expected: expected.get(),
-                        found: head.last_seq().get(),
+                        found: Some(head.last_seq().get()),
                     });
                 }
                 if head.last_seq() == Seq::ZERO || head.is_deleted() {

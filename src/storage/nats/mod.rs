@@ -1,0 +1,619 @@
+//! The NATS JetStream backend (cargo feature `nats`): session logs on a replicated cluster.
+//! SPEC.md, "The JetStream backend", is the contract; this module is its one implementation.
+//!
+//! - `names`: streams, subjects and the injective encoding of session ids (pure).
+//! - `record`: the body of one message, one engine commit of one session (pure).
+//! - `read`: the reads (head, forward events, the newest-first window, time travel, listing).
+//! - here: connecting (with the config, durability and replica checks), the conditional append
+//!   with its bounded retries, deletion, blobs and memories.
+//!
+//! The API is shaped like the engine's needs, not like a key-value store: a session's version is
+//! the stream sequence of its last record, and an append names the version it was built on.
+
+mod names;
+mod read;
+mod record;
+
+pub use read::{BATCH_RECORDS, MAX_LISTED_SESSIONS};
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::config::{Durability, NatsConfig};
+use crate::error::Error;
+use crate::log::event::Event;
+use crate::log::fold::Head;
+use crate::log::ids::{SessionId, SummaryHash};
+
+use names::Names;
+
+/// Most pending deletions finished at connect; more are finished by later connects (each is
+/// idempotent), so a backlog cannot stall an open.
+pub const MAX_RESUMED_DELETIONS: usize = 1_000;
+
+/// The deduplication window of every stream: at least this, and at least the write timeout, so a
+/// retry of an ambiguous publish always falls inside the window of the first attempt.
+const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// First wait between two attempts of one publish; doubled each time up to [`MAX_RETRY_WAIT`],
+/// with full jitter.
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
+/// Longest wait between two attempts of one publish.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// A session's version: the stream sequence of its last record, [`Version::NONE`] before the first.
+/// An append names the version it was built on and is refused (storing nothing) if the session
+/// has moved on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(u64);
+
+impl Version {
+    /// The version of a session without records.
+    pub const NONE: Version = Version(0);
+
+    /// The stream sequence (0 for [`Version::NONE`]).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A connection to the cluster holding one database's streams.
+pub struct NatsLog {
+    client: async_nats::Client,
+    /// Publishing, with the per-attempt acknowledgement wait.
+    publisher: jetstream::Context,
+    names: Names,
+    sessions: Vec<stream::Stream>,
+    meta: stream::Stream,
+    write_timeout: Duration,
+    write_attempts: u32,
+    read_timeout: Duration,
+    /// Read every message from its stream's leader instead of by direct get (see
+    /// [`NatsLog::with_leader_reads`]).
+    leader_reads: bool,
+    /// Random per connection: part of every commit's message id (`commit_id`).
+    nonce: u128,
+}
+
+impl std::fmt::Debug for NatsLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsLog").field("names", &self.names).finish_non_exhaustive()
+    }
+}
+
+impl NatsLog {
+    /// Connects, checks the servers against `durability`, creates the streams that are missing,
+    /// checks those that exist, and finishes up to [`MAX_RESUMED_DELETIONS`] interrupted deletions.
+    ///
+    /// Fails with [`Error::InvalidConfig`] for a bad value, for `sync` durability against a server
+    /// that does not fsync every write (or without `monitor_urls` and without
+    /// `sync_always_acknowledged`), and for an existing stream with fewer replicas than
+    /// configured; [`Error::Timeout`] when no server answers within the connect bound; and
+    /// [`Error::Storage`] when a server refuses the connection (wrong credentials among others).
+    ///
+    /// Cancel safety: dropping the future leaves at most some streams created, which the next
+    /// connect finds and checks.
+    pub async fn connect(cfg: &NatsConfig, durability: Durability) -> Result<Self, Error> {
+        cfg.validate()?;
+        if durability == Durability::Sync {
+            check_sync_always(cfg).await?;
+        }
+        let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        let read_timeout = Duration::from_millis(cfg.read_timeout_ms);
+        let mut options = async_nats::ConnectOptions::new()
+            .name("palimpsest")
+            .connection_timeout(connect_timeout)
+            .request_timeout(Some(read_timeout))
+            // A server that stops answering without closing the connection (a frozen process, a
+            // cut network) is noticed after two unanswered pings, and the client moves to
+            // another server; the default interval (60 s) would stall writes far past the
+            // write timeout.
+            .ping_interval(read_timeout);
+        if let Some(token) = &cfg.token {
+            options = options.token(token.clone());
+        }
+        if let Some(path) = &cfg.credentials_file {
+            options = options.credentials_file(path).await.map_err(|e| Error::InvalidConfig {
+                field: "storage.nats.credentials_file".to_string(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+        }
+        let mut addrs = Vec::with_capacity(cfg.urls.len());
+        for url in &cfg.urls {
+            let addr: async_nats::ServerAddr = url.parse().map_err(|e| Error::InvalidConfig {
+                field: "storage.nats.urls".to_string(),
+                reason: format!("{url:?} is not a NATS server URL: {e}"),
+            })?;
+            addrs.push(addr);
+        }
+        // The client tries each server once, each within the connect timeout; the outer bound
+        // covers all of them plus the handshake.
+        let bound = connect_timeout.saturating_mul(u32::try_from(addrs.len() + 1).unwrap_or(u32::MAX));
+        let client = tokio::time::timeout(bound, options.connect(addrs))
+            .await
+            .map_err(|_| Error::Timeout { what: "a NATS server to accept the connection", after_ms: millis(bound) })?
+            .map_err(|e| Error::storage("connect to the NATS servers", e))?;
+
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(read_timeout);
+        let mut publisher = jetstream::new(client.clone());
+        publisher.set_timeout(read_timeout);
+
+        let names = Names::new(&cfg.stream_prefix, cfg.streams);
+        let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
+        let duplicate_window = write_timeout.max(MIN_DUPLICATE_WINDOW);
+        let replicas = usize::try_from(cfg.replicas).unwrap_or(usize::MAX);
+        let mut sessions = Vec::new();
+        for index in 0..names.streams() {
+            let config = stream::Config {
+                name: names.stream(index),
+                subjects: vec![names.stream_subjects(index)],
+                num_replicas: replicas,
+                allow_direct: true,
+                duplicate_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            sessions.push(ensure_stream(&js, config).await?);
+        }
+        // The stream count decides where a session lives: a database made with more streams
+        // must not be opened with fewer (its sessions would seem to vanish).
+        let next = names.stream(names.streams());
+        if js.get_stream(&next).await.is_ok() {
+            return Err(Error::InvalidConfig {
+                field: "storage.nats.streams".to_string(),
+                reason: format!(
+                    "stream {next} exists, so this database has more than the {} configured streams",
+                    names.streams()
+                ),
+            });
+        }
+        let meta = ensure_stream(
+            &js,
+            stream::Config {
+                name: names.meta_stream(),
+                subjects: vec![names.meta_subjects()],
+                num_replicas: replicas,
+                allow_direct: true,
+                duplicate_window,
+                max_messages_per_subject: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+
+        let log = Self {
+            client,
+            publisher,
+            names,
+            sessions,
+            meta,
+            write_timeout,
+            write_attempts: u32::try_from(cfg.write_attempts).unwrap_or(u32::MAX),
+            read_timeout,
+            leader_reads: false,
+            nonce: fastrand::u128(..),
+        };
+        log.resume_deletions().await?;
+        Ok(log)
+    }
+
+    /// Reads every message from its stream's leader, never by direct get: slower (no batches, the
+    /// leader answers all), but each read shows exactly what the leader holds, which is what a
+    /// check of one node's copy needs (make that node the leader, then read).
+    pub fn with_leader_reads(mut self) -> Self {
+        self.leader_reads = true;
+        self
+    }
+
+    /// Appends one commit of `session`: `events` (dense, in order) and the `head` after them, as
+    /// one message, only if the session is still at `expected`. Returns the new version.
+    ///
+    /// A head that marks the session deleted makes this a deletion: a marker is written first,
+    /// then this record (the tombstone), then every earlier record of the session is purged and
+    /// the marker removed; a connect finishes a deletion interrupted between those steps.
+    ///
+    /// Errors: [`Error::Conflict`] when the session is not at `expected` (nothing was stored);
+    /// [`Error::Timeout`] when no attempt was acknowledged within `write_timeout_ms` and
+    /// `write_attempts` (the outcome is unknown); [`Error::Storage`] for a refusal that retrying
+    /// cannot fix (a message above the server's `max_payload`). After `Timeout` (or a `Storage`
+    /// error from the connection), call again with the same `expected`, `events` and `head`: the
+    /// commit carries the same message id, so if the first call stored it the server answers with
+    /// that record's version and does not store it again (within the duplicate window), and if it
+    /// did not, this call stores it; a `Conflict` then means it was not stored. This needs no read,
+    /// which matters because right after a leader change a deposed leader may still answer reads
+    /// with an older head for some seconds.
+    ///
+    /// Cancel safety: not cancel safe in the sense that a dropped future may leave the record
+    /// stored (it was handed to the server); it is never stored twice, and the session's head
+    /// tells which happened.
+    pub async fn append(
+        &self,
+        session: &SessionId,
+        expected: Version,
+        events: &[Event],
+        head: &Head,
+    ) -> Result<Version, Error> {
+        let payload = Bytes::from(record::encode(expected.0, events, head)?);
+        let (stream_name, subject) = self.names.session(session);
+        let deleting = head.is_deleted();
+        if deleting {
+            self.publish(&self.names.deletion(session), None, &message_id(), Bytes::new()).await?;
+        }
+        let version = match self.append_record(session, &subject, expected, payload).await {
+            Ok(version) => version,
+            Err(e) => {
+                if deleting && matches!(e, Error::Conflict { .. }) {
+                    // The tombstone was refused, so the marker marks nothing; a connect would
+                    // remove it too, this only saves it the work.
+                    let _ = self.meta.purge().filter(self.names.deletion(session)).await;
+                }
+                return Err(e);
+            }
+        };
+        if deleting {
+            self.finish_deletion(session, &stream_name, &subject, version).await?;
+        }
+        Ok(version)
+    }
+
+    /// The connection itself (figures that compare this backend with raw publishing on the same
+    /// connection).
+    #[cfg(feature = "testing")]
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
+    /// A deletion that stops where a crash between its tombstone and its purge would: the marker
+    /// and the tombstone are written, nothing is purged (tests of the resume at connect).
+    #[cfg(feature = "testing")]
+    pub async fn append_stopping_before_purge(
+        &self,
+        session: &SessionId,
+        expected: Version,
+        events: &[Event],
+        head: &Head,
+    ) -> Result<Version, Error> {
+        assert!(head.is_deleted(), "only a deletion has a purge to stop before");
+        let payload = Bytes::from(record::encode(expected.0, events, head)?);
+        let (_, subject) = self.names.session(session);
+        self.publish(&self.names.deletion(session), None, &message_id(), Bytes::new()).await?;
+        self.append_record(session, &subject, expected, payload).await
+    }
+
+    /// The `Nats-Msg-Id` of a commit: blake3 of this connection's random nonce, the session, the
+    /// expected version and the record's bytes, as 32 hex digits. The same commit appended again
+    /// at the same version through this connection (the caller retrying after [`Error::Timeout`])
+    /// carries the same id, so the server deduplicates it like an internal retry; another
+    /// connection's commit never shares it, even with identical bytes.
+    fn commit_id(&self, session: &SessionId, expected: Version, payload: &[u8]) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.nonce.to_be_bytes());
+        hasher.update(&(session.as_str().len() as u64).to_be_bytes());
+        hasher.update(session.as_str().as_bytes());
+        hasher.update(&expected.0.to_be_bytes());
+        hasher.update(payload);
+        hasher.finalize().to_hex()[..32].to_string()
+    }
+
+    /// Publishes one record with the version check, retrying an ambiguous outcome with the same
+    /// message id.
+    async fn append_record(
+        &self,
+        session: &SessionId,
+        subject: &str,
+        expected: Version,
+        payload: Bytes,
+    ) -> Result<Version, Error> {
+        let id = self.commit_id(session, expected, &payload);
+        match self.publish(subject, Some(expected), &id, payload).await {
+            Ok(Published::Stored(seq)) => Ok(Version(seq)),
+            Ok(Published::WrongLast { found, after_retry }) => {
+                // A retry that meets a moved session may be meeting its own first attempt when the
+                // duplicate window was already gone; the stored id tells.
+                if after_retry && let Some(last) = self.last_record(session).await? {
+                    let ours = last.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str() == id);
+                    if ours == Some(true) {
+                        return Ok(Version(last.sequence));
+                    }
+                }
+                Err(Error::Conflict { session: session.as_str().to_string(), expected: expected.0, found })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One publish with bounded retries: at most `write_attempts` attempts within
+    /// `write_timeout_ms`, each with the same `Nats-Msg-Id`, so an attempt whose first try was
+    /// stored is acknowledged as a duplicate instead of stored again.
+    async fn publish(
+        &self,
+        subject: &str,
+        expected: Option<Version>,
+        id: &str,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        if let Some(expected) = expected {
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.0.to_string().as_str());
+        }
+        let deadline = Instant::now() + self.write_timeout;
+        let mut wait = FIRST_RETRY_WAIT;
+        let mut last_error = String::new();
+        for attempt in 0..self.write_attempts {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let outcome = tokio::time::timeout(left, async {
+                let ack =
+                    self.publisher.publish_with_headers(subject.to_string(), headers.clone(), payload.clone()).await?;
+                ack.await
+            })
+            .await;
+            match outcome {
+                Ok(Ok(ack)) => return Ok(Published::Stored(ack.sequence)),
+                Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    let found = found_sequence(&e.to_string());
+                    return Ok(Published::WrongLast { found, after_retry: attempt > 0 });
+                }
+                Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(Error::storage("a JetStream publish (the record exceeds the server's max_payload)", e));
+                }
+                // Anything else is ambiguous (a timeout, a broken connection, no responders during
+                // an election, a 503): the same id and the version check make a retry safe.
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "no acknowledgement before the write timeout".to_string(),
+            }
+            tracing::debug!(subject, attempt, error = %last_error, "retrying an unacknowledged JetStream publish");
+            let left = deadline.saturating_duration_since(Instant::now());
+            let jittered = wait.mul_f64(fastrand::f64());
+            tokio::time::sleep(jittered.min(left)).await;
+            wait = (wait * 2).min(MAX_RETRY_WAIT);
+        }
+        tracing::warn!(subject, error = %last_error, "a JetStream publish stayed unacknowledged");
+        Err(Error::Timeout {
+            what: "a JetStream publish to be acknowledged (its outcome is unknown: re-read the session's head)",
+            after_ms: millis(self.write_timeout),
+        })
+    }
+
+    /// Purges `session`'s records before its tombstone at `version` and removes its marker.
+    /// Idempotent: purging what is already gone purges nothing.
+    async fn finish_deletion(
+        &self,
+        session: &SessionId,
+        stream_name: &str,
+        subject: &str,
+        version: Version,
+    ) -> Result<(), Error> {
+        let stream = self.session_stream(stream_name)?;
+        stream
+            .purge()
+            .filter(subject)
+            .sequence(version.0)
+            .await
+            .map_err(|e| Error::storage("purge a deleted session's records", e))?;
+        self.meta
+            .purge()
+            .filter(self.names.deletion(session))
+            .await
+            .map_err(|e| Error::storage("remove a finished deletion's marker", e))?;
+        Ok(())
+    }
+
+    /// Finishes the deletions whose markers are still there: a session whose head is a tombstone
+    /// is purged up to it; a marker whose tombstone never landed is just removed.
+    async fn resume_deletions(&self) -> Result<(), Error> {
+        let markers = self.scan(&self.meta, &self.names.deletions(), 1, MAX_RESUMED_DELETIONS).await?;
+        for marker in markers {
+            let session = self.names.session_of_deletion(marker.subject.as_str())?;
+            let (stream_name, subject) = self.names.session(&session);
+            match self.head(&session).await? {
+                Some((head, version)) if head.is_deleted() => {
+                    self.finish_deletion(&session, &stream_name, &subject, version).await?;
+                }
+                _ => {
+                    self.meta
+                        .purge()
+                        .filter(marker.subject.as_str())
+                        .await
+                        .map_err(|e| Error::storage("remove an unused deletion marker", e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a blob (a summary text) under its hash. Idempotent.
+    ///
+    /// Cancel safety: a dropped future may or may not have stored the blob; storing it again is
+    /// harmless.
+    pub async fn put_blob(&self, text: &str) -> Result<SummaryHash, Error> {
+        let hash = SummaryHash::of(text);
+        let hex = hash.to_hex();
+        self.publish(&self.names.blob(&hex), None, &format!("b-{hex}"), Bytes::copy_from_slice(text.as_bytes()))
+            .await?;
+        Ok(hash)
+    }
+
+    /// The blob stored under `hash`, checked against it.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn blob(&self, hash: &SummaryHash) -> Result<Option<String>, Error> {
+        let hex = hash.to_hex();
+        let Some(message) = self.last_on(&self.meta, &self.names.blob(&hex)).await? else {
+            return Ok(None);
+        };
+        let corrupt =
+            |detail: String| Error::Corrupt { session: None, seq: None, detail: format!("blob {hex}: {detail}") };
+        let text = String::from_utf8(message.payload.to_vec()).map_err(|e| corrupt(e.to_string()))?;
+        if SummaryHash::of(&text) != *hash {
+            return Err(corrupt("its text does not hash to its name".to_string()));
+        }
+        Ok(Some(text))
+    }
+
+    /// Stores (or replaces) the memory `key` of `namespace`.
+    ///
+    /// Cancel safety: a dropped future may or may not have stored it.
+    pub async fn put_memory(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), Error> {
+        self.publish(&self.names.memory(namespace, key), None, &message_id(), Bytes::copy_from_slice(value)).await?;
+        Ok(())
+    }
+
+    /// Up to `limit` memories of `namespace` as `(key, value)`, oldest write first.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn memories(&self, namespace: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let messages = self.scan(&self.meta, &self.names.memories(namespace), 1, limit).await?;
+        messages
+            .into_iter()
+            .map(|m| {
+                let key = names::memory_key_of(m.subject.as_str()).ok_or_else(|| Error::Corrupt {
+                    session: None,
+                    seq: None,
+                    detail: format!("memory subject {:?} does not decode", m.subject.as_str()),
+                })?;
+                Ok((key, m.payload.to_vec()))
+            })
+            .collect()
+    }
+
+    fn session_stream(&self, name: &str) -> Result<&stream::Stream, Error> {
+        self.sessions.iter().find(|s| s.cached_info().config.name == name).ok_or_else(|| {
+            // `names.session` only names streams made at connect.
+            Error::storage("find a session stream", format!("stream {name} is not one of this database's"))
+        })
+    }
+}
+
+/// What a publish that got an answer learned.
+enum Published {
+    /// Stored (or found stored by an earlier attempt) at this stream sequence.
+    Stored(u64),
+    /// The subject's last sequence is not the expected one; nothing was stored by this attempt.
+    WrongLast { found: Option<u64>, after_retry: bool },
+}
+
+/// A fresh message id: 128 random bits in hex, unique across writers and processes.
+fn message_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// The sequence a "wrong last sequence: N (code 400, error code 10071)" error reports, if it does.
+fn found_sequence(text: &str) -> Option<u64> {
+    // The client's text repeats the server's ("wrong last sequence: wrong last sequence: 17 ..."):
+    // the number follows the last occurrence.
+    let (_, after) = text.rsplit_once("wrong last sequence: ")?;
+    after.split(|c: char| !c.is_ascii_digit()).next().and_then(|t| t.parse().ok())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Gets `config.name`, checking its replicas, or creates it.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, Error> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    let wanted = config.num_replicas;
+    match js.get_stream(&config.name).await {
+        Ok(stream) => {
+            let have = &stream.cached_info().config;
+            if have.num_replicas < wanted {
+                return Err(Error::InvalidConfig {
+                    field: "storage.nats.replicas".to_string(),
+                    reason: format!(
+                        "stream {} exists with {} replica(s), fewer than the {wanted} configured: an acknowledged \
+                         write would not survive the loss of a node; raise the stream's replicas or lower the setting",
+                        config.name, have.num_replicas
+                    ),
+                });
+            }
+            if !have.allow_direct || have.subjects != config.subjects {
+                return Err(Error::InvalidConfig {
+                    field: "storage.nats.stream_prefix".to_string(),
+                    reason: format!(
+                        "stream {} exists but was not made by palimpsest (subjects {:?}, allow_direct {})",
+                        config.name, have.subjects, have.allow_direct
+                    ),
+                });
+            }
+            Ok(stream)
+        }
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+            js.create_stream(config).await.map_err(|e| Error::storage("create a JetStream stream", e))
+        }
+        Err(e) => Err(Error::storage("look up a JetStream stream", e)),
+    }
+}
+
+/// In `sync` durability: every monitoring endpoint must report `sync_always`, or the operator
+/// must have acknowledged it (a NATS client cannot see the server's fsync policy).
+async fn check_sync_always(cfg: &NatsConfig) -> Result<(), Error> {
+    if cfg.monitor_urls.is_empty() {
+        if cfg.sync_always_acknowledged {
+            return Ok(());
+        }
+        return Err(Error::InvalidConfig {
+            field: "storage.nats.monitor_urls".to_string(),
+            reason: "sync durability needs servers that fsync every write (`sync_interval: always`), which a NATS \
+                     client cannot see: list every server's monitoring endpoint here so it is checked, or set \
+                     storage.nats.sync_always_acknowledged = true once you have checked it yourself, or use \
+                     buffered durability"
+                .to_string(),
+        });
+    }
+    // reqwest is built with `rustls-no-provider`; an error only means a provider is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .timeout(Duration::from_millis(cfg.read_timeout_ms))
+        .build()
+        .map_err(|e| Error::storage("build the HTTP client for the NATS monitoring endpoints", e))?;
+    for base in &cfg.monitor_urls {
+        let url = format!("{}/varz", base.trim_end_matches('/'));
+        let body = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| Error::storage("read a NATS server's /varz", e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::storage("read a NATS server's /varz", e))?;
+        let varz: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| Error::storage("read a NATS server's /varz", e))?;
+        let server = varz.get("server_name").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let always = varz.pointer("/jetstream/config/sync_always").and_then(serde_json::Value::as_bool);
+        if always != Some(true) {
+            return Err(Error::InvalidConfig {
+                field: "storage.nats.monitor_urls".to_string(),
+                reason: format!(
+                    "server {server} ({url}) does not fsync every write (its JetStream config lacks \
+                     `sync_interval: always`), so an acknowledged write could be lost to a power cut; sync \
+                     durability refuses it: set `sync_interval: always` on every server, or use buffered durability"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_last_sequence_errors_name_the_found_sequence() {
+        let text = "wrong last sequence: wrong last sequence: 17 (code 400, error code 10071)";
+        assert_eq!(found_sequence(text), Some(17));
+        assert_eq!(found_sequence("wrong last sequence"), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! Names on the cluster: streams, subjects and message ids, and the injective encoding of session
+//! ids into subject tokens. Pure: no client, no runtime.
+//!
+//! A session id may hold `.` (the subject separator) and `:`/`@`, so it cannot be a subject token
+//! as it is. It is written as the lowercase hex of its bytes: injective (two ids never share a
+//! token), reversible, and made only of `[0-9a-f]`, which is valid in every subject and needs no
+//! escaping anywhere. The longest id (128 bytes) becomes a 256-byte token.
+
+use crate::error::Error;
+use crate::log::ids::SessionId;
+
+/// The names of one database on the cluster, derived from `storage.nats.stream_prefix`.
+#[derive(Clone, Debug)]
+pub(crate) struct Names {
+    prefix: String,
+    streams: u64,
+}
+
+impl Names {
+    /// `streams` is at least 1 (checked by config validation).
+    pub(crate) fn new(prefix: &str, streams: u64) -> Self {
+        assert!(streams >= 1, "config validation keeps storage.nats.streams at least 1");
+        Self { prefix: prefix.to_string(), streams }
+    }
+
+    /// The number of session streams.
+    pub(crate) fn streams(&self) -> u64 {
+        self.streams
+    }
+
+    /// Which session stream holds `session`: FNV-1a of the id's bytes, modulo the stream count.
+    /// FNV rather than std's hasher because the result must be the same in every build and
+    /// process, forever (it decides where a session's records live).
+    pub(crate) fn stream_index(&self, session: &SessionId) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in session.as_str().bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash % self.streams
+    }
+
+    /// The name of session stream `index`: `{prefix}_s{index}`.
+    pub(crate) fn stream(&self, index: u64) -> String {
+        format!("{}_s{index}", self.prefix)
+    }
+
+    /// The subjects session stream `index` holds: `{prefix}.s{index}.>`.
+    pub(crate) fn stream_subjects(&self, index: u64) -> String {
+        format!("{}.s{index}.>", self.prefix)
+    }
+
+    /// The stream and subject of a session's records: `{prefix}.s{index}.{hex(id)}`.
+    pub(crate) fn session(&self, session: &SessionId) -> (String, String) {
+        let index = self.stream_index(session);
+        (self.stream(index), format!("{}.s{index}.{}", self.prefix, encode_token(session.as_str())))
+    }
+
+    /// The session a subject of session stream `index` names, if it is one of ours.
+    pub(crate) fn session_of(&self, index: u64, subject: &str) -> Result<SessionId, Error> {
+        let head = format!("{}.s{index}.", self.prefix);
+        let token = subject.strip_prefix(head.as_str()).ok_or_else(|| corrupt(subject))?;
+        let id = decode_token(token).ok_or_else(|| corrupt(subject))?;
+        SessionId::new(id).map_err(|_| corrupt(subject))
+    }
+
+    /// The stream of blobs, memories and pending deletions: `{prefix}_meta`.
+    pub(crate) fn meta_stream(&self) -> String {
+        format!("{}_meta", self.prefix)
+    }
+
+    /// The subjects of the meta stream: `{prefix}.m.>`.
+    pub(crate) fn meta_subjects(&self) -> String {
+        format!("{}.m.>", self.prefix)
+    }
+
+    /// A blob's subject: `{prefix}.m.b.{hash hex}`.
+    pub(crate) fn blob(&self, hash_hex: &str) -> String {
+        format!("{}.m.b.{hash_hex}", self.prefix)
+    }
+
+    /// A memory's subject: `{prefix}.m.n.{hex(namespace)}.{hex(key)}`.
+    pub(crate) fn memory(&self, namespace: &str, key: &str) -> String {
+        format!("{}.m.n.{}.{}", self.prefix, encode_token(namespace), encode_token(key))
+    }
+
+    /// Every memory of a namespace: `{prefix}.m.n.{hex(namespace)}.*`.
+    pub(crate) fn memories(&self, namespace: &str) -> String {
+        format!("{}.m.n.{}.*", self.prefix, encode_token(namespace))
+    }
+
+    /// The pending-deletion marker of a session: `{prefix}.m.d.{hex(id)}`.
+    pub(crate) fn deletion(&self, session: &SessionId) -> String {
+        format!("{}.m.d.{}", self.prefix, encode_token(session.as_str()))
+    }
+
+    /// Every pending-deletion marker: `{prefix}.m.d.*`.
+    pub(crate) fn deletions(&self) -> String {
+        format!("{}.m.d.*", self.prefix)
+    }
+
+    /// The session a pending-deletion marker names.
+    pub(crate) fn session_of_deletion(&self, subject: &str) -> Result<SessionId, Error> {
+        let head = format!("{}.m.d.", self.prefix);
+        let token = subject.strip_prefix(head.as_str()).ok_or_else(|| corrupt(subject))?;
+        let id = decode_token(token).ok_or_else(|| corrupt(subject))?;
+        SessionId::new(id).map_err(|_| corrupt(subject))
+    }
+}
+
+/// The key of a memory subject's last token, decoded (for listing a namespace).
+pub(crate) fn memory_key_of(subject: &str) -> Option<String> {
+    subject.rsplit('.').next().and_then(decode_token)
+}
+
+/// Lowercase hex of the bytes: an injective map onto `[0-9a-f]*`.
+pub(crate) fn encode_token(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len() * 2);
+    for b in text.bytes() {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The inverse of [`encode_token`]; `None` for anything it could not have produced.
+pub(crate) fn decode_token(token: &str) -> Option<String> {
+    if !token.len().is_multiple_of(2) || !token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..token.len()).step_by(2).map(|i| u8::from_str_radix(&token[i..i + 2], 16).ok()).collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn corrupt(subject: &str) -> Error {
+    Error::Corrupt { session: None, seq: None, detail: format!("subject {subject:?} does not name a session") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_tokens_round_trip_and_never_collide() {
+        let ids = ["a", "a.b", "a:b", "a@b", "ab", "A-_.:@z", "..", "x".repeat(128).as_str()].map(str::to_string);
+        let names = Names::new("p", 3);
+        let mut subjects = std::collections::BTreeSet::new();
+        for id in &ids {
+            let session = SessionId::new(id.clone()).expect("a valid id");
+            let (stream, subject) = names.session(&session);
+            assert!(subject.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])), "{subject}");
+            let index = names.stream_index(&session);
+            assert_eq!(stream, names.stream(index));
+            assert_eq!(names.session_of(index, &subject).expect("decodes"), session);
+            assert!(subjects.insert(subject), "two ids share a subject");
+        }
+        assert_eq!(decode_token("6"), None);
+        assert_eq!(decode_token("zz"), None);
+        assert_eq!(decode_token("6A"), None, "uppercase is never produced, so never accepted");
+    }
+
+    #[test]
+    fn stream_choice_is_stable() {
+        // The hash decides where records live: it must never change between builds.
+        let names = Names::new("p", 7);
+        let session = SessionId::new("session-1").expect("valid");
+        // FNV-1a("session-1") = 0x1688595dcf49184d, which is 5 modulo 7.
+        assert_eq!(names.stream_index(&session), 5);
+    }
+}

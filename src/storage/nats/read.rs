@@ -1,0 +1,391 @@
+//! The reads of the JetStream backend. A session's head is read from the stream leader (so a
+//! writer sees every acknowledged record); events are read with direct gets, which any replica
+//! answers and which can lag, so each read knows from the head where it must end and falls back
+//! to the leader for whatever a lagging replica does not have yet.
+//!
+//! Costs, in requests: `head` 1; `window(n)` 1 + one per further record the last `n` events span
+//! (each record a back-pointer away), whatever the session's length; `events(from)` a binary
+//! search over stream sequences (about log2 of the stream's length) plus one batched request per
+//! [`BATCH_RECORDS`] records read; `head_at` the same search plus 1.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{self, DirectGetErrorKind, LastRawMessageErrorKind};
+use futures_util::StreamExt;
+
+use super::{NatsLog, Version, record};
+use crate::error::Error;
+use crate::log::event::Event;
+use crate::log::fold::{Head, apply};
+use crate::log::ids::{Seq, SessionId};
+
+/// Records asked for in one batched direct get.
+pub const BATCH_RECORDS: usize = 256;
+/// Most bytes one batched direct get may return (the server stops the batch there).
+const BATCH_MAX_BYTES: usize = 8 << 20;
+/// Most session subjects `sessions` collects before refusing (it sorts them in memory).
+pub const MAX_LISTED_SESSIONS: usize = 1_000_000;
+
+impl NatsLog {
+    /// The session's head and version, read from its stream's leader; `None` for a session
+    /// without records.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn head(&self, session: &SessionId) -> Result<Option<(Head, Version)>, Error> {
+        match self.last_record(session).await? {
+            None => Ok(None),
+            Some(m) => Ok(Some((record::decode(session, m.sequence, &m.payload)?.head, Version(m.sequence)))),
+        }
+    }
+
+    /// Up to `limit` events of the session with `from <= seq <= to`, in order.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
+        let mut out = Vec::new();
+        let Some((head, version)) = self.head(session).await? else { return Ok(out) };
+        let to = to.min(head.last_seq());
+        // Events before the last deletion are dead (and purged, or about to be): readers start
+        // at the tombstone, as on fjall.
+        let from = from.max(head.base());
+        if limit == 0 || from > to {
+            return Ok(out);
+        }
+        let (stream_name, subject) = self.names.session(session);
+        let stream = self.session_stream(&stream_name)?;
+        let mut cursor = self.seek(session, stream, &subject, from, version).await?;
+        while cursor <= version.0 {
+            let mut batch = if self.leader_reads {
+                Vec::new()
+            } else {
+                // A replica that does not answer (frozen, partitioned) costs one read timeout;
+                // the leader then serves the read.
+                self.batch(stream, &subject, cursor, BATCH_RECORDS).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "a batched direct get failed; reading from the leader");
+                    Vec::new()
+                })
+            };
+            if batch.is_empty() {
+                // The replica that answered lags behind the head (or did not answer): ask the
+                // leader for the next record.
+                match self.leader_next(stream, &subject, cursor).await? {
+                    Some(m) => batch.push(m),
+                    None => break,
+                }
+            }
+            for message in batch {
+                if message.sequence > version.0 {
+                    return Ok(out);
+                }
+                cursor = message.sequence + 1;
+                let record = record::decode(session, message.sequence, &message.payload)?;
+                for event in record.events {
+                    if event.seq > to {
+                        return Ok(out);
+                    }
+                    if event.seq >= from {
+                        out.push(event);
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last `n` events of the session (from its last deletion's tombstone on), in order, read newest record
+    /// first through the back-pointers: the cost depends on `n`, not on the session's length.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn window(&self, session: &SessionId, n: usize) -> Result<Vec<Event>, Error> {
+        let mut newest_first = Vec::new();
+        let Some(last) = self.last_record(session).await? else { return Ok(newest_first) };
+        let (stream_name, _) = self.names.session(session);
+        let stream = self.session_stream(&stream_name)?;
+        let mut record = record::decode(session, last.sequence, &last.payload)?;
+        let base = record.head.base();
+        loop {
+            let (prev, first_seq) = (record.prev, record.first_seq());
+            for event in record.events.into_iter().rev() {
+                if newest_first.len() == n || event.seq < base {
+                    break;
+                }
+                newest_first.push(event);
+            }
+            if newest_first.len() == n || prev == 0 || first_seq <= base {
+                break;
+            }
+            let Some(message) = self.get_at(stream, prev).await? else { break };
+            record = record::decode(session, message.sequence, &message.payload)?;
+        }
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    /// The session's head as it was right after event `seq`; `None` if the session has no
+    /// records. [`Error::InvalidArgument`] for a seq past the head or before the last deletion.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn head_at(&self, session: &SessionId, seq: Seq) -> Result<Option<Head>, Error> {
+        let Some((head, version)) = self.head(session).await? else { return Ok(None) };
+        if seq > head.last_seq() || seq < head.base() {
+            return Err(Error::InvalidArgument {
+                what: "seq",
+                reason: format!("{seq} is outside the session's kept events ({}..={})", head.base(), head.last_seq()),
+            });
+        }
+        if seq == head.last_seq() {
+            return Ok(Some(head));
+        }
+        let (stream_name, subject) = self.names.session(session);
+        let stream = self.session_stream(&stream_name)?;
+        let at = self.seek(session, stream, &subject, seq, version).await?;
+        let gone = || Error::InvalidArgument { what: "seq", reason: format!("the records holding {seq} are purged") };
+        let message = self.get_at(stream, at).await?.ok_or_else(gone)?;
+        let record = record::decode(session, message.sequence, &message.payload)?;
+        if record.head.last_seq() == seq {
+            return Ok(Some(record.head));
+        }
+        let mut before = if record.prev == 0 {
+            Head::default()
+        } else {
+            let message = self.get_at(stream, record.prev).await?.ok_or_else(gone)?;
+            record::decode(session, message.sequence, &message.payload)?.head
+        };
+        for event in record.events.iter().filter(|e| e.seq <= seq) {
+            apply(&mut before, event);
+        }
+        Ok(Some(before))
+    }
+
+    /// Up to `limit` live (not deleted) sessions with ids after `after`, in id order.
+    ///
+    /// Lists every session subject of every stream (JetStream keeps them unordered), so it costs
+    /// O(sessions) per call; refuses past [`MAX_LISTED_SESSIONS`].
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn sessions(&self, after: Option<&SessionId>, limit: usize) -> Result<Vec<SessionId>, Error> {
+        let mut all = BTreeSet::new();
+        for (index, stream) in (0_u64..).zip(&self.sessions) {
+            let stream = stream.clone();
+            let mut subjects = stream
+                .info_with_subjects(self.names.stream_subjects(index))
+                .await
+                .map_err(|e| Error::storage("list a stream's subjects", e))?;
+            while let Some(entry) = subjects.next().await {
+                let (subject, _) = entry.map_err(|e| Error::storage("list a stream's subjects", e))?;
+                all.insert(self.names.session_of(index, &subject)?);
+                if all.len() > MAX_LISTED_SESSIONS {
+                    return Err(Error::storage(
+                        "list sessions",
+                        format!("more than {MAX_LISTED_SESSIONS} sessions; listing is not paged on this backend"),
+                    ));
+                }
+            }
+        }
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        for id in all.range((lower, Bound::Unbounded)) {
+            if out.len() == limit {
+                break;
+            }
+            if let Some((head, _)) = self.head(id).await?
+                && !head.is_deleted()
+            {
+                out.push(id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The session's last record, from its stream's leader.
+    pub(super) async fn last_record(&self, session: &SessionId) -> Result<Option<StreamMessage>, Error> {
+        let (stream_name, subject) = self.names.session(session);
+        let stream = self.session_stream(&stream_name)?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::storage("read a session's last record", e)),
+        }
+    }
+
+    /// The last message on `subject` by direct get, then from the leader if no replica has it.
+    pub(super) async fn last_on(&self, stream: &stream::Stream, subject: &str) -> Result<Option<StreamMessage>, Error> {
+        let direct = if self.leader_reads {
+            Err(DirectGetErrorKind::NotFound.into())
+        } else {
+            stream.direct_get_last_for_subject(subject).await
+        };
+        match direct {
+            Ok(m) => return Ok(Some(m)),
+            Err(e) => direct_get_failed(&e),
+        }
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::storage("read a message by subject", e)),
+        }
+    }
+
+    /// The message at stream sequence `seq` (by direct get, else from the leader); `None` if gone.
+    async fn get_at(&self, stream: &stream::Stream, seq: u64) -> Result<Option<StreamMessage>, Error> {
+        let direct =
+            if self.leader_reads { Err(DirectGetErrorKind::NotFound.into()) } else { stream.direct_get(seq).await };
+        match direct {
+            Ok(m) => return Ok(Some(m)),
+            Err(e) => direct_get_failed(&e),
+        }
+        match stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::storage("read a record", e)),
+        }
+    }
+
+    /// The first message on `subject` at or after `seq`, by direct get, else from the leader.
+    async fn next_at(&self, stream: &stream::Stream, subject: &str, seq: u64) -> Result<Option<StreamMessage>, Error> {
+        if self.leader_reads {
+            return self.leader_next(stream, subject, seq).await;
+        }
+        match stream.direct_get_next_for_subject(subject, Some(seq)).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                direct_get_failed(&e);
+                self.leader_next(stream, subject, seq).await
+            }
+        }
+    }
+
+    /// The first message on `subject` at or after `seq`, from the leader.
+    async fn leader_next(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        seq: u64,
+    ) -> Result<Option<StreamMessage>, Error> {
+        match stream.raw_message_builder().sequence(seq).next_by_subject(subject).send().await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::storage("read a record", e)),
+        }
+    }
+
+    /// The stream sequence of the record holding event `from`, or of the session's first kept
+    /// record when `from` is before it: a binary search over stream sequences `1..=version`, one
+    /// "next record at or after" probe per step.
+    async fn seek(
+        &self,
+        session: &SessionId,
+        stream: &stream::Stream,
+        subject: &str,
+        from: Seq,
+        version: Version,
+    ) -> Result<u64, Error> {
+        let (mut lo, mut hi) = (1_u64, version.0);
+        let mut best = 1;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.next_at(stream, subject, mid).await? {
+                Some(m) if m.sequence <= hi => {
+                    let record = record::decode(session, m.sequence, &m.payload)?;
+                    if record.first_seq() <= from {
+                        best = m.sequence;
+                        lo = m.sequence + 1;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                _ => hi = mid - 1,
+            }
+        }
+        Ok(best)
+    }
+
+    /// Up to `n` messages on `filter` from stream sequence `from` on: one batched direct get, or,
+    /// if no replica answers it (a stream made a moment ago has no direct-get responders yet, a
+    /// replica may be frozen), one leader read per message.
+    pub(super) async fn scan(
+        &self,
+        stream: &stream::Stream,
+        filter: &str,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<StreamMessage>, Error> {
+        if !self.leader_reads {
+            match self.batch(stream, filter, from, n).await {
+                Ok(found) => return Ok(found),
+                Err(e) => tracing::debug!(error = %e, "a batched direct get failed; reading from the leader"),
+            }
+        }
+        let mut out = Vec::new();
+        let mut cursor = from;
+        while out.len() < n {
+            let Some(message) = self.leader_next(stream, filter, cursor).await? else { break };
+            cursor = message.sequence + 1;
+            out.push(message);
+        }
+        Ok(out)
+    }
+
+    /// Up to `n` messages on `filter` (wildcards allowed) from stream sequence `from` on, in one
+    /// batched direct get (server 2.11+), answered by one replica; fewer when that replica has no
+    /// more, or the batch reached [`BATCH_MAX_BYTES`].
+    pub(super) async fn batch(
+        &self,
+        stream: &stream::Stream,
+        filter: &str,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<StreamMessage>, Error> {
+        let mut out = Vec::new();
+        if n == 0 {
+            return Ok(out);
+        }
+        let failed = |e: &dyn std::fmt::Display| Error::storage("a batched direct get", e.to_string());
+        let inbox = self.client.new_inbox();
+        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| failed(&e))?;
+        let request =
+            serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": n, "max_bytes": BATCH_MAX_BYTES });
+        let name = &stream.cached_info().config.name;
+        self.client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{name}"), inbox, request.to_string().into())
+            .await
+            .map_err(|e| failed(&e))?;
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        loop {
+            let reply = tokio::time::timeout_at(deadline, replies.next()).await.map_err(|_| Error::Timeout {
+                what: "a batched direct get",
+                after_ms: super::millis(self.read_timeout),
+            })?;
+            let Some(reply) = reply else { return Err(failed(&"the reply subscription closed")) };
+            match reply.status.map(|s| s.as_u16()) {
+                // 204: the end of the batch; 404: nothing at or after `from`.
+                Some(204 | 404) => break,
+                Some(code) => {
+                    let text = reply.description.clone().unwrap_or_default();
+                    return Err(failed(&format!("status {code} {text}")));
+                }
+                None => {
+                    out.push(StreamMessage::try_from(reply).map_err(|e| failed(&e))?);
+                    if out.len() > n {
+                        return Err(failed(&format!("the server sent more than the {n} messages asked for")));
+                    }
+                }
+            }
+        }
+        let _ = replies.unsubscribe().await;
+        Ok(out)
+    }
+}
+
+/// A direct get that found nothing, or that a replica failed to answer (a lagging, frozen or
+/// partitioned replica): either way the caller asks the stream's leader, which is authoritative.
+fn direct_get_failed(e: &async_nats::jetstream::stream::DirectGetError) {
+    if e.kind() != DirectGetErrorKind::NotFound {
+        tracing::debug!(error = %e, "a direct get failed; reading from the leader");
+    }
+}

@@ -1,0 +1,242 @@
+//! The JetStream backend on a real 3-node cluster: records round-trip with dense seqs, a stale
+//! version stores nothing, a retried publish is stored once, deletion purges and resumes, blobs
+//! and memories round-trip, time travel and listing work.
+
+mod nats_common;
+
+use async_nats::HeaderMap;
+use nats_common::{Cluster, commit, config, connect, text_of};
+use palimpsest::{Error, Head, Seq, SessionId, SummaryHash, Version};
+
+fn texts(from: usize, n: usize) -> Vec<String> {
+    (from..from + n).map(|i| format!("m{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_behaves_on_a_real_cluster() {
+    let cluster = Cluster::start(3).await;
+    let cfg = config(&cluster, "rt", 3);
+    let log = connect(&cfg).await;
+
+    appends_round_trip_with_dense_seqs(&log).await;
+    a_stale_version_conflicts_and_stores_nothing(&log).await;
+    a_retried_publish_with_the_same_id_is_stored_once(&cluster, &log).await;
+    time_travel_and_window_reads_agree_with_a_fold(&log).await;
+    deletion_purges_and_keeps_the_seqs_going(&log).await;
+    blobs_and_memories_round_trip(&log).await;
+    listing_shows_live_sessions_in_id_order(&log).await;
+    an_interrupted_deletion_is_finished_at_connect(&cluster).await;
+}
+
+async fn appends_round_trip_with_dense_seqs(log: &palimpsest::NatsLog) {
+    let session = SessionId::new("chat.1:a@b").expect("valid id");
+    assert_eq!(log.head(&session).await.expect("head"), None);
+    let mut head = Head::default();
+    let mut version = Version::NONE;
+    for round in 0..20 {
+        let (events, after) = commit(&head, &texts(round * 3, 3));
+        let next = log.append(&session, version, &events, &after).await.expect("append");
+        assert!(next > version, "versions grow");
+        (head, version) = (after, next);
+    }
+    let (stored, at) = log.head(&session).await.expect("head").expect("a session with records");
+    assert_eq!((stored.last_seq(), at), (Seq::new(60), version));
+    let all = log.events(&session, Seq::new(1), Seq::new(1_000), 1_000).await.expect("events");
+    assert_eq!(all.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+    assert_eq!(all.iter().map(text_of).collect::<Vec<_>>(), texts(0, 60));
+    // A read from the middle, bounded by `to` and by `limit`.
+    let middle = log.events(&session, Seq::new(31), Seq::new(40), 5).await.expect("events");
+    assert_eq!(middle.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), vec![31, 32, 33, 34, 35]);
+    let tail = log.events(&session, Seq::new(58), Seq::new(100), 100).await.expect("events");
+    assert_eq!(tail.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), vec![58, 59, 60]);
+}
+
+async fn a_stale_version_conflicts_and_stores_nothing(log: &palimpsest::NatsLog) {
+    let session = SessionId::new("conflict").expect("valid id");
+    let (events, after) = commit(&Head::default(), &texts(0, 1));
+    let first = log.append(&session, Version::NONE, &events, &after).await.expect("first append");
+    // A second writer that also read "no records" is refused.
+    let (other, other_after) = commit(&Head::default(), &["other".to_string()]);
+    match log.append(&session, Version::NONE, &other, &other_after).await {
+        Err(e @ Error::Conflict { expected: 0, .. }) => {
+            let Error::Conflict { found, .. } = &e else { unreachable!() };
+            assert_eq!(*found, Some(first.get()), "{e}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // So is one built on an older version after the session moved on.
+    let (more, more_after) = commit(&after, &texts(1, 1));
+    let second = log.append(&session, first, &more, &more_after).await.expect("second append");
+    let (stale, stale_after) = commit(&after, &["stale".to_string()]);
+    assert!(matches!(log.append(&session, first, &stale, &stale_after).await, Err(Error::Conflict { .. })));
+    let (head, version) = log.head(&session).await.expect("head").expect("records");
+    assert_eq!((head.last_seq(), version), (Seq::new(2), second));
+    let all = log.events(&session, Seq::new(1), Seq::new(10), 10).await.expect("events");
+    assert_eq!(all.iter().map(text_of).collect::<Vec<_>>(), texts(0, 2), "a refused append left nothing");
+}
+
+/// What the backend's retry relies on: the same `Nats-Msg-Id` published again (an attempt whose
+/// acknowledgement was lost) is acknowledged as a duplicate, not stored again, even with the
+/// version check that the first attempt already moved past.
+async fn a_retried_publish_with_the_same_id_is_stored_once(cluster: &Cluster, log: &palimpsest::NatsLog) {
+    let session = SessionId::new("dedupe").expect("valid id");
+    let (events, after) = commit(&Head::default(), &texts(0, 1));
+    log.append(&session, Version::NONE, &events, &after).await.expect("append");
+
+    let client = cluster.raw_client().await;
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("dd.s0.{}", hex(session.as_str()));
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "retry-1");
+    headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+    // The raw publish goes to a stream of its own with the backend's settings, so the payload
+    // need not be a record.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "dd_s0".to_string(),
+        subjects: vec!["dd.s0.>".to_string()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let first =
+        js.publish_with_headers(subject.clone(), headers.clone(), "x".into()).await.expect("send").await.expect("ack");
+    assert!(!first.duplicate);
+    // The retry carries the same headers, whose expected sequence the first attempt made stale.
+    let retry = js.publish_with_headers(subject.clone(), headers, "x".into()).await.expect("send").await.expect("ack");
+    assert!(retry.duplicate, "a retry with the same id is a duplicate");
+    assert_eq!(retry.sequence, first.sequence);
+    let mut stream = js.get_stream("dd_s0").await.expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.messages, 1, "stored once");
+    // Through the backend: the caller's retry of a commit whose outcome it did not learn (the same
+    // events and head at the same version) is answered with the first one's version, not stored
+    // again, and not refused as a conflict.
+    let (_, version) = log.head(&session).await.expect("head").expect("records");
+    let (more, more_after) = commit(&after, &texts(1, 1));
+    let stored = log.append(&session, version, &more, &more_after).await.expect("append");
+    let again = log.append(&session, version, &more, &more_after).await.expect("the same commit again");
+    assert_eq!(again, stored, "the retry is the first append");
+    let all = log.events(&session, Seq::new(1), Seq::new(10), 10).await.expect("events");
+    assert_eq!(all.iter().map(text_of).collect::<Vec<_>>(), texts(0, 2), "stored once");
+    // Another connection with the very same commit is a different writer: refused.
+    let other = connect(&config(cluster, "rt", 3)).await;
+    assert!(matches!(other.append(&session, version, &more, &more_after).await, Err(Error::Conflict { .. })));
+}
+
+async fn time_travel_and_window_reads_agree_with_a_fold(log: &palimpsest::NatsLog) {
+    let session = SessionId::new("travel").expect("valid id");
+    let mut head = Head::default();
+    let mut version = Version::NONE;
+    let mut heads = vec![Head::default()];
+    for round in 0..10 {
+        let (events, after) = commit(&head, &texts(round * 4, 4));
+        let mut h = head.clone();
+        for e in &events {
+            palimpsest::apply(&mut h, e);
+            heads.push(h.clone());
+        }
+        version = log.append(&session, version, &events, &after).await.expect("append");
+        head = after;
+    }
+    for seq in [1_u64, 2, 4, 5, 17, 39, 40] {
+        let at = log.head_at(&session, Seq::new(seq)).await.expect("head_at").expect("records");
+        assert_eq!(at, heads[seq as usize], "head after seq {seq}");
+    }
+    for n in [0_usize, 1, 3, 4, 5, 17, 40, 100] {
+        let window = log.window(&session, n).await.expect("window");
+        let want: Vec<String> = texts(0, 40).into_iter().rev().take(n).rev().collect();
+        assert_eq!(window.iter().map(text_of).collect::<Vec<_>>(), want, "window of {n}");
+    }
+}
+
+async fn deletion_purges_and_keeps_the_seqs_going(log: &palimpsest::NatsLog) {
+    let session = SessionId::new("doomed").expect("valid id");
+    let (events, after) = commit(&Head::default(), &texts(0, 5));
+    let version = log.append(&session, Version::NONE, &events, &after).await.expect("append");
+    let tombstone = deletion(&after);
+    let deleted = log.append(&session, version, &[tombstone.0], &tombstone.1).await.expect("delete");
+    let (head, at) = log.head(&session).await.expect("head").expect("the tombstone stays");
+    assert!(head.is_deleted());
+    assert_eq!(at, deleted);
+    let window = log.window(&session, 10).await.expect("window");
+    assert_eq!(window.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), vec![6], "reads start at the tombstone");
+    assert!(log.events(&session, Seq::new(1), Seq::new(5), 10).await.expect("events").is_empty(), "purged");
+    let (events, after) = commit(&head, &texts(10, 2));
+    log.append(&session, deleted, &events, &after).await.expect("append after deletion");
+    let window = log.window(&session, 10).await.expect("window");
+    assert_eq!(window.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), vec![6, 7, 8], "seqs go on after the tombstone");
+}
+
+async fn blobs_and_memories_round_trip(log: &palimpsest::NatsLog) {
+    let hash = log.put_blob("a summary").await.expect("put blob");
+    assert_eq!(hash, SummaryHash::of("a summary"));
+    assert_eq!(log.put_blob("a summary").await.expect("again"), hash, "idempotent");
+    assert_eq!(log.blob(&hash).await.expect("blob").as_deref(), Some("a summary"));
+    assert_eq!(log.blob(&SummaryHash::of("never stored")).await.expect("blob"), None);
+    log.put_memory("team.a", "k1", b"one").await.expect("memory");
+    log.put_memory("team.a", "k2", b"two").await.expect("memory");
+    log.put_memory("team.b", "k1", b"other").await.expect("memory");
+    log.put_memory("team.a", "k1", b"uno").await.expect("replace");
+    let mut memories = log.memories("team.a", 10).await.expect("memories");
+    memories.sort();
+    assert_eq!(memories, vec![("k1".to_string(), b"uno".to_vec()), ("k2".to_string(), b"two".to_vec())]);
+    assert_eq!(log.memories("team.a", 1).await.expect("memories").len(), 1, "bounded by the limit");
+}
+
+async fn listing_shows_live_sessions_in_id_order(log: &palimpsest::NatsLog) {
+    let all = log.sessions(None, 100).await.expect("sessions");
+    let names: Vec<&str> = all.iter().map(SessionId::as_str).collect();
+    assert_eq!(names, vec!["chat.1:a@b", "conflict", "dedupe", "doomed", "travel"]);
+    let after = SessionId::new("conflict").expect("valid id");
+    let page = log.sessions(Some(&after), 2).await.expect("sessions");
+    assert_eq!(page.iter().map(SessionId::as_str).collect::<Vec<_>>(), vec!["dedupe", "doomed"]);
+}
+
+/// A deletion whose process died after the tombstone but before the purge: its marker is still
+/// in the meta stream, and the next connect purges the session and removes the marker.
+async fn an_interrupted_deletion_is_finished_at_connect(cluster: &Cluster) {
+    use futures_util::StreamExt;
+    let cfg = config(cluster, "resume", 3);
+    let log = connect(&cfg).await;
+    let session = SessionId::new("half-deleted").expect("valid id");
+    let (events, after) = commit(&Head::default(), &texts(0, 3));
+    let version = log.append(&session, Version::NONE, &events, &after).await.expect("append");
+    let (more, more_after) = commit(&after, &texts(3, 1));
+    let version = log.append(&session, version, &more, &more_after).await.expect("append");
+    let (tombstone, tomb_head) = deletion(&more_after);
+    let deleted =
+        log.append_stopping_before_purge(&session, version, &[tombstone], &tomb_head).await.expect("tombstone");
+
+    let client = cluster.raw_client().await;
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("resume.s0.{}", hex(session.as_str()));
+    let count = |js: async_nats::jetstream::Context, filter: String, stream: &'static str| async move {
+        let s = js.get_stream(stream).await.expect("stream");
+        let subjects: Vec<_> = s.info_with_subjects(filter).await.expect("subjects").collect().await;
+        subjects.into_iter().map(|r| r.expect("subject").1).sum::<usize>()
+    };
+    assert_eq!(count(js.clone(), subject.clone(), "resume_s0").await, 3, "two records and the tombstone");
+    assert_eq!(count(js.clone(), "resume.m.d.>".to_string(), "resume_meta").await, 1, "the marker");
+
+    let reopened = connect(&cfg).await;
+    assert_eq!(count(js.clone(), subject, "resume_s0").await, 1, "only the tombstone is left");
+    assert_eq!(count(js.clone(), "resume.m.d.>".to_string(), "resume_meta").await, 0, "the marker is gone");
+    let (head, at) = reopened.head(&session).await.expect("head").expect("tombstone");
+    assert!(head.is_deleted());
+    assert_eq!(at, deleted);
+}
+
+fn deletion(head: &Head) -> (palimpsest::Event, Head) {
+    let event = palimpsest::Event {
+        seq: head.last_seq().next(),
+        at_ms: 2,
+        kind: palimpsest::EventKind::SessionDeleted { n_events_removed: head.last_seq().get() - head.base().get() },
+    };
+    let mut after = head.clone();
+    palimpsest::apply(&mut after, &event);
+    (event, after)
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
