@@ -212,7 +212,9 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
         let result = if poisoned.load(Ordering::Acquire) {
             Err(Error::Poisoned)
         } else {
-            let ops: Vec<Op> = group.iter_mut().flat_map(|r| std::mem::take(&mut r.ops)).collect();
+            // One allocation for the group's ops, not a doubling per request.
+            let mut ops: Vec<Op> = Vec::with_capacity(n_ops);
+            group.iter_mut().for_each(|r| ops.append(&mut r.ops));
             guarded_commit(store, &ops, true)
         };
         if let Err(e) = &result
