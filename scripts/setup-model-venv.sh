@@ -32,24 +32,9 @@ except PackageNotFoundError:
 EOF
 }
 
-if [[ ! -x "$venv/bin/python" ]]; then
-    log "creating $venv"
-    if ! "$python" -m venv "$venv" >&2; then
-        # Debian-style Pythons without the ensurepip module cannot seed pip into a venv; make a
-        # bare one and install into it with the interpreter's own pip (pip >= 22.3 has --python).
-        log "venv without ensurepip failed; retrying with --without-pip and $python's pip"
-        rm -rf "$venv"
-        "$python" -m venv --without-pip "$venv"
-    fi
-fi
-
-pip_install() {
-    if "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-        "$venv/bin/python" -m pip install --disable-pip-version-check --quiet "$@" >&2
-    else
-        "$python" -m pip --python "$venv/bin/python" install --disable-pip-version-check --quiet "$@" >&2
-    fi
-}
+# Creates the venv when missing; defines pip_install.
+# shellcheck source=scripts/venv-lib.sh
+source "$root/scripts/venv-lib.sh"
 
 if [[ "$(installed_version xllamacpp)" != "$XLLAMACPP_VERSION" ]]; then
     log "installing xllamacpp==$XLLAMACPP_VERSION"

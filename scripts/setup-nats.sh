@@ -24,23 +24,9 @@ python="${PYTHON:-python3}"
 # Progress goes to stderr, so stdout holds only the final path.
 log() { echo "setup-nats: $*" >&2; }
 
-if [[ ! -x "$venv/bin/python" ]]; then
-    log "creating $venv"
-    if ! "$python" -m venv "$venv" >&2; then
-        # As in setup-model-venv.sh: without ensurepip, make a bare venv and use the outer pip.
-        log "venv without ensurepip failed; retrying with --without-pip and $python's pip"
-        rm -rf "$venv"
-        "$python" -m venv --without-pip "$venv"
-    fi
-fi
-
-pip_install() {
-    if "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-        "$venv/bin/python" -m pip install --disable-pip-version-check --quiet "$@" >&2
-    else
-        "$python" -m pip --python "$venv/bin/python" install --disable-pip-version-check --quiet "$@" >&2
-    fi
-}
+# Creates the venv when missing; defines pip_install.
+# shellcheck source=scripts/venv-lib.sh
+source "$root/scripts/venv-lib.sh"
 
 server="$venv/bin/nats-server"
 current=""

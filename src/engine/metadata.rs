@@ -13,11 +13,10 @@
 //! Every event goes through [`Engine::write_events`], the one write path (SPEC.md section 5).
 
 use crate::config::Limits;
-use crate::engine::{Session, now_ms};
-use crate::episodes;
+use crate::engine::Session;
 use crate::error::Error;
-use crate::log::event::{BoundaryReason, EventKind, Message, Role};
-use crate::log::fold::{self, Head};
+use crate::log::event::{EventKind, Message};
+use crate::log::fold::Head;
 use crate::log::ids::Seq;
 use crate::log::view::{self, WorkingMemory};
 
@@ -178,16 +177,7 @@ impl Session {
         if let Some(document) = &metadata {
             check_metadata(document, limits)?;
         }
-        let max_bytes = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
-        let max_open = usize::try_from(limits.max_open_tool_calls).unwrap_or(usize::MAX);
-        let stamp = now_ms();
-        for (idx, m) in messages.iter_mut().enumerate() {
-            m.validate(idx, max_bytes)?;
-            if m.created_at_ms == 0 {
-                m.created_at_ms = stamp;
-            }
-        }
-        let cap = self.engine.inner.config.episodes.max_turns_per_episode;
+        self.prepare_messages(&mut messages)?;
         let (mut reset_seq, mut message_seqs, mut boundaries) = (None, Vec::with_capacity(messages.len()), Vec::new());
         let head = self
             .engine
@@ -206,17 +196,7 @@ impl Session {
                     let n_messages_dropped = batch.head().n_messages();
                     reset_seq = Some(batch.push(EventKind::MessagesReset { n_messages_dropped })?);
                 }
-                for (idx, m) in messages.into_iter().enumerate() {
-                    fold::check_message(batch.head(), &m, idx, max_open)?;
-                    // The same turn cap as `append_many`: a full episode is closed in this batch.
-                    if m.role == Role::User && episodes::turn_cap_reached(batch.head(), cap) {
-                        let episode = batch.head().episode();
-                        let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap })?;
-                        self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
-                        boundaries.push(at);
-                    }
-                    message_seqs.push(batch.push(EventKind::MessageAppended(m))?);
-                }
+                self.push_messages(batch, messages, &mut boundaries, |_, seq| message_seqs.push(seq))?;
                 if let Some(document) = metadata {
                     batch.push(EventKind::MetadataSet { document })?;
                 }

@@ -463,8 +463,28 @@ impl Session {
                 ),
             });
         }
-        let max_bytes = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
-        let max_open = usize::try_from(limits.max_open_tool_calls).unwrap_or(usize::MAX);
+        self.prepare_messages(&mut messages)?;
+        let (mut first, mut boundaries) = (Seq::ZERO, Vec::new());
+        let head = self
+            .engine
+            .write_events(&self.id, |batch, _| {
+                self.push_messages(batch, messages, &mut boundaries, |idx, seq| {
+                    if idx == 0 {
+                        first = seq;
+                    }
+                })
+            })
+            .await?;
+        for boundary in boundaries {
+            self.engine.schedule_episode_extraction(&self.id, boundary);
+        }
+        Ok(first..head.last_seq().next())
+    }
+
+    /// Validates `messages` against `limits` and stamps those without a creation time (one stamp
+    /// for the batch). Runs before the session's lock is taken.
+    pub(crate) fn prepare_messages(&self, messages: &mut [Message]) -> Result<(), Error> {
+        let max_bytes = usize::try_from(self.engine.inner.config.limits.max_message_bytes).unwrap_or(usize::MAX);
         let stamp = now_ms();
         for (idx, m) in messages.iter_mut().enumerate() {
             m.validate(idx, max_bytes)?;
@@ -472,33 +492,34 @@ impl Session {
                 m.created_at_ms = stamp;
             }
         }
-        let cap = self.engine.inner.config.episodes.max_turns_per_episode;
-        let (mut first, mut boundaries) = (Seq::ZERO, Vec::new());
-        let head = self
-            .engine
-            .write_events(&self.id, |batch, _| {
-                // Each message is checked against the head as the earlier ones in the batch left it.
-                for (idx, m) in messages.into_iter().enumerate() {
-                    fold::check_message(batch.head(), &m, idx, max_open)?;
-                    // A full episode is closed before its next user turn, in this same batch.
-                    if m.role == Role::User && episodes::turn_cap_reached(batch.head(), cap) {
-                        let episode = batch.head().episode();
-                        let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap })?;
-                        self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
-                        boundaries.push(at);
-                    }
-                    let seq = batch.push(EventKind::MessageAppended(m))?;
-                    if idx == 0 {
-                        first = seq;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-        for boundary in boundaries {
-            self.engine.schedule_episode_extraction(&self.id, boundary);
+        Ok(())
+    }
+
+    /// Pushes `messages` into `batch`, each checked against the head the earlier ones left. A user
+    /// message that would pass `episodes.max_turns_per_episode` gets a `TurnCap` boundary just before
+    /// it in the same batch (its seq goes into `boundaries`, for extraction once the batch landed).
+    /// `on_seq(index, seq)` learns each message's seq.
+    pub(crate) fn push_messages(
+        &self,
+        batch: &mut Batch,
+        messages: Vec<Message>,
+        boundaries: &mut Vec<Seq>,
+        mut on_seq: impl FnMut(usize, Seq),
+    ) -> Result<(), Error> {
+        let config = &self.engine.inner.config;
+        let max_open = usize::try_from(config.limits.max_open_tool_calls).unwrap_or(usize::MAX);
+        let cap = config.episodes.max_turns_per_episode;
+        for (idx, m) in messages.into_iter().enumerate() {
+            fold::check_message(batch.head(), &m, idx, max_open)?;
+            if m.role == Role::User && episodes::turn_cap_reached(batch.head(), cap) {
+                let episode = batch.head().episode();
+                let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap })?;
+                self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
+                boundaries.push(at);
+            }
+            on_seq(idx, batch.push(EventKind::MessageAppended(m))?);
         }
-        Ok(first..head.last_seq().next())
+        Ok(())
     }
 
     /// The session's head (fold state), or `None` if it has no events.
