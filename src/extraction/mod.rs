@@ -230,16 +230,7 @@ impl MemoryExtractor for RuleExtractor {
     }
 
     fn extract(&self, input: ExtractInput) -> BoxFuture<'_, Result<Vec<String>, Error>> {
-        // A spliced span can hold 100k messages: scanned on a blocking thread when there is a
-        // runtime, so no runtime worker (and no append queued behind it) waits for it.
-        Box::pin(async move {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => runtime.spawn_blocking(move || Self::memories(&input.messages)).await.map_err(|e| {
-                    Error::Summarizer { status: None, message: format!("the rule extractor's task failed: {e}") }
-                }),
-                Err(_) => Ok(Self::memories(&input.messages)),
-            }
-        })
+        Box::pin(async move { Ok(Self::memories(&input.messages)) })
     }
 }
 
