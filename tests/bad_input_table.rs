@@ -308,12 +308,7 @@ async fn a_corrupted_journal_tail_loses_nothing_acknowledged() {
         engine.session("j").unwrap().append_many(turn(0)).await.unwrap();
     }
     // Garbage after the last batch: a torn write, as a crash mid-append leaves.
-    let journal = std::fs::read_dir(&db)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
-        .max()
-        .expect("a journal file");
+    let journal = newest_journal(&db);
     let mut bytes = std::fs::read(&journal).unwrap();
     bytes.extend_from_slice(&[0x5a; 37]);
     std::fs::write(&journal, bytes).unwrap();
@@ -340,12 +335,7 @@ async fn a_journal_entry_torn_inside_its_header_is_dropped_not_a_panic() {
         s.append_many(turn(0)).await.unwrap();
         s.append(Message::user("the batch a power cut tears")).await.unwrap()
     };
-    let journal = std::fs::read_dir(&db)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
-        .max()
-        .expect("a journal file");
+    let journal = newest_journal(&db);
     let mut bytes = std::fs::read(&journal).unwrap();
     let key = [b"torn\0".as_slice(), &last.get().to_be_bytes()].concat();
     let at = bytes.windows(key.len()).rposition(|w| w == key).expect("the last event's key is in the journal");
@@ -363,4 +353,14 @@ async fn a_journal_entry_torn_inside_its_header_is_dropped_not_a_panic() {
     assert!(history.len() == 4 || history.len() == 5, "{} events", history.len());
     assert!(history.iter().take(4).zip(1..).all(|(e, seq)| e.seq == Seq::new(seq)));
     assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
+}
+
+/// The newest journal file of the fjall database at `db` (the one recovery reads last).
+fn newest_journal(db: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(db)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .max()
+        .expect("a journal file")
 }

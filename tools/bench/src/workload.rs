@@ -95,19 +95,22 @@ pub fn message(idx: u64) -> Message {
 /// Opens an engine on `path` with `durability`. A database closed a moment ago may still be
 /// releasing its lock (fjall's worker threads stop asynchronously), so `Locked` is retried briefly.
 pub fn open(path: &Path, durability: Durability) -> Engine {
+    open_config(config(path, durability))
+}
+
+/// The bench's engine config: `durability`, and the block cache every side of a ratio gets.
+fn config(path: &Path, durability: Durability) -> Config {
     let mut config = Config::new(path);
     config.durability = durability;
     config.cache_mb = CACHE_MB;
-    open_config(config)
+    config
 }
 
 /// Like [`open`], with the engine's working-memory window cache off (`cache.window_bytes = 0`):
 /// for the measurements of the storage path (p1, p9, p10, the scaling table), where a session
 /// read call after call would otherwise be served from memory on one side only.
 pub fn open_storage_path(path: &Path, durability: Durability) -> Engine {
-    let mut config = Config::new(path);
-    config.durability = durability;
-    config.cache_mb = CACHE_MB;
+    let mut config = config(path, durability);
     config.cache.window_bytes = 0;
     open_config(config)
 }
