@@ -147,6 +147,9 @@ impl NatsLog {
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
         let duplicate_window = write_timeout.max(MIN_DUPLICATE_WINDOW);
         let replicas = usize::try_from(cfg.replicas).unwrap_or(usize::MAX);
+        // Making the streams goes through the cluster's meta group, which may be electing: allowed
+        // as long as a write (`write_timeout_ms`, above the election window).
+        let streams_deadline = Instant::now() + write_timeout;
         let mut sessions = Vec::new();
         for index in 0..names.streams() {
             let config = stream::Config {
@@ -158,7 +161,7 @@ impl NatsLog {
                 storage: stream::StorageType::File,
                 ..Default::default()
             };
-            sessions.push(ensure_stream(&js, config).await?);
+            sessions.push(ensure_stream(&js, config, streams_deadline).await?);
         }
         // The stream count decides where a session lives: a database made with more streams
         // must not be opened with fewer (its sessions would seem to vanish).
@@ -184,6 +187,7 @@ impl NatsLog {
                 storage: stream::StorageType::File,
                 ..Default::default()
             },
+            streams_deadline,
         )
         .await?;
 
@@ -239,6 +243,18 @@ impl NatsLog {
         events: &[Event],
         head: &Head,
     ) -> Result<Version, Error> {
+        self.append_until(session, expected, events, head, true).await
+    }
+
+    /// [`NatsLog::append`]; a deletion finishes with its purge only when `purge` (tests stop before it).
+    async fn append_until(
+        &self,
+        session: &SessionId,
+        expected: Version,
+        events: &[Event],
+        head: &Head,
+        purge: bool,
+    ) -> Result<Version, Error> {
         let payload = Bytes::from(record::encode(expected.0, events, head)?);
         let (stream_name, subject) = self.names.session(session);
         let deleting = head.is_deleted();
@@ -256,7 +272,7 @@ impl NatsLog {
                 return Err(e);
             }
         };
-        if deleting {
+        if deleting && purge {
             self.finish_deletion(session, &stream_name, &subject, version).await?;
         }
         Ok(version)
@@ -280,10 +296,7 @@ impl NatsLog {
         head: &Head,
     ) -> Result<Version, Error> {
         assert!(head.is_deleted(), "only a deletion has a purge to stop before");
-        let payload = Bytes::from(record::encode(expected.0, events, head)?);
-        let (_, subject) = self.names.session(session);
-        self.publish(&self.names.deletion(session), None, &message_id(), Bytes::new()).await?;
-        self.append_record(session, &subject, expected, payload).await
+        self.append_until(session, expected, events, head, false).await
     }
 
     /// The `Nats-Msg-Id` of a commit: blake3 of this connection's random nonce, the session, the
@@ -519,38 +532,79 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Gets `config.name`, checking its replicas, or creates it.
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, Error> {
-    use async_nats::jetstream::context::GetStreamErrorKind;
+/// Gets `config.name`, checking its replicas, or creates it. A request the cluster does not answer
+/// (its JetStream meta group electing a leader, as right after the servers start or lose a node) is
+/// asked again, with the publish retries' backoff, until `deadline`; both steps are idempotent.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    deadline: Instant,
+) -> Result<stream::Stream, Error> {
+    let mut wait = FIRST_RETRY_WAIT;
+    loop {
+        match try_ensure_stream(js, &config).await {
+            Ok(stream) => return Ok(stream),
+            Err(Attempt::Final(e)) => return Err(e),
+            Err(Attempt::Unanswered(e)) => {
+                if Instant::now() + wait >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(stream = %config.name, error = %e, "JetStream API unanswered at connect; asking again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_RETRY_WAIT);
+            }
+        }
+    }
+}
+
+/// How one attempt of [`ensure_stream`] failed.
+enum Attempt {
+    /// The cluster did not answer (timeout, no responders, JetStream unavailable): may be asked again.
+    Unanswered(Error),
+    /// An answer that asking again will not change.
+    Final(Error),
+}
+
+async fn try_ensure_stream(js: &jetstream::Context, config: &stream::Config) -> Result<stream::Stream, Attempt> {
+    use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
     let wanted = config.num_replicas;
     match js.get_stream(&config.name).await {
         Ok(stream) => {
             let have = &stream.cached_info().config;
             if have.num_replicas < wanted {
-                return Err(Error::InvalidConfig {
+                return Err(Attempt::Final(Error::InvalidConfig {
                     field: "storage.nats.replicas".to_string(),
                     reason: format!(
                         "stream {} exists with {} replica(s), fewer than the {wanted} configured: an acknowledged \
                          write would not survive the loss of a node; raise the stream's replicas or lower the setting",
                         config.name, have.num_replicas
                     ),
-                });
+                }));
             }
             if !have.allow_direct || have.subjects != config.subjects {
-                return Err(Error::InvalidConfig {
+                return Err(Attempt::Final(Error::InvalidConfig {
                     field: "storage.nats.stream_prefix".to_string(),
                     reason: format!(
                         "stream {} exists but was not made by palimpsest (subjects {:?}, allow_direct {})",
                         config.name, have.subjects, have.allow_direct
                     ),
-                });
+                }));
             }
             Ok(stream)
         }
         Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
-            js.create_stream(config).await.map_err(|e| Error::storage("create a JetStream stream", e))
+            js.create_stream(config.clone()).await.map_err(|e| {
+                let unanswered =
+                    matches!(e.kind(), CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable);
+                let e = Error::storage("create a JetStream stream", e);
+                if unanswered { Attempt::Unanswered(e) } else { Attempt::Final(e) }
+            })
         }
-        Err(e) => Err(Error::storage("look up a JetStream stream", e)),
+        Err(e) => {
+            let unanswered = matches!(e.kind(), GetStreamErrorKind::Request);
+            let e = Error::storage("look up a JetStream stream", e);
+            Err(if unanswered { Attempt::Unanswered(e) } else { Attempt::Final(e) })
+        }
     }
 }
 
