@@ -11,9 +11,14 @@ mod nats_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nats_common::{Cluster, append_until_stored, config, connect, text_of};
+use nats_common::{
+    Cluster, LEADER_TIMEOUT, append_until_stored, config, connect, stream_leader, text_of, wait_stream_leader,
+};
 use palimpsest::{NatsConfig, NatsLog, Seq, SessionId};
 use tokio::sync::watch;
+
+/// The one session stream of the failure scenarios' backend (stream prefix `fail`).
+const STREAM: &str = "fail_s0";
 
 /// One scenario at a time: an async lock (a test holds it across its awaits), which a panicking
 /// scenario releases like any other.
@@ -72,33 +77,14 @@ async fn join(handles: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// The stream's leader, by node index.
-async fn leader(cluster: &Cluster, js: &async_nats::jetstream::Context) -> Option<usize> {
-    let mut stream = js.get_stream("fail_s0").await.ok()?;
-    let info = stream.info().await.ok()?;
-    info.cluster.as_ref()?.leader.as_deref().map(|name| cluster.index_of(name))
-}
-
-/// Waits (bounded) for a leader and returns it.
-async fn wait_leader(cluster: &Cluster, js: &async_nats::jetstream::Context) -> usize {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(i) = leader(cluster, js).await {
-            return i;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no stream leader within 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Makes node `i` the stream's leader (asking for it until it is, bounded).
 async fn make_leader(cluster: &Cluster, js: &async_nats::jetstream::Context, client: &async_nats::Client, i: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while leader(cluster, js).await != Some(i) {
+    let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+    while stream_leader(cluster, js, STREAM).await != Some(i) {
         assert!(tokio::time::Instant::now() < deadline, "node {i} did not become leader within 60 s");
         let body = serde_json::json!({ "placement": { "preferred": cluster.name(i) } }).to_string();
         // The answer does not matter: the loop checks the outcome.
-        let _ = client.request("$JS.API.STREAM.LEADER.STEPDOWN.fail_s0", body.into()).await;
+        let _ = client.request(format!("$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}"), body.into()).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -133,7 +119,7 @@ async fn leader_killed_mid_workload_loses_nothing() {
     let js = async_nats::jetstream::new(cluster.raw_client().await);
     let (handles, mut acks) = start_writers(&log);
     wait_for_acks(&mut acks, WRITERS * PER_WRITER / 4).await;
-    let victim = wait_leader(&cluster, &js).await;
+    let victim = wait_stream_leader(&cluster, &js, STREAM).await;
     cluster.kill(victim);
     // Writes go on under a new leader before the old one comes back.
     let after_kill = *acks.borrow();
@@ -151,7 +137,7 @@ async fn frozen_leader_loses_nothing() {
     let js = async_nats::jetstream::new(cluster.raw_client().await);
     let (handles, mut acks) = start_writers(&log);
     wait_for_acks(&mut acks, WRITERS * PER_WRITER / 4).await;
-    let victim = wait_leader(&cluster, &js).await;
+    let victim = wait_stream_leader(&cluster, &js, STREAM).await;
     cluster.signal(victim, "STOP");
     let after_stop = *acks.borrow();
     wait_for_acks(&mut acks, after_stop + WRITERS * 10).await;

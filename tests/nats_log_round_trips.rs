@@ -5,7 +5,7 @@
 mod nats_common;
 
 use async_nats::HeaderMap;
-use nats_common::{Cluster, commit, config, connect, text_of};
+use nats_common::{Cluster, commit, config, connect, text_of, wait_stream_leader};
 use palimpsest::{Error, Head, Seq, SessionId, SummaryHash, Version};
 
 fn texts(from: usize, n: usize) -> Vec<String> {
@@ -99,6 +99,8 @@ async fn a_retried_publish_with_the_same_id_is_stored_once(cluster: &Cluster, lo
     })
     .await
     .expect("stream");
+    // A stream just created refuses publishes until its first leader is elected.
+    wait_stream_leader(cluster, &js, "dd_s0").await;
     let first =
         js.publish_with_headers(subject.clone(), headers.clone(), "x".into()).await.expect("send").await.expect("ack");
     assert!(!first.duplicate);

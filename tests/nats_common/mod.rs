@@ -17,8 +17,8 @@ use palimpsest::{Durability, Event, EventKind, Head, Message, NatsConfig, NatsLo
 pub const SERVER_ENV: &str = "PALIMPSEST_NATS_SERVER";
 /// Longest wait for a node to report healthy.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a stream's leadership to move where a test asked.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a stream to have a leader (a new stream's first election, or one after a kill).
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Options of a cluster.
 #[derive(Clone, Debug)]
@@ -298,4 +298,24 @@ pub async fn append_until_stored(log: &NatsLog, session: &SessionId, text: &str)
         }
     }
     panic!("{text} not stored after 1,000 attempts");
+}
+
+/// The leader of stream `name`, by node index, if it has one now.
+pub async fn stream_leader(cluster: &Cluster, js: &async_nats::jetstream::Context, name: &str) -> Option<usize> {
+    let mut stream = js.get_stream(name).await.ok()?;
+    let info = stream.info().await.ok()?;
+    info.cluster.as_ref()?.leader.as_deref().map(|leader| cluster.index_of(leader))
+}
+
+/// Waits (bounded by [`LEADER_TIMEOUT`]) until stream `name` has a leader, and returns it: a
+/// stream just created, or whose leader was just killed, refuses publishes until then.
+pub async fn wait_stream_leader(cluster: &Cluster, js: &async_nats::jetstream::Context, name: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+    loop {
+        if let Some(i) = stream_leader(cluster, js, name).await {
+            return i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stream {name}: no leader within {LEADER_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
