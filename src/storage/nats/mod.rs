@@ -326,10 +326,11 @@ impl NatsLog {
         let id = self.commit_id(session, expected, &payload);
         match self.publish(subject, Some(expected), &id, payload).await {
             Ok(Published::Stored(seq)) => Ok(Version(seq)),
-            Ok(Published::WrongLast { found, after_retry }) => {
-                // A retry that meets a moved session may be meeting its own first attempt when the
-                // duplicate window was already gone; the stored id tells.
-                if after_retry && let Some(last) = self.last_record(session).await? {
+            Ok(Published::WrongLast { found }) => {
+                // The session moved, perhaps by this very commit: an earlier attempt (in this call, or
+                // a caller's retry after a `Timeout`) may have been stored where the server no longer
+                // answers it as a duplicate (a new leader after a frozen one). The stored id tells.
+                if let Some(last) = self.last_record(session).await? {
                     let ours = last.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str() == id);
                     if ours == Some(true) {
                         return Ok(Version(last.sequence));
@@ -374,7 +375,7 @@ impl NatsLog {
                 Ok(Ok(ack)) => return Ok(Published::Stored(ack.sequence)),
                 Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     let found = found_sequence(&e.to_string());
-                    return Ok(Published::WrongLast { found, after_retry: attempt > 0 });
+                    return Ok(Published::WrongLast { found });
                 }
                 Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     return Err(Error::storage("a JetStream publish (the record exceeds the server's max_payload)", e));
@@ -512,7 +513,7 @@ enum Published {
     /// Stored (or found stored by an earlier attempt) at this stream sequence.
     Stored(u64),
     /// The subject's last sequence is not the expected one; nothing was stored by this attempt.
-    WrongLast { found: Option<u64>, after_retry: bool },
+    WrongLast { found: Option<u64> },
 }
 
 /// A fresh message id: 128 random bits in hex, unique across writers and processes.
