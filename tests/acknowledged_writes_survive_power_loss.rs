@@ -22,6 +22,13 @@
 //! `PALIMPSEST_POWERLOSS_ROUNDS` sets the number of cuts (default 200) for soaks;
 //! `PALIMPSEST_POWERLOSS_SEED` replays a run; `PALIMPSEST_POWERLOSS_MODEL` (`strict_dirs`, `delalloc`,
 //! or both comma-separated; see `powerloss::Model`) picks a stricter disk.
+//!
+//! `PALIMPSEST_POWERLOSS_CUT=clear-cache` is not a test but the reproduction of issue 16's LazyFS
+//! runs: each round drops the unsynced data with the power left on (`powerloss::Cut::ClearCache`,
+//! LazyFS's `clear-cache`), lets the writer go on for up to 60 more reports, then kills it. The
+//! verifier's findings are tallied instead of failing the run (a damaged database is replaced by a
+//! fresh one), and the tally is printed: what clearing a cache under a live process does, which no
+//! power cut can (SPEC section 10).
 
 mod common;
 mod powerloss_common;
@@ -36,6 +43,7 @@ use common::{FnSummarizer, Rng};
 use palimpsest::{
     AuditOptions, CompactionOutcome, CompactionRequest, Config, Durability, Engine, EventKind, Message, Seq, ToolCall,
 };
+use powerloss::Cut;
 use powerloss_common::{Child, Rig, cut_for, digest, rounds, seed_from_clock};
 
 const WRITER_ENV: &str = "PALIMPSEST_POWERLOSS_WRITER";
@@ -346,6 +354,10 @@ fn memtable_env() -> (&'static str, String) {
 fn parent() {
     let rounds = rounds(200);
     let seed0 = seed_from_clock();
+    let clear_cache = std::env::var("PALIMPSEST_POWERLOSS_CUT").is_ok_and(|v| v == "clear-cache");
+    if clear_cache {
+        return reproduce_clear_cache(rounds, seed0);
+    }
     println!("powerloss (engine): {rounds} cuts, seed {seed0}");
     let started = std::time::Instant::now();
     let rig = Rig::new();
@@ -394,4 +406,81 @@ fn parent() {
     );
     println!("powerloss (engine): {}", rig.model_summary());
     println!("test result: ok. 1 passed; 0 failed");
+}
+
+/// `PALIMPSEST_POWERLOSS_CUT=clear-cache` (module docs): LazyFS's procedure, tallied.
+fn reproduce_clear_cache(rounds: u64, seed0: u64) {
+    println!("powerloss (engine, clear-cache: NOT a power cut): {rounds} rounds, seed {seed0}");
+    let rig = Rig::new();
+    let mut rng = Rng(seed0);
+    let (mut generation, mut expected) = (0, Expected::default());
+    let mut findings: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut damaged, mut acks_after_clear) = (0u64, 0u64);
+    // The findings are the point here: keep the default hook's backtrace noise off stderr.
+    std::panic::set_hook(Box::new(|_| {}));
+    for round in 0..rounds {
+        let db = rig.db(generation);
+        let spec = format!("{}|{}|sync", db.display(), rng.next() % 1_000_000_007);
+        let mut child = Child::spawn(&[(WRITER_ENV, spec), memtable_env()]);
+        let mut lines = child.take(1 + rng.below(powerloss_common::MAX_LINES_BEFORE_CUT), round);
+        rig.cut_mid_work(Cut::ClearCache, rng.below(powerloss_common::MAX_WRITES_BEFORE_CUT));
+        // The writer lives on after the cache is gone, as it did in the LazyFS runs.
+        let after = child.take(1 + rng.below(powerloss_common::MAX_LINES_BEFORE_CUT), round);
+        acks_after_clear += after.iter().filter(|l| l.starts_with("ack ")).count() as u64;
+        lines.extend(after);
+        lines.extend(child.kill());
+        for line in &lines {
+            expected.record(line, true, round);
+        }
+        let why = format!("clear-cache, {} lines, seed {seed0}", lines.len());
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify(&db, &mut expected, round, &why)));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let finding = classify(&message);
+            println!("round {round}: {finding}");
+            *findings.entry(finding).or_default() += 1;
+            damaged += 1;
+            generation = round + 1;
+            expected = Expected::default();
+        }
+    }
+    println!(
+        "powerloss (engine, clear-cache): {damaged} of {rounds} rounds left a damaged database or lost an \
+         acknowledged event; {acks_after_clear} events were acknowledged after the cache was cleared"
+    );
+    for (finding, n) in &findings {
+        println!("  {n:>4}  {finding}");
+    }
+}
+
+/// The kind of damage a verifier panic describes: the audit's violation kinds, a failed open, or
+/// an acknowledged event missing.
+fn classify(message: &str) -> String {
+    if message.contains("does not open") {
+        let detail = message.split("open-failed").nth(1).unwrap_or(message);
+        return format!("open failed:{}", detail.chars().take(120).collect::<String>());
+    }
+    if message.contains("audit-failed") {
+        // The verifier prints the violations with `{:?}`: collect each `kind: Name`.
+        let mut kinds: Vec<&str> = message
+            .split("kind: ")
+            .skip(1)
+            .map(|rest| rest.split(|c: char| !c.is_alphanumeric()).next().unwrap_or(""))
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        if kinds.is_empty() {
+            return format!("audit failed: {}", message.chars().take(160).collect::<String>());
+        }
+        return format!("audit failed: {}", kinds.join(", "));
+    }
+    if message.contains("lost or changed") || message.contains("splice") {
+        return "an acknowledged event or splice lost (audit clean)".to_string();
+    }
+    format!("other: {}", message.chars().take(160).collect::<String>())
 }

@@ -344,12 +344,13 @@ impl State {
         }
     }
 
-    /// Drops every unsynced change (or keeps some pages, when torn) and turns the power off.
+    /// Drops every unsynced change (or keeps some pages, when torn) and turns the power off
+    /// ([`Cut::ClearCache`]: leaves it on, with directories and handles as they are).
     pub(crate) fn cut(&mut self, cut: Cut) -> CutReport {
         let overlays = std::mem::take(&mut self.overlays);
         let mut report = CutReport { files: overlays.len() as u64, ..CutReport::default() };
         let mut rng = match cut {
-            Cut::DropAll => None,
+            Cut::DropAll | Cut::ClearCache => None,
             Cut::Torn { seed } => Some(seed | 1),
         };
         for (ino, overlay) in overlays {
@@ -372,11 +373,14 @@ impl State {
                 report.torn_write_errors += 1;
             }
         }
+        self.cuts += 1;
+        if cut == Cut::ClearCache {
+            return report;
+        }
         if self.model.strict_dirs {
             self.revert_dirs(&mut report);
         }
         self.off = true;
-        self.cuts += 1;
         report
     }
 
@@ -433,6 +437,9 @@ impl State {
             ["torn", seed] => {
                 let seed = seed.parse().map_err(|_| Errno::EINVAL)?;
                 self.cut(Cut::Torn { seed });
+            }
+            ["clear-cache"] => {
+                self.cut(Cut::ClearCache);
             }
             ["on"] => self.power_on(),
             _ => return Err(Errno::EINVAL),

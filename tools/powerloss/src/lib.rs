@@ -29,7 +29,9 @@
 //!   all files: each other file's grown size reaches the disk at once, while its unsynced data
 //!   does not, so a cut leaves it at its new length with zeros where the data was.
 //! - After a cut the power is off: every operation fails with `EIO` until [`Mount::power_on`], so
-//!   a process still running after the cut cannot make anything durable.
+//!   a process still running after the cut cannot make anything durable. [`Cut::ClearCache`] is the
+//!   exception, kept to reproduce LazyFS's `clear-cache`: it drops the same data and leaves the
+//!   power on.
 //!
 //! Data is served with direct I/O and attributes are never cached, so the kernel's page cache
 //! cannot keep showing what a cut dropped. Hard links, symlinks and extended attributes are not
@@ -40,7 +42,7 @@
 //! system cut the power itself right after a given number of further writes: the cut then lands
 //! mid-work, not in the quiet moment after a writer reported an fsync. From any process, the file `.powerloss` at
 //! the root of the mount: writing `cut` drops unsynced data, `torn <seed>` tears it, `on` restores
-//! power; reading it shows the power state, the number of cuts and the unsynced bytes.
+//! power, `clear-cache` drops unsynced data with the power left on ([`Cut::ClearCache`]); reading it shows the power state, the number of cuts and the unsynced bytes.
 
 mod fs;
 mod overlay;
@@ -62,6 +64,13 @@ pub enum Cut {
         /// Seeds the choice of pages, so the same seed tears the same way.
         seed: u64,
     },
+    /// **Not a power cut**: LazyFS's `clear-cache`. Unsynced data is dropped as in [`Cut::DropAll`],
+    /// but the power stays on and open handles keep working, so a process that goes on writing
+    /// and syncing afterwards makes its later data durable over a hole of zeros where the dropped
+    /// data was, and nothing tells it. No disk does that: a real cut stops every writer at the same
+    /// instant. It is here to reproduce what a LazyFS run that clears the cache before killing the
+    /// writer reports (SPEC section 10, issue 16).
+    ClearCache,
 }
 
 /// Which failure modes of a real disk the file system adds to the default (LazyFS's) model; see
@@ -152,7 +161,7 @@ impl Mount {
     }
 
     /// Cuts the power: unsynced data is dropped (or torn) and every operation fails until
-    /// [`Mount::power_on`].
+    /// [`Mount::power_on`] (with [`Cut::ClearCache`], dropped and the power left on).
     pub fn cut(&self, cut: Cut) -> CutReport {
         fs::lock(&self.shared).cut(cut)
     }

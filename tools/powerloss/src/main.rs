@@ -1,7 +1,8 @@
 //! `powerloss <backing-dir> <mount-point>`: mounts the power-loss file system until interrupted
 //! (`fusermount3 -u <mount-point>`). Control it through `<mount-point>/.powerloss`:
 //! `echo cut > .powerloss` drops unsynced data, `echo torn 42 > .powerloss` tears it,
-//! `echo on > .powerloss` restores power, `cat .powerloss` shows the state. An optional third
+//! `echo on > .powerloss` restores power, `echo clear-cache > .powerloss` drops unsynced data and
+//! leaves the power on (LazyFS's `clear-cache`: not a power cut, see `powerloss::Cut::ClearCache`), `cat .powerloss` shows the state. An optional third
 //! argument picks the disk model: `strict_dirs`, `delalloc` or `strict_dirs,delalloc`.
 
 use std::path::PathBuf;

@@ -181,6 +181,42 @@ fn an_armed_cut_fires_after_the_given_number_of_writes() {
     assert_eq!(read_all(&path), b"a");
 }
 
+/// LazyFS's `clear-cache` is not a power cut: the writer lives on, and its next fsync makes later
+/// data durable behind a hole of zeros where the dropped data was (the mechanism behind both
+/// failures of issue 16; SPEC section 10). Also reachable through the control file.
+#[test]
+fn a_cleared_cache_under_a_live_writer_leaves_a_hole_before_later_synced_data() {
+    let rig = rig();
+    let path = rig.mount.path().join("journal");
+    let mut f = File::create(&path).expect("create");
+    f.write_all(&[1u8; PAGE_BYTES as usize]).expect("write the first page");
+    f.sync_data().expect("fdatasync");
+    f.write_all(&[2u8; 3 * PAGE_BYTES as usize]).expect("write three pages, unsynced");
+    let report = rig.mount.cut(Cut::ClearCache);
+    assert_eq!((report.files, report.dirty_bytes), (1, 3 * PAGE_BYTES));
+    f.write_all(&[3u8; PAGE_BYTES as usize]).expect("the power is still on: the writer goes on");
+    f.sync_data().expect("and its fsync succeeds");
+    drop(f);
+    cut_and_restore(&rig, Cut::DropAll);
+    let durable = read_all(&path);
+    let page = PAGE_BYTES as usize;
+    assert_eq!(durable.len(), 5 * page, "the later page is durable at its offset");
+    assert!(durable[..page].iter().all(|&b| b == 1));
+    assert!(durable[page..4 * page].iter().all(|&b| b == 0), "the dropped pages are a hole of zeros");
+    assert!(durable[4 * page..].iter().all(|&b| b == 3));
+
+    let other = rig.mount.path().join("other");
+    let mut g = File::create(&other).expect("create");
+    g.write_all(b"unsynced").expect("write");
+    let control = rig.mount.path().join(powerloss::CONTROL_NAME);
+    OpenOptions::new().write(true).open(&control).expect("open control").write_all(b"clear-cache\n").expect("clear");
+    assert!(String::from_utf8(read_all(&control)).expect("text").contains("power on"));
+    g.write_all(b"!").expect("the handle still works");
+    g.sync_data().expect("fdatasync");
+    drop(g);
+    assert_eq!(read_all(&other), b"\0\0\0\0\0\0\0\0!");
+}
+
 fn rig_with(model: powerloss::Model) -> Rig {
     powerloss::preflight().expect("FUSE is required for this test (run scripts/setup-fuse.sh)");
     let backing = tempfile::tempdir().expect("backing dir");
