@@ -195,6 +195,16 @@ pub enum Error {
     /// The engine is shutting down or was closed.
     #[error("engine is closed")]
     Closed,
+
+    /// The operation does not run on this storage backend yet (SPEC.md 11a lists what does).
+    /// Nothing was written.
+    #[error("{what} does not run on storage.kind = {backend:?} yet")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+        /// The configured `storage.kind`.
+        backend: &'static str,
+    },
 }
 
 /// Shorthand used across the crate.

@@ -201,7 +201,7 @@ fn verifier(dir: &Path) {
     runtime.block_on(async {
         let mut after = None;
         loop {
-            let ids = engine.list_sessions(after.as_ref(), 100).expect("list sessions");
+            let ids = engine.list_sessions(after.as_ref(), 100).await.expect("list sessions");
             let Some(last) = ids.last().cloned() else { break };
             for id in ids {
                 let s = engine.session(id.as_str()).expect("id");

@@ -108,9 +108,12 @@ async fn sessions_are_listed_and_deletion_is_recorded() {
     for id in ["b", "a", "c"] {
         engine.session(id).unwrap().append_many(turn(1)).await.unwrap();
     }
-    assert_eq!(engine.list_sessions(None, 10).unwrap().iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(
+        engine.list_sessions(None, 10).await.unwrap().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
     let a = engine.session("a").unwrap();
-    assert_eq!(engine.list_sessions(Some(a.id()), 1).unwrap()[0].as_str(), "b");
+    assert_eq!(engine.list_sessions(Some(a.id()), 1).await.unwrap()[0].as_str(), "b");
 
     let b = engine.session("b").unwrap();
     assert_eq!(b.delete().await.unwrap(), Seq::new(5));
@@ -122,7 +125,7 @@ async fn sessions_are_listed_and_deletion_is_recorded() {
     drop((a, b, engine));
 
     let engine = reopen(&dir, Durability::Sync);
-    assert_eq!(engine.list_sessions(None, 10).unwrap().len(), 2);
+    assert_eq!(engine.list_sessions(None, 10).await.unwrap().len(), 2);
     let b = engine.session("b").unwrap();
     assert_eq!(b.append(Message::user("fresh start")).await.unwrap(), Seq::new(6));
     let wm = b.working_memory(10).await.unwrap();

@@ -22,6 +22,7 @@ async fn backend_behaves_on_a_real_cluster() {
     a_stale_version_conflicts_and_stores_nothing(&log).await;
     a_retried_publish_with_the_same_id_is_stored_once(&cluster, &log).await;
     time_travel_and_window_reads_agree_with_a_fold(&log).await;
+    reads_from_every_seq_of_interleaved_sessions(&log).await;
     deletion_purges_and_keeps_the_seqs_going(&log).await;
     blobs_and_memories_round_trip(&log).await;
     listing_shows_live_sessions_in_id_order(&log).await;
@@ -151,6 +152,37 @@ async fn time_travel_and_window_reads_agree_with_a_fold(log: &palimpsest::NatsLo
     }
 }
 
+/// Two sessions written in turns into one stream, with commits of 1 to 3 events: a read from
+/// every seq of each (the search for its record gallops back over the other's records) returns
+/// exactly that seq onwards, and time travel to every seq agrees with the fold.
+async fn reads_from_every_seq_of_interleaved_sessions(log: &palimpsest::NatsLog) {
+    let ids = [SessionId::new("weave.a").expect("valid id"), SessionId::new("weave.b").expect("valid id")];
+    let mut state = [(Head::default(), Version::NONE), (Head::default(), Version::NONE)];
+    let mut heads: [Vec<Head>; 2] = [vec![Head::default()], vec![Head::default()]];
+    for round in 0..40_usize {
+        let which = usize::from(round % 3 == 0);
+        let (head, version) = &state[which];
+        let (events, after) = commit(head, &texts(round * 10, 1 + round % 3));
+        let mut h = head.clone();
+        for e in &events {
+            palimpsest::apply(&mut h, e);
+            heads[which].push(h.clone());
+        }
+        let next = log.append(&ids[which], *version, &events, &after).await.expect("append");
+        state[which] = (after, next);
+    }
+    for (which, id) in ids.iter().enumerate() {
+        let last = state[which].0.last_seq().get();
+        for from in 1..=last {
+            let read = log.events(id, Seq::new(from), Seq::new(last), 1_000).await.expect("events");
+            let seqs: Vec<u64> = read.iter().map(|e| e.seq.get()).collect();
+            assert_eq!(seqs, (from..=last).collect::<Vec<_>>(), "{id} from {from}");
+            let at = log.head_at(id, Seq::new(from)).await.expect("head_at").expect("records");
+            assert_eq!(at, heads[which][from as usize], "{id}: head after seq {from}");
+        }
+    }
+}
+
 async fn deletion_purges_and_keeps_the_seqs_going(log: &palimpsest::NatsLog) {
     let session = SessionId::new("doomed").expect("valid id");
     let (events, after) = commit(&Head::default(), &texts(0, 5));
@@ -188,7 +220,7 @@ async fn blobs_and_memories_round_trip(log: &palimpsest::NatsLog) {
 async fn listing_shows_live_sessions_in_id_order(log: &palimpsest::NatsLog) {
     let all = log.sessions(None, 100).await.expect("sessions");
     let names: Vec<&str> = all.iter().map(SessionId::as_str).collect();
-    assert_eq!(names, vec!["chat.1:a@b", "conflict", "dedupe", "doomed", "travel"]);
+    assert_eq!(names, vec!["chat.1:a@b", "conflict", "dedupe", "doomed", "travel", "weave.a", "weave.b"]);
     let after = SessionId::new("conflict").expect("valid id");
     let page = log.sessions(Some(&after), 2).await.expect("sessions");
     assert_eq!(page.iter().map(SessionId::as_str).collect::<Vec<_>>(), vec!["dedupe", "doomed"]);

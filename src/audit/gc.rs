@@ -90,7 +90,7 @@ impl Engine {
         pause(GcStage::GateHeld).await;
         if !dry_run && !orphans.is_empty() {
             let ops = orphans.iter().map(|h| Op::Delete(Ks::Blobs, keys::blob_key(h).to_vec())).collect();
-            self.inner().writer.write(ops, Hold::nothing()).await?;
+            self.writer("gc")?.write(ops, Hold::nothing()).await?;
         }
         Ok(orphans)
     }
@@ -99,7 +99,7 @@ impl Engine {
     /// under the exclusive blob gate: every splice written since the candidates were found was
     /// written with its index entry, so it is among those read here.
     fn still_unreferenced(&self, candidates: Vec<SummaryHash>) -> Result<Vec<SummaryHash>, Error> {
-        let view = self.store().view();
+        let view = self.store("gc")?.view();
         let store = &view;
         let mut referenced = HashSet::new();
         for row in store.iter_from(Ks::Splices, None) {

@@ -351,7 +351,7 @@ impl Engine {
     pub fn audit(&self, options: &AuditOptions, progress: &mut dyn FnMut(u64)) -> Result<AuditReport, Error> {
         // One snapshot for the whole audit: with the engine open, writers and the purger go on
         // committing, and the log, heads, index and markers must be read as of one instant.
-        let view = self.store().view();
+        let view = self.store("audit")?.view();
         let store = &view;
         let mut report = AuditReport::default();
         let mut referenced: HashSet<SummaryHash> = HashSet::new();
@@ -502,7 +502,7 @@ impl Engine {
 
     /// Every memory record decodes as `Engine::memories` decodes it, under a well-formed key.
     fn audit_memories(&self, report: &mut AuditReport) -> Result<(), Error> {
-        for row in self.store().iter_from(Ks::Memories, None) {
+        for row in self.store("audit")?.iter_from(Ks::Memories, None) {
             let (key, value) = row?;
             let split = key.iter().position(|&b| b == 0).map(|at| (&key[..at], &key[at + 1..]));
             let Some((namespace, id)) = split
@@ -588,7 +588,7 @@ impl Engine {
             .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
         // Under the session's lock nothing else writes this session, but the purger may be removing
         // its dead events: read the log, head, index and markers as of one instant.
-        let view = self.store().view();
+        let view = self.store("audit")?.view();
         let store = &view;
         let mut replayer = Replayer::new(id.as_str());
         // Dead events (below the purge floor) are the purger's, not part of the log to rebuild.
@@ -639,14 +639,14 @@ impl Engine {
             // The cached head (if any) was the old one: forgotten before the lock is released.
             let (caches, session) = (std::sync::Arc::clone(&self.inner().caches), id.clone());
             let hold = Hold::guard(lock).then(move |_| caches.forget(&session));
-            self.inner().writer.write(ops, hold).await?;
+            self.writer("audit")?.write(ops, hold).await?;
         }
         Ok((head_fixed, index_fixed))
     }
 
     /// Every session id that has events or a head, deleted or not.
     fn all_session_ids(&self) -> Result<Vec<SessionId>, Error> {
-        let store = self.store();
+        let store = self.store("audit")?;
         let mut ids = BTreeSet::new();
         let mut after: Option<Vec<u8>> = None;
         // Jump from session to session: after each id, seek past all of its keys.
@@ -674,7 +674,7 @@ impl Engine {
 
     /// Counts and sizes. Reads every key of the events and blobs keyspaces.
     pub fn stats(&self) -> Result<Stats, Error> {
-        let store = self.store();
+        let store = self.store("audit")?;
         let mut stats = Stats::default();
         for row in store.iter_from(Ks::Events, None) {
             let (_, value) = row?;

@@ -196,6 +196,8 @@ impl Session {
     /// batch is queued it lands whole, after the same re-check under the session's lock, so the
     /// caller does not learn the outcome: `working_memory` shows whether it landed.
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
+        // Summary blobs and the splice index live beside the log: fjall only, so far.
+        self.engine().store("compaction")?;
         let request = check_focus(request)?;
         let Some(registered) = self.engine().inner().compactions.enter(self.id()) else {
             return Ok(CompactionOutcome::AlreadyRunning);
@@ -296,7 +298,7 @@ impl Session {
         let inner = engine.inner();
         let cfg = &inner.config.compaction;
         // One snapshot for the whole load, so the plan sees one state of the session.
-        let view = engine.store().view();
+        let view = engine.store("compaction")?.view();
         let head = self.live_head(&view)?;
         // Messages at or before `lower` are already summarized (or deleted).
         let lower = head.upto().max(head.base());
@@ -374,8 +376,8 @@ impl Session {
         let _blob_gate = tokio::time::timeout(Duration::from_millis(timeout_ms), inner.blob_gate.read())
             .await
             .map_err(|_| Error::Timeout { what: "orphan-blob collection to finish", after_ms: timeout_ms })?;
-        inner
-            .writer
+        engine
+            .writer("compaction")?
             .write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())], Hold::nothing())
             .await?;
         crate::testing::kill_point("compaction:after_blob");
@@ -383,7 +385,7 @@ impl Session {
         let summarizer = inner.summarizer.name().to_string();
         let mut abandoned = None;
         let head = engine
-            .write_events(self.id(), |batch, _| {
+            .write_events(self.id(), |batch| {
                 let now = batch.head();
                 let reason = if now.base() != base_at_plan {
                     Some("the session was deleted while the summary was being written".to_string())
@@ -398,7 +400,14 @@ impl Session {
                     return Ok(());
                 }
                 crate::testing::kill_point("compaction:before_splice");
-                let splice = Splice { upto, previous_upto: lower, summary_hash, n_messages, summary_bytes, summarizer };
+                let splice = Splice {
+                    upto,
+                    previous_upto: lower,
+                    summary_hash,
+                    n_messages,
+                    summary_bytes,
+                    summarizer: summarizer.clone(),
+                };
                 let at = batch.push(EventKind::CompactionSpliced(splice))?;
                 engine.mark_extraction_pending(batch, self.id(), at, Some(lower), upto);
                 Ok(())

@@ -41,7 +41,9 @@ pub(crate) struct Caches {
 }
 
 struct Inner {
-    heads: LruCache<SessionId, Head>,
+    /// Each head with its version on JetStream (the stream sequence of the session's last record;
+    /// 0 on fjall, which has no versions).
+    heads: LruCache<SessionId, (Head, u64)>,
     windows: LruCache<SessionId, Window>,
     window_bytes: usize,
 }
@@ -82,12 +84,25 @@ impl Caches {
     /// The cached head of `session`: the head of its last committed write. Any caller may read it;
     /// only the settle step of a write (under the session's lock) puts one (module docs).
     pub(crate) fn head(&self, session: &SessionId) -> Option<Head> {
-        self.inner.lock().heads.get(session).cloned()
+        self.inner.lock().heads.get(session).map(|(head, _)| head.clone())
+    }
+
+    /// Takes the cached head and version of `session` out (JetStream's write path, under the
+    /// session's lock): until a write puts one back, the next writer reads storage.
+    #[cfg(feature = "nats")]
+    pub(crate) fn take_head(&self, session: &SessionId) -> Option<(Head, u64)> {
+        self.inner.lock().heads.pop(session)
+    }
+
+    /// Puts back a head and version a writer read (under the session's lock) without writing.
+    #[cfg(feature = "nats")]
+    pub(crate) fn put_head(&self, session: &SessionId, head: Head, version: u64) {
+        self.inner.lock().heads.put(session.clone(), (head, version));
     }
 
     /// The session's `last_seq` as of its last committed write, if its head is cached; any caller.
     pub(crate) fn last_seq(&self, session: &SessionId) -> Option<(Seq, bool)> {
-        self.inner.lock().heads.peek(session).map(|h| (h.last_seq(), h.is_deleted()))
+        self.inner.lock().heads.peek(session).map(|(h, _)| (h.last_seq(), h.is_deleted()))
     }
 
     /// How the write whose events are `events` will change the session's window: computed while
@@ -112,9 +127,18 @@ impl Caches {
     }
 
     /// The settle step of a write to `session` built on a head at `before` (see `writer::Hold`):
-    /// on success the head becomes `head` and the window changes as `change` says; on failure both
-    /// entries are dropped (what reached storage is unknown; the engine is poisoned anyway).
-    pub(crate) fn settle(&self, session: &SessionId, committed: bool, before: Seq, head: Head, change: WindowChange) {
+    /// on success the head becomes `head` (at `version`, JetStream's; 0 on fjall) and the window
+    /// changes as `change` says; on failure both entries are dropped (what reached storage is
+    /// unknown; the engine is poisoned anyway).
+    pub(crate) fn settle(
+        &self,
+        session: &SessionId,
+        committed: bool,
+        before: Seq,
+        head: Head,
+        version: u64,
+        change: WindowChange,
+    ) {
         let mut inner = self.inner.lock();
         if !committed {
             inner.heads.pop(session);
@@ -122,7 +146,7 @@ impl Caches {
             return;
         }
         let (last_seq, n_messages) = (head.last_seq(), head.n_messages());
-        inner.heads.put(session.clone(), head);
+        inner.heads.put(session.clone(), (head, version));
         let fits = matches!(inner.windows.peek(session), Some(w) if w.last_seq == before);
         match change {
             WindowChange::Extend(added) if fits => {

@@ -13,7 +13,7 @@
 //! Every event goes through [`Engine::write_events`], the one write path (SPEC.md section 5).
 
 use crate::config::Limits;
-use crate::engine::Session;
+use crate::engine::{Consumed, Session};
 use crate::error::Error;
 use crate::log::event::{EventKind, Message};
 use crate::log::fold::Head;
@@ -100,7 +100,7 @@ impl Session {
     ///
     /// Cancel safety: cancel safe; a read changes nothing.
     pub async fn metadata(&self) -> Result<Option<SessionMetadata>, Error> {
-        let view = self.engine.store().view();
+        let view = self.engine.store("session metadata")?.view();
         let head = self.live_head(&view)?;
         self.metadata_in(&view, &head)
     }
@@ -131,7 +131,7 @@ impl Session {
     /// Cancel safety: cancel safe; a read changes nothing.
     pub async fn read_state(&self, limit: usize) -> Result<SessionState, Error> {
         self.engine.check_read_limit(limit)?;
-        let view = self.engine.store().view();
+        let view = self.engine.store("session metadata")?.view();
         let head = self.live_head(&view)?;
         let metadata = self.metadata_in(&view, &head)?;
         let summary = match head.splice() {
@@ -179,9 +179,13 @@ impl Session {
         }
         self.prepare_messages(&mut messages)?;
         let (mut reset_seq, mut message_seqs, mut boundaries) = (None, Vec::with_capacity(messages.len()), Vec::new());
+        let (mut messages, mut metadata) =
+            (Consumed::new(&self.engine, messages), Consumed::new(&self.engine, metadata));
         let head = self
             .engine
-            .write_events(&self.id, |batch, _| {
+            .write_events(&self.id, |batch| {
+                (reset_seq, boundaries) = (None, Vec::new());
+                message_seqs.clear();
                 if let Some(expected) = expect_last_seq
                     && batch.head().last_seq() != expected
                 {
@@ -196,8 +200,8 @@ impl Session {
                     let n_messages_dropped = batch.head().n_messages();
                     reset_seq = Some(batch.push(EventKind::MessagesReset { n_messages_dropped })?);
                 }
-                self.push_messages(batch, messages, &mut boundaries, |_, seq| message_seqs.push(seq))?;
-                if let Some(document) = metadata {
+                self.push_messages(batch, messages.take()?, &mut boundaries, |_, seq| message_seqs.push(seq))?;
+                if let Some(document) = metadata.take()? {
                     batch.push(EventKind::MetadataSet { document })?;
                 }
                 Ok(())

@@ -4,8 +4,11 @@
 //! Every write follows one path, [`Engine::write_events`]: take the session's lock (bounded wait),
 //! read its head into a [`Batch`], let the caller check each event against the batch's head and push
 //! it (each push folds it, once), and commit events + head (+ index entries) as one atomic batch. Appends to one session are
-//! therefore totally ordered; different sessions only share the group-commit thread.
+//! therefore totally ordered; different sessions only share the group-commit thread. On JetStream
+//! (`backend`) the commit is one conditional publish, and a batch built on a head another engine has
+//! moved past is built again on the fresh one.
 
+pub(crate) mod backend;
 mod cache;
 pub(crate) mod metadata;
 pub(crate) mod writer;
@@ -18,6 +21,7 @@ use crate::compaction::Progress;
 use crate::compaction::progress::ProgressBus;
 use crate::compaction::run::InFlight;
 use crate::config::{ClassifierKind, Config, ExtractorKind, SummarizerKind};
+use crate::engine::backend::Backend;
 use crate::engine::cache::Caches;
 use crate::engine::writer::{Hold, Writer};
 use crate::episodes::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
@@ -63,7 +67,8 @@ pub struct Engine {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) writer: Writer,
+    /// Where the logs live, with what writes to them (see `backend`).
+    pub(crate) backend: Backend,
     pub(crate) locks: KeyedLocks<SessionId>,
     pub(crate) summarizer: Arc<dyn Summarizer>,
     pub(crate) compactions: InFlight,
@@ -77,8 +82,6 @@ pub(crate) struct Inner {
     pub(crate) classifier: Arc<dyn EpisodeClassifier>,
     pub(crate) extractor: Arc<dyn MemoryExtractor>,
     pub(crate) extractions: Arc<Extractions>,
-    /// Removes deleted sessions' dead events beside the writers.
-    pub(crate) purger: Purger,
     /// Heads for the write path and working-memory windows for readers (see `cache`).
     pub(crate) caches: Arc<Caches>,
 }
@@ -95,32 +98,15 @@ pub struct Components {
     pub extractor: Option<Arc<dyn MemoryExtractor>>,
 }
 
-impl Engine {
-    /// Validates `config`, opens (or creates) the database and runs recovery. Blocking: in async
-    /// code, call it before serving or inside `spawn_blocking`. Inside a tokio runtime, with
-    /// `extraction.enabled`, it also queues the memory extractions an earlier run left unfinished
-    /// (one bounded read of their markers, see SPEC.md 6b).
-    pub fn open(config: Config) -> Result<Self, Error> {
-        Self::open_with(config, Components::default())
-    }
+/// The pluggable parts, built from the config where the caller gave none.
+struct Parts {
+    summarizer: Arc<dyn Summarizer>,
+    classifier: Arc<dyn EpisodeClassifier>,
+    extractor: Arc<dyn MemoryExtractor>,
+}
 
-    /// Like [`Engine::open`], with a summarizer of the caller's instead of the configured one.
-    pub fn open_with_summarizer(config: Config, summarizer: Arc<dyn Summarizer>) -> Result<Self, Error> {
-        Self::open_with(config, Components { summarizer: Some(summarizer), ..Components::default() })
-    }
-
-    /// Like [`Engine::open`], with any of the pluggable parts the caller's.
-    pub fn open_with(config: Config, components: Components) -> Result<Self, Error> {
-        config.validate()?;
-        if config.storage.kind == crate::config::StorageKind::Nats {
-            // The JetStream backend exists (`palimpsest::nats`, SPEC 11a) but the engine does not run
-            // on it yet: refusing beats silently writing to a local fjall database instead.
-            return Err(Error::InvalidConfig {
-                field: "storage.kind".to_string(),
-                reason: "\"nats\": the engine does not run on the JetStream backend yet (SPEC 11a); use \"fjall\""
-                    .to_string(),
-            });
-        }
+impl Parts {
+    fn build(config: &Config, components: Components) -> Result<Self, Error> {
         // One client for every model-based part that was not supplied, built only if one needs it.
         let mut client: Option<Arc<OpenAiSummarizer>> = None;
         let mut openai = || -> Result<Arc<OpenAiSummarizer>, Error> {
@@ -146,10 +132,89 @@ impl Engine {
             (None, ExtractorKind::Embedded) => Arc::new(RuleExtractor),
             (None, ExtractorKind::Openai) => Arc::new(OpenAiExtractor::new(openai()?)),
         };
+        Ok(Self { summarizer, classifier, extractor })
+    }
+}
+
+impl Engine {
+    /// Validates `config`, opens (or creates) the database and runs recovery. Blocking: in async
+    /// code, call it before serving or inside `spawn_blocking`. Inside a tokio runtime, with
+    /// `extraction.enabled`, it also queues the memory extractions an earlier run left unfinished
+    /// (one bounded read of their markers, see SPEC.md 6b).
+    pub fn open(config: Config) -> Result<Self, Error> {
+        Self::open_with(config, Components::default())
+    }
+
+    /// Like [`Engine::open`], with a summarizer of the caller's instead of the configured one.
+    pub fn open_with_summarizer(config: Config, summarizer: Arc<dyn Summarizer>) -> Result<Self, Error> {
+        Self::open_with(config, Components { summarizer: Some(summarizer), ..Components::default() })
+    }
+
+    /// Like [`Engine::open`], with any of the pluggable parts the caller's.
+    pub fn open_with(config: Config, components: Components) -> Result<Self, Error> {
+        config.validate()?;
+        if config.storage.kind == crate::config::StorageKind::Nats {
+            // Connecting is async (the client lives on the caller's runtime): `connect` does it.
+            return Err(Error::InvalidConfig {
+                field: "storage.kind".to_string(),
+                reason: "\"nats\" is opened with `Engine::connect` (async), not `Engine::open`".to_string(),
+            });
+        }
+        let parts = Parts::build(&config, components)?;
         let store = Arc::new(Store::open(&config.path, config.cache_mb)?);
         let writer = Writer::start(Arc::clone(&store), config.durability, &config.writes)?;
         let purger = Purger::start(store, writer.committer())?;
-        tracing::info!(path = %config.path.display(), durability = ?config.durability, summarizer = summarizer.name(), "engine open");
+        tracing::info!(path = %config.path.display(), durability = ?config.durability, summarizer = parts.summarizer.name(), "engine open");
+        let engine = Self::assemble(config, parts, Backend::Fjall { writer, purger });
+        // Extractions that did not finish before the last close are queued again (bounded read).
+        // Background work never refuses an open: a failed read leaves the markers for the next one.
+        if let Err(e) = crate::extraction::pending::resume(&engine) {
+            tracing::warn!(error = %e, "pending memory extractions could not be read at open; they wait for the next");
+        }
+        Ok(engine)
+    }
+
+    /// Opens an engine on the configured backend from async code: `storage.kind = "fjall"` opens
+    /// the database on a blocking thread (as [`Engine::open_with`]); `"nats"` connects to the
+    /// JetStream cluster (`NatsLog::connect`: the durability and replica checks, the streams) on the
+    /// caller's runtime, which must outlive the engine. On `nats` the engine serves appends,
+    /// reads, time travel, history, listing and deletion; the rest answers
+    /// [`Error::Unsupported`] (SPEC.md 11a), and `extraction.enabled` must be false.
+    pub async fn connect(config: Config, components: Components) -> Result<Self, Error> {
+        config.validate()?;
+        match config.storage.kind {
+            crate::config::StorageKind::Fjall => {
+                tokio::task::spawn_blocking(move || Self::open_with(config, components))
+                    .await
+                    .map_err(|e| Error::storage("open on a blocking thread", e))?
+            }
+            crate::config::StorageKind::Nats => Self::connect_nats(config, components).await,
+        }
+    }
+
+    #[cfg(feature = "nats")]
+    async fn connect_nats(config: Config, components: Components) -> Result<Self, Error> {
+        if config.extraction.enabled {
+            return Err(Error::InvalidConfig {
+                field: "extraction.enabled".to_string(),
+                reason: "memory extraction does not run on storage.kind = \"nats\" yet; set it to false".to_string(),
+            });
+        }
+        let parts = Parts::build(&config, components)?;
+        let log = crate::storage::nats::NatsLog::connect(&config.storage.nats, config.durability).await?;
+        tracing::info!(urls = ?config.storage.nats.urls, durability = ?config.durability, "engine connected to JetStream");
+        Ok(Self::assemble(config, parts, Backend::Nats(Arc::new(log))))
+    }
+
+    #[cfg(not(feature = "nats"))]
+    async fn connect_nats(_config: Config, _components: Components) -> Result<Self, Error> {
+        Err(Error::InvalidConfig {
+            field: "storage.kind".to_string(),
+            reason: "\"nats\": this build has no JetStream backend (cargo feature `nats`)".to_string(),
+        })
+    }
+
+    fn assemble(config: Config, parts: Parts, backend: Backend) -> Self {
         let guards = Guards::new(&config);
         let caches = Arc::new(Caches::new(config.cache.heads, config.cache.window_bytes));
         let bg = &config.background;
@@ -158,30 +223,23 @@ impl Engine {
             bg.extraction_queue_depth,
             bg.extraction_timeout_ms,
         ));
-        let engine = Self {
+        Self {
             inner: Arc::new(Inner {
                 config,
-                writer,
+                backend,
                 locks: KeyedLocks::default(),
-                summarizer,
+                summarizer: parts.summarizer,
                 compactions: InFlight::default(),
                 progress: ProgressBus::default(),
                 next_compaction: AtomicU64::new(1),
                 blob_gate: tokio::sync::RwLock::new(()),
                 guards,
-                classifier,
-                extractor,
+                classifier: parts.classifier,
+                extractor: parts.extractor,
                 extractions,
-                purger,
                 caches,
             }),
-        };
-        // Extractions that did not finish before the last close are queued again (bounded read).
-        // Background work never refuses an open: a failed read leaves the markers for the next one.
-        if let Err(e) = crate::extraction::pending::resume(&engine) {
-            tracing::warn!(error = %e, "pending memory extractions could not be read at open; they wait for the next");
         }
-        Ok(engine)
     }
 
     /// A reference that does not keep the database open: background workers hold one between
@@ -230,10 +288,16 @@ impl Engine {
     }
 
     /// Live (not deleted) sessions in id order, starting after `after`, at most `limit`.
-    pub fn list_sessions(&self, after: Option<&SessionId>, limit: usize) -> Result<Vec<SessionId>, Error> {
+    ///
+    /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
+    pub async fn list_sessions(&self, after: Option<&SessionId>, limit: usize) -> Result<Vec<SessionId>, Error> {
         self.check_read_limit(limit)?;
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.inner.backend.nats() {
+            return log.sessions(after, limit).await;
+        }
         let mut out = Vec::new();
-        for row in self.store().iter_from(Ks::Heads, after.map(keys::head_key)) {
+        for row in self.store("listing sessions")?.iter_from(Ks::Heads, after.map(keys::head_key)) {
             if out.len() == limit {
                 break;
             }
@@ -250,35 +314,43 @@ impl Engine {
 
     /// Deletions whose dead events are still being removed in the background (queued or running).
     pub fn purges_pending(&self) -> u64 {
-        self.inner.purger.pending()
+        self.inner.backend.purger().map_or(0, Purger::pending)
     }
 
     /// Blocks until every queued deletion purge has finished, at most `timeout`; true when none is
     /// left. An operator's tool or a test calls it before measuring space; nothing depends on it
     /// for correctness (dead events are invisible to readers and audit from the deletion on).
     pub fn wait_for_purges(&self, timeout: Duration) -> bool {
-        self.inner.purger.wait_idle(timeout)
+        self.inner.backend.purger().is_none_or(|p| p.wait_idle(timeout))
     }
 
     /// True after a failed write: every later write fails until the engine is reopened.
     pub fn is_poisoned(&self) -> bool {
-        self.inner.writer.is_poisoned()
+        self.inner.backend.is_poisoned()
     }
 
     /// Arms (or, with `None`, disarms) a storage fault. Test builds only (feature `testing`).
     #[cfg(feature = "testing")]
     pub fn inject_fault(&self, fault: Option<crate::testing::Fault>) {
-        self.store().faults.arm(fault);
+        if let Ok(store) = self.store("fault injection") {
+            store.faults.arm(fault);
+        }
     }
 
     /// How many injected faults have fired. Test builds only (feature `testing`).
     #[cfg(feature = "testing")]
     pub fn faults_fired(&self) -> u64 {
-        self.store().faults.fired()
+        self.store("fault injection").map_or(0, |store| store.faults.fired())
     }
 
-    pub(crate) fn store(&self) -> &Store {
-        self.inner.writer.store()
+    /// The fjall store, for `what`; [`Error::Unsupported`] on another backend.
+    pub(crate) fn store(&self, what: &'static str) -> Result<&Store, Error> {
+        self.inner.backend.store(what)
+    }
+
+    /// The fjall writer, for `what`; [`Error::Unsupported`] on another backend.
+    pub(crate) fn writer(&self, what: &'static str) -> Result<&Writer, Error> {
+        self.inner.backend.writer(what)
     }
 
     fn check_read_limit(&self, limit: usize) -> Result<(), Error> {
@@ -296,37 +368,55 @@ impl Engine {
     /// The one write path; see the module docs. Under the session's lock, `build` gets a [`Batch`]
     /// holding the current head and pushes the events to append (and any extra ops), or returns an
     /// error that leaves everything untouched. Returns the new head.
+    ///
+    /// On JetStream a write built on a head another engine has since moved past is refused by the
+    /// version check and `build` runs again on the fresh head (at most [`MAX_WRITE_BUILDS`] times),
+    /// so a builder must start from the batch alone each time it runs.
     pub(crate) async fn write_events(
         &self,
         session: &SessionId,
-        build: impl FnOnce(&mut Batch, &Store) -> Result<(), Error>,
+        build: impl FnMut(&mut Batch) -> Result<(), Error>,
     ) -> Result<Head, Error> {
-        if self.is_poisoned() {
+        match &self.inner.backend {
+            Backend::Fjall { writer, .. } => self.write_fjall(writer, session, build).await,
+            #[cfg(feature = "nats")]
+            Backend::Nats(log) => self.write_nats(log, session, build).await,
+        }
+    }
+
+    async fn write_fjall(
+        &self,
+        writer: &Writer,
+        session: &SessionId,
+        mut build: impl FnMut(&mut Batch) -> Result<(), Error>,
+    ) -> Result<Head, Error> {
+        if writer.is_poisoned() {
             return Err(Error::Poisoned);
         }
-        let timeout_ms = self.inner.config.writes.timeout_ms;
-        let lock = self
-            .inner
-            .locks
-            .lock(session, Duration::from_millis(timeout_ms))
-            .await
-            .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
+        let lock = self.lock_session(session).await?;
         // Under the lock the cached head is exact (see `cache`); a miss reads storage, where every
         // committed write of the session is visible by now.
         let head = match self.inner.caches.head(session) {
             Some(head) => head,
-            None => self.store().head(session)?.unwrap_or_default(),
+            None => writer.store().head(session)?.unwrap_or_default(),
         };
         let before = head.last_seq();
-        let mut batch = Batch { head, events: Vec::new(), ops: Vec::new(), now_ms: now_ms() };
-        build(&mut batch, self.store())?;
-        let Batch { head, events, mut ops, .. } = batch;
+        let mut batch = Batch::on(head);
+        build(&mut batch)?;
+        let Batch { head, events, mut ops, purge, .. } = batch;
         if events.is_empty() {
             return Ok(head);
         }
         for event in &events {
-            if matches!(event.kind, EventKind::CompactionSpliced(_)) {
-                ops.push(Op::Put(Ks::Splices, keys::seq_key(session, event.seq), Vec::new()));
+            match event.kind {
+                EventKind::CompactionSpliced(_) => {
+                    ops.push(Op::Put(Ks::Splices, keys::seq_key(session, event.seq), Vec::new()));
+                }
+                // The purger's marker, in the deletion's own batch (see `storage::purge`).
+                EventKind::SessionDeleted { .. } if purge => {
+                    ops.push(Op::Put(Ks::Meta, keys::purge_key(session, event.seq), Vec::new()));
+                }
+                _ => {}
             }
             ops.push(Op::Put(Ks::Events, keys::seq_key(session, event.seq), codec::encode_event(event)));
         }
@@ -335,11 +425,99 @@ impl Engine {
         let (caches, id, settled) = (Arc::clone(&self.inner.caches), session.clone(), head.clone());
         // The lock travels with the batch and is released once it is committed (after the caches
         // are settled), even if this future is dropped while the batch waits for its group commit.
-        let hold = Hold::guard(lock).then(move |committed| caches.settle(&id, committed, before, settled, change));
+        let hold = Hold::guard(lock).then(move |committed| caches.settle(&id, committed, before, settled, 0, change));
         crate::testing::kill_point("write:before_commit");
-        self.inner.writer.write(ops, hold).await?;
+        writer.write(ops, hold).await?;
         crate::testing::kill_point("write:after_commit");
         Ok(head)
+    }
+
+    /// The write path on JetStream (module docs of `backend`): one conditional publish of the
+    /// session's record. The cached head and version are taken out for the write and put back
+    /// only once the publish is acknowledged, so a write that fails, times out or is dropped
+    /// mid-publish leaves the next one to read the head from the cluster. Only that session is
+    /// fenced; the engine is never poisoned.
+    #[cfg(feature = "nats")]
+    async fn write_nats(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        session: &SessionId,
+        mut build: impl FnMut(&mut Batch) -> Result<(), Error>,
+    ) -> Result<Head, Error> {
+        use crate::storage::nats::Version;
+        let _lock = self.lock_session(session).await?;
+        let caches = &self.inner.caches;
+        let mut cached = caches.take_head(session);
+        let mut last_conflict = None;
+        for _ in 0..MAX_WRITE_BUILDS {
+            let (head, version) = match cached.take() {
+                Some((head, version)) => (head, Version::at(version)),
+                None => log.head(session).await?.unwrap_or((Head::default(), Version::NONE)),
+            };
+            let before = head.last_seq();
+            let mut batch = Batch::on(head);
+            build(&mut batch)?;
+            let Batch { head, events, ops, .. } = batch;
+            if events.is_empty() {
+                caches.put_head(session, head.clone(), version.get());
+                return Ok(head);
+            }
+            if !ops.is_empty() {
+                // Records beside the log (blobs, memories, extraction markers, metadata) have no
+                // home on this backend yet: refuse before anything is published.
+                return Err(Error::Unsupported { what: "a write with records beside the log", backend: "nats" });
+            }
+            let change = caches.window_change(session, &events);
+            match log.append(session, version, &events, &head).await {
+                Ok(version) => {
+                    caches.settle(session, true, before, head.clone(), version.get(), change);
+                    return Ok(head);
+                }
+                // Another engine moved the session: build again on its head, read fresh.
+                Err(e @ Error::Conflict { .. }) => last_conflict = Some(e),
+                Err(e) => {
+                    caches.forget(session);
+                    return Err(e);
+                }
+            }
+        }
+        Err(last_conflict.unwrap_or(Error::Conflict { session: session.to_string(), expected: 0, found: None }))
+    }
+
+    /// The session's write lock, waited for at most `writes.timeout_ms`.
+    async fn lock_session(&self, session: &SessionId) -> Result<crate::guard::KeyedGuard<SessionId>, Error> {
+        let timeout_ms = self.inner.config.writes.timeout_ms;
+        self.inner
+            .locks
+            .lock(session, Duration::from_millis(timeout_ms))
+            .await
+            .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })
+    }
+}
+
+/// Most times a JetStream write is built: a session that other engines keep moving gets this many
+/// chances, then the write fails with [`Error::Conflict`] (nothing of it stored).
+#[cfg(feature = "nats")]
+pub(crate) const MAX_WRITE_BUILDS: usize = 16;
+
+/// A value a write builder consumes: moved out when the builder runs once (fjall), cloned each
+/// time when it may run again after a conflict (JetStream, `MAX_WRITE_BUILDS`).
+pub(crate) struct Consumed<T> {
+    value: Option<T>,
+    again: bool,
+}
+
+impl<T: Clone> Consumed<T> {
+    /// `value` for the builders of `engine`'s writes.
+    pub(crate) fn new(engine: &Engine, value: T) -> Self {
+        Self { value: Some(value), again: engine.inner.backend.name() != "fjall" }
+    }
+
+    /// The value, for one run of the builder.
+    pub(crate) fn take(&mut self) -> Result<T, Error> {
+        let value = if self.again { self.value.clone() } else { self.value.take() };
+        // fjall runs a builder once; a second run there would be a bug of the write path.
+        value.ok_or_else(|| Error::storage("build a write", "a builder ran twice on a backend that builds once"))
     }
 }
 
@@ -351,9 +529,22 @@ pub(crate) struct Batch {
     events: Vec<Event>,
     ops: Vec<Op>,
     now_ms: u64,
+    /// A deletion in this batch leaves a purge to do (`Batch::purge_dead_events`).
+    purge: bool,
 }
 
 impl Batch {
+    /// A batch over `head`, stamped now.
+    fn on(head: Head) -> Self {
+        Self { head, events: Vec::new(), ops: Vec::new(), now_ms: now_ms(), purge: false }
+    }
+
+    /// Asks the backend to remove the events a `SessionDeleted` pushed into this batch made dead:
+    /// fjall writes the purger's marker into the batch, JetStream purges as part of the deletion.
+    pub(crate) fn purge_dead_events(&mut self) {
+        self.purge = true;
+    }
+
     /// The head as it will be after the events pushed so far.
     pub(crate) fn head(&self) -> &Head {
         &self.head
@@ -465,10 +656,12 @@ impl Session {
         }
         self.prepare_messages(&mut messages)?;
         let (mut first, mut boundaries) = (Seq::ZERO, Vec::new());
+        let mut messages = Consumed::new(&self.engine, messages);
         let head = self
             .engine
-            .write_events(&self.id, |batch, _| {
-                self.push_messages(batch, messages, &mut boundaries, |idx, seq| {
+            .write_events(&self.id, |batch| {
+                boundaries.clear();
+                self.push_messages(batch, messages.take()?, &mut boundaries, |idx, seq| {
                     if idx == 0 {
                         first = seq;
                     }
@@ -526,9 +719,14 @@ impl Session {
     ///
     /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn head(&self) -> Result<Option<Head>, Error> {
+        // Other engines may write the session too: its cluster's head is the one to trust.
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine.inner.backend.nats() {
+            return Ok(log.head(&self.id).await?.map(|(head, _)| head));
+        }
         match self.engine.inner.caches.head(&self.id) {
             Some(head) => Ok(Some(head)),
-            None => self.engine.store().head(&self.id),
+            None => self.engine.store("reads")?.head(&self.id),
         }
     }
 
@@ -540,6 +738,10 @@ impl Session {
     /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn working_memory(&self, limit: usize) -> Result<WorkingMemory, Error> {
         self.engine.check_read_limit(limit)?;
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine.inner.backend.nats() {
+            return self.working_memory_nats(log, limit).await;
+        }
         let caches = &self.engine.inner.caches;
         // The agent loop's read: the head of the last committed write and the window kept for it.
         if let Some((last_seq, deleted)) = caches.last_seq(&self.id) {
@@ -550,7 +752,7 @@ impl Session {
                 return Ok(memory);
             }
         }
-        let view = self.engine.store().view();
+        let view = self.engine.store("reads")?.view();
         let head = self.live_head(&view)?;
         if let Some(memory) = caches.window(&self.id, limit, head.last_seq()) {
             return Ok(memory);
@@ -579,7 +781,11 @@ impl Session {
     /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn working_memory_at(&self, at: Seq, limit: usize) -> Result<WorkingMemory, Error> {
         self.engine.check_read_limit(limit)?;
-        let view = self.engine.store().view();
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine.inner.backend.nats() {
+            return self.working_memory_at_nats(log, at, limit).await;
+        }
+        let view = self.engine.store("reads")?.view();
         let head = self.live_head(&view)?;
         if at > head.last_seq() || at <= head.base() {
             return Err(Error::InvalidArgument {
@@ -629,15 +835,20 @@ impl Session {
     /// Cancel safety: cancel safe; a read changes nothing, and dropping it loses nothing.
     pub async fn history(&self, from: Seq, limit: usize) -> Result<Vec<Event>, Error> {
         self.engine.check_read_limit(limit)?;
-        let view = self.engine.store().view();
-        let head = view.head(&self.id)?.ok_or_else(|| self.not_found())?;
-        // Events below the latest deletion are dead (and being purged): history starts at it.
-        let from = from.max(head.base()).max(Seq::new(1));
-        if limit == 0 || from > head.last_seq() {
-            return Ok(Vec::new());
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine.inner.backend.nats() {
+            let (head, _) = log.head(&self.id).await?.ok_or_else(|| self.not_found())?;
+            return match history_range(&head, from, limit) {
+                Some((from, to)) => log.events(&self.id, from, to, limit).await,
+                None => Ok(Vec::new()),
+            };
         }
-        let to = Seq::new(from.get().saturating_add(limit as u64 - 1).min(head.last_seq().get()));
-        view.events(&self.id, from, to, limit)
+        let view = self.engine.store("reads")?.view();
+        let head = view.head(&self.id)?.ok_or_else(|| self.not_found())?;
+        match history_range(&head, from, limit) {
+            Some((from, to)) => view.events(&self.id, from, to, limit),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Deletes the session. One small batch records the deletion whatever the session's length: the
@@ -658,7 +869,7 @@ impl Session {
         let id = &self.id;
         let head = self
             .engine
-            .write_events(id, |batch, _| {
+            .write_events(id, |batch| {
                 let head = batch.head();
                 if let Some(expected) = expect_last_seq.filter(|e| *e != head.last_seq()) {
                     return Err(Error::Conflict {
@@ -674,13 +885,15 @@ impl Session {
                 // one, or seq 1) to the last, the events before a messages reset included.
                 let start = head.log_start();
                 let n_events_removed = head.last_seq().get() - start.get() + u64::from(start > Seq::ZERO);
-                let seq = batch.push(EventKind::SessionDeleted { n_events_removed })?;
-                batch.op(Op::Put(Ks::Meta, keys::purge_key(id, seq), Vec::new()));
+                batch.push(EventKind::SessionDeleted { n_events_removed })?;
+                batch.purge_dead_events();
                 Ok(())
             })
             .await?;
         let base = head.last_seq();
-        self.engine.inner.purger.enqueue(purge::Job { session: id.clone(), base });
+        if let Some(purger) = self.engine.inner.backend.purger() {
+            purger.enqueue(purge::Job { session: id.clone(), base });
+        }
         Ok(base)
     }
 
@@ -726,32 +939,167 @@ impl Session {
         end: Seq,
         n: usize,
     ) -> Result<Vec<view::StoredMessage>, Error> {
-        let mut pages: Vec<Vec<view::StoredMessage>> = Vec::new();
-        let (mut got, mut end, mut span) = (0usize, end.get(), 0u64);
-        while got < n && end > lower.get() {
-            let need = (n - got) as u64;
-            // The first read is the window plus a little slack; later ones make up for non-message
-            // events beyond it, at least doubling each time, so a long run of other events (or a
-            // seq gap in a damaged log) costs a logarithmic number of reads, not one per 16 seqs.
-            span = if span == 0 {
-                need + need / 16 * WINDOW_SLACK_PER_16 + 2
-            } else {
-                need.max(MIN_WINDOW_PAGE).max(span.saturating_mul(2))
-            };
-            let start = end.saturating_sub(span - 1).max(lower.get() + 1);
-            let events = view.events(&self.id, Seq::new(start), Seq::new(end), usize::MAX)?;
-            let page: Vec<_> = view::messages_of(events).collect();
-            got += page.len();
-            if !page.is_empty() {
-                pages.push(page);
-            }
-            end = start - 1;
+        let mut pager = LastMessages::new(lower, end, n);
+        while let Some((from, to)) = pager.next_range() {
+            pager.add(view.events(&self.id, from, to, usize::MAX)?);
         }
-        let mut all: Vec<_> = pages.into_iter().rev().flatten().collect();
-        if all.len() > n {
-            all.drain(..all.len() - n);
+        Ok(pager.finish())
+    }
+}
+
+/// The JetStream reads of a session: the same answers as fjall's, each from the cluster (its
+/// head from the stream's leader, so other engines' acknowledged writes are seen).
+#[cfg(feature = "nats")]
+impl Session {
+    async fn live_head_nats(&self, log: &crate::storage::nats::NatsLog) -> Result<Head, Error> {
+        match log.head(&self.id).await? {
+            Some((head, _)) if !head.is_deleted() => Ok(head),
+            _ => Err(self.not_found()),
         }
-        Ok(all)
+    }
+
+    async fn summary_nats(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        splice: Option<&crate::log::fold::SpliceRef>,
+    ) -> Result<Option<Summary>, Error> {
+        let Some(s) = splice else { return Ok(None) };
+        let text = log.blob(&s.summary_hash).await?.ok_or_else(|| Error::Corrupt {
+            session: Some(self.id.to_string()),
+            seq: None,
+            detail: format!("summary blob {} (splice up to {}) is missing", s.summary_hash, s.upto),
+        })?;
+        Ok(Some(Summary { upto: s.upto, hash: s.summary_hash, text }))
+    }
+
+    async fn last_messages_nats(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        lower: Seq,
+        end: Seq,
+        n: usize,
+    ) -> Result<Vec<view::StoredMessage>, Error> {
+        let mut pager = LastMessages::new(lower, end, n);
+        while let Some((from, to)) = pager.next_range() {
+            pager.add(log.events(&self.id, from, to, usize::MAX).await?);
+        }
+        Ok(pager.finish())
+    }
+
+    async fn working_memory_nats(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        limit: usize,
+    ) -> Result<WorkingMemory, Error> {
+        let caches = &self.engine.inner.caches;
+        let head = self.live_head_nats(log).await?;
+        if let Some(memory) = caches.window(&self.id, limit, head.last_seq()) {
+            return Ok(memory);
+        }
+        let summary = self.summary_nats(log, head.splice()).await?;
+        let last = self.last_messages_nats(log, head.upto().max(head.base()), head.last_seq(), limit).await?;
+        if caches.windows_enabled() {
+            caches.offer_window(&self.id, limit, head.last_seq(), head.n_messages(), summary.as_ref(), &last);
+        }
+        Ok(WorkingMemory {
+            session: self.id.clone(),
+            last_seq: head.last_seq(),
+            n_messages: Some(head.n_messages()),
+            summary,
+            messages: view::window(last, limit),
+        })
+    }
+
+    async fn working_memory_at_nats(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        at: Seq,
+        limit: usize,
+    ) -> Result<WorkingMemory, Error> {
+        let head = self.live_head_nats(log).await?;
+        if at > head.last_seq() || at <= head.base() {
+            return Err(Error::InvalidArgument {
+                what: "seq",
+                reason: format!("{at} is outside the session's log ({}..={})", head.base().next(), head.last_seq()),
+            });
+        }
+        // As on fjall, the message count is given only at the head (elsewhere it is not kept).
+        let (then, n_messages) = if at == head.last_seq() {
+            let n = head.n_messages();
+            (head, Some(n))
+        } else {
+            (log.head_at(&self.id, at).await?.ok_or_else(|| self.not_found())?, None)
+        };
+        let summary = self.summary_nats(log, then.splice()).await?;
+        let lower = then.upto().max(then.base());
+        let messages = view::window(self.last_messages_nats(log, lower, at, limit).await?, limit);
+        Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages, summary, messages })
+    }
+}
+
+/// The seqs `history(from, limit)` reads given the session's head: from the latest deletion on
+/// (events below it are dead), at most `limit`; `None` when there is nothing to read.
+fn history_range(head: &Head, from: Seq, limit: usize) -> Option<(Seq, Seq)> {
+    let from = from.max(head.base()).max(Seq::new(1));
+    if limit == 0 || from > head.last_seq() {
+        return None;
+    }
+    Some((from, Seq::new(from.get().saturating_add(limit as u64 - 1).min(head.last_seq().get()))))
+}
+
+/// The range reads of the last (up to) `n` messages with seq in `(lower, end]`, on any backend:
+/// forward reads from `end - n + 1` (forward scans beat reverse ones in fjall's memtable), paging
+/// back only when non-message events took some of the range, so the cost is O(n), not O(session).
+struct LastMessages {
+    lower: u64,
+    end: u64,
+    n: usize,
+    got: usize,
+    span: u64,
+    pages: Vec<Vec<view::StoredMessage>>,
+}
+
+impl LastMessages {
+    fn new(lower: Seq, end: Seq, n: usize) -> Self {
+        Self { lower: lower.get(), end: end.get(), n, got: 0, span: 0, pages: Vec::new() }
+    }
+
+    /// The next range to read (newest first), or `None` when enough messages are in.
+    fn next_range(&mut self) -> Option<(Seq, Seq)> {
+        if self.got >= self.n || self.end <= self.lower {
+            return None;
+        }
+        let need = (self.n - self.got) as u64;
+        // The first read is the window plus a little slack; later ones make up for non-message
+        // events beyond it, at least doubling each time, so a long run of other events (or a
+        // seq gap in a damaged log) costs a logarithmic number of reads, not one per 16 seqs.
+        self.span = if self.span == 0 {
+            need + need / 16 * WINDOW_SLACK_PER_16 + 2
+        } else {
+            need.max(MIN_WINDOW_PAGE).max(self.span.saturating_mul(2))
+        };
+        let start = self.end.saturating_sub(self.span - 1).max(self.lower + 1);
+        let range = (Seq::new(start), Seq::new(self.end));
+        self.end = start - 1;
+        Some(range)
+    }
+
+    /// The events the last range read.
+    fn add(&mut self, events: Vec<Event>) {
+        let page: Vec<_> = view::messages_of(events).collect();
+        self.got += page.len();
+        if !page.is_empty() {
+            self.pages.push(page);
+        }
+    }
+
+    /// The last `n` messages read, oldest first.
+    fn finish(self) -> Vec<view::StoredMessage> {
+        let mut all: Vec<_> = self.pages.into_iter().rev().flatten().collect();
+        if all.len() > self.n {
+            all.drain(..all.len() - self.n);
+        }
+        all
     }
 }
 

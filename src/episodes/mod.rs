@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::{Session, now_ms};
+use crate::engine::{Consumed, Session, now_ms};
 use crate::error::Error;
 use crate::guard::stats::add;
 use crate::log::event::{BoundaryReason, EventKind, Message, Role};
@@ -168,9 +168,12 @@ impl Session {
 
         let cap = config.episodes.max_turns_per_episode;
         let mut boundary = None;
+        let mut message = Consumed::new(self.engine(), message);
         let head = self
             .engine()
-            .write_events(self.id(), |batch, _| {
+            .write_events(self.id(), |batch| {
+                boundary = None;
+                let message = message.take()?;
                 // Re-decided on the current head: a turn appended meanwhile may have closed the
                 // episode already (then there is nothing left to close) or brought it to the cap.
                 let head = batch.head();
@@ -207,7 +210,7 @@ impl Session {
         let mut wrote = false;
         let head = self
             .engine()
-            .write_events(id, |batch, _| {
+            .write_events(id, |batch| {
                 let head = batch.head();
                 if head.last_seq() == Seq::ZERO || head.is_deleted() {
                     return Err(Error::NotFound { session: id.to_string() });
@@ -237,8 +240,12 @@ impl Session {
         if from > last {
             return Ok(Vec::new());
         }
-        let events =
-            self.engine().store().events(self.id(), Seq::new(from), head.last_seq(), CLASSIFY_CONTEXT_EVENTS)?;
+        let events = self.engine().store("episode classification")?.events(
+            self.id(),
+            Seq::new(from),
+            head.last_seq(),
+            CLASSIFY_CONTEXT_EVENTS,
+        )?;
         let start =
             events.iter().rposition(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })).map_or(0, |i| i + 1);
         Ok(messages_of(events.into_iter().skip(start)).collect())

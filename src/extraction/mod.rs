@@ -291,7 +291,7 @@ impl Engine {
         }
         let prefix = keys::memory_prefix(namespace);
         let mut out = Vec::new();
-        for row in self.store().iter_prefix(Ks::Memories, &prefix).take(limit) {
+        for row in self.store("memories")?.iter_prefix(Ks::Memories, &prefix).take(limit) {
             let (key, value) = row?;
             out.push(decode_memory(namespace, &key[prefix.len()..], &value)?);
         }

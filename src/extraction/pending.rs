@@ -107,7 +107,7 @@ pub(crate) fn clear_op(job: &Job) -> Option<Op> {
 /// Removes `job`'s marker on its own (the job ended with nothing to write).
 pub(crate) async fn clear(engine: &Engine, job: &Job) -> Result<(), Error> {
     match clear_op(job) {
-        Some(op) => engine.inner().writer.write(vec![op], Hold::nothing()).await,
+        Some(op) => engine.writer("memory extraction")?.write(vec![op], Hold::nothing()).await,
         None => Ok(()),
     }
 }
@@ -133,7 +133,10 @@ pub(crate) async fn begin_attempt(engine: &Engine, job: &Job) -> Result<Attempt,
         return Ok(Attempt::GaveUp { attempts });
     }
     marker.attempts += 1;
-    engine.inner().writer.write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Hold::nothing()).await?;
+    engine
+        .writer("memory extraction")?
+        .write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Hold::nothing())
+        .await?;
     Ok(Attempt::Go)
 }
 
@@ -148,12 +151,15 @@ pub(crate) async fn record_failure(engine: &Engine, job: &Job, message: &str) ->
         give_up(engine, &job.session, at, marker).await?;
         return Ok(true);
     }
-    engine.inner().writer.write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Hold::nothing()).await?;
+    engine
+        .writer("memory extraction")?
+        .write(vec![Op::Put(Ks::Extractions, key, encode(&marker))], Hold::nothing())
+        .await?;
     Ok(false)
 }
 
 fn read(engine: &Engine, key: &[u8]) -> Result<Option<Marker>, Error> {
-    let Some(value) = engine.store().get(Ks::Extractions, key)? else { return Ok(None) };
+    let Some(value) = engine.store("memory extraction")?.get(Ks::Extractions, key)? else { return Ok(None) };
     decode(&value).map(Some).map_err(|detail| Error::Corrupt { session: None, seq: None, detail })
 }
 
@@ -166,7 +172,7 @@ async fn give_up(engine: &Engine, session: &SessionId, at: Seq, marker: Marker) 
         Op::Delete(Ks::Extractions, keys::extraction_key(EXTRACTION_PENDING, session, at)),
         Op::Put(Ks::Extractions, keys::extraction_key(EXTRACTION_GIVEN_UP, session, at), encode(&marker)),
     ];
-    engine.inner().writer.write(ops, Hold::nothing()).await
+    engine.writer("memory extraction")?.write(ops, Hold::nothing()).await
 }
 
 /// Queues the pending extractions found in the store; see the module docs. Called once by
@@ -185,7 +191,7 @@ pub(crate) fn resume(engine: &Engine) -> Result<(), Error> {
     let counters = &engine.inner().guards.counters;
     let (mut resumed, mut deferred, mut seen) = (0u64, 0u64, 0usize);
     let mut per_session: Option<(SessionId, usize)> = None;
-    for row in engine.store().iter_prefix(Ks::Extractions, &[EXTRACTION_PENDING]) {
+    for row in engine.store("memory extraction")?.iter_prefix(Ks::Extractions, &[EXTRACTION_PENDING]) {
         if seen == MAX_RESUMED_PER_OPEN {
             // At least one more: reported, left for a later open.
             deferred += 1;
@@ -243,7 +249,7 @@ impl Engine {
             });
         }
         let mut out = Vec::new();
-        for row in self.store().iter_prefix(Ks::Extractions, &[EXTRACTION_GIVEN_UP]).take(limit) {
+        for row in self.store("memories")?.iter_prefix(Ks::Extractions, &[EXTRACTION_GIVEN_UP]).take(limit) {
             let (key, value) = row?;
             let corrupt = |detail: String| Error::Corrupt { session: None, seq: None, detail };
             let (_, session, at) =

@@ -435,7 +435,7 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
         return Ok(Ended::GaveUp { attempts });
     }
     let inner = engine.inner();
-    let store = engine.store();
+    let store = engine.store("memory extraction")?;
     let id = &job.session;
     let Some(head) = store.head(id)?.filter(|h| !h.is_deleted()) else {
         return Ok(Ended::Skipped("the session was deleted".to_string()));
@@ -485,8 +485,10 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     };
     let mut n_new = 0;
     let at_ms = now_ms();
+    let store = engine.store("memory extraction")?;
     engine
-        .write_events(id, |batch, store| {
+        .write_events(id, |batch| {
+            n_new = 0;
             if batch.head().is_deleted() || batch.head().base() > from {
                 return Ok(());
             }
@@ -524,7 +526,7 @@ fn episode_span(engine: &Engine, id: &SessionId, boundary: Seq, base: Seq) -> Re
     let mut start_at = Seq::new(floor);
     while end > floor {
         let start = end.saturating_sub(PAGE - 1).max(floor + 1);
-        let mut events = engine.store().events(id, Seq::new(start), Seq::new(end), usize::MAX)?;
+        let mut events = engine.store("memory extraction")?.events(id, Seq::new(start), Seq::new(end), usize::MAX)?;
         if let Some(pos) = events.iter().rposition(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })) {
             start_at = events[pos].seq;
             pages.push(events.split_off(pos + 1));

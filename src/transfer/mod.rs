@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use crate::audit::Replayer;
-use crate::engine::Session;
+use crate::engine::{Consumed, Session};
 use crate::error::Error;
 use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall};
 use crate::log::fold;
@@ -50,6 +50,7 @@ pub struct ImportReport {
 }
 
 /// One parsed line.
+#[derive(Clone)]
 struct Line {
     number: usize,
     seq: Option<Seq>,
@@ -69,7 +70,7 @@ impl Session {
     /// Only reads: dropping the future changes nothing stored, and leaves `out` holding the
     /// lines written so far (whole lines up to the last completed page).
     pub async fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
-        let view = self.engine().store().view();
+        let view = self.engine().store("export")?.view();
         let head = view.head(self.id())?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
         let io = |e: std::io::Error| Error::storage("export write", e);
         // Events before the last deletion are gone; the log starts at the deletion itself (a
@@ -181,9 +182,11 @@ impl Session {
         } else {
             None
         };
+        let mut lines = Consumed::new(self.engine(), lines);
         let head = self
             .engine()
-            .write_events(self.id(), |batch, _| {
+            .write_events(self.id(), |batch| {
+                let lines = lines.take()?;
                 let empty = batch.head().last_seq() == Seq::ZERO;
                 let mut replayer = if empty {
                     Replayer::new(self.id().as_str())

@@ -59,6 +59,11 @@ impl Version {
     pub fn get(self) -> u64 {
         self.0
     }
+
+    /// The version a [`Version::get`] returned (the engine's head cache keeps it as a number).
+    pub(crate) const fn at(sequence: u64) -> Version {
+        Version(sequence)
+    }
 }
 
 /// A connection to the cluster holding one database's streams.

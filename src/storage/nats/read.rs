@@ -4,8 +4,8 @@
 //! to the leader for whatever a lagging replica does not have yet.
 //!
 //! Costs, in requests: `head` 1; `window(n)` 1 + one per further record the last `n` events span
-//! (each record a back-pointer away), whatever the session's length; `events(from)` a binary
-//! search over stream sequences (about log2 of the stream's length) plus one batched request per
+//! (each record a back-pointer away), whatever the session's length; `events(from)` a galloping
+//! search back from the session's last record (about log2 of the stream sequences between) plus one batched request per
 //! [`BATCH_RECORDS`] records read; `head_at` the same search plus 1.
 
 use std::collections::BTreeSet;
@@ -275,8 +275,13 @@ impl NatsLog {
     }
 
     /// The stream sequence of the record holding event `from`, or of the session's first kept
-    /// record when `from` is before it: a binary search over stream sequences `1..=version`, one
-    /// "next record at or after" probe per step.
+    /// record when `from` is before it. Gallops back from `version` (probes at `version - 1`,
+    /// `- 2`, `- 4`, ...) until a record at or after the probe starts at or before `from`, then
+    /// binary-searches between the last two probes; each probe is one "next record at or after"
+    /// read. The cost is O(log d), d the stream sequences between that record and the session's
+    /// last: reads near the end of a session (working memory, recent history) cost the same
+    /// whatever the session's length, and no read costs more than about twice the plain binary
+    /// search over `1..=version`.
     async fn seek(
         &self,
         session: &SessionId,
@@ -287,6 +292,26 @@ impl NatsLog {
     ) -> Result<u64, Error> {
         let (mut lo, mut hi) = (1_u64, version.0);
         let mut best = 1;
+        // Galloping: narrows [lo, hi] to the last doubling step that holds the record.
+        let mut step = 1_u64;
+        while step < version.0 {
+            let probe = version.0 - step;
+            match self.next_at(stream, subject, probe).await? {
+                Some(m) if m.sequence <= version.0 => {
+                    if record::decode(session, m.sequence, &m.payload)?.first_seq() <= from {
+                        best = m.sequence;
+                        lo = m.sequence + 1;
+                        break;
+                    }
+                    // Every record at or after `probe` starts past `from`.
+                    hi = probe - 1;
+                }
+                // The session's last record is at `version`, so this is only a lagging replica's
+                // answer: search the whole range below instead.
+                _ => break,
+            }
+            step = step.saturating_mul(2);
+        }
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
             match self.next_at(stream, subject, mid).await? {

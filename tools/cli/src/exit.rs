@@ -101,6 +101,7 @@ fn kind_of(e: &Error) -> &'static str {
         Error::Summarizer { .. } => "summarizer",
         Error::Closed => "closed",
         Error::Conflict { .. } => "conflict",
+        Error::Unsupported { .. } => "unsupported",
         // The library may add variants; they read as the tool's generic failure until named here.
         _ => "failed",
     }
@@ -119,6 +120,7 @@ impl From<Error> for CliError {
             | Error::InvalidArgument { .. }
             | Error::InvalidSessionId { .. }
             | Error::Locked { .. }
+            | Error::Unsupported { .. }
             | Error::NotADatabase { .. } => Self::Unusable { kind, message },
             _ => Self::Failed { kind, message },
         }

@@ -127,7 +127,8 @@ fn live_namespaces(engine: &Engine) -> Result<Vec<String>, CliError> {
     let mut namespaces = BTreeSet::new();
     let mut after: Option<SessionId> = None;
     loop {
-        let ids = engine.list_sessions(after.as_ref(), page)?;
+        // On the blocking thread `run` reads from: listing is async (it may ask a cluster).
+        let ids = tokio::runtime::Handle::current().block_on(engine.list_sessions(after.as_ref(), page))?;
         for id in &ids {
             namespaces.insert(namespace_of(id).to_string());
             if namespaces.len() == MAX_NAMESPACES {

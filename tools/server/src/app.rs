@@ -211,7 +211,7 @@ async fn list(State(state): State<Shared>, Query(q): Query<HashMap<String, Strin
         (p.text("namespace").filter(|s| !s.is_empty()), p.text("user_id").filter(|s| !s.is_empty()));
     let service = &state.service;
     let (sessions, total) =
-        service.list(limit as usize, usize::try_from(offset).unwrap_or(usize::MAX), namespace, user_id)?;
+        service.list(limit as usize, usize::try_from(offset).unwrap_or(usize::MAX), namespace, user_id).await?;
     Ok(Json(json!({ "sessions": sessions, "total": total })))
 }
 

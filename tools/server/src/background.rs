@@ -151,7 +151,7 @@ pub async fn sweep(
     cursor: Option<SessionId>,
     batch: usize,
 ) -> Result<Option<SessionId>, Error> {
-    let ids = service.engine.list_sessions(cursor.as_ref(), batch)?;
+    let ids = service.engine.list_sessions(cursor.as_ref(), batch).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

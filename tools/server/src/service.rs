@@ -194,7 +194,7 @@ impl Service {
         }
         let prefix = SessionKey::prefix_of(&key.session_id);
         let after = SessionId::new(prefix.clone()).map_err(ApiError::from)?;
-        let ids = self.engine.list_sessions(Some(&after), FALLBACK_SCAN).map_err(ApiError::from)?;
+        let ids = self.engine.list_sessions(Some(&after), FALLBACK_SCAN).await.map_err(ApiError::from)?;
         let matches: Vec<SessionKey> = ids
             .iter()
             .take_while(|id| id.as_str().starts_with(&prefix))
@@ -475,7 +475,7 @@ impl Service {
 
     /// `GET /v1/working-memory/`: ids (AMS session ids) in library id order, filtered, with the
     /// total of matches among the first `server.max_list_scan` sessions.
-    pub fn list(
+    pub async fn list(
         &self,
         limit: usize,
         offset: usize,
@@ -486,7 +486,7 @@ impl Service {
         let page = self.max_read().min(1_000);
         let (mut seen, mut total, mut out, mut after) = (0usize, 0u64, Vec::new(), None::<SessionId>);
         while seen < scan {
-            let ids = self.engine.list_sessions(after.as_ref(), page.min(scan - seen)).map_err(ApiError::from)?;
+            let ids = self.engine.list_sessions(after.as_ref(), page.min(scan - seen)).await.map_err(ApiError::from)?;
             let Some(last) = ids.last().cloned() else { break };
             seen += ids.len();
             for id in &ids {

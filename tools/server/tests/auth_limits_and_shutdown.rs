@@ -92,7 +92,7 @@ async fn a_request_that_takes_too_long_gets_408_and_writes_nothing() {
     let body = r#"{"messages":[{"role":"user","content":"hello"}]}"#;
     let mut stalled = stalled_put(s.addr, body).await;
     assert_eq!(status_of(&mut stalled).await, 408);
-    assert_eq!(s.engine.list_sessions(None, 10).expect("list").len(), 0, "the timed-out PUT wrote nothing");
+    assert_eq!(s.engine.list_sessions(None, 10).await.expect("list").len(), 0, "the timed-out PUT wrote nothing");
     s.stop().await;
 }
 
@@ -162,5 +162,5 @@ async fn shutdown_cuts_off_a_request_that_never_finishes_at_the_bound() {
     assert_eq!(s.client.get(s.url("/v1/health")).send().await.expect("send").status().as_u16(), 200);
     let report = s.stop().await;
     assert!(report.requests_cut, "{report:?}");
-    assert_eq!(s.engine.list_sessions(None, 10).expect("list").len(), 0);
+    assert_eq!(s.engine.list_sessions(None, 10).await.expect("list").len(), 0);
 }

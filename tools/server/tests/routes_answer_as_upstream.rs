@@ -121,7 +121,7 @@ async fn errors_have_upstream_status_and_shape_and_change_nothing() {
     assert_eq!(raw("{not json".to_string()).await, 422);
     assert_eq!(raw(format!("{{\"data\":{}{}}}", "[".repeat(200), "]".repeat(200))).await, 422);
     assert_eq!(raw(format!("{{\"context\":\"{}\"}}", "x".repeat(5000))).await, 413);
-    assert_eq!(s.engine.list_sessions(None, 10).expect("list").len(), 0, "no refused request wrote anything");
+    assert_eq!(s.engine.list_sessions(None, 10).await.expect("list").len(), 0, "no refused request wrote anything");
     // Path and query validation.
     assert_eq!(s.call("GET", "/v1/working-memory/a%20b", None).await.0, 422);
     assert_eq!(s.call("GET", "/v1/working-memory/s?namespace=a:b", None).await.0, 422);

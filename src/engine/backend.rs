@@ -1,0 +1,87 @@
+//! Where an engine keeps its logs: the storage boundary (SPEC.md 11, 11a).
+//!
+//! An enum, not a trait object, so the public API stays non-generic and the embedded path pays no
+//! dispatch it did not pay before:
+//! - `Fjall`: the embedded database, written through the group-commit [`Writer`], with the
+//!   [`Purger`] removing deleted sessions' dead events beside it. Every feature runs on it.
+//! - `Nats` (cargo feature `nats`): a JetStream cluster through [`NatsLog`]. Each write is one
+//!   conditional publish of one session's record (events + head), pipelined on one connection;
+//!   a write built on a stale head meets a conflict and is built again on the fresh one. The
+//!   features that keep state beside the log (compaction's blobs and splice index, memory
+//!   extraction, episodes' memory records, metadata, import, audit and the purge) do not run on
+//!   it yet and answer [`Error::Unsupported`].
+
+#[cfg(feature = "nats")]
+use std::sync::Arc;
+
+use crate::engine::writer::Writer;
+use crate::error::Error;
+use crate::storage::fjall::Store;
+#[cfg(feature = "nats")]
+use crate::storage::nats::NatsLog;
+use crate::storage::purge::Purger;
+
+/// See the module docs.
+pub(crate) enum Backend {
+    Fjall {
+        writer: Writer,
+        purger: Purger,
+    },
+    #[cfg(feature = "nats")]
+    Nats(Arc<NatsLog>),
+}
+
+impl Backend {
+    /// The `storage.kind` this backend serves, as configured.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Fjall { .. } => "fjall",
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => "nats",
+        }
+    }
+
+    /// The fjall writer, or [`Error::Unsupported`] for `what` on another backend.
+    pub(crate) fn writer(&self, what: &'static str) -> Result<&Writer, Error> {
+        #[cfg(not(feature = "nats"))]
+        let _ = what;
+        match self {
+            Self::Fjall { writer, .. } => Ok(writer),
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => Err(Error::Unsupported { what, backend: self.name() }),
+        }
+    }
+
+    /// The fjall store, or [`Error::Unsupported`] for `what` on another backend.
+    pub(crate) fn store(&self, what: &'static str) -> Result<&Store, Error> {
+        self.writer(what).map(Writer::store)
+    }
+
+    /// The purger (fjall only: JetStream purges inside the deletion itself).
+    pub(crate) fn purger(&self) -> Option<&Purger> {
+        match self {
+            Self::Fjall { purger, .. } => Some(purger),
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => None,
+        }
+    }
+
+    /// The JetStream log, if that is the backend.
+    #[cfg(feature = "nats")]
+    pub(crate) fn nats(&self) -> Option<&Arc<NatsLog>> {
+        match self {
+            Self::Fjall { .. } => None,
+            Self::Nats(log) => Some(log),
+        }
+    }
+
+    /// True after a failed fjall write (every later write fails until reopened). JetStream fences
+    /// a failed write's session only (its cached head is dropped), never the engine.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        match self {
+            Self::Fjall { writer, .. } => writer.is_poisoned(),
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => false,
+        }
+    }
+}

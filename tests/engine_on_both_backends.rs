@@ -1,0 +1,297 @@
+//! The engine's backend-neutral behaviour as one suite, run on both storage backends: fjall (a
+//! temp directory) and NATS JetStream (a real 3-node cluster this test starts on loopback, with
+//! `sync_interval: always`). Every scenario gets a fresh store (a new directory, or new streams)
+//! and two engines on it: on JetStream two connections, as two processes would have; on fjall,
+//! where a second open of one directory is `Locked`, the same engine twice.
+//!
+//! Needs `PALIMPSEST_NATS_SERVER` (scripts/test sets it); fails loudly without it.
+
+mod nats_common;
+
+use std::collections::BTreeSet;
+
+use nats_common::{Cluster, wait_stream_leader};
+use palimpsest::{
+    CompactionRequest, Components, Config, Engine, Error, EventKind, Message, Seq, SessionUpdate, StorageKind, ToolCall,
+};
+
+/// Where a scenario's store lives.
+enum Rig {
+    Fjall(tempfile::TempDir),
+    Nats { cluster: Cluster, dir: tempfile::TempDir },
+}
+
+impl Rig {
+    fn fjall() -> Self {
+        Rig::Fjall(tempfile::tempdir().expect("temp dir"))
+    }
+
+    async fn nats() -> Self {
+        Rig::Nats { cluster: Cluster::start(3).await, dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    fn config(&self, scenario: &str) -> Config {
+        match self {
+            Rig::Fjall(dir) => {
+                let mut config = Config::new(dir.path().join(scenario));
+                config.extraction.enabled = false;
+                config
+            }
+            Rig::Nats { cluster, dir } => {
+                let mut config = Config::new(dir.path().join(scenario));
+                config.storage.kind = StorageKind::Nats;
+                config.storage.nats = nats_common::config(cluster, scenario, 3);
+                config.extraction.enabled = false;
+                config
+            }
+        }
+    }
+
+    /// Two engines on a fresh store for `scenario`.
+    async fn engines(&self, scenario: &str) -> (Engine, Engine) {
+        let config = self.config(scenario);
+        let a = Engine::connect(config.clone(), Components::default()).await.expect("connect");
+        match self {
+            Rig::Fjall(_) => (a.clone(), a),
+            Rig::Nats { cluster, .. } => {
+                // A new stream refuses publishes until its first leader is elected.
+                let js = async_nats::jetstream::new(cluster.raw_client().await);
+                wait_stream_leader(cluster, &js, &format!("{scenario}_s0")).await;
+                wait_stream_leader(cluster, &js, &format!("{scenario}_meta")).await;
+                let b = Engine::connect(config, Components::default()).await.expect("connect a second engine");
+                (a, b)
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Rig::Fjall(_) => "fjall",
+            Rig::Nats { .. } => "nats",
+        }
+    }
+}
+
+fn text(m: &palimpsest::StoredMessage) -> &str {
+    &m.message.content
+}
+
+/// Appends, then every read: head, working memory, time travel, history, and their errors.
+async fn appends_read_back(a: &Engine, _b: &Engine, backend: &str) {
+    let s = a.session("reader").expect("id");
+    assert!(s.head().await.expect("head").is_none(), "{backend}: a new session has no head");
+    assert!(matches!(s.working_memory(5).await, Err(Error::NotFound { .. })), "{backend}");
+    assert!(matches!(s.history(Seq::new(1), 5).await, Err(Error::NotFound { .. })), "{backend}");
+    let pair = vec![
+        Message::user("find flights"),
+        Message::assistant_tool_calls("", vec![ToolCall::new("c1", "search", "{\"to\":\"OSL\"}")]),
+        Message::tool_result("c1", "3 flights"),
+    ];
+    let range = s.append_many(pair).await.expect("append a tool pair");
+    assert_eq!((range.start, range.end), (Seq::new(1), Seq::new(4)), "{backend}");
+    for i in 0..20 {
+        assert_eq!(s.append(Message::user(format!("turn {i}"))).await.expect("append"), Seq::new(4 + i), "{backend}");
+    }
+    let head = s.head().await.expect("head").expect("exists");
+    assert_eq!((head.last_seq(), head.n_messages()), (Seq::new(23), 23), "{backend}");
+
+    let wm = s.working_memory(5).await.expect("working memory");
+    assert_eq!(wm.last_seq, Seq::new(23), "{backend}");
+    assert_eq!(wm.n_messages, Some(23), "{backend}");
+    let texts: Vec<&str> = wm.messages.iter().map(text).collect();
+    assert_eq!(texts, ["turn 15", "turn 16", "turn 17", "turn 18", "turn 19"], "{backend}");
+    // Read again (a cache may answer now): the same.
+    let again = s.working_memory(5).await.expect("working memory");
+    assert_eq!(again.messages.iter().map(text).collect::<Vec<_>>(), texts, "{backend}");
+
+    let then = s.working_memory_at(Seq::new(3), 10).await.expect("time travel");
+    assert_eq!((then.last_seq, then.n_messages), (Seq::new(3), None), "{backend}");
+    assert_eq!(then.messages.iter().map(text).collect::<Vec<_>>(), ["find flights", "", "3 flights"], "{backend}");
+    let now = s.working_memory_at(Seq::new(23), 2).await.expect("time travel to the head");
+    assert_eq!((now.n_messages, now.messages.len()), (Some(23), 2), "{backend}");
+    assert!(matches!(s.working_memory_at(Seq::new(24), 2).await, Err(Error::InvalidArgument { .. })), "{backend}");
+
+    let first = s.history(Seq::new(1), 10).await.expect("history");
+    assert_eq!(first.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>(), "{backend}");
+    let tail = s.history(Seq::new(20), 100).await.expect("history");
+    assert_eq!(tail.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [20, 21, 22, 23], "{backend}");
+    assert!(s.history(Seq::new(24), 10).await.expect("past the end").is_empty(), "{backend}");
+    let over = usize::try_from(a.config().limits.max_read_messages).expect("fits") + 1;
+    assert!(matches!(s.working_memory(over).await, Err(Error::InvalidArgument { .. })), "{backend}");
+}
+
+/// Bad writes are refused with their typed error and change nothing.
+async fn bad_writes_change_nothing(a: &Engine, _b: &Engine, backend: &str) {
+    let s = a.session("strict").expect("id");
+    s.append(Message::assistant_tool_calls("", vec![ToolCall::new("c1", "grep", "{}")])).await.expect("a call");
+    let before = s.head().await.expect("head");
+    let unknown = s.append(Message::tool_result("nope", "?")).await;
+    assert!(matches!(unknown, Err(Error::UnknownToolCall { .. })), "{backend}: {unknown:?}");
+    let dup = s.append(Message::assistant_tool_calls("", vec![ToolCall::new("c1", "grep", "{}")])).await;
+    assert!(matches!(dup, Err(Error::DuplicateToolCallId { .. })), "{backend}: {dup:?}");
+    // A batch is atomic: its valid first message is not stored either.
+    let half = s.append_many(vec![Message::user("ok"), Message::tool_result("nope", "?")]).await;
+    assert!(matches!(half, Err(Error::UnknownToolCall { .. })), "{backend}: {half:?}");
+    assert!(matches!(s.append_many(Vec::new()).await, Err(Error::InvalidArgument { .. })), "{backend}");
+    assert_eq!(s.head().await.expect("head"), before, "{backend}: nothing was written");
+    s.append(Message::tool_result("c1", "found")).await.expect("the real answer");
+    let twice = s.append(Message::tool_result("c1", "again")).await;
+    assert!(matches!(twice, Err(Error::ToolCallAlreadyAnswered { .. })), "{backend}: {twice:?}");
+    assert_eq!(s.head().await.expect("head").expect("exists").last_seq(), Seq::new(2), "{backend}");
+}
+
+/// Deletion: reads say not found, history starts at the deletion, numbering goes on, listing
+/// skips the session until it is written again.
+async fn deletion_and_listing(a: &Engine, _b: &Engine, backend: &str) {
+    for id in ["b", "a", "c"] {
+        a.session(id).expect("id").append(Message::user(format!("hello {id}"))).await.expect("append");
+    }
+    let names = |ids: Vec<palimpsest::SessionId>| ids.iter().map(|i| i.as_str().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(a.list_sessions(None, 10).await.expect("list")), ["a", "b", "c"], "{backend}");
+    let after_a = a.session("a").expect("id");
+    assert_eq!(names(a.list_sessions(Some(after_a.id()), 1).await.expect("page")), ["b"], "{backend}");
+
+    let b = a.session("b").expect("id");
+    b.append(Message::user("second")).await.expect("append");
+    assert_eq!(b.delete().await.expect("delete"), Seq::new(3), "{backend}");
+    assert!(matches!(b.delete().await, Err(Error::NotFound { .. })), "{backend}");
+    assert!(matches!(b.working_memory(5).await, Err(Error::NotFound { .. })), "{backend}");
+    let left = b.history(Seq::new(1), 10).await.expect("history of a deleted session");
+    assert_eq!(left.len(), 1, "{backend}: only the deletion is left");
+    assert!(matches!(left[0].kind, EventKind::SessionDeleted { n_events_removed: 2 }), "{backend}: {left:?}");
+    assert_eq!(names(a.list_sessions(None, 10).await.expect("list")), ["a", "c"], "{backend}");
+    assert_eq!(b.append(Message::user("fresh start")).await.expect("append after"), Seq::new(4), "{backend}");
+    let wm = b.working_memory(10).await.expect("working memory");
+    assert_eq!(wm.messages.iter().map(text).collect::<Vec<_>>(), ["fresh start"], "{backend}");
+    assert_eq!(names(a.list_sessions(None, 10).await.expect("list")), ["a", "b", "c"], "{backend}");
+}
+
+/// Two engines append to one session at once: every append lands once, seqs dense.
+async fn two_writers_share_a_session(a: &Engine, b: &Engine, backend: &str) {
+    const EACH: usize = 40;
+    let write = |engine: Engine, who: &'static str| async move {
+        let s = engine.session("shared").expect("id");
+        let mut seqs = Vec::new();
+        for i in 0..EACH {
+            seqs.push(s.append(Message::user(format!("{who}-{i}"))).await.expect("append").get());
+        }
+        seqs
+    };
+    let (left, right) = tokio::join!(tokio::spawn(write(a.clone(), "a")), tokio::spawn(write(b.clone(), "b")));
+    let mut seqs: Vec<u64> = left.expect("writer a").into_iter().chain(right.expect("writer b")).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 2 * EACH, "{backend}: every append its own seq");
+    let events = a.session("shared").expect("id").history(Seq::new(1), 1_000).await.expect("history");
+    // Dense: the appends, and the turn cap's episode boundaries among them (every 30 user turns).
+    let all: Vec<u64> = events.iter().map(|e| e.seq.get()).collect();
+    assert_eq!(all, (1..=all.len() as u64).collect::<Vec<_>>(), "{backend}: dense");
+    let messages: Vec<String> = events.iter().filter_map(|e| e.message().map(|m| m.content.clone())).collect();
+    let texts: BTreeSet<&String> = messages.iter().collect();
+    assert_eq!((messages.len(), texts.len()), (2 * EACH, 2 * EACH), "{backend}: no append lost or doubled");
+    let from_b = b.session("shared").expect("id").working_memory(3).await.expect("read through b");
+    let from_a = a.session("shared").expect("id").working_memory(3).await.expect("read through a");
+    assert_eq!(from_a.last_seq, Seq::new(all.len() as u64), "{backend}");
+    assert_eq!(from_a.messages, from_b.messages, "{backend}: both engines read the same");
+}
+
+/// A write built on a head another engine has moved past is built again on the fresh head, and
+/// re-checked there: a tool call already answered through the other engine cannot be answered
+/// twice, and the next append lands after the other engine's.
+async fn a_stale_head_is_built_again(a: &Engine, b: &Engine, backend: &str) {
+    let through_a = a.session("stale").expect("id");
+    let through_b = b.session("stale").expect("id");
+    through_a.append(Message::assistant_tool_calls("", vec![ToolCall::new("c9", "ls", "{}")])).await.expect("call");
+    through_b.append(Message::tool_result("c9", "answered by b")).await.expect("b answers");
+    let again = through_a.append(Message::tool_result("c9", "answered by a")).await;
+    assert!(matches!(again, Err(Error::ToolCallAlreadyAnswered { .. })), "{backend}: {again:?}");
+    assert_eq!(through_a.append(Message::user("next")).await.expect("append"), Seq::new(3), "{backend}");
+    let events = through_b.history(Seq::new(1), 10).await.expect("history");
+    assert_eq!(events.len(), 3, "{backend}: {events:?}");
+}
+
+/// An update (reset, messages, metadata; conditional on the last seq) and an import land whole,
+/// and a stale condition writes nothing.
+async fn updates_and_imports_land_whole(a: &Engine, b: &Engine, backend: &str) {
+    let s = a.session("updated").expect("id");
+    s.append_many(vec![Message::user("old 1"), Message::user("old 2")]).await.expect("append");
+    let update = SessionUpdate {
+        expect_last_seq: Some(Seq::new(2)),
+        reset: true,
+        messages: vec![Message::user("new 1")],
+        metadata: Some("{\"topic\":\"flights\"}".to_string()),
+    };
+    let outcome = s.update(update.clone()).await.expect("update");
+    assert_eq!((outcome.reset, outcome.message_seqs.clone()), (Some(Seq::new(3)), vec![Seq::new(4)]), "{backend}");
+    assert_eq!(outcome.head.last_seq(), Seq::new(5), "{backend}: reset, message, metadata");
+    // The same update again expects seq 2, which is gone: refused, nothing written.
+    let stale = b.session("updated").expect("id").update(update).await;
+    assert!(matches!(stale, Err(Error::Conflict { expected: 2, .. })), "{backend}: {stale:?}");
+    let wm = s.working_memory(10).await.expect("working memory");
+    assert_eq!((wm.last_seq, wm.messages.iter().map(text).collect::<Vec<_>>()), (Seq::new(5), vec!["new 1"]));
+    let kinds: Vec<bool> = s
+        .history(Seq::new(3), 10)
+        .await
+        .expect("history")
+        .iter()
+        .map(|e| matches!(e.kind, EventKind::MetadataSet { .. }))
+        .collect();
+    assert_eq!(kinds, [false, false, true], "{backend}");
+
+    let i = b.session("imported").expect("id");
+    let lines = "{\"role\":\"user\",\"content\":\"q\"}\n\
+                 {\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":\"t1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}\n\
+                 {\"role\":\"tool\",\"tool_call_id\":\"t1\",\"content\":\"r\"}\n";
+    let report = i.import_jsonl(lines).await.expect("import");
+    assert_eq!((report.first_seq, report.last_seq), (Seq::new(1), Seq::new(3)), "{backend}");
+    let bad = i.import_jsonl("{\"role\":\"tool\",\"tool_call_id\":\"t1\",\"content\":\"again\"}\n").await;
+    assert!(matches!(bad, Err(Error::InvalidImport { line: 1, .. })), "{backend}: {bad:?}");
+    let through_a = a.session("imported").expect("id").working_memory(10).await.expect("read through a");
+    assert_eq!(through_a.messages.iter().map(text).collect::<Vec<_>>(), ["q", "", "r"], "{backend}");
+}
+
+async fn run_suite(rig: &Rig) {
+    let backend = rig.name();
+    let (a, b) = rig.engines("reads").await;
+    appends_read_back(&a, &b, backend).await;
+    let (a, b) = rig.engines("strict").await;
+    bad_writes_change_nothing(&a, &b, backend).await;
+    let (a, b) = rig.engines("deletion").await;
+    deletion_and_listing(&a, &b, backend).await;
+    let (a, b) = rig.engines("writers").await;
+    two_writers_share_a_session(&a, &b, backend).await;
+    let (a, b) = rig.engines("stale").await;
+    a_stale_head_is_built_again(&a, &b, backend).await;
+    let (a, b) = rig.engines("updates").await;
+    updates_and_imports_land_whole(&a, &b, backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_suite_passes_on_fjall() {
+    run_suite(&Rig::fjall()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_suite_passes_on_nats() {
+    let rig = Rig::nats().await;
+    run_suite(&rig).await;
+
+    // What does not run on JetStream yet says so, and writes nothing.
+    let (a, _) = rig.engines("unsupported").await;
+    let s = a.session("u").expect("id");
+    s.append(Message::user("one")).await.expect("append");
+    let refused = s.compact(CompactionRequest::upto(Seq::new(1))).await;
+    assert!(matches!(refused, Err(Error::Unsupported { what: "compaction", backend: "nats" })), "{refused:?}");
+    assert!(matches!(a.audit(&Default::default(), &mut |_| {}), Err(Error::Unsupported { .. })));
+    assert_eq!(s.head().await.expect("head").expect("exists").last_seq(), Seq::new(1), "nothing written");
+
+    // Extraction keeps state beside the log: asking for it on JetStream is refused at connect.
+    let mut config = rig.config("extraction");
+    config.extraction.enabled = true;
+    let refused = Engine::connect(config.clone(), Components::default()).await.err().expect("refused");
+    assert!(refused.to_string().contains("extraction.enabled"), "{refused}");
+    // And the blocking `open` points at `connect`.
+    config.extraction.enabled = false;
+    let refused = Engine::open(config).err().expect("refused");
+    assert!(refused.to_string().contains("Engine::connect"), "{refused}");
+}
