@@ -2,7 +2,11 @@
 //! appends per second to 64 sessions and to 1 session through `NatsLog`, beside raw async-nats
 //! publishing payloads of the same size with the same headers on the same connection to the same
 //! cluster (an R3 stream of its own); and the
-//! newest-50 window read (`nats_wm50_us`) on a session of 100 messages and one of 100,000.
+//! newest-50 window read (`nats_wm50_us`) on a session of 100 messages and one of 100,000. Then
+//! the same through the engine (`Engine::connect` on the same cluster, its own connection, `sync`):
+//! `Session::append` per message, and `Session::working_memory(50)` with the window cache on (a
+//! head read from the leader, then the cached window) and off (the head, the event search and one
+//! batched read).
 //!
 //! Run: `PALIMPSEST_NATS_SERVER="$(scripts/setup-nats.sh | tail -n 1)" \
 //!       cargo run --release --features nats,testing --example nats_figures`
@@ -16,7 +20,7 @@ use std::time::Instant;
 
 use async_nats::HeaderMap;
 use nats_common::{Cluster, commit, config, connect};
-use palimpsest::{Head, NatsLog, SessionId, Version};
+use palimpsest::{Components, Config, Engine, Head, Message, NatsLog, SessionId, StorageKind, Version};
 
 const APPENDS_64: usize = 6_400;
 const APPENDS_1: usize = 1_000;
@@ -103,6 +107,55 @@ async fn wm50_us(log: &NatsLog, session: &SessionId) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / WINDOW_READS as f64
 }
 
+/// Appends/s through the engine: `per_session` one-message appends to each of `sessions` sessions,
+/// one task per session.
+async fn engine_appends(engine: &Engine, tag: &str, sessions: usize, per_session: usize) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..sessions)
+        .map(|s| {
+            let session = engine.session(format!("{tag}-{s}")).expect("valid id");
+            tokio::spawn(async move {
+                for i in 0..per_session {
+                    session.append(Message::user(text(i))).await.expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    (sessions * per_session) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `n` messages appended to `id` through the engine, 10 per call.
+async fn engine_fill(engine: &Engine, id: &str, n: usize) {
+    let session = engine.session(id).expect("valid id");
+    for i in (0..n).step_by(10) {
+        session.append_many((i..i + 10).map(|j| Message::user(text(j))).collect()).await.expect("append");
+    }
+}
+
+/// Microseconds per `working_memory(50)` of `id`.
+async fn engine_wm50_us(engine: &Engine, id: &str) -> f64 {
+    let session = engine.session(id).expect("valid id");
+    let started = Instant::now();
+    for _ in 0..WINDOW_READS {
+        assert_eq!(session.working_memory(50).await.expect("working memory").messages.len(), 50);
+    }
+    started.elapsed().as_secs_f64() * 1e6 / WINDOW_READS as f64
+}
+
+async fn engine_on(cluster: &Cluster, prefix: &str, window_cache: bool) -> Engine {
+    let mut engine_config = Config::new("unused-on-nats");
+    engine_config.storage.kind = StorageKind::Nats;
+    engine_config.storage.nats = config(cluster, prefix, 3);
+    engine_config.extraction.enabled = false;
+    if !window_cache {
+        engine_config.cache.window_bytes = 0;
+    }
+    Engine::connect(engine_config, Components::default()).await.expect("connect the engine")
+}
+
 #[tokio::main]
 async fn main() {
     let cluster = Cluster::start(3).await;
@@ -128,6 +181,17 @@ async fn main() {
     let wm_100 = wm50_us(&log, &small).await;
     let wm_100k = wm50_us(&log, &big).await;
 
+    let engine = engine_on(&cluster, "eng", true).await;
+    let engine_64 = engine_appends(&engine, "e64", 64, APPENDS_64 / 64).await;
+    let engine_1 = engine_appends(&engine, "e1", 1, APPENDS_1).await;
+    engine_fill(&engine, "ew100", 100).await;
+    engine_fill(&engine, "ew100k", 100_000).await;
+    let engine_wm_100 = engine_wm50_us(&engine, "ew100").await;
+    let engine_wm_100k = engine_wm50_us(&engine, "ew100k").await;
+    let cold = engine_on(&cluster, "eng", false).await;
+    let cold_wm_100 = engine_wm50_us(&cold, "ew100").await;
+    let cold_wm_100k = engine_wm50_us(&cold, "ew100k").await;
+
     println!(
         "{}",
         serde_json::json!({
@@ -140,6 +204,16 @@ async fn main() {
             "ratio_1_session": ours_1 / raw_1,
             "nats_wm50_us_100": wm_100.round(),
             "nats_wm50_us_100k": wm_100k.round(),
+            "engine_append_per_s_64_sessions": engine_64.round(),
+            "engine_ratio_64_sessions": engine_64 / raw_64,
+            "engine_append_per_s_1_session": engine_1.round(),
+            "engine_ratio_1_session": engine_1 / raw_1,
+            "engine_wm50_us_100": engine_wm_100.round(),
+            "engine_wm50_us_100k": engine_wm_100k.round(),
+            "engine_wm50_growth": engine_wm_100k / engine_wm_100,
+            "engine_wm50_uncached_us_100": cold_wm_100.round(),
+            "engine_wm50_uncached_us_100k": cold_wm_100k.round(),
+            "engine_wm50_uncached_growth": cold_wm_100k / cold_wm_100,
         })
     );
 }

@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 
 use nats_common::{Cluster, wait_stream_leader};
 use palimpsest::{
-    CompactionRequest, Components, Config, Engine, Error, EventKind, Message, Seq, SessionUpdate, StorageKind, ToolCall,
+    AuditOptions, CompactionOutcome, CompactionRequest, Components, Config, Engine, Error, Event, EventKind, Message,
+    Seq, SessionUpdate, Splice, StorageKind, SummaryHash, ToolCall, ViolationKind,
 };
 
 /// Where a scenario's store lives.
@@ -168,7 +169,7 @@ async fn deletion_and_listing(a: &Engine, _b: &Engine, backend: &str) {
 
 /// Two engines append to one session at once: every append lands once, seqs dense.
 async fn two_writers_share_a_session(a: &Engine, b: &Engine, backend: &str) {
-    const EACH: usize = 40;
+    const EACH: usize = 100;
     let write = |engine: Engine, who: &'static str| async move {
         let s = engine.session("shared").expect("id");
         let mut seqs = Vec::new();
@@ -250,20 +251,71 @@ async fn updates_and_imports_land_whole(a: &Engine, b: &Engine, backend: &str) {
     assert_eq!(through_a.messages.iter().map(text).collect::<Vec<_>>(), ["q", "", "r"], "{backend}");
 }
 
+/// Compaction: the cut moves back so a tool call keeps its result, the splice lands, working memory
+/// is the summary plus what follows (the same through the other engine), time travel before the
+/// splice sees no summary, and compacting the same span again finds nothing to do.
+async fn compaction_splices_keeping_tool_pairs(a: &Engine, b: &Engine, backend: &str) {
+    let s = a.session("compacted").expect("id");
+    for i in 0..10 {
+        s.append(Message::user(format!("fact {i}: the meeting moved to room {i}"))).await.expect("append");
+    }
+    s.append(Message::assistant_tool_calls("", vec![ToolCall::new("k1", "grep", "{}")])).await.expect("call");
+    s.append(Message::tool_result("k1", "found it")).await.expect("result");
+    s.append(Message::user("after the tool")).await.expect("append");
+    let outcome = s.compact(CompactionRequest::upto(Seq::new(11))).await.expect("compact");
+    let CompactionOutcome::Spliced { upto, seq, n_messages, .. } = outcome else {
+        panic!("{backend}: not spliced: {outcome:?}")
+    };
+    assert_eq!((upto, seq, n_messages), (Seq::new(10), Seq::new(14), 10), "{backend}: cut before the call");
+    let wm = s.working_memory(50).await.expect("working memory");
+    let summary = wm.summary.clone().expect("a summary");
+    assert_eq!(summary.upto, Seq::new(10), "{backend}");
+    assert!(!summary.text.is_empty(), "{backend}");
+    assert_eq!(wm.messages.iter().map(|m| m.seq.get()).collect::<Vec<_>>(), [11, 12, 13], "{backend}");
+    assert_eq!((wm.last_seq, wm.n_messages), (Seq::new(14), Some(13)), "{backend}");
+    let other = b.session("compacted").expect("id").working_memory(50).await.expect("through b");
+    assert_eq!((other.summary, other.messages), (wm.summary.clone(), wm.messages.clone()), "{backend}");
+    let before = s.working_memory_at(Seq::new(13), 50).await.expect("time travel");
+    assert!(before.summary.is_none(), "{backend}: the splice came later");
+    assert_eq!(before.messages.len(), 13, "{backend}");
+    let at = s.working_memory_at(Seq::new(14), 50).await.expect("time travel to the splice");
+    assert_eq!(at.summary.map(|s| s.upto), Some(Seq::new(10)), "{backend}");
+    let again = s.compact(CompactionRequest::upto(Seq::new(10))).await.expect("compact again");
+    assert!(matches!(again, CompactionOutcome::NothingToCompact { .. }), "{backend}: {again:?}");
+    assert_eq!(s.head().await.expect("head").expect("exists").last_seq(), Seq::new(14), "{backend}");
+}
+
+/// The store a scenario left audits clean: every session replays to its stored head(s).
+async fn audits_clean(engine: &Engine, backend: &str, sessions: u64, splices: u64) {
+    let report = engine.audit_async(AuditOptions::default()).await.expect("audit");
+    assert!(report.ok, "{backend}: {:?}", report.violations);
+    assert_eq!((report.sessions, report.splices), (sessions, splices), "{backend}");
+    assert!(report.events > 0, "{backend}");
+}
+
 async fn run_suite(rig: &Rig) {
     let backend = rig.name();
     let (a, b) = rig.engines("reads").await;
     appends_read_back(&a, &b, backend).await;
+    audits_clean(&a, backend, 1, 0).await;
     let (a, b) = rig.engines("strict").await;
     bad_writes_change_nothing(&a, &b, backend).await;
+    audits_clean(&b, backend, 1, 0).await;
     let (a, b) = rig.engines("deletion").await;
     deletion_and_listing(&a, &b, backend).await;
+    audits_clean(&a, backend, 3, 0).await;
     let (a, b) = rig.engines("writers").await;
     two_writers_share_a_session(&a, &b, backend).await;
+    audits_clean(&a, backend, 1, 0).await;
     let (a, b) = rig.engines("stale").await;
     a_stale_head_is_built_again(&a, &b, backend).await;
+    audits_clean(&a, backend, 1, 0).await;
     let (a, b) = rig.engines("updates").await;
     updates_and_imports_land_whole(&a, &b, backend).await;
+    audits_clean(&a, backend, 2, 0).await;
+    let (a, b) = rig.engines("compaction").await;
+    compaction_splices_keeping_tool_pairs(&a, &b, backend).await;
+    audits_clean(&b, backend, 1, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,10 +332,13 @@ async fn the_engine_suite_passes_on_nats() {
     let (a, _) = rig.engines("unsupported").await;
     let s = a.session("u").expect("id");
     s.append(Message::user("one")).await.expect("append");
-    let refused = s.compact(CompactionRequest::upto(Seq::new(1))).await;
-    assert!(matches!(refused, Err(Error::Unsupported { what: "compaction", backend: "nats" })), "{refused:?}");
-    assert!(matches!(a.audit(&Default::default(), &mut |_| {}), Err(Error::Unsupported { .. })));
+    let refused = s.export_jsonl(&mut Vec::new()).await;
+    assert!(matches!(refused, Err(Error::Unsupported { what: "export", backend: "nats" })), "{refused:?}");
+    let refused = a.audit(&Default::default(), &mut |_| {});
+    assert!(matches!(refused, Err(Error::Unsupported { backend: "nats", .. })), "{refused:?}");
     assert_eq!(s.head().await.expect("head").expect("exists").last_seq(), Seq::new(1), "nothing written");
+
+    audit_names_damage_written_past_the_engine(&rig).await;
 
     // Extraction keeps state beside the log: asking for it on JetStream is refused at connect.
     let mut config = rig.config("extraction");
@@ -294,4 +349,47 @@ async fn the_engine_suite_passes_on_nats() {
     config.extraction.enabled = false;
     let refused = Engine::open(config).err().expect("refused");
     assert!(refused.to_string().contains("Engine::connect"), "{refused}");
+}
+
+/// Records written past the engine (straight through `NatsLog`, as a bug or a foreign writer
+/// could) with a head that is not the fold of the log, and a splice whose blob was never stored:
+/// the audit names both, with the session and seq.
+async fn audit_names_damage_written_past_the_engine(rig: &Rig) {
+    let Rig::Nats { cluster, .. } = rig else { unreachable!("JetStream only") };
+    let (engine, _) = rig.engines("damage").await;
+    let log = nats_common::connect(&nats_common::config(cluster, "damage", 3)).await;
+    let s = engine.session("lying").expect("id");
+    s.append(Message::user("true")).await.expect("append");
+    // Seq 2 is a user message, but the head stored with it has a tool call open.
+    let (head, version) = log.head(s.id()).await.expect("head").expect("exists");
+    let (events, _) = nats_common::commit(&head, &["a user message".to_string()]);
+    let mut lie = head.clone();
+    let call = Message::assistant_tool_calls("", vec![ToolCall::new("ghost", "f", "{}")]);
+    palimpsest::apply(&mut lie, &Event { seq: Seq::new(2), at_ms: 1, kind: EventKind::MessageAppended(call) });
+    log.append(s.id(), version, &events, &lie).await.expect("a record with a wrong head");
+
+    let t = engine.session("blobless").expect("id");
+    t.append_many((0..4).map(|i| Message::user(format!("m{i}"))).collect()).await.expect("append");
+    let (head, version) = log.head(t.id()).await.expect("head").expect("exists");
+    let splice = Splice {
+        upto: Seq::new(2),
+        previous_upto: Seq::ZERO,
+        summary_hash: SummaryHash::of("a summary never stored"),
+        n_messages: 2,
+        summary_bytes: 23,
+        summarizer: "test".to_string(),
+    };
+    let event = Event { seq: Seq::new(5), at_ms: 1, kind: EventKind::CompactionSpliced(splice) };
+    let mut after = head.clone();
+    palimpsest::apply(&mut after, &event);
+    log.append(t.id(), version, &[event], &after).await.expect("a splice without its blob");
+
+    let report = engine.audit_async(AuditOptions::default()).await.expect("audit");
+    assert!(!report.ok);
+    let found: Vec<(Option<String>, Option<u64>, ViolationKind)> =
+        report.violations.iter().map(|v| (v.session.clone(), v.seq, v.kind)).collect();
+    assert!(found.contains(&(Some("lying".to_string()), Some(2), ViolationKind::HeadMismatch)), "{found:?}");
+    assert!(found.contains(&(Some("blobless".to_string()), Some(5), ViolationKind::MissingBlob)), "{found:?}");
+    let one = engine.audit_async(AuditOptions { session: Some(t.id().clone()) }).await.expect("audit of one session");
+    assert_eq!(one.violations.iter().map(|v| v.kind).collect::<Vec<_>>(), [ViolationKind::MissingBlob]);
 }

@@ -22,6 +22,8 @@ use crate::storage::fjall::{Bytes, Ks, Op, View};
 use crate::storage::keys;
 
 mod gc;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "testing")]
 pub use gc::GcStage;
 
@@ -348,10 +350,11 @@ impl Engine {
     /// Replays every session (or one) and checks every invariant; see the module docs.
     /// `progress` is called with the number of events read so far, every
     /// [`AUDIT_PROGRESS_EVERY`] events. Blocking: run it off the async runtime's workers.
+    /// On JetStream use [`Engine::audit_async`] (this answers [`Error::Unsupported`] there).
     pub fn audit(&self, options: &AuditOptions, progress: &mut dyn FnMut(u64)) -> Result<AuditReport, Error> {
         // One snapshot for the whole audit: with the engine open, writers and the purger go on
         // committing, and the log, heads, index and markers must be read as of one instant.
-        let view = self.store("audit")?.view();
+        let view = self.store("the blocking `audit` (use `audit_async`)")?.view();
         let store = &view;
         let mut report = AuditReport::default();
         let mut referenced: HashSet<SummaryHash> = HashSet::new();
@@ -423,6 +426,24 @@ impl Engine {
         progress(report.events);
         report.ok = report.violations.is_empty();
         Ok(report)
+    }
+
+    /// [`Engine::audit`] from async code, on either backend: on fjall the same audit on a blocking
+    /// thread; on JetStream every session's records replayed from the cluster, each record's head
+    /// checked against the replay up to it, each `prev` link and each splice's blob (SPEC.md 11a,
+    /// "Audit"). Orphan blobs and memory records are checked on fjall only.
+    ///
+    /// Cancel safety: a read; dropped, it changes nothing (on fjall the blocking audit then runs
+    /// to its end on its thread).
+    pub async fn audit_async(&self, options: AuditOptions) -> Result<AuditReport, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.inner().backend.nats() {
+            return nats::audit(log, &options, &mut |_| {}).await;
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.audit(&options, &mut |_| {}))
+            .await
+            .map_err(|e| Error::storage("audit on a blocking thread", e))?
     }
 
     fn finish_session(

@@ -22,7 +22,8 @@ use super::progress::Stage;
 use crate::engine::Session;
 use crate::engine::writer::Hold;
 use crate::error::Error;
-use crate::log::event::{EventKind, Splice};
+use crate::log::event::{Event, EventKind, Splice};
+use crate::log::fold::Head;
 use crate::log::ids::{Seq, SessionId, SummaryHash};
 use crate::log::plan::{NoPlan, plan};
 use crate::log::view;
@@ -196,8 +197,6 @@ impl Session {
     /// batch is queued it lands whole, after the same re-check under the session's lock, so the
     /// caller does not learn the outcome: `working_memory` shows whether it landed.
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
-        // Summary blobs and the splice index live beside the log: fjall only, so far.
-        self.engine().store("compaction")?;
         let request = check_focus(request)?;
         let Some(registered) = self.engine().inner().compactions.enter(self.id()) else {
             return Ok(CompactionOutcome::AlreadyRunning);
@@ -273,11 +272,17 @@ impl Session {
         // Reading and decoding a span of up to `max_span_messages` is CPU-bound work of tens to
         // hundreds of milliseconds: it runs on a blocking thread, not on a runtime worker that
         // the session's appends (or anyone else's tasks) may be queued behind.
-        let session = self.clone();
         let focus = request.focus.clone();
-        let loaded = tokio::task::spawn_blocking(move || session.load_step(id, request))
-            .await
-            .map_err(|e| Error::storage("load the compaction's span", format!("the load task failed: {e}")))??;
+        let loaded = match &inner.backend {
+            crate::engine::backend::Backend::Fjall { .. } => {
+                let session = self.clone();
+                tokio::task::spawn_blocking(move || session.load_step(id, request))
+                    .await
+                    .map_err(|e| Error::storage("load the compaction's span", format!("the load task failed: {e}")))??
+            }
+            #[cfg(feature = "nats")]
+            crate::engine::backend::Backend::Nats(log) => self.load_step_nats(log, id, request).await?,
+        };
         let Loaded { span_messages, previous_summary, lower, upto, requested, n_messages, base_at_plan } = match loaded
         {
             Load::Done(outcome) => return Ok(Step::Done(outcome)),
@@ -290,44 +295,86 @@ impl Session {
         Ok(Step::Summarized(Summarized { text, lower, upto, requested, n_messages, base_at_plan }))
     }
 
-    /// Step 2 of the module docs, blocking: read the session through one snapshot, choose and check
-    /// the cut, and take the span's messages and the previous summary. The snapshot is dropped
-    /// before returning: held through a long model call it would hold back fjall's garbage collection.
+    /// Step 2 of the module docs on fjall, blocking: read the session through one snapshot, choose
+    /// and check the cut, and take the span's messages and the previous summary. The snapshot is
+    /// dropped before returning: held through a long model call it would hold back fjall's garbage
+    /// collection.
     fn load_step(&self, id: u64, request: CompactionRequest) -> Result<Load, Error> {
-        let engine = self.engine();
-        let inner = engine.inner();
-        let cfg = &inner.config.compaction;
+        let cfg = &self.engine().inner().config.compaction;
         // One snapshot for the whole load, so the plan sees one state of the session.
-        let view = engine.store("compaction")?.view();
+        let view = self.engine().store("compaction")?.view();
         let head = self.live_head(&view)?;
-        // Messages at or before `lower` are already summarized (or deleted).
         let lower = head.upto().max(head.base());
-        let requested = match request.upto {
-            Some(upto) if upto > head.last_seq() => {
-                return Err(Error::InvalidArgument {
-                    what: "upto",
-                    reason: format!("{upto} is past the session's last seq {}", head.last_seq()),
-                });
-            }
-            Some(upto) => upto,
-            None => {
-                let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
-                let last = self.last_messages(&view, lower, head.last_seq(), keep.saturating_add(1))?;
-                if last.len() <= keep {
-                    return Ok(Load::Done(CompactionOutcome::NothingToCompact {
-                        requested_upto: None,
-                        reason: format!(
-                            "{} messages after the summary; compaction.keep_last_messages keeps {keep}",
-                            last.len()
-                        ),
-                    }));
-                }
-                last[0].seq
-            }
+        let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
+        let last = match request.upto {
+            None => Some(self.last_messages(&view, lower, head.last_seq(), keep.saturating_add(1))?),
+            Some(_) => None,
         };
-        let requested = requested.min(Seq::new(lower.get().saturating_add(cfg.max_span_messages)));
+        let requested = match requested_upto(&head, request.upto, last, keep, cfg.max_span_messages)? {
+            Ok(requested) => requested,
+            Err(done) => return Ok(Load::Done(done)),
+        };
         let span =
             if requested > lower { view.events(self.id(), lower.next(), requested, usize::MAX)? } else { Vec::new() };
+        let previous_summary = match head.splice() {
+            Some(s) if s.upto == lower => Some(self.summary(&view, s.upto, &s.summary_hash)?.text),
+            _ => None,
+        };
+        Ok(self.plan_span(id, &head, requested, span, previous_summary))
+    }
+
+    /// Step 2 on JetStream: the same reads from the cluster (the head from the stream leader, so
+    /// the span ends where the session did when the head was read).
+    #[cfg(feature = "nats")]
+    async fn load_step_nats(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        id: u64,
+        request: CompactionRequest,
+    ) -> Result<Load, Error> {
+        let cfg = &self.engine().inner().config.compaction;
+        let head = match log.head(self.id()).await? {
+            Some((head, _)) if !head.is_deleted() => head,
+            _ => return Err(Error::NotFound { session: self.id().to_string() }),
+        };
+        let lower = head.upto().max(head.base());
+        let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
+        let last = match request.upto {
+            None => Some(self.last_messages_nats(log, lower, head.last_seq(), keep.saturating_add(1)).await?),
+            Some(_) => None,
+        };
+        let requested = match requested_upto(&head, request.upto, last, keep, cfg.max_span_messages)? {
+            Ok(requested) => requested,
+            Err(done) => return Ok(Load::Done(done)),
+        };
+        let span = if requested > lower {
+            log.events(self.id(), lower.next(), requested, usize::MAX).await?
+        } else {
+            Vec::new()
+        };
+        let previous_summary = match head.splice() {
+            Some(s) if s.upto == lower => Some(log.blob(&s.summary_hash).await?.ok_or_else(|| Error::Corrupt {
+                session: Some(self.id().to_string()),
+                seq: None,
+                detail: format!("summary blob {} (splice up to {}) is missing", s.summary_hash, s.upto),
+            })?),
+            _ => None,
+        };
+        Ok(self.plan_span(id, &head, requested, span, previous_summary))
+    }
+
+    /// The end of step 2 on any backend: plans the cut in `span` (the events after the head's
+    /// lower bound up to `requested`), checks it, and takes its messages.
+    fn plan_span(
+        &self,
+        id: u64,
+        head: &Head,
+        requested: Seq,
+        span: Vec<Event>,
+        previous_summary: Option<String>,
+    ) -> Load {
+        // Messages at or before `lower` are already summarized (or deleted).
+        let lower = head.upto().max(head.base());
         let plan = match plan(lower, requested, &span) {
             Ok(plan) => plan,
             Err(no) => {
@@ -338,23 +385,19 @@ impl Session {
                          cutting before it leaves nothing to compact"
                     ),
                 };
-                return Ok(Load::Done(CompactionOutcome::NothingToCompact { requested_upto: Some(requested), reason }));
+                return Load::Done(CompactionOutcome::NothingToCompact { requested_upto: Some(requested), reason });
             }
         };
         let upto = plan.upto();
         let messages: Vec<_> = view::messages_of(span.into_iter().take_while(|e| e.seq <= upto)).collect();
         let n_messages = messages.len() as u64;
         let n_bytes = messages.iter().map(|m| m.message.size_bytes() as u64).sum();
-        inner.progress.publish(
+        self.engine().inner().progress.publish(
             self.id(),
             id,
             Stage::Loaded { base: lower, requested_upto: requested, upto, n_messages, n_bytes },
         );
-        let previous_summary = match head.splice() {
-            Some(s) if s.upto == lower => Some(self.summary(&view, s.upto, &s.summary_hash)?.text),
-            _ => None,
-        };
-        Ok(Load::Loaded(Loaded {
+        Load::Loaded(Loaded {
             span_messages: messages,
             previous_summary,
             lower,
@@ -362,7 +405,7 @@ impl Session {
             requested,
             n_messages,
             base_at_plan: head.base(),
-        }))
+        })
     }
 
     /// Step 4 of the module docs: store the blob, re-check and splice.
@@ -376,16 +419,23 @@ impl Session {
         let _blob_gate = tokio::time::timeout(Duration::from_millis(timeout_ms), inner.blob_gate.read())
             .await
             .map_err(|_| Error::Timeout { what: "orphan-blob collection to finish", after_ms: timeout_ms })?;
-        engine
-            .writer("compaction")?
-            .write(vec![Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes())], Hold::nothing())
-            .await?;
+        match &inner.backend {
+            crate::engine::backend::Backend::Fjall { writer, .. } => {
+                let blob = Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes());
+                writer.write(vec![blob], Hold::nothing()).await?;
+            }
+            #[cfg(feature = "nats")]
+            crate::engine::backend::Backend::Nats(log) => {
+                log.put_blob(&text).await?;
+            }
+        }
         crate::testing::kill_point("compaction:after_blob");
 
         let summarizer = inner.summarizer.name().to_string();
         let mut abandoned = None;
         let head = engine
             .write_events(self.id(), |batch| {
+                abandoned = None;
                 let now = batch.head();
                 let reason = if now.base() != base_at_plan {
                     Some("the session was deleted while the summary was being written".to_string())
@@ -431,4 +481,41 @@ impl Session {
             n_messages,
         })
     }
+}
+
+/// The seq a compaction asks to cut at: `upto` if given (refused past the head), else the seq of
+/// the oldest of the last `keep + 1` messages after the head's lower bound (`last`), so `keep`
+/// stay verbatim; never more than `max_span` messages past the lower bound. `Ok(Err(outcome))`
+/// when there is nothing to compact.
+fn requested_upto(
+    head: &Head,
+    upto: Option<Seq>,
+    last: Option<Vec<view::StoredMessage>>,
+    keep: usize,
+    max_span: u64,
+) -> Result<Result<Seq, CompactionOutcome>, Error> {
+    let lower = head.upto().max(head.base());
+    let requested = match (upto, last) {
+        (Some(upto), _) if upto > head.last_seq() => {
+            return Err(Error::InvalidArgument {
+                what: "upto",
+                reason: format!("{upto} is past the session's last seq {}", head.last_seq()),
+            });
+        }
+        (Some(upto), _) => upto,
+        (None, last) => {
+            let last = last.unwrap_or_default();
+            if last.len() <= keep {
+                return Ok(Err(CompactionOutcome::NothingToCompact {
+                    requested_upto: None,
+                    reason: format!(
+                        "{} messages after the summary; compaction.keep_last_messages keeps {keep}",
+                        last.len()
+                    ),
+                }));
+            }
+            last[0].seq
+        }
+    };
+    Ok(Ok(requested.min(Seq::new(lower.get().saturating_add(max_span)))))
 }

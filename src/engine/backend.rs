@@ -6,10 +6,11 @@
 //!   [`Purger`] removing deleted sessions' dead events beside it. Every feature runs on it.
 //! - `Nats` (cargo feature `nats`): a JetStream cluster through [`NatsLog`]. Each write is one
 //!   conditional publish of one session's record (events + head), pipelined on one connection;
-//!   a write built on a stale head meets a conflict and is built again on the fresh one. The
-//!   features that keep state beside the log (compaction's blobs and splice index, memory
-//!   extraction, episodes' memory records, metadata, import, audit and the purge) do not run on
-//!   it yet and answer [`Error::Unsupported`].
+//!   a write built on a stale head meets a conflict and is built again on the fresh one.
+//!   Compaction runs on it (its blob is published before the splice), and `audit_async`. The
+//!   features that keep other state beside the log (memory extraction and memories, metadata
+//!   reads, episode classification, export, gc, rebuild, stats) do not run on it yet and answer
+//!   [`Error::Unsupported`].
 
 #[cfg(feature = "nats")]
 use std::sync::Arc;

@@ -370,8 +370,9 @@ impl Engine {
     /// error that leaves everything untouched. Returns the new head.
     ///
     /// On JetStream a write built on a head another engine has since moved past is refused by the
-    /// version check and `build` runs again on the fresh head (at most [`MAX_WRITE_BUILDS`] times),
-    /// so a builder must start from the batch alone each time it runs.
+    /// version check and `build` runs again on the fresh head (at most `MAX_WRITE_BUILDS` times,
+    /// after a jittered wait that doubles from 2 ms to 128 ms), so a builder must start from the
+    /// batch alone each time it runs.
     pub(crate) async fn write_events(
         &self,
         session: &SessionId,
@@ -448,7 +449,7 @@ impl Engine {
         let _lock = self.lock_session(session).await?;
         let caches = &self.inner.caches;
         let mut cached = caches.take_head(session);
-        let mut last_conflict = None;
+        let (mut last_conflict, mut rebuild_wait) = (None, FIRST_REBUILD_WAIT / 2);
         for _ in 0..MAX_WRITE_BUILDS {
             let (head, version) = match cached.take() {
                 Some((head, version)) => (head, Version::at(version)),
@@ -473,8 +474,14 @@ impl Engine {
                     caches.settle(session, true, before, head.clone(), version.get(), change);
                     return Ok(head);
                 }
-                // Another engine moved the session: build again on its head, read fresh.
-                Err(e @ Error::Conflict { .. }) => last_conflict = Some(e),
+                // Another engine moved the session: build again on its head, read fresh, after a
+                // jittered wait that grows with each loss, so a writer that keeps losing to a
+                // faster one (whose head is cached: it needs no read) lets that burst pass.
+                Err(e @ Error::Conflict { .. }) => {
+                    last_conflict = Some(e);
+                    rebuild_wait = (rebuild_wait * 2).min(MAX_REBUILD_WAIT);
+                    tokio::time::sleep(rebuild_wait.mul_f64(fastrand::f64())).await;
+                }
                 Err(e) => {
                     caches.forget(session);
                     return Err(e);
@@ -499,6 +506,14 @@ impl Engine {
 /// chances, then the write fails with [`Error::Conflict`] (nothing of it stored).
 #[cfg(feature = "nats")]
 pub(crate) const MAX_WRITE_BUILDS: usize = 16;
+
+/// The first wait before a JetStream write is built again after a conflict (full jitter), doubled
+/// per conflict up to [`MAX_REBUILD_WAIT`]: at most about 1.5 s over all the builds.
+#[cfg(feature = "nats")]
+const FIRST_REBUILD_WAIT: Duration = Duration::from_millis(2);
+/// The longest wait between two builds of one JetStream write.
+#[cfg(feature = "nats")]
+const MAX_REBUILD_WAIT: Duration = Duration::from_millis(128);
 
 /// A value a write builder consumes: moved out when the builder runs once (fjall), cloned each
 /// time when it may run again after a conflict (JetStream, `MAX_WRITE_BUILDS`).
@@ -972,7 +987,7 @@ impl Session {
         Ok(Some(Summary { upto: s.upto, hash: s.summary_hash, text }))
     }
 
-    async fn last_messages_nats(
+    pub(crate) async fn last_messages_nats(
         &self,
         log: &crate::storage::nats::NatsLog,
         lower: Seq,

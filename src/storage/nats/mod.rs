@@ -565,7 +565,8 @@ async fn ensure_stream(
 
 /// How one attempt of [`ensure_stream`] failed.
 enum Attempt {
-    /// The cluster did not answer (timeout, no responders, JetStream unavailable): may be asked again.
+    /// The cluster did not answer (timeout, no responders, JetStream unavailable), or it has not yet
+    /// seen enough servers to place the stream's replicas: may be asked again.
     Unanswered(Error),
     /// An answer that asking again will not change.
     Final(Error),
@@ -598,10 +599,15 @@ async fn try_ensure_stream(js: &jetstream::Context, config: &stream::Config) -> 
             }
             Ok(stream)
         }
-        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
             js.create_stream(config.clone()).await.map_err(|e| {
+                // "No suitable peers for placement, peer offline": the meta group has not yet seen
+                // enough servers up (right after a start or restart); asking again can succeed.
                 let unanswered =
-                    matches!(e.kind(), CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable);
+                    matches!(e.kind(), CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable)
+                        || matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS);
                 let e = Error::storage("create a JetStream stream", e);
                 if unanswered { Attempt::Unanswered(e) } else { Attempt::Final(e) }
             })

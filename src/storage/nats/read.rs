@@ -169,6 +169,25 @@ impl NatsLog {
     ///
     /// Cancel safety: a read; dropping it changes nothing.
     pub async fn sessions(&self, after: Option<&SessionId>, limit: usize) -> Result<Vec<SessionId>, Error> {
+        let all = self.session_ids().await?;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        for id in all.range((lower, Bound::Unbounded)) {
+            if out.len() == limit {
+                break;
+            }
+            if let Some((head, _)) = self.head(id).await?
+                && !head.is_deleted()
+            {
+                out.push(id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every session with a record (deleted ones included), in id order: every session subject of
+    /// every stream. Refuses past [`MAX_LISTED_SESSIONS`].
+    pub(crate) async fn session_ids(&self) -> Result<BTreeSet<SessionId>, Error> {
         let mut all = BTreeSet::new();
         for (index, stream) in (0_u64..).zip(&self.sessions) {
             let stream = stream.clone();
@@ -187,19 +206,29 @@ impl NatsLog {
                 }
             }
         }
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut out = Vec::new();
-        for id in all.range((lower, Bound::Unbounded)) {
-            if out.len() == limit {
-                break;
-            }
-            if let Some((head, _)) = self.head(id).await?
-                && !head.is_deleted()
-            {
-                out.push(id.clone());
-            }
+        Ok(all)
+    }
+
+    /// Up to [`BATCH_RECORDS`] records of the session from stream sequence `from` on, up to
+    /// `version`, each decoded (or the reason it does not decode), for audit: one batched read.
+    pub(crate) async fn records(
+        &self,
+        session: &SessionId,
+        from: u64,
+        version: Version,
+    ) -> Result<Vec<(u64, Result<record::Record, Error>)>, Error> {
+        let (stream_name, subject) = self.names.session(session);
+        let stream = self.session_stream(&stream_name)?;
+        let mut messages = self.scan(stream, &subject, from, BATCH_RECORDS).await?;
+        if messages.is_empty() && from <= version.0 {
+            // A lagging replica answered: the leader has the next record.
+            messages.extend(self.leader_next(stream, &subject, from).await?);
         }
-        Ok(out)
+        Ok(messages
+            .into_iter()
+            .take_while(|m| m.sequence <= version.0)
+            .map(|m| (m.sequence, record::decode(session, m.sequence, &m.payload)))
+            .collect())
     }
 
     /// The session's last record, from its stream's leader.
