@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use clap::Args;
-use palimpsest::{AuditOptions, AuditReport, Engine, RebuildReport, SessionId, Violation};
+use palimpsest::{AuditOptions, AuditReport, Engine, RebuildReport, SessionId, StorageKind, Violation};
 use serde::Serialize;
 
 use crate::db::{DbArgs, OpenMode};
@@ -69,6 +69,10 @@ pub async fn run(args: AuditArgs) -> Outcome {
 
 /// Runs the blocking audit on a blocking thread, with a spinner on stderr when it is a terminal.
 pub async fn audit(engine: &Engine, session: Option<SessionId>) -> Result<AuditReport, CliError> {
+    if engine.config().storage.kind == StorageKind::Nats {
+        // Read from the cluster, without the spinner.
+        return Ok(engine.audit_async(AuditOptions { session }).await?);
+    }
     let engine = engine.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let bar = progress::Bar::spinner("audit", "events");

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Args;
-use palimpsest::{Config, Engine, Error};
+use palimpsest::{Components, Config, Engine, Error, StorageKind};
 
 use crate::exit::CliError;
 
@@ -50,7 +50,8 @@ pub async fn drain_opened() {
 /// `--db` and `--config`; flatten it into each command's arguments.
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
-    /// The database directory.
+    /// The database directory (with `storage.kind = "nats"` in --config the logs live on the
+    /// cluster and this only names the database in messages).
     #[arg(long, value_name = "DIR")]
     pub db: PathBuf,
 
@@ -112,6 +113,16 @@ impl DbArgs {
     /// refused (exit 2) before anything on disk is touched.
     pub async fn open_with(&self, config: Config, mode: OpenMode) -> Result<Engine, CliError> {
         config.validate().map_err(CliError::from)?;
+        if config.storage.kind == StorageKind::Nats {
+            // The logs live on the cluster: there is no directory to check (`--db` only names the
+            // database in messages).
+            let urls = config.storage.nats.urls.join(", ");
+            let engine = Engine::connect(config, Components::default())
+                .await
+                .map_err(|e| CliError::unusable(format!("cannot open the database on NATS ({urls}): {e}")))?;
+            OPENED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(engine.clone());
+            return Ok(engine);
+        }
         check_directory(&config.path, mode)?;
         let path = config.path.clone();
         let opened = tokio::task::spawn_blocking(move || Engine::open(config))

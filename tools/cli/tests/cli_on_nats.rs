@@ -1,0 +1,92 @@
+//! The operator tool on the JetStream backend: `--config` with `storage.kind = "nats"` makes
+//! `import`, `show`, `compact`, `audit` and `delete` work on a real 3-node cluster (started here,
+//! as the library's tests do), and what does not run there yet fails with exit 2 and says so.
+//! Needs `PALIMPSEST_NATS_SERVER` (scripts/test sets it).
+
+mod common;
+#[path = "../../../tests/nats_common/mod.rs"]
+mod nats_common;
+
+use common::{code, json, palimpsest, stderr, stdout};
+use nats_common::{Cluster, wait_stream_leader};
+
+/// A config file for the cluster, with its own stream prefix.
+fn config_file(dir: &std::path::Path, cluster: &Cluster, prefix: &str) -> String {
+    let quoted = |v: Vec<String>| v.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
+    let toml = format!(
+        "durability = \"sync\"\n\n[extraction]\nenabled = false\n\n[storage]\nkind = \"nats\"\n\n\
+         [storage.nats]\nurls = [{}]\nmonitor_urls = [{}]\nstream_prefix = \"{prefix}\"\nstreams = 1\n",
+        quoted(cluster.urls()),
+        quoted(cluster.monitor_urls()),
+    );
+    let path = dir.join(format!("{prefix}.toml"));
+    std::fs::write(&path, toml).expect("write the config");
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_runs_on_a_cluster() {
+    let cluster = Cluster::start(3).await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = config_file(tmp.path(), &cluster, "cli");
+    let db = tmp.path().join("names-the-database").display().to_string();
+    let transcript = tmp.path().join("t.jsonl");
+    let mut lines = String::new();
+    for i in 0..12 {
+        lines.push_str(&format!("{{\"role\":\"user\",\"content\":\"turn {i} about the trip to Oslo\"}}\n"));
+    }
+    std::fs::write(&transcript, lines).expect("write the transcript");
+    let base = ["--db", db.as_str(), "--config", config.as_str()];
+    let with = |args: &[&str]| -> Vec<String> { base.iter().chain(args).map(|s| s.to_string()).collect() };
+    let run = |args: Vec<String>| palimpsest(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // The first command creates the streams (and an empty cluster audits clean); let them elect
+    // their leaders before writing.
+    let mut audit = vec!["audit".to_string()];
+    audit.extend(with(&["--json"]));
+    let first = run(audit.clone());
+    assert_eq!(code(&first), 0, "an empty cluster audits clean: {}", stderr(&first));
+    let js = async_nats::jetstream::new(cluster.raw_client().await);
+    wait_stream_leader(&cluster, &js, "cli_s0").await;
+    wait_stream_leader(&cluster, &js, "cli_meta").await;
+
+    let mut import = vec!["import".to_string()];
+    import.extend(with(&["--session", "trip", transcript.to_str().expect("utf-8 path")]));
+    let out = run(import);
+    assert_eq!(code(&out), 0, "import: {}", stderr(&out));
+
+    let mut compact = vec!["compact".to_string()];
+    compact.extend(with(&["--session", "trip", "--upto", "8", "--json"]));
+    let out = run(compact);
+    assert_eq!(code(&out), 0, "compact: {}", stderr(&out));
+
+    let mut show = vec!["show".to_string()];
+    show.extend(with(&["--session", "trip", "--json"]));
+    let out = run(show);
+    assert_eq!(code(&out), 0, "show: {}", stderr(&out));
+    let shown = json(&out);
+    assert_eq!(shown["summary"]["upto"], 8, "{shown}");
+    assert_eq!(shown["messages"].as_array().map(Vec::len), Some(4), "{shown}");
+
+    let out = run(audit.clone());
+    assert_eq!(code(&out), 0, "audit: {}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(
+        (report["ok"].as_bool(), report["sessions"].as_u64(), report["splices"].as_u64()),
+        (Some(true), Some(1), Some(1))
+    );
+
+    // Not on this backend yet: a clear refusal, exit 2, nothing written.
+    let mut stats = vec!["stats".to_string()];
+    stats.extend(with(&[]));
+    let out = run(stats);
+    assert_eq!(code(&out), 2, "stats: {}", stdout(&out));
+    assert!(stderr(&out).contains("does not run on storage.kind = \"nats\""), "{}", stderr(&out));
+
+    let mut delete = vec!["delete".to_string()];
+    delete.extend(with(&["--session", "trip", "--yes"]));
+    let out = run(delete);
+    assert_eq!(code(&out), 0, "delete: {}", stderr(&out));
+    let out = run(audit);
+    assert_eq!(code(&out), 0, "audit after the deletion: {}", stderr(&out));
+}
