@@ -238,6 +238,11 @@ async fn updates_and_imports_land_whole(a: &Engine, b: &Engine, backend: &str) {
         .map(|e| matches!(e.kind, EventKind::MetadataSet { .. }))
         .collect();
     assert_eq!(kinds, [false, false, true], "{backend}");
+    let metadata = b.session("updated").expect("id").metadata().await.expect("metadata").expect("set");
+    assert_eq!((metadata.seq, metadata.document.as_str()), (Seq::new(5), "{\"topic\":\"flights\"}"), "{backend}");
+    let state = s.read_state(10).await.expect("state");
+    assert_eq!(state.metadata, Some(metadata), "{backend}");
+    assert_eq!((state.head.last_seq(), state.memory.messages.len()), (Seq::new(5), 1), "{backend}");
 
     let i = b.session("imported").expect("id");
     let lines = "{\"role\":\"user\",\"content\":\"q\"}\n\

@@ -8,8 +8,8 @@
 //!   conditional publish of one session's record (events + head), pipelined on one connection;
 //!   a write built on a stale head meets a conflict and is built again on the fresh one.
 //!   Compaction runs on it (its blob is published before the splice), and `audit_async`. The
-//!   features that keep other state beside the log (memory extraction and memories, metadata
-//!   reads, episode classification, export, gc, rebuild, stats) do not run on it yet and answer
+//!   features that keep other state beside the log (memory extraction and memories, episode
+//!   classification, export, gc, rebuild, stats) do not run on it yet and answer
 //!   [`Error::Unsupported`].
 
 #[cfg(feature = "nats")]

@@ -100,6 +100,11 @@ impl Session {
     ///
     /// Cancel safety: cancel safe; a read changes nothing.
     pub async fn metadata(&self) -> Result<Option<SessionMetadata>, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine.inner.backend.nats() {
+            let head = self.live_head_nats(log).await?;
+            return self.metadata_nats(log, &head).await;
+        }
         let view = self.engine.store("session metadata")?.view();
         let head = self.live_head(&view)?;
         self.metadata_in(&view, &head)
@@ -131,6 +136,10 @@ impl Session {
     /// Cancel safety: cancel safe; a read changes nothing.
     pub async fn read_state(&self, limit: usize) -> Result<SessionState, Error> {
         self.engine.check_read_limit(limit)?;
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine.inner.backend.nats() {
+            return self.read_state_nats(log, limit).await;
+        }
         let view = self.engine.store("session metadata")?.view();
         let head = self.live_head(&view)?;
         let metadata = self.metadata_in(&view, &head)?;
@@ -140,6 +149,45 @@ impl Session {
         };
         let lower = head.upto().max(head.base());
         let messages = view::window(self.last_messages(&view, lower, head.last_seq(), limit)?, limit);
+        let memory = WorkingMemory {
+            session: self.id.clone(),
+            last_seq: head.last_seq(),
+            n_messages: Some(head.n_messages()),
+            summary,
+            messages,
+        };
+        Ok(SessionState { head, metadata, memory })
+    }
+
+    /// The metadata event `head` names, read from the cluster.
+    #[cfg(feature = "nats")]
+    async fn metadata_nats(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        head: &Head,
+    ) -> Result<Option<SessionMetadata>, Error> {
+        let Some(seq) = head.metadata_seq() else { return Ok(None) };
+        match log.events(&self.id, seq, seq, 1).await?.into_iter().next() {
+            Some(crate::log::event::Event { at_ms, kind: EventKind::MetadataSet { document }, .. }) => {
+                Ok(Some(SessionMetadata { seq, at_ms, document }))
+            }
+            _ => Err(Error::Corrupt {
+                session: Some(self.id.to_string()),
+                seq: Some(seq.get()),
+                detail: "the head names a metadata event that is missing or of another kind".to_string(),
+            }),
+        }
+    }
+
+    /// [`Session::read_state`] on JetStream: one head from the stream leader, and everything else
+    /// read as of that head (the log up to its `last_seq` never changes), so the parts agree.
+    #[cfg(feature = "nats")]
+    async fn read_state_nats(&self, log: &crate::storage::nats::NatsLog, limit: usize) -> Result<SessionState, Error> {
+        let head = self.live_head_nats(log).await?;
+        let metadata = self.metadata_nats(log, &head).await?;
+        let summary = self.summary_nats(log, head.splice()).await?;
+        let lower = head.upto().max(head.base());
+        let messages = view::window(self.last_messages_nats(log, lower, head.last_seq(), limit).await?, limit);
         let memory = WorkingMemory {
             session: self.id.clone(),
             last_seq: head.last_seq(),

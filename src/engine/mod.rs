@@ -966,14 +966,14 @@ impl Session {
 /// head from the stream's leader, so other engines' acknowledged writes are seen).
 #[cfg(feature = "nats")]
 impl Session {
-    async fn live_head_nats(&self, log: &crate::storage::nats::NatsLog) -> Result<Head, Error> {
+    pub(crate) async fn live_head_nats(&self, log: &crate::storage::nats::NatsLog) -> Result<Head, Error> {
         match log.head(&self.id).await? {
             Some((head, _)) if !head.is_deleted() => Ok(head),
             _ => Err(self.not_found()),
         }
     }
 
-    async fn summary_nats(
+    pub(crate) async fn summary_nats(
         &self,
         log: &crate::storage::nats::NatsLog,
         splice: Option<&crate::log::fold::SpliceRef>,

@@ -1,6 +1,7 @@
 //! The operator tool on the JetStream backend: `--config` with `storage.kind = "nats"` makes
 //! `import`, `show`, `compact`, `audit` and `delete` work on a real 3-node cluster (started here,
-//! as the library's tests do), and what does not run there yet fails with exit 2 and says so.
+//! as the library's tests do), and what does not run there yet fails with exit 2 and says so; and
+//! two `palimpsest serve` processes on one cluster serve the same sessions.
 //! Needs `PALIMPSEST_NATS_SERVER` (scripts/test sets it).
 
 mod common;
@@ -10,17 +11,21 @@ mod nats_common;
 use common::{code, json, palimpsest, stderr, stdout};
 use nats_common::{Cluster, wait_stream_leader};
 
-/// A config file for the cluster, with its own stream prefix.
-fn config_file(dir: &std::path::Path, cluster: &Cluster, prefix: &str) -> String {
+/// The library config for the cluster, with its own stream prefix, as TOML.
+fn engine_toml(cluster: &Cluster, prefix: &str) -> String {
     let quoted = |v: Vec<String>| v.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
-    let toml = format!(
+    format!(
         "durability = \"sync\"\n\n[extraction]\nenabled = false\n\n[storage]\nkind = \"nats\"\n\n\
          [storage.nats]\nurls = [{}]\nmonitor_urls = [{}]\nstream_prefix = \"{prefix}\"\nstreams = 1\n",
         quoted(cluster.urls()),
         quoted(cluster.monitor_urls()),
-    );
+    )
+}
+
+/// A config file for the cluster (the library config), with its own stream prefix.
+fn config_file(dir: &std::path::Path, cluster: &Cluster, prefix: &str) -> String {
     let path = dir.join(format!("{prefix}.toml"));
-    std::fs::write(&path, toml).expect("write the config");
+    std::fs::write(&path, engine_toml(cluster, prefix)).expect("write the config");
     path.display().to_string()
 }
 
@@ -89,4 +94,77 @@ async fn the_tool_runs_on_a_cluster() {
     assert_eq!(code(&out), 0, "delete: {}", stderr(&out));
     let out = run(audit);
     assert_eq!(code(&out), 0, "audit after the deletion: {}", stderr(&out));
+}
+
+/// `palimpsest serve --config FILE`, its engine on the cluster; the URL it listens on.
+async fn serve(config: &str, db: &str) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palimpsest"))
+        .args(["serve", "--db", db, "--config", config, "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start palimpsest serve");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(url) = line.strip_prefix("palimpsest serve: listening on ") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("palimpsest serve exited before listening");
+    })
+    .await
+    .expect("the server starts");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_serve_one_cluster() {
+    use serde_json::{Value, json};
+    let cluster = Cluster::start(3).await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = tmp.path().join("serve.toml");
+    let engine = engine_toml(&cluster, "srv")
+        .replace("[extraction]", "[engine.extraction]")
+        .replace("[storage", "[engine.storage");
+    std::fs::write(&config, format!("[engine]\n{engine}")).expect("write the config");
+    let config = config.display().to_string();
+    let (_a, url_a) = serve(&config, "srv-a").await;
+    let js = async_nats::jetstream::new(cluster.raw_client().await);
+    wait_stream_leader(&cluster, &js, "srv_s0").await;
+    wait_stream_leader(&cluster, &js, "srv_meta").await;
+    let (_b, url_b) = serve(&config, "srv-b").await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("client");
+    let message = |id: &str| json!({"role": "user", "content": format!("message {id}"), "id": id});
+
+    let put = http
+        .put(format!("{url_a}/v1/working-memory/trip"))
+        .json(&json!({"messages": [message("m1"), message("m2")], "data": {"city": "Oslo"}}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status().as_u16(), 200, "{:?}", put.text().await);
+    let append = http
+        .post(format!("{url_b}/v1/working-memory/trip/messages"))
+        .json(&json!({"messages": [message("m3")]}))
+        .send()
+        .await
+        .expect("append through the other server");
+    assert_eq!(append.status().as_u16(), 200, "{:?}", append.text().await);
+    for url in [&url_a, &url_b] {
+        let got: Value =
+            http.get(format!("{url}/v1/working-memory/trip")).send().await.expect("GET").json().await.expect("json");
+        let ids: Vec<&str> =
+            got["messages"].as_array().expect("messages").iter().filter_map(|m| m["id"].as_str()).collect();
+        assert_eq!(ids, ["m1", "m2", "m3"], "{url}: {got}");
+        assert_eq!(got["data"]["city"], "Oslo", "{url}: {got}");
+    }
+    let deleted = http.delete(format!("{url_b}/v1/working-memory/trip")).send().await.expect("DELETE");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let gone = http.get(format!("{url_a}/v1/working-memory/trip")).send().await.expect("GET");
+    assert_eq!(gone.status().as_u16(), 404);
 }
