@@ -333,10 +333,7 @@ impl Session {
         request: CompactionRequest,
     ) -> Result<Load, Error> {
         let cfg = &self.engine().inner().config.compaction;
-        let head = match log.head(self.id()).await? {
-            Some((head, _)) if !head.is_deleted() => head,
-            _ => return Err(Error::NotFound { session: self.id().to_string() }),
-        };
+        let head = self.live_head_nats(log).await?;
         let lower = head.upto().max(head.base());
         let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
         let last = match request.upto {
@@ -353,11 +350,7 @@ impl Session {
             Vec::new()
         };
         let previous_summary = match head.splice() {
-            Some(s) if s.upto == lower => Some(log.blob(&s.summary_hash).await?.ok_or_else(|| Error::Corrupt {
-                session: Some(self.id().to_string()),
-                seq: None,
-                detail: format!("summary blob {} (splice up to {}) is missing", s.summary_hash, s.upto),
-            })?),
+            Some(s) if s.upto == lower => self.summary_nats(log, Some(s)).await?.map(|summary| summary.text),
             _ => None,
         };
         Ok(self.plan_span(id, &head, requested, span, previous_summary))

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::log::event::{EventKind, Message};
 use crate::log::fold::Head;
 use crate::log::ids::Seq;
-use crate::log::view::{self, WorkingMemory};
+use crate::log::view::WorkingMemory;
 
 /// A session's metadata document as last set.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -116,16 +116,7 @@ impl Session {
         head: &Head,
     ) -> Result<Option<SessionMetadata>, Error> {
         let Some(seq) = head.metadata_seq() else { return Ok(None) };
-        match view.event(&self.id, seq)? {
-            Some(crate::log::event::Event { at_ms, kind: EventKind::MetadataSet { document }, .. }) => {
-                Ok(Some(SessionMetadata { seq, at_ms, document }))
-            }
-            _ => Err(Error::Corrupt {
-                session: Some(self.id.to_string()),
-                seq: Some(seq.get()),
-                detail: "the head names a metadata event that is missing or of another kind".to_string(),
-            }),
-        }
+        self.metadata_from(seq, view.event(&self.id, seq)?)
     }
 
     /// Head, metadata, summary and the last `limit` messages of the working memory, all from one
@@ -147,15 +138,8 @@ impl Session {
             Some(s) => Some(self.summary(&view, s.upto, &s.summary_hash)?),
             None => None,
         };
-        let lower = head.upto().max(head.base());
-        let messages = view::window(self.last_messages(&view, lower, head.last_seq(), limit)?, limit);
-        let memory = WorkingMemory {
-            session: self.id.clone(),
-            last_seq: head.last_seq(),
-            n_messages: Some(head.n_messages()),
-            summary,
-            messages,
-        };
+        let last = self.last_messages(&view, head.upto().max(head.base()), head.last_seq(), limit)?;
+        let memory = self.memory_at_head(&head, limit, summary, last, false);
         Ok(SessionState { head, metadata, memory })
     }
 
@@ -167,7 +151,16 @@ impl Session {
         head: &Head,
     ) -> Result<Option<SessionMetadata>, Error> {
         let Some(seq) = head.metadata_seq() else { return Ok(None) };
-        match log.events(&self.id, seq, seq, 1).await?.into_iter().next() {
+        self.metadata_from(seq, log.events(&self.id, seq, seq, 1).await?.into_iter().next())
+    }
+
+    /// The metadata in `event`, the event at `seq` that a head names; anything else is corrupt.
+    fn metadata_from(
+        &self,
+        seq: Seq,
+        event: Option<crate::log::event::Event>,
+    ) -> Result<Option<SessionMetadata>, Error> {
+        match event {
             Some(crate::log::event::Event { at_ms, kind: EventKind::MetadataSet { document }, .. }) => {
                 Ok(Some(SessionMetadata { seq, at_ms, document }))
             }
@@ -186,15 +179,8 @@ impl Session {
         let head = self.live_head_nats(log).await?;
         let metadata = self.metadata_nats(log, &head).await?;
         let summary = self.summary_nats(log, head.splice()).await?;
-        let lower = head.upto().max(head.base());
-        let messages = view::window(self.last_messages_nats(log, lower, head.last_seq(), limit).await?, limit);
-        let memory = WorkingMemory {
-            session: self.id.clone(),
-            last_seq: head.last_seq(),
-            n_messages: Some(head.n_messages()),
-            summary,
-            messages,
-        };
+        let last = self.last_messages_nats(log, head.upto().max(head.base()), head.last_seq(), limit).await?;
+        let memory = self.memory_at_head(&head, limit, summary, last, false);
         Ok(SessionState { head, metadata, memory })
     }
 

@@ -777,16 +777,30 @@ impl Session {
             None => None,
         };
         let last = self.last_messages(&view, head.upto().max(head.base()), head.last_seq(), limit)?;
-        if caches.windows_enabled() {
+        Ok(self.memory_at_head(&head, limit, summary, last, true))
+    }
+
+    /// The working memory at `head` from its summary and the last (up to) `limit` messages after
+    /// it, before the window rule; with `offer`, also offered to the window cache.
+    pub(crate) fn memory_at_head(
+        &self,
+        head: &Head,
+        limit: usize,
+        summary: Option<Summary>,
+        last: Vec<view::StoredMessage>,
+        offer: bool,
+    ) -> WorkingMemory {
+        let caches = &self.engine.inner.caches;
+        if offer && caches.windows_enabled() {
             caches.offer_window(&self.id, limit, head.last_seq(), head.n_messages(), summary.as_ref(), &last);
         }
-        Ok(WorkingMemory {
+        WorkingMemory {
             session: self.id.clone(),
             last_seq: head.last_seq(),
             n_messages: Some(head.n_messages()),
             summary,
             messages: view::window(last, limit),
-        })
+        }
     }
 
     /// The working memory as it was right after event `at` (time travel). `n_messages` is `None`
@@ -931,12 +945,17 @@ impl Session {
         upto: Seq,
         hash: &crate::log::ids::SummaryHash,
     ) -> Result<Summary, Error> {
-        let text = view.blob(hash)?.ok_or_else(|| Error::Corrupt {
+        let text = view.blob(hash)?.ok_or_else(|| self.missing_blob(upto, hash))?;
+        Ok(Summary { upto, hash: *hash, text })
+    }
+
+    /// The error for a splice up to `upto` whose summary blob `hash` is not stored.
+    fn missing_blob(&self, upto: Seq, hash: &crate::log::ids::SummaryHash) -> Error {
+        Error::Corrupt {
             session: Some(self.id.to_string()),
             seq: None,
             detail: format!("summary blob {hash} (splice up to {upto}) is missing"),
-        })?;
-        Ok(Summary { upto, hash: *hash, text })
+        }
     }
 
     /// The last `limit` messages with seq in `(lower, end]`, after the window rule.
@@ -979,11 +998,7 @@ impl Session {
         splice: Option<&crate::log::fold::SpliceRef>,
     ) -> Result<Option<Summary>, Error> {
         let Some(s) = splice else { return Ok(None) };
-        let text = log.blob(&s.summary_hash).await?.ok_or_else(|| Error::Corrupt {
-            session: Some(self.id.to_string()),
-            seq: None,
-            detail: format!("summary blob {} (splice up to {}) is missing", s.summary_hash, s.upto),
-        })?;
+        let text = log.blob(&s.summary_hash).await?.ok_or_else(|| self.missing_blob(s.upto, &s.summary_hash))?;
         Ok(Some(Summary { upto: s.upto, hash: s.summary_hash, text }))
     }
 
@@ -1013,16 +1028,7 @@ impl Session {
         }
         let summary = self.summary_nats(log, head.splice()).await?;
         let last = self.last_messages_nats(log, head.upto().max(head.base()), head.last_seq(), limit).await?;
-        if caches.windows_enabled() {
-            caches.offer_window(&self.id, limit, head.last_seq(), head.n_messages(), summary.as_ref(), &last);
-        }
-        Ok(WorkingMemory {
-            session: self.id.clone(),
-            last_seq: head.last_seq(),
-            n_messages: Some(head.n_messages()),
-            summary,
-            messages: view::window(last, limit),
-        })
+        Ok(self.memory_at_head(&head, limit, summary, last, true))
     }
 
     async fn working_memory_at_nats(

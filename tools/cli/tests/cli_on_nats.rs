@@ -98,27 +98,7 @@ async fn the_tool_runs_on_a_cluster() {
 
 /// `palimpsest serve --config FILE`, its engine on the cluster; the URL it listens on.
 async fn serve(config: &str, db: &str) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palimpsest"))
-        .args(["serve", "--db", db, "--config", config, "--listen", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start palimpsest serve");
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = tokio::time::timeout(std::time::Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(url) = line.strip_prefix("palimpsest serve: listening on ") {
-                return url.trim().to_string();
-            }
-        }
-        panic!("palimpsest serve exited before listening");
-    })
-    .await
-    .expect("the server starts");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+    common::serve(&["--db", db, "--config", config, "--listen", "127.0.0.1:0"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,14 +2,14 @@
 //! the client's GET+PUT, from several tasks to several sessions): after a restart every append that
 //! was acknowledged (HTTP 200 received) is there, exactly once, and `palimpsest audit` is clean.
 
+mod common;
+
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Bound on every wait of this test.
@@ -18,29 +18,8 @@ const WAIT: Duration = Duration::from_secs(120);
 const ACKS_BEFORE_KILL: usize = 120;
 
 async fn start(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palimpsest"))
-        .args(["serve", "--db"])
-        .arg(db)
-        .args(["--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start palimpsest serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(url) = line.strip_prefix("palimpsest serve: listening on ") {
-                return url.trim().to_string();
-            }
-        }
-        panic!("palimpsest serve exited before listening");
-    })
-    .await
-    .expect("the server starts");
-    // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+    let db = db.to_str().expect("a UTF-8 temp path");
+    common::serve(&["--db", db, "--listen", "127.0.0.1:0"]).await
 }
 
 fn client() -> reqwest::Client {

@@ -83,3 +83,31 @@ pub fn assert_json_error(out: &Output, kind: &str) -> String {
     assert!(!message.is_empty() && !message.contains('\n'), "{v}");
     message
 }
+
+/// Starts `palimpsest serve` with `args` (add `--listen 127.0.0.1:0`), killed when dropped, and
+/// waits (at most 120 s) for the line that says where it listens; returns it with the URL. Its
+/// stderr keeps being drained so the server never blocks on a full pipe.
+pub async fn serve(args: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palimpsest"))
+        .arg("serve")
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start palimpsest serve");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(url) = line.strip_prefix("palimpsest serve: listening on ") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("palimpsest serve exited before listening");
+    })
+    .await
+    .expect("the server starts");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
