@@ -290,6 +290,39 @@ async fn compaction_splices_keeping_tool_pairs(a: &Engine, b: &Engine, backend: 
     assert_eq!(s.head().await.expect("head").expect("exists").last_seq(), Seq::new(14), "{backend}");
 }
 
+/// A session with every kind of event (tool pair, splice, reset, metadata), exported, imported
+/// into an empty session through the other engine and exported again, reads back line for line.
+async fn exports_round_trip(a: &Engine, b: &Engine, backend: &str) -> String {
+    let s = a.session("original").expect("id");
+    for i in 0..8 {
+        s.append(Message::user(format!("turn {i}: plans for the week"))).await.expect("append");
+    }
+    s.append(Message::assistant_tool_calls("", vec![ToolCall::new("x1", "cal", "{}")])).await.expect("call");
+    s.append(Message::tool_result("x1", "free on friday")).await.expect("result");
+    let outcome = s.compact(CompactionRequest::upto(Seq::new(6))).await.expect("compact");
+    assert!(matches!(outcome, CompactionOutcome::Spliced { .. }), "{backend}: {outcome:?}");
+    let update = SessionUpdate {
+        reset: true,
+        messages: vec![Message::user("a fresh start")],
+        metadata: Some("{\"k\":1}".to_string()),
+        ..SessionUpdate::default()
+    };
+    s.update(update).await.expect("update");
+    let mut exported = Vec::new();
+    let n = s.export_jsonl(&mut exported).await.expect("export");
+    let text = String::from_utf8(exported).expect("utf-8");
+    assert_eq!(n, 14, "{backend}: 10 messages, a splice, a reset, a message and metadata: {text}");
+    assert!(text.contains("\"type\":\"compaction_spliced\"") && text.contains("\"summary\":"), "{backend}");
+    let copy = b.session("copy").expect("id");
+    copy.import_jsonl(&text).await.expect("import the export");
+    let mut again = Vec::new();
+    copy.export_jsonl(&mut again).await.expect("export the copy");
+    assert_eq!(String::from_utf8(again).expect("utf-8"), text, "{backend}: the copy exports the same lines");
+    let (original, imported) = (s.working_memory(20).await.expect("wm"), copy.working_memory(20).await.expect("wm"));
+    assert_eq!((original.summary, original.messages), (imported.summary, imported.messages), "{backend}");
+    text
+}
+
 /// The store a scenario left audits clean: every session replays to its stored head(s).
 async fn audits_clean(engine: &Engine, backend: &str, sessions: u64, splices: u64) {
     let report = engine.audit_async(AuditOptions::default()).await.expect("audit");
@@ -321,6 +354,9 @@ async fn run_suite(rig: &Rig) {
     let (a, b) = rig.engines("compaction").await;
     compaction_splices_keeping_tool_pairs(&a, &b, backend).await;
     audits_clean(&b, backend, 1, 1).await;
+    let (a, b) = rig.engines("export").await;
+    exports_round_trip(&a, &b, backend).await;
+    audits_clean(&a, backend, 2, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,13 +373,31 @@ async fn the_engine_suite_passes_on_nats() {
     let (a, _) = rig.engines("unsupported").await;
     let s = a.session("u").expect("id");
     s.append(Message::user("one")).await.expect("append");
-    let refused = s.export_jsonl(&mut Vec::new()).await;
-    assert!(matches!(refused, Err(Error::Unsupported { what: "export", backend: "nats" })), "{refused:?}");
+    let refused = a.stats();
+    assert!(matches!(refused, Err(Error::Unsupported { backend: "nats", .. })), "{refused:?}");
     let refused = a.audit(&Default::default(), &mut |_| {});
     assert!(matches!(refused, Err(Error::Unsupported { backend: "nats", .. })), "{refused:?}");
     assert_eq!(s.head().await.expect("head").expect("exists").last_seq(), Seq::new(1), "nothing written");
 
     audit_names_damage_written_past_the_engine(&rig).await;
+
+    // A session moves between backends through export and import, both ways.
+    let (on_nats, _) = rig.engines("moving").await;
+    let fjall = Rig::fjall();
+    let (on_fjall, _) = fjall.engines("moved").await;
+    let text = exports_round_trip(&on_nats, &on_nats, "nats").await;
+    let moved = on_fjall.session("moved").expect("id");
+    moved.import_jsonl(&text).await.expect("import into fjall");
+    let mut back = Vec::new();
+    moved.export_jsonl(&mut back).await.expect("export from fjall");
+    assert_eq!(String::from_utf8(back).expect("utf-8"), text, "nats -> fjall keeps every line");
+    let home = on_nats.session("home").expect("id");
+    let mut from_fjall = Vec::new();
+    moved.export_jsonl(&mut from_fjall).await.expect("export");
+    home.import_jsonl(std::str::from_utf8(&from_fjall).expect("utf-8")).await.expect("import into nats");
+    let mut round = Vec::new();
+    home.export_jsonl(&mut round).await.expect("export from nats");
+    assert_eq!(String::from_utf8(round).expect("utf-8"), text, "fjall -> nats keeps every line");
 
     // Extraction keeps state beside the log: asking for it on JetStream is refused at connect.
     let mut config = rig.config("extraction");

@@ -7,10 +7,10 @@
 //! - `Nats` (cargo feature `nats`): a JetStream cluster through [`NatsLog`]. Each write is one
 //!   conditional publish of one session's record (events + head), pipelined on one connection;
 //!   a write built on a stale head meets a conflict and is built again on the fresh one.
-//!   Compaction runs on it (its blob is published before the splice), and `audit_async`. The
-//!   features that keep other state beside the log (memory extraction and memories, episode
-//!   classification, export, gc, rebuild, stats) do not run on it yet and answer
-//!   [`Error::Unsupported`].
+//!   Compaction and import run on it (a summary blob is published before the splice that names
+//!   it), and so do export and `audit_async`. The features that keep other state beside the log
+//!   (memory extraction and memories, episode classification, gc, rebuild, stats) do not run on it
+//!   yet and answer [`Error::Unsupported`].
 
 #[cfg(feature = "nats")]
 use std::sync::Arc;

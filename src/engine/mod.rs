@@ -463,10 +463,27 @@ impl Engine {
                 caches.put_head(session, head.clone(), version.get());
                 return Ok(head);
             }
-            if !ops.is_empty() {
-                // Records beside the log (blobs, memories, extraction markers, metadata) have no
-                // home on this backend yet: refuse before anything is published.
-                return Err(Error::Unsupported { what: "a write with records beside the log", backend: "nats" });
+            // Summary blobs (an import's splice lines) are content-addressed: published before the
+            // record (idempotently, on every build), so a splice never lands without its blob; a
+            // record that then fails leaves an orphan, as an abandoned compaction does. Other records
+            // beside the log (memories, extraction markers) have no home on this backend yet:
+            // refused before anything is published.
+            let mut blobs = Vec::new();
+            for op in &ops {
+                match op {
+                    Op::Put(Ks::Blobs, _, text) => blobs.push(text),
+                    _ => {
+                        return Err(Error::Unsupported {
+                            what: "a write with records beside the log",
+                            backend: "nats",
+                        });
+                    }
+                }
+            }
+            for text in blobs {
+                let text = std::str::from_utf8(text)
+                    .map_err(|e| Error::InvalidArgument { what: "summary", reason: format!("not UTF-8: {e}") })?;
+                log.put_blob(text).await?;
             }
             let change = caches.window_change(session, &events);
             match log.append(session, version, &events, &head).await {

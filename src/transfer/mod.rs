@@ -25,9 +25,9 @@ use crate::audit::Replayer;
 use crate::engine::{Consumed, Session};
 use crate::error::Error;
 use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall};
-use crate::log::fold;
+use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SummaryHash};
-use crate::storage::fjall::{Ks, Op, View};
+use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys;
 
 /// Most lines one import may hold.
@@ -70,68 +70,141 @@ impl Session {
     /// Only reads: dropping the future changes nothing stored, and leaves `out` holding the
     /// lines written so far (whole lines up to the last completed page).
     pub async fn export_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine().inner().backend.nats() {
+            return self.export_nats(log, out).await;
+        }
         let view = self.engine().store("export")?.view();
         let head = view.head(self.id())?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
-        let io = |e: std::io::Error| Error::storage("export write", e);
-        // Events before the last deletion are gone; the log starts at the deletion itself (a
-        // messages reset keeps the events before it, so they are exported too).
-        let mut from = head.log_start().max(Seq::new(1));
-        let mut written = 0;
-        while from <= head.last_seq() {
-            let to = Seq::new(from.get().saturating_add(EXPORT_PAGE as u64 - 1).min(head.last_seq().get()));
+        let mut pages = ExportPages::new(self, &head);
+        while let Some((from, to)) = pages.next_range() {
             let page = view.events(self.id(), from, to, EXPORT_PAGE)?;
-            let Some(last) = page.last() else {
-                return Err(Error::Corrupt {
-                    session: Some(self.id().to_string()),
-                    seq: Some(from.get()),
-                    detail: format!("no event at seq {from}, before the head's last seq {}", head.last_seq()),
-                });
-            };
-            from = last.seq.next();
-            for event in &page {
-                let line = self.event_to_json(&view, event)?;
-                serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
-                out.write_all(b"\n").map_err(io)?;
-                written += 1;
+            for event in pages.take(page)? {
+                let summary = match &event.kind {
+                    EventKind::CompactionSpliced(s) => Some(self.summary(&view, s.upto, &s.summary_hash)?.text),
+                    _ => None,
+                };
+                write_line(out, &event_to_json(event, summary))?;
             }
         }
-        out.flush().map_err(io)?;
-        Ok(written)
+        pages.finish(out)
     }
 
-    fn event_to_json(&self, view: &View<'_>, event: &Event) -> Result<Value, Error> {
-        let mut line = match &event.kind {
-            EventKind::MessageAppended(m) => message_to_json(m),
-            EventKind::CompactionSpliced(s) => {
-                let text = self.summary(view, s.upto, &s.summary_hash)?.text;
-                json!({
-                    "type": "compaction_spliced", "upto": s.upto.get(), "previous_upto": s.previous_upto.get(),
-                    "summary_hash": s.summary_hash.to_hex(), "summary": text, "n_messages": s.n_messages,
-                    "summarizer": s.summarizer,
-                })
+    /// [`Session::export_jsonl`] on JetStream: the head from the stream leader, then pages of
+    /// events up to it (the log below it never changes, so the file is the session as of that head).
+    #[cfg(feature = "nats")]
+    async fn export_nats(&self, log: &crate::storage::nats::NatsLog, out: &mut dyn Write) -> Result<u64, Error> {
+        let (head, _) = log.head(self.id()).await?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
+        let mut pages = ExportPages::new(self, &head);
+        while let Some((from, to)) = pages.next_range() {
+            let page = log.events(self.id(), from, to, EXPORT_PAGE).await?;
+            for event in pages.take(page)? {
+                let summary = match &event.kind {
+                    EventKind::CompactionSpliced(s) => self
+                        .summary_nats(
+                            log,
+                            Some(&crate::log::fold::SpliceRef {
+                                upto: s.upto,
+                                summary_hash: s.summary_hash,
+                                at: event.seq,
+                            }),
+                        )
+                        .await?
+                        .map(|summary| summary.text),
+                    _ => None,
+                };
+                write_line(out, &event_to_json(event, summary))?;
             }
-            EventKind::EpisodeBoundary { episode, reason } => {
-                json!({ "type": "episode_boundary", "episode": episode, "reason": reason })
-            }
-            EventKind::MemoriesExtracted { namespace, from, upto, n_memories } => json!({
-                "type": "memories_extracted", "namespace": namespace, "from": from.get(), "upto": upto.get(),
-                "n_memories": n_memories,
-            }),
-            EventKind::SessionDeleted { n_events_removed } => {
-                json!({ "type": "session_deleted", "n_events_removed": n_events_removed })
-            }
-            EventKind::MetadataSet { document } => json!({ "type": "metadata_set", "document": document }),
-            EventKind::MessagesReset { n_messages_dropped } => {
-                json!({ "type": "messages_reset", "n_messages_dropped": n_messages_dropped })
-            }
+        }
+        pages.finish(out)
+    }
+}
+
+/// The pages of an export: from the log's start (the last deletion; a messages reset keeps the
+/// events before it, so they are exported too) to the head's last seq, each checked to go on
+/// where the previous one ended.
+struct ExportPages<'a> {
+    session: &'a Session,
+    from: Seq,
+    last: Seq,
+    written: u64,
+}
+
+impl<'a> ExportPages<'a> {
+    fn new(session: &'a Session, head: &Head) -> Self {
+        Self { session, from: head.log_start().max(Seq::new(1)), last: head.last_seq(), written: 0 }
+    }
+
+    /// The next range to read, or `None` when the log is exported.
+    fn next_range(&self) -> Option<(Seq, Seq)> {
+        (self.from <= self.last)
+            .then(|| (self.from, Seq::new(self.from.get().saturating_add(EXPORT_PAGE as u64 - 1).min(self.last.get()))))
+    }
+
+    /// The events a range read; an empty page before the head's last seq is corrupt.
+    fn take(&mut self, page: Vec<Event>) -> Result<Vec<Event>, Error> {
+        let Some(last) = page.last() else {
+            return Err(Error::Corrupt {
+                session: Some(self.session.id().to_string()),
+                seq: Some(self.from.get()),
+                detail: format!("no event at seq {}, before the head's last seq {}", self.from, self.last),
+            });
         };
-        if let Value::Object(map) = &mut line {
-            map.insert("seq".to_string(), json!(event.seq.get()));
-            map.insert("at_ms".to_string(), json!(event.at_ms));
-        }
-        Ok(line)
+        self.from = last.seq.next();
+        self.written += page.len() as u64;
+        Ok(page)
     }
 
+    fn finish(self, out: &mut dyn Write) -> Result<u64, Error> {
+        out.flush().map_err(|e| Error::storage("export write", e))?;
+        Ok(self.written)
+    }
+}
+
+/// One line of an export.
+fn write_line(out: &mut dyn Write, line: &Value) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::storage("export write", e);
+    serde_json::to_writer(&mut *out, line).map_err(|e| io(e.into()))?;
+    out.write_all(b"\n").map_err(io)
+}
+
+impl Session {}
+
+/// The export line of `event`; `summary` is the text of a splice's blob.
+fn event_to_json(event: Event, summary: Option<String>) -> Value {
+    let mut line = match &event.kind {
+        EventKind::MessageAppended(m) => message_to_json(m),
+        EventKind::CompactionSpliced(s) => {
+            let text = summary.unwrap_or_default();
+            json!({
+                "type": "compaction_spliced", "upto": s.upto.get(), "previous_upto": s.previous_upto.get(),
+                "summary_hash": s.summary_hash.to_hex(), "summary": text, "n_messages": s.n_messages,
+                "summarizer": s.summarizer,
+            })
+        }
+        EventKind::EpisodeBoundary { episode, reason } => {
+            json!({ "type": "episode_boundary", "episode": episode, "reason": reason })
+        }
+        EventKind::MemoriesExtracted { namespace, from, upto, n_memories } => json!({
+            "type": "memories_extracted", "namespace": namespace, "from": from.get(), "upto": upto.get(),
+            "n_memories": n_memories,
+        }),
+        EventKind::SessionDeleted { n_events_removed } => {
+            json!({ "type": "session_deleted", "n_events_removed": n_events_removed })
+        }
+        EventKind::MetadataSet { document } => json!({ "type": "metadata_set", "document": document }),
+        EventKind::MessagesReset { n_messages_dropped } => {
+            json!({ "type": "messages_reset", "n_messages_dropped": n_messages_dropped })
+        }
+    };
+    if let Value::Object(map) = &mut line {
+        map.insert("seq".to_string(), json!(event.seq.get()));
+        map.insert("at_ms".to_string(), json!(event.at_ms));
+    }
+    line
+}
+
+impl Session {
     /// Parses JSON lines (see the module docs), validates them all against the session, and appends
     /// them in one atomic batch. Any bad line refuses the whole import with
     /// [`Error::InvalidImport`] naming the line; nothing is applied.

@@ -48,8 +48,8 @@ impl NatsLog {
         let Some((head, version)) = self.head(session).await? else { return Ok(out) };
         let to = to.min(head.last_seq());
         // Events before the last deletion are dead (and purged, or about to be): readers start
-        // at the tombstone, as on fjall.
-        let from = from.max(head.base());
+        // at the tombstone, as on fjall. A messages reset keeps the events before it stored.
+        let from = from.max(head.log_start());
         if limit == 0 || from > to {
             return Ok(out);
         }

@@ -1,5 +1,5 @@
 //! The operator tool on the JetStream backend: `--config` with `storage.kind = "nats"` makes
-//! `import`, `show`, `compact`, `audit` and `delete` work on a real 3-node cluster (started here,
+//! `import`, `show`, `compact`, `export`, `audit` and `delete` work on a real 3-node cluster (started here,
 //! as the library's tests do), and what does not run there yet fails with exit 2 and says so; and
 //! two `palimpsest serve` processes on one cluster serve the same sessions.
 //! Needs `PALIMPSEST_NATS_SERVER` (scripts/test sets it).
@@ -87,6 +87,14 @@ async fn the_tool_runs_on_a_cluster() {
     let out = run(stats);
     assert_eq!(code(&out), 2, "stats: {}", stdout(&out));
     assert!(stderr(&out).contains("does not run on storage.kind = \"nats\""), "{}", stderr(&out));
+
+    let exported = tmp.path().join("trip.jsonl");
+    let mut export = vec!["export".to_string()];
+    export.extend(with(&["--session", "trip", "--out", exported.to_str().expect("utf-8 path")]));
+    let out = run(export);
+    assert_eq!(code(&out), 0, "export: {}", stderr(&out));
+    let lines = std::fs::read_to_string(&exported).expect("the export");
+    assert_eq!(lines.lines().count(), 13, "12 messages and the splice: {lines}");
 
     let mut delete = vec!["delete".to_string()];
     delete.extend(with(&["--session", "trip", "--yes"]));
