@@ -66,8 +66,10 @@ pub enum ViolationKind {
     HeadWithoutLog,
     /// The splice index disagrees with the splice events.
     SpliceIndexMismatch,
-    /// A record readers decode is damaged: a memory record that does not decode, or a referenced
-    /// summary blob that is not UTF-8 (readers would refuse either as `Corrupt`).
+    /// A record readers decode is damaged: a memory record that does not decode, a referenced
+    /// summary blob that is not UTF-8 (readers would refuse either as `Corrupt`), or on JetStream a
+    /// session record that does not decode or whose `prev` link names the wrong record (window reads
+    /// walk those links).
     UndecodableRecord,
 }
 
@@ -431,17 +433,22 @@ impl Engine {
     /// [`Engine::audit`] from async code, on either backend: on fjall the same audit on a blocking
     /// thread; on JetStream every session's records replayed from the cluster, each record's head
     /// checked against the replay up to it, each `prev` link and each splice's blob (SPEC.md 11a,
-    /// "Audit"). Orphan blobs and memory records are checked on fjall only.
+    /// "Audit"). Orphan blobs and memory records are checked on fjall only. `progress` is called
+    /// as for [`Engine::audit`].
     ///
     /// Cancel safety: a read; dropped, it changes nothing (on fjall the blocking audit then runs
     /// to its end on its thread).
-    pub async fn audit_async(&self, options: AuditOptions) -> Result<AuditReport, Error> {
+    pub async fn audit_async(
+        &self,
+        options: AuditOptions,
+        mut progress: impl FnMut(u64) + Send + 'static,
+    ) -> Result<AuditReport, Error> {
         #[cfg(feature = "nats")]
         if let Some(log) = self.inner().backend.nats() {
-            return nats::audit(log, &options, &mut |_| {}).await;
+            return nats::audit(log, &options, &mut progress).await;
         }
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || engine.audit(&options, &mut |_| {}))
+        tokio::task::spawn_blocking(move || engine.audit(&options, &mut progress))
             .await
             .map_err(|e| Error::storage("audit on a blocking thread", e))?
     }
@@ -600,16 +607,10 @@ impl Engine {
     }
 
     async fn rebuild_session(&self, id: &SessionId) -> Result<(bool, u64), Error> {
-        let timeout_ms = self.config().writes.timeout_ms;
-        let lock = self
-            .inner()
-            .locks
-            .lock(id, std::time::Duration::from_millis(timeout_ms))
-            .await
-            .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })?;
+        let lock = self.lock_session(id).await?;
         // Under the session's lock nothing else writes this session, but the purger may be removing
         // its dead events: read the log, head, index and markers as of one instant.
-        let view = self.store("audit")?.view();
+        let view = self.store("rebuild")?.view();
         let store = &view;
         let mut replayer = Replayer::new(id.as_str());
         // Dead events (below the purge floor) are the purger's, not part of the log to rebuild.
@@ -660,14 +661,14 @@ impl Engine {
             // The cached head (if any) was the old one: forgotten before the lock is released.
             let (caches, session) = (std::sync::Arc::clone(&self.inner().caches), id.clone());
             let hold = Hold::guard(lock).then(move |_| caches.forget(&session));
-            self.writer("audit")?.write(ops, hold).await?;
+            self.writer("rebuild")?.write(ops, hold).await?;
         }
         Ok((head_fixed, index_fixed))
     }
 
     /// Every session id that has events or a head, deleted or not.
     fn all_session_ids(&self) -> Result<Vec<SessionId>, Error> {
-        let store = self.store("audit")?;
+        let store = self.store("rebuild")?;
         let mut ids = BTreeSet::new();
         let mut after: Option<Vec<u8>> = None;
         // Jump from session to session: after each id, seek past all of its keys.
@@ -695,7 +696,7 @@ impl Engine {
 
     /// Counts and sizes. Reads every key of the events and blobs keyspaces.
     pub fn stats(&self) -> Result<Stats, Error> {
-        let store = self.store("audit")?;
+        let store = self.store("stats")?;
         let mut stats = Stats::default();
         for row in store.iter_from(Ks::Events, None) {
             let (_, value) = row?;

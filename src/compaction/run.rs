@@ -333,27 +333,28 @@ impl Session {
         request: CompactionRequest,
     ) -> Result<Load, Error> {
         let cfg = &self.engine().inner().config.compaction;
-        let head = self.live_head_nats(log).await?;
+        let view = self.nats_view(log, true).await?;
+        let head = &view.head;
         let lower = head.upto().max(head.base());
         let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
         let last = match request.upto {
-            None => Some(self.last_messages_nats(log, lower, head.last_seq(), keep.saturating_add(1)).await?),
+            None => Some(self.last_messages_nats(&view, lower, head.last_seq(), keep.saturating_add(1)).await?),
             Some(_) => None,
         };
-        let requested = match requested_upto(&head, request.upto, last, keep, cfg.max_span_messages)? {
+        let requested = match requested_upto(head, request.upto, last, keep, cfg.max_span_messages)? {
             Ok(requested) => requested,
             Err(done) => return Ok(Load::Done(done)),
         };
         let span = if requested > lower {
-            log.events(self.id(), lower.next(), requested, usize::MAX).await?
+            view.events(self.id(), lower.next(), requested, usize::MAX).await?
         } else {
             Vec::new()
         };
         let previous_summary = match head.splice() {
-            Some(s) if s.upto == lower => self.summary_nats(log, Some(s)).await?.map(|summary| summary.text),
+            Some(s) if s.upto == lower => Some(self.summary_nats(&view, s.upto, &s.summary_hash).await?.text),
             _ => None,
         };
-        Ok(self.plan_span(id, &head, requested, span, previous_summary))
+        Ok(self.plan_span(id, head, requested, span, previous_summary))
     }
 
     /// The end of step 2 on any backend: plans the cut in `span` (the events after the head's

@@ -76,6 +76,11 @@ impl Backend {
         }
     }
 
+    /// Whether a write's builder may run more than once (JetStream builds again after a conflict).
+    pub(crate) fn rebuilds_writes(&self) -> bool {
+        !matches!(self, Self::Fjall { .. })
+    }
+
     /// True after a failed fjall write (every later write fails until reopened). JetStream fences
     /// a failed write's session only (its cached head is dropped), never the engine.
     pub(crate) fn is_poisoned(&self) -> bool {

@@ -102,8 +102,7 @@ impl Session {
     pub async fn metadata(&self) -> Result<Option<SessionMetadata>, Error> {
         #[cfg(feature = "nats")]
         if let Some(log) = self.engine.inner.backend.nats() {
-            let head = self.live_head_nats(log).await?;
-            return self.metadata_nats(log, &head).await;
+            return self.metadata_nats(&self.nats_view(log, true).await?).await;
         }
         let view = self.engine.store("session metadata")?.view();
         let head = self.live_head(&view)?;
@@ -143,15 +142,11 @@ impl Session {
         Ok(SessionState { head, metadata, memory })
     }
 
-    /// The metadata event `head` names, read from the cluster.
+    /// The metadata event the view's head names, read from the cluster.
     #[cfg(feature = "nats")]
-    async fn metadata_nats(
-        &self,
-        log: &crate::storage::nats::NatsLog,
-        head: &Head,
-    ) -> Result<Option<SessionMetadata>, Error> {
-        let Some(seq) = head.metadata_seq() else { return Ok(None) };
-        self.metadata_from(seq, log.events(&self.id, seq, seq, 1).await?.into_iter().next())
+    async fn metadata_nats(&self, view: &crate::engine::NatsView<'_>) -> Result<Option<SessionMetadata>, Error> {
+        let Some(seq) = view.head.metadata_seq() else { return Ok(None) };
+        self.metadata_from(seq, view.events(&self.id, seq, seq, 1).await?.into_iter().next())
     }
 
     /// The metadata in `event`, the event at `seq` that a head names; anything else is corrupt.
@@ -176,12 +171,13 @@ impl Session {
     /// read as of that head (the log up to its `last_seq` never changes), so the parts agree.
     #[cfg(feature = "nats")]
     async fn read_state_nats(&self, log: &crate::storage::nats::NatsLog, limit: usize) -> Result<SessionState, Error> {
-        let head = self.live_head_nats(log).await?;
-        let metadata = self.metadata_nats(log, &head).await?;
-        let summary = self.summary_nats(log, head.splice()).await?;
-        let last = self.last_messages_nats(log, head.upto().max(head.base()), head.last_seq(), limit).await?;
-        let memory = self.memory_at_head(&head, limit, summary, last, false);
-        Ok(SessionState { head, metadata, memory })
+        let view = self.nats_view(log, true).await?;
+        let head = &view.head;
+        let metadata = self.metadata_nats(&view).await?;
+        let summary = self.head_summary_nats(&view, head).await?;
+        let last = self.last_messages_nats(&view, head.upto().max(head.base()), head.last_seq(), limit).await?;
+        let memory = self.memory_at_head(head, limit, summary, last, false);
+        Ok(SessionState { head: view.head, metadata, memory })
     }
 
     /// Writes a reset, messages and a metadata document (each optional, see [`SessionUpdate`]) in

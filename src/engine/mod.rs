@@ -456,35 +456,20 @@ impl Engine {
                 None => log.head(session).await?.unwrap_or((Head::default(), Version::NONE)),
             };
             let before = head.last_seq();
-            let mut batch = Batch::on(head);
-            build(&mut batch)?;
-            let Batch { head, events, ops, .. } = batch;
-            if events.is_empty() {
-                caches.put_head(session, head.clone(), version.get());
-                return Ok(head);
+            let mut batch = Batch::on(head.clone());
+            // `true`: a record to publish. Otherwise (nothing to write, a refused build or record, an
+            // unpublished blob) the head read or taken from the cache is still the session's: it goes
+            // back for the next write.
+            let ready = match build(&mut batch) {
+                Err(e) => Err(e),
+                Ok(()) if batch.events.is_empty() => Ok(false),
+                Ok(()) => publish_blobs(log, &batch.ops).await.map(|()| true),
+            };
+            if !matches!(ready, Ok(true)) {
+                caches.put_head(session, head, version.get());
+                return ready.map(|_| batch.head);
             }
-            // Summary blobs (an import's splice lines) are content-addressed: published before the
-            // record (idempotently, on every build), so a splice never lands without its blob; a
-            // record that then fails leaves an orphan, as an abandoned compaction does. Other records
-            // beside the log (memories, extraction markers) have no home on this backend yet:
-            // refused before anything is published.
-            let mut blobs = Vec::new();
-            for op in &ops {
-                match op {
-                    Op::Put(Ks::Blobs, _, text) => blobs.push(text),
-                    _ => {
-                        return Err(Error::Unsupported {
-                            what: "a write with records beside the log",
-                            backend: "nats",
-                        });
-                    }
-                }
-            }
-            for text in blobs {
-                let text = std::str::from_utf8(text)
-                    .map_err(|e| Error::InvalidArgument { what: "summary", reason: format!("not UTF-8: {e}") })?;
-                log.put_blob(text).await?;
-            }
+            let Batch { head, events, .. } = batch;
             let change = caches.window_change(session, &events);
             match log.append(session, version, &events, &head).await {
                 Ok(version) => {
@@ -509,7 +494,7 @@ impl Engine {
     }
 
     /// The session's write lock, waited for at most `writes.timeout_ms`.
-    async fn lock_session(&self, session: &SessionId) -> Result<crate::guard::KeyedGuard<SessionId>, Error> {
+    pub(crate) async fn lock_session(&self, session: &SessionId) -> Result<crate::guard::KeyedGuard<SessionId>, Error> {
         let timeout_ms = self.inner.config.writes.timeout_ms;
         self.inner
             .locks
@@ -517,6 +502,26 @@ impl Engine {
             .await
             .ok_or(Error::Timeout { what: "the session's write lock", after_ms: timeout_ms })
     }
+}
+
+/// Publishes the summary blobs among a JetStream write's `ops` (an import's splice lines) before
+/// its record: content-addressed and idempotent, so a splice never lands without its blob, and a
+/// record that then fails leaves an orphan, as an abandoned compaction does. Any other record
+/// beside the log (memories, extraction markers) has no home on this backend yet: refused before
+/// anything is published.
+#[cfg(feature = "nats")]
+async fn publish_blobs(log: &crate::storage::nats::NatsLog, ops: &[Op]) -> Result<(), Error> {
+    if ops.iter().any(|op| !matches!(op, Op::Put(Ks::Blobs, ..))) {
+        return Err(Error::Unsupported { what: "a write with records beside the log", backend: "nats" });
+    }
+    for op in ops {
+        if let Op::Put(_, _, text) = op {
+            let text = std::str::from_utf8(text)
+                .map_err(|e| Error::InvalidArgument { what: "summary", reason: format!("not UTF-8: {e}") })?;
+            log.put_blob(text).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Most times a JetStream write is built: a session that other engines keep moving gets this many
@@ -542,7 +547,7 @@ pub(crate) struct Consumed<T> {
 impl<T: Clone> Consumed<T> {
     /// `value` for the builders of `engine`'s writes.
     pub(crate) fn new(engine: &Engine, value: T) -> Self {
-        Self { value: Some(value), again: engine.inner.backend.name() != "fjall" }
+        Self { value: Some(value), again: engine.inner.backend.rebuilds_writes() }
     }
 
     /// The value, for one run of the builder.
@@ -833,12 +838,7 @@ impl Session {
         }
         let view = self.engine.store("reads")?.view();
         let head = self.live_head(&view)?;
-        if at > head.last_seq() || at <= head.base() {
-            return Err(Error::InvalidArgument {
-                what: "seq",
-                reason: format!("{at} is outside the session's log ({}..={})", head.base().next(), head.last_seq()),
-            });
-        }
+        check_travel(&head, at)?;
         if at == head.last_seq() {
             // The head is the fold up to `at`: no index lookup, and the message count is known.
             let summary = match head.splice() {
@@ -883,9 +883,9 @@ impl Session {
         self.engine.check_read_limit(limit)?;
         #[cfg(feature = "nats")]
         if let Some(log) = self.engine.inner.backend.nats() {
-            let (head, _) = log.head(&self.id).await?.ok_or_else(|| self.not_found())?;
-            return match history_range(&head, from, limit) {
-                Some((from, to)) => log.events(&self.id, from, to, limit).await,
+            let view = self.nats_view(log, false).await?;
+            return match history_range(&view.head, from, limit) {
+                Some((from, to)) => view.events(&self.id, from, to, limit).await,
                 None => Ok(Vec::new()),
             };
         }
@@ -998,37 +998,81 @@ impl Session {
     }
 }
 
-/// The JetStream reads of a session: the same answers as fjall's, each from the cluster (its
-/// head from the stream's leader, so other engines' acknowledged writes are seen).
+/// A session on JetStream as of one head read from its stream's leader (so other engines'
+/// acknowledged writes are seen): the analog of fjall's snapshot [`View`]. Every read through it
+/// stops at that head, so the parts of one answer agree, and none pays a head read of its own.
+#[cfg(feature = "nats")]
+pub(crate) struct NatsView<'a> {
+    log: &'a crate::storage::nats::NatsLog,
+    pub(crate) head: Head,
+    version: crate::storage::nats::Version,
+}
+
+#[cfg(feature = "nats")]
+impl NatsView<'_> {
+    /// Up to `limit` events of `session` with `from <= seq <= to`, as of the view's head.
+    pub(crate) async fn events(
+        &self,
+        session: &SessionId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>, Error> {
+        self.log.events_as_of(session, &self.head, self.version, from, to, limit).await
+    }
+
+    /// The head as it was right after event `seq` (at most the view's head).
+    async fn head_at(&self, session: &SessionId, seq: Seq) -> Result<Head, Error> {
+        self.log.head_at_as_of(session, self.head.clone(), self.version, seq).await
+    }
+}
+
+/// The JetStream reads of a session: the same answers as fjall's, each from the cluster.
 #[cfg(feature = "nats")]
 impl Session {
-    pub(crate) async fn live_head_nats(&self, log: &crate::storage::nats::NatsLog) -> Result<Head, Error> {
+    /// The session as of its head on the stream's leader: [`Error::NotFound`] when it has no
+    /// records, or (with `live`) when it is deleted.
+    pub(crate) async fn nats_view<'a>(
+        &self,
+        log: &'a crate::storage::nats::NatsLog,
+        live: bool,
+    ) -> Result<NatsView<'a>, Error> {
         match log.head(&self.id).await? {
-            Some((head, _)) if !head.is_deleted() => Ok(head),
+            Some((head, version)) if !(live && head.is_deleted()) => Ok(NatsView { log, head, version }),
             _ => Err(self.not_found()),
         }
     }
 
+    /// The summary a splice up to `upto` names; a missing blob is corrupt (as [`Session::summary`]).
     pub(crate) async fn summary_nats(
         &self,
-        log: &crate::storage::nats::NatsLog,
-        splice: Option<&crate::log::fold::SpliceRef>,
-    ) -> Result<Option<Summary>, Error> {
-        let Some(s) = splice else { return Ok(None) };
-        let text = log.blob(&s.summary_hash).await?.ok_or_else(|| self.missing_blob(s.upto, &s.summary_hash))?;
-        Ok(Some(Summary { upto: s.upto, hash: s.summary_hash, text }))
+        view: &NatsView<'_>,
+        upto: Seq,
+        hash: &crate::log::ids::SummaryHash,
+    ) -> Result<Summary, Error> {
+        let text = view.log.blob(hash).await?.ok_or_else(|| self.missing_blob(upto, hash))?;
+        Ok(Summary { upto, hash: *hash, text })
     }
 
+    /// The summary of the view's head, if it has a splice.
+    pub(crate) async fn head_summary_nats(&self, view: &NatsView<'_>, head: &Head) -> Result<Option<Summary>, Error> {
+        match head.splice() {
+            Some(s) => Ok(Some(self.summary_nats(view, s.upto, &s.summary_hash).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Session::last_messages`] through `view`.
     pub(crate) async fn last_messages_nats(
         &self,
-        log: &crate::storage::nats::NatsLog,
+        view: &NatsView<'_>,
         lower: Seq,
         end: Seq,
         n: usize,
     ) -> Result<Vec<view::StoredMessage>, Error> {
         let mut pager = LastMessages::new(lower, end, n);
         while let Some((from, to)) = pager.next_range() {
-            pager.add(log.events(&self.id, from, to, usize::MAX).await?);
+            pager.add(view.events(&self.id, from, to, usize::MAX).await?);
         }
         Ok(pager.finish())
     }
@@ -1038,14 +1082,14 @@ impl Session {
         log: &crate::storage::nats::NatsLog,
         limit: usize,
     ) -> Result<WorkingMemory, Error> {
-        let caches = &self.engine.inner.caches;
-        let head = self.live_head_nats(log).await?;
-        if let Some(memory) = caches.window(&self.id, limit, head.last_seq()) {
+        let view = self.nats_view(log, true).await?;
+        let head = &view.head;
+        if let Some(memory) = self.engine.inner.caches.window(&self.id, limit, head.last_seq()) {
             return Ok(memory);
         }
-        let summary = self.summary_nats(log, head.splice()).await?;
-        let last = self.last_messages_nats(log, head.upto().max(head.base()), head.last_seq(), limit).await?;
-        Ok(self.memory_at_head(&head, limit, summary, last, true))
+        let summary = self.head_summary_nats(&view, head).await?;
+        let last = self.last_messages_nats(&view, head.upto().max(head.base()), head.last_seq(), limit).await?;
+        Ok(self.memory_at_head(head, limit, summary, last, true))
     }
 
     async fn working_memory_at_nats(
@@ -1054,25 +1098,30 @@ impl Session {
         at: Seq,
         limit: usize,
     ) -> Result<WorkingMemory, Error> {
-        let head = self.live_head_nats(log).await?;
-        if at > head.last_seq() || at <= head.base() {
-            return Err(Error::InvalidArgument {
-                what: "seq",
-                reason: format!("{at} is outside the session's log ({}..={})", head.base().next(), head.last_seq()),
-            });
-        }
+        let view = self.nats_view(log, true).await?;
+        check_travel(&view.head, at)?;
         // As on fjall, the message count is given only at the head (elsewhere it is not kept).
-        let (then, n_messages) = if at == head.last_seq() {
-            let n = head.n_messages();
-            (head, Some(n))
+        let (then, n_messages) = if at == view.head.last_seq() {
+            (view.head.clone(), Some(view.head.n_messages()))
         } else {
-            (log.head_at(&self.id, at).await?.ok_or_else(|| self.not_found())?, None)
+            (view.head_at(&self.id, at).await?, None)
         };
-        let summary = self.summary_nats(log, then.splice()).await?;
+        let summary = self.head_summary_nats(&view, &then).await?;
         let lower = then.upto().max(then.base());
-        let messages = view::window(self.last_messages_nats(log, lower, at, limit).await?, limit);
+        let messages = view::window(self.last_messages_nats(&view, lower, at, limit).await?, limit);
         Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages, summary, messages })
     }
+}
+
+/// Refuses time travel to a seq outside the session's log as `head` holds it.
+fn check_travel(head: &Head, at: Seq) -> Result<(), Error> {
+    if at > head.last_seq() || at <= head.base() {
+        return Err(Error::InvalidArgument {
+            what: "seq",
+            reason: format!("{at} is outside the session's log ({}..={})", head.base().next(), head.last_seq()),
+        });
+    }
+    Ok(())
 }
 
 /// The seqs `history(from, limit)` reads given the session's head: from the latest deletion on

@@ -485,7 +485,6 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     };
     let mut n_new = 0;
     let at_ms = now_ms();
-    let store = engine.store("memory extraction")?;
     engine
         .write_events(id, |batch| {
             n_new = 0;

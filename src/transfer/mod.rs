@@ -94,23 +94,15 @@ impl Session {
     /// events up to it (the log below it never changes, so the file is the session as of that head).
     #[cfg(feature = "nats")]
     async fn export_nats(&self, log: &crate::storage::nats::NatsLog, out: &mut dyn Write) -> Result<u64, Error> {
-        let (head, _) = log.head(self.id()).await?.ok_or_else(|| Error::NotFound { session: self.id().to_string() })?;
-        let mut pages = ExportPages::new(self, &head);
+        let view = self.nats_view(log, false).await?;
+        let mut pages = ExportPages::new(self, &view.head);
         while let Some((from, to)) = pages.next_range() {
-            let page = log.events(self.id(), from, to, EXPORT_PAGE).await?;
+            let page = view.events(self.id(), from, to, EXPORT_PAGE).await?;
             for event in pages.take(page)? {
                 let summary = match &event.kind {
-                    EventKind::CompactionSpliced(s) => self
-                        .summary_nats(
-                            log,
-                            Some(&crate::log::fold::SpliceRef {
-                                upto: s.upto,
-                                summary_hash: s.summary_hash,
-                                at: event.seq,
-                            }),
-                        )
-                        .await?
-                        .map(|summary| summary.text),
+                    EventKind::CompactionSpliced(s) => {
+                        Some(self.summary_nats(&view, s.upto, &s.summary_hash).await?.text)
+                    }
                     _ => None,
                 };
                 write_line(out, &event_to_json(event, summary))?;

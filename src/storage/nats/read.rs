@@ -44,8 +44,26 @@ impl NatsLog {
     ///
     /// Cancel safety: a read; dropping it changes nothing.
     pub async fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
+        match self.head(session).await? {
+            Some((head, version)) => self.events_as_of(session, &head, version, from, to, limit).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// [`NatsLog::events`] as of `head` at `version`, read a moment ago (no head read of its own):
+    /// events past that head are not returned, so every read made with one head agrees with it.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub(crate) async fn events_as_of(
+        &self,
+        session: &SessionId,
+        head: &Head,
+        version: Version,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>, Error> {
         let mut out = Vec::new();
-        let Some((head, version)) = self.head(session).await? else { return Ok(out) };
         let to = to.min(head.last_seq());
         // Events before the last deletion are dead (and purged, or about to be): readers start
         // at the tombstone, as on fjall. A messages reset keeps the events before it stored.
@@ -131,7 +149,22 @@ impl NatsLog {
     ///
     /// Cancel safety: a read; dropping it changes nothing.
     pub async fn head_at(&self, session: &SessionId, seq: Seq) -> Result<Option<Head>, Error> {
-        let Some((head, version)) = self.head(session).await? else { return Ok(None) };
+        match self.head(session).await? {
+            Some((head, version)) => self.head_at_as_of(session, head, version, seq).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`NatsLog::head_at`] as of `head` at `version`, read a moment ago (no head read of its own).
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub(crate) async fn head_at_as_of(
+        &self,
+        session: &SessionId,
+        head: Head,
+        version: Version,
+        seq: Seq,
+    ) -> Result<Head, Error> {
         if seq > head.last_seq() || seq < head.base() {
             return Err(Error::InvalidArgument {
                 what: "seq",
@@ -139,7 +172,7 @@ impl NatsLog {
             });
         }
         if seq == head.last_seq() {
-            return Ok(Some(head));
+            return Ok(head);
         }
         let (stream_name, subject) = self.names.session(session);
         let stream = self.session_stream(&stream_name)?;
@@ -148,7 +181,7 @@ impl NatsLog {
         let message = self.get_at(stream, at).await?.ok_or_else(gone)?;
         let record = record::decode(session, message.sequence, &message.payload)?;
         if record.head.last_seq() == seq {
-            return Ok(Some(record.head));
+            return Ok(record.head);
         }
         let mut before = if record.prev == 0 {
             Head::default()
@@ -159,7 +192,7 @@ impl NatsLog {
         for event in record.events.iter().filter(|e| e.seq <= seq) {
             apply(&mut before, event);
         }
-        Ok(Some(before))
+        Ok(before)
     }
 
     /// Up to `limit` live (not deleted) sessions with ids after `after`, in id order.

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use clap::Args;
-use palimpsest::{AuditOptions, AuditReport, Engine, RebuildReport, SessionId, StorageKind, Violation};
+use palimpsest::{AuditOptions, AuditReport, Engine, RebuildReport, SessionId, Violation};
 use serde::Serialize;
 
 use crate::db::{DbArgs, OpenMode};
@@ -67,20 +67,10 @@ pub async fn run(args: AuditArgs) -> Outcome {
     print_report(&report, args.session.as_ref(), &args.db, args.json, None)
 }
 
-/// Runs the blocking audit on a blocking thread, with a spinner on stderr when it is a terminal.
+/// Runs the library's audit (on either backend), with a spinner on stderr when it is a terminal.
 pub async fn audit(engine: &Engine, session: Option<SessionId>) -> Result<AuditReport, CliError> {
-    if engine.config().storage.kind == StorageKind::Nats {
-        // Read from the cluster, without the spinner.
-        return Ok(engine.audit_async(AuditOptions { session }).await?);
-    }
-    let engine = engine.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        let bar = progress::Bar::spinner("audit", "events");
-        engine.audit(&AuditOptions { session }, &mut |n_events| bar.set(n_events))
-    })
-    .await
-    .map_err(|e| CliError::failed(format!("the audit stopped: {e}")))?;
-    Ok(joined?)
+    let bar = progress::Bar::spinner("audit", "events");
+    Ok(engine.audit_async(AuditOptions { session }, move |n_events| bar.set(n_events)).await?)
 }
 
 /// Prints the report (after what `rebuild` changed, when given) and picks the exit status: 1 on
