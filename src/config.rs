@@ -660,6 +660,11 @@ pub struct NatsConfig {
     /// with `sync_interval: always`, which a NATS client cannot see. Default false, so `sync`
     /// durability needs one of the two.
     pub sync_always_acknowledged: bool,
+    /// Least age of an unreferenced summary blob before `gc` removes it, ms. Default 3,600,000
+    /// (an hour), range 2 x `write_timeout_ms`..=2,592,000,000 (30 days). A splice lands within
+    /// 2 x `write_timeout_ms` of its blob's publish or never (SPEC.md 11a, "Orphan blobs"); the
+    /// rest of the grace covers clock skew between the servers and the machine running `gc`.
+    pub orphan_grace_ms: u64,
 }
 
 impl Default for NatsConfig {
@@ -677,6 +682,7 @@ impl Default for NatsConfig {
             read_timeout_ms: 5_000,
             monitor_urls: Vec::new(),
             sync_always_acknowledged: false,
+            orphan_grace_ms: 3_600_000,
         }
     }
 }
@@ -710,6 +716,8 @@ impl NatsConfig {
         if self.monitor_urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
             return Err(bad("storage.nats.monitor_urls", "each must start with http:// or https://".to_string()));
         }
+        let floor = self.write_timeout_ms.saturating_mul(2);
+        in_range("storage.nats.orphan_grace_ms", self.orphan_grace_ms, floor, 2_592_000_000)?;
         Ok(())
     }
 }
@@ -778,6 +786,19 @@ mod tests {
             "summarizer.openai.retry.max_backoff_ms"
         );
         assert_eq!(field_of(parse(&retry(r#""max_retrys":3"#))), "summarizer.openai.retry.max_retrys");
+    }
+
+    #[test]
+    fn the_orphan_grace_covers_two_write_timeouts() {
+        let nats = |grace: u64, write: u64| {
+            Config::from_json_str(&format!(
+                r#"{{"storage":{{"kind":"nats","nats":{{"orphan_grace_ms":{grace},"write_timeout_ms":{write}}}}}}}"#
+            ))
+        };
+        nats(40_000, 20_000).expect("exactly two write timeouts");
+        assert_eq!(field_of(nats(39_999, 20_000)), "storage.nats.orphan_grace_ms");
+        assert_eq!(field_of(nats(100_000, 60_000)), "storage.nats.orphan_grace_ms");
+        assert_eq!(field_of(nats(2_592_000_001, 20_000)), "storage.nats.orphan_grace_ms");
     }
 
     #[test]

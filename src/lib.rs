@@ -81,7 +81,9 @@ pub use crate::storage::fjall::MEMTABLE_BYTES_ENV;
 /// The NATS JetStream backend (feature `nats`): the engine runs on it through `Engine::connect`
 /// (SPEC.md section 11a); the log itself is public for tools and tests that drive it directly.
 #[cfg(feature = "nats")]
-pub use crate::storage::nats::{BATCH_RECORDS, MAX_LISTED_SESSIONS, MAX_RESUMED_DELETIONS, NatsLog, Version};
+pub use crate::storage::nats::{
+    BATCH_RECORDS, MAX_LISTED_BLOBS, MAX_LISTED_SESSIONS, MAX_RESUMED_DELETIONS, NatsLog, Version,
+};
 /// Test hooks (feature `testing` only): storage faults and the names of the kill points.
 #[cfg(feature = "testing")]
 pub use crate::{

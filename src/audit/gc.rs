@@ -4,6 +4,7 @@
 //! run on tokio's blocking pool, off the async workers.
 
 use std::collections::HashSet;
+use std::time::SystemTime;
 
 use crate::engine::Engine;
 use crate::engine::writer::Hold;
@@ -20,7 +21,8 @@ use super::AuditOptions;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GcStage {
-    /// The audit found candidates; the blob gate is not held yet.
+    /// The audit found candidates; the blob gate is not held yet. On JetStream: the candidates are
+    /// judged (listed, older than the grace), nothing is removed yet, and no other stage follows.
     CandidatesFound,
     /// The gate is held exclusively and the candidates were re-checked; nothing is removed yet.
     GateHeld,
@@ -32,7 +34,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + S
 }
 
 /// A test's hook, awaited at each [`GcStage`].
-type Pause<'a> = &'a mut (dyn FnMut(GcStage) -> BoxFuture<'static, ()> + Send);
+pub(super) type Pause<'a> = &'a mut (dyn FnMut(GcStage) -> BoxFuture<'static, ()> + Send);
 
 impl Engine {
     /// Lists summary blobs no splice references and, unless `dry_run`, removes them. Returns the
@@ -51,8 +53,13 @@ impl Engine {
     /// scan already running on the blocking pool finishes and is discarded, and the gate is
     /// released with the future); after that the removal commits whole or not at all. Either way
     /// only blobs that were unreferenced under the gate can be gone.
+    ///
+    /// On JetStream (SPEC 11a, "Orphan blobs") engines on other machines may be splicing, so no
+    /// lock can keep them out: a blob is removed only once the servers stored it more than
+    /// `storage.nats.orphan_grace_ms` ago, which no splice naming it can land after, and only up
+    /// to the message judged (the same blob published again since stays).
     pub async fn collect_orphan_blobs(&self, dry_run: bool) -> Result<Vec<SummaryHash>, Error> {
-        self.collect_orphans(dry_run, &mut |_| Box::pin(async {})).await
+        self.collect_orphans(dry_run, SystemTime::now(), &mut |_| Box::pin(async {})).await
     }
 
     /// [`Engine::collect_orphan_blobs`], awaiting `pause` at each [`GcStage`], so a test can
@@ -63,10 +70,35 @@ impl Engine {
         dry_run: bool,
         pause: Pause<'_>,
     ) -> Result<Vec<SummaryHash>, Error> {
-        self.collect_orphans(dry_run, pause).await
+        self.collect_orphans(dry_run, SystemTime::now(), pause).await
     }
 
-    async fn collect_orphans(&self, dry_run: bool, pause: Pause<'_>) -> Result<Vec<SummaryHash>, Error> {
+    /// [`Engine::collect_orphan_blobs_pausing`] as if the wall clock read `now`: on JetStream, a
+    /// test ages the blobs past `storage.nats.orphan_grace_ms` without waiting for it (fjall
+    /// ignores `now`). Test builds only (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub async fn collect_orphan_blobs_as_of(
+        &self,
+        dry_run: bool,
+        now: SystemTime,
+        pause: Pause<'_>,
+    ) -> Result<Vec<SummaryHash>, Error> {
+        self.collect_orphans(dry_run, now, pause).await
+    }
+
+    async fn collect_orphans(
+        &self,
+        dry_run: bool,
+        now: SystemTime,
+        pause: Pause<'_>,
+    ) -> Result<Vec<SummaryHash>, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.inner().backend.nats() {
+            let grace = std::time::Duration::from_millis(self.config().storage.nats.orphan_grace_ms);
+            return super::nats::collect_orphans(log, grace, now, dry_run, pause).await;
+        }
+        #[cfg(not(feature = "nats"))]
+        let _ = now;
         let engine = self.clone();
         let candidates = blocking(move || {
             let report = engine.audit(&AuditOptions::default(), &mut |_| {})?;

@@ -329,7 +329,8 @@ pub struct Stats {
     /// Summary blobs.
     pub blobs: u64,
     /// On-disk size per keyspace, as fjall accounts it: flushed tables only, so data still in the
-    /// journal (a small or freshly written database) counts as 0.
+    /// journal (a small or freshly written database) counts as 0. On JetStream: the bytes of each
+    /// stream (`{prefix}_s0`.., `{prefix}_meta`), as the servers account them (one replica's).
     pub keyspace_bytes: Vec<(String, u64)>,
 }
 
@@ -694,7 +695,21 @@ impl Engine {
         Ok(ids.into_iter().collect())
     }
 
-    /// Counts and sizes. Reads every key of the events and blobs keyspaces.
+    /// [`Engine::stats`] on either backend: on fjall run on tokio's blocking pool, off the async
+    /// workers; on JetStream every session's records are read, and the sizes are the streams'.
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn stats_async(&self) -> Result<Stats, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.inner().backend.nats() {
+            return nats::stats(log).await;
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.stats()).await.map_err(|e| Error::storage("stats", e))?
+    }
+
+    /// Counts and sizes. Reads every key of the events and blobs keyspaces. Blocking, fjall only;
+    /// [`Engine::stats_async`] runs on both backends.
     pub fn stats(&self) -> Result<Stats, Error> {
         let store = self.store("stats")?;
         let mut stats = Stats::default();

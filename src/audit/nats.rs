@@ -2,15 +2,22 @@
 //! order with the same [`Replayer`] as on fjall, plus what only this backend has: each record's
 //! head must equal the replay up to it (time travel reads those heads), each record's `prev` must
 //! name the record before it, and every splice's blob must be stored and hash to its name.
+//! A whole-database audit also lists the blobs no splice references (`orphan_blobs`), which
+//! orphan collection (`gc`, below) removes once they are older than `storage.nats.orphan_grace_ms`;
+//! `stats` walks the same records.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, SystemTime};
 
-use super::{AUDIT_PROGRESS_EVERY, AuditOptions, AuditReport, Replayer, Violation, ViolationKind};
+use super::gc::{GcStage, Pause};
+use super::{AUDIT_PROGRESS_EVERY, AuditOptions, AuditReport, Replayer, Stats, Violation, ViolationKind};
 use crate::error::Error;
+use crate::log::event::EventKind;
 use crate::log::ids::{Seq, SessionId, SummaryHash};
 use crate::storage::nats::NatsLog;
 
-/// Audits every session (or `options.session`) of `log`.
+/// Audits every session (or `options.session`) of `log`; a whole-database audit also lists the
+/// orphan blobs.
 pub(super) async fn audit(
     log: &NatsLog,
     options: &AuditOptions,
@@ -111,8 +118,98 @@ pub(super) async fn audit(
             }
         }
     }
-    report.blobs = checked.len() as u64;
+    if options.session.is_none() {
+        let stored = log.blob_hashes().await?;
+        report.blobs = stored.len() as u64;
+        report.orphan_blobs = stored.iter().filter(|h| !checked.contains(*h)).map(SummaryHash::to_hex).collect();
+    } else {
+        report.blobs = checked.len() as u64;
+    }
     progress(report.events);
     report.ok = report.violations.is_empty();
     Ok(report)
+}
+
+/// Removes (unless `dry_run`) the blobs no splice references that the server stored before
+/// `now - grace`; returns them. SPEC.md 11a, "Orphan blobs", has the argument in full: a splice
+/// lands within 2 x `write_timeout_ms` of its blob's publish or never, and the grace is at least
+/// that, so every splice naming a blob this old was stored before the scan below began and is
+/// seen by it. Each blob is removed only up to the message judged, so the same blob published
+/// again meanwhile stays. Refuses while the audit finds a record it cannot read (its splices,
+/// and so the blobs they name, are unknown).
+pub(super) async fn collect_orphans(
+    log: &NatsLog,
+    grace: Duration,
+    now: SystemTime,
+    dry_run: bool,
+    pause: Pause<'_>,
+) -> Result<Vec<SummaryHash>, Error> {
+    let cutoff = now.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let report = audit(log, &AuditOptions::default(), &mut |_| {}).await?;
+    if let Some(v) = report.violations.iter().find(|v| v.kind == ViolationKind::UndecodableRecord) {
+        return Err(Error::Corrupt {
+            session: v.session.clone(),
+            seq: v.seq,
+            detail: format!(
+                "gc needs every record readable to know which blobs are referenced, and this one is not \
+                 (`palimpsest audit` names the damage): {}",
+                v.detail
+            ),
+        });
+    }
+    let mut judged = Vec::new();
+    for hex in &report.orphan_blobs {
+        let hash = SummaryHash::from_hex(hex)?;
+        if let Some(stored) = log.blob_stored(&hash).await?
+            && stored.at < cutoff
+        {
+            judged.push((hash, stored.sequence));
+        }
+    }
+    if judged.is_empty() {
+        return Ok(Vec::new());
+    }
+    pause(GcStage::CandidatesFound).await;
+    if dry_run {
+        return Ok(judged.into_iter().map(|(hash, _)| hash).collect());
+    }
+    let mut removed = Vec::with_capacity(judged.len());
+    for (hash, sequence) in judged {
+        log.remove_blob(&hash, sequence).await?;
+        // Published again since it was judged: that newer message stays, and the blob with it.
+        if log.blob_stored(&hash).await?.is_none() {
+            removed.push(hash);
+        }
+    }
+    Ok(removed)
+}
+
+/// Counts and sizes: every session's records are read (as audit reads them).
+pub(super) async fn stats(log: &NatsLog) -> Result<Stats, Error> {
+    let mut stats = Stats::default();
+    for id in log.session_ids().await? {
+        let Some((head, version)) = log.head(&id).await? else { continue };
+        if !head.is_deleted() {
+            stats.sessions += 1;
+            stats.session_ids.push(id.to_string());
+        }
+        let mut cursor = 1_u64;
+        while cursor <= version.get() {
+            let page = log.records(&id, cursor, version).await?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = last + 1;
+            for (_, record) in page {
+                let record = record?;
+                stats.events += record.events.len() as u64;
+                stats.splices +=
+                    record.events.iter().filter(|e| matches!(e.kind, EventKind::CompactionSpliced(_))).count() as u64;
+                stats.event_bytes +=
+                    record.events.iter().map(|e| crate::log::codec::encode_event(e).len() as u64).sum::<u64>();
+            }
+        }
+    }
+    let blobs: BTreeSet<SummaryHash> = log.blob_hashes().await?;
+    stats.blobs = blobs.len() as u64;
+    stats.keyspace_bytes = log.stream_bytes().await?;
+    Ok(stats)
 }

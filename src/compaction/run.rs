@@ -413,16 +413,19 @@ impl Session {
         let _blob_gate = tokio::time::timeout(Duration::from_millis(timeout_ms), inner.blob_gate.read())
             .await
             .map_err(|_| Error::Timeout { what: "orphan-blob collection to finish", after_ms: timeout_ms })?;
-        match &inner.backend {
+        let blob = Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes());
+        // On fjall the blob is stored first, on its own; on JetStream it goes in the splice's write,
+        // which publishes it right before each attempt of the record (SPEC 11a, "Orphan blobs": a
+        // splice lands within 2 x `write_timeout_ms` of its blob's publish or never, which is what
+        // makes `gc` safe there without a lock).
+        let with_splice: Option<Op> = match &inner.backend {
             crate::engine::backend::Backend::Fjall { writer, .. } => {
-                let blob = Op::Put(Ks::Blobs, keys::blob_key(&summary_hash).to_vec(), text.into_bytes());
                 writer.write(vec![blob], Hold::nothing()).await?;
+                None
             }
             #[cfg(feature = "nats")]
-            crate::engine::backend::Backend::Nats(log) => {
-                log.put_blob(&text).await?;
-            }
-        }
+            crate::engine::backend::Backend::Nats(_) => Some(blob),
+        };
         crate::testing::kill_point("compaction:after_blob");
 
         let summarizer = inner.summarizer.name().to_string();
@@ -453,6 +456,9 @@ impl Session {
                     summarizer: summarizer.clone(),
                 };
                 let at = batch.push(EventKind::CompactionSpliced(splice))?;
+                if let Some(blob) = &with_splice {
+                    batch.op(blob.clone());
+                }
                 engine.mark_extraction_pending(batch, self.id(), at, Some(lower), upto);
                 Ok(())
             })

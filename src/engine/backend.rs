@@ -8,9 +8,9 @@
 //!   conditional publish of one session's record (events + head), pipelined on one connection;
 //!   a write built on a stale head meets a conflict and is built again on the fresh one.
 //!   Compaction and import run on it (a summary blob is published before the splice that names
-//!   it), and so do export and `audit_async`. The features that keep other state beside the log
-//!   (memory extraction and memories, episode classification, gc, rebuild, stats) do not run on it
-//!   yet and answer [`Error::Unsupported`].
+//!   it), and so do export, `audit_async`, `stats_async` and orphan-blob collection (by age, SPEC
+//!   11a). The features that keep other state beside the log (memory extraction and memories,
+//!   episode classification) and rebuild do not run on it yet and answer [`Error::Unsupported`].
 
 #[cfg(feature = "nats")]
 use std::sync::Arc;
@@ -34,6 +34,7 @@ pub(crate) enum Backend {
 
 impl Backend {
     /// The `storage.kind` this backend serves, as configured.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Fjall { .. } => "fjall",

@@ -10,10 +10,12 @@
 //! The API is shaped like the engine's needs, not like a key-value store: a session's version is
 //! the stream sequence of its last record, and an append names the version it was built on.
 
+mod blobs;
 mod names;
 mod read;
 mod record;
 
+pub use blobs::MAX_LISTED_BLOBS;
 pub use read::{BATCH_RECORDS, MAX_LISTED_SESSIONS};
 
 use std::time::Duration;
@@ -27,7 +29,7 @@ use crate::config::{Durability, NatsConfig};
 use crate::error::Error;
 use crate::log::event::Event;
 use crate::log::fold::Head;
-use crate::log::ids::{SessionId, SummaryHash};
+use crate::log::ids::SessionId;
 
 use names::Names;
 
@@ -448,35 +450,6 @@ impl NatsLog {
             }
         }
         Ok(())
-    }
-
-    /// Stores a blob (a summary text) under its hash. Idempotent.
-    ///
-    /// Cancel safety: a dropped future may or may not have stored the blob; storing it again is
-    /// harmless.
-    pub async fn put_blob(&self, text: &str) -> Result<SummaryHash, Error> {
-        let hash = SummaryHash::of(text);
-        let hex = hash.to_hex();
-        self.publish(&self.names.blob(&hex), None, &format!("b-{hex}"), Bytes::copy_from_slice(text.as_bytes()))
-            .await?;
-        Ok(hash)
-    }
-
-    /// The blob stored under `hash`, checked against it.
-    ///
-    /// Cancel safety: a read; dropping it changes nothing.
-    pub async fn blob(&self, hash: &SummaryHash) -> Result<Option<String>, Error> {
-        let hex = hash.to_hex();
-        let Some(message) = self.last_on(&self.meta, &self.names.blob(&hex)).await? else {
-            return Ok(None);
-        };
-        let corrupt =
-            |detail: String| Error::Corrupt { session: None, seq: None, detail: format!("blob {hex}: {detail}") };
-        let text = String::from_utf8(message.payload.to_vec()).map_err(|e| corrupt(e.to_string()))?;
-        if SummaryHash::of(&text) != *hash {
-            return Err(corrupt("its text does not hash to its name".to_string()));
-        }
-        Ok(Some(text))
     }
 
     /// Stores (or replaces) the memory `key` of `namespace`.

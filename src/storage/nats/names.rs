@@ -7,7 +7,7 @@
 //! escaping anywhere. The longest id (128 bytes) becomes a 256-byte token.
 
 use crate::error::Error;
-use crate::log::ids::SessionId;
+use crate::log::ids::{SessionId, SummaryHash};
 
 /// The names of one database on the cluster, derived from `storage.nats.stream_prefix`.
 #[derive(Clone, Debug)]
@@ -79,6 +79,18 @@ impl Names {
         format!("{}.m.b.{hash_hex}", self.prefix)
     }
 
+    /// Every blob: `{prefix}.m.b.*`.
+    pub(crate) fn blobs(&self) -> String {
+        format!("{}.m.b.*", self.prefix)
+    }
+
+    /// The hash a blob subject names.
+    pub(crate) fn blob_of(&self, subject: &str) -> Result<SummaryHash, Error> {
+        let head = format!("{}.m.b.", self.prefix);
+        let hex = subject.strip_prefix(head.as_str()).ok_or_else(|| corrupt(subject))?;
+        SummaryHash::from_hex(hex).map_err(|_| corrupt(subject))
+    }
+
     /// A memory's subject: `{prefix}.m.n.{hex(namespace)}.{hex(key)}`.
     pub(crate) fn memory(&self, namespace: &str, key: &str) -> String {
         format!("{}.m.n.{}.{}", self.prefix, encode_token(namespace), encode_token(key))
@@ -135,7 +147,11 @@ pub(crate) fn decode_token(token: &str) -> Option<String> {
 }
 
 fn corrupt(subject: &str) -> Error {
-    Error::Corrupt { session: None, seq: None, detail: format!("subject {subject:?} does not name a session") }
+    Error::Corrupt {
+        session: None,
+        seq: None,
+        detail: format!("subject {subject:?} does not decode to a name of this database"),
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,10 @@ use crate::output;
     about = "List and remove orphan summary blobs",
     long_about = "List the summary blobs that no splice references and remove them. Orphans are harmless:\n\
         a compaction abandoned after storing its summary, or a deleted session, leaves them behind.\n\
-        Finding them reads every session's log (as `audit` does). With --dry-run nothing is removed.",
+        Finding them reads every session's log (as `audit` does). With --dry-run nothing is removed.\n\n\
+        On storage.kind = \"nats\" (--config) only blobs the servers stored more than\n\
+        storage.nats.orphan_grace_ms ago (default an hour) are orphans here: engines elsewhere may be\n\
+        about to splice a younger one.",
     after_help = concat!(
         "Example:\n",
         "  palimpsest gc --db /tmp/pal-demo --dry-run\n",

@@ -8,7 +8,7 @@ use palimpsest::Stats;
 use serde::Serialize;
 
 use crate::db::{DbArgs, OpenMode};
-use crate::exit::{CliError, Outcome, Status};
+use crate::exit::{Outcome, Status};
 use crate::output;
 
 /// Session ids listed by the human form; `--json` lists them all.
@@ -21,7 +21,8 @@ const SHOWN_SESSION_IDS: usize = 20;
         their stored values, splice events, summary blobs, and the on-disk size of each keyspace.\n\
         Reads every key of the events and blobs keyspaces. Nothing is written.\n\n\
         Keyspace sizes count the segment files fjall has flushed; recent writes still held in its\n\
-        journal are not counted, so a small or freshly written database may show 0 bytes.",
+        journal are not counted, so a small or freshly written database may show 0 bytes. On\n\
+        storage.kind = \"nats\" (--config) the sizes are those of the database's streams instead.",
     after_help = concat!(
         "Example:\n",
         "  palimpsest stats --db /tmp/pal-demo\n",
@@ -48,9 +49,7 @@ pub struct StatsArgs {
 
 pub async fn run(args: StatsArgs) -> Outcome {
     let engine = args.db.open_for_maintenance(OpenMode::Existing).await?;
-    let stats = tokio::task::spawn_blocking(move || engine.stats())
-        .await
-        .map_err(|e| CliError::failed(format!("reading the stats stopped: {e}")))??;
+    let stats = engine.stats_async().await?;
     if args.json {
         output::print_json(&StatsJson::new(&stats))?;
     } else {
