@@ -37,7 +37,11 @@ async fn unreachable_servers_fail_within_the_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_token_wrong_replicas_and_unsynced_servers_are_refused() {
     // A single server with a token and without `sync_interval: always`.
-    let cluster = Cluster::start_with(1, ClusterOptions { sync_always: false, token: Some("right".to_string()) }).await;
+    let cluster = Cluster::start_with(
+        1,
+        ClusterOptions { sync_always: false, token: Some("right".to_string()), ..ClusterOptions::default() },
+    )
+    .await;
 
     let wrong = NatsConfig { token: Some("wrong".to_string()), ..single(&cluster, "auth") };
     let e = NatsLog::connect(&wrong, Durability::Buffered).await.expect_err("a wrong token");

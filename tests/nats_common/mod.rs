@@ -27,11 +27,13 @@ pub struct ClusterOptions {
     pub sync_always: bool,
     /// An `authorization { token }` every client must give.
     pub token: Option<String>,
+    /// Every node's `max_payload`, as nats-server spells sizes (`8MB`, `64KB`).
+    pub max_payload: String,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { sync_always: true, token: None }
+        Self { sync_always: true, token: None, max_payload: "8MB".to_string() }
     }
 }
 
@@ -84,8 +86,9 @@ impl Cluster {
             let store = dir.path().join(&name);
             let sync = if options.sync_always { "sync_interval: always," } else { "" };
             let mut conf = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\nmax_payload: 8MB\n\
+                "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\nmax_payload: {}\n\
                  jetstream {{ store_dir: {:?}, {sync} max_file_store: 1GB, max_memory_store: 64MB }}\n",
+                options.max_payload,
                 store.display().to_string()
             );
             if n > 1 {

@@ -11,6 +11,7 @@
 //! the stream sequence of its last record, and an append names the version it was built on.
 
 mod blobs;
+mod chunked;
 mod names;
 mod read;
 mod record;
@@ -21,7 +22,9 @@ pub use read::{BATCH_RECORDS, MAX_LISTED_SESSIONS};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -46,6 +49,11 @@ const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(50);
 /// Longest wait between two attempts of one publish.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// Room left in a message for its headers (id, version check, batch headers: under 300 bytes).
+const HEADER_ALLOWANCE: usize = 1_024;
+/// Least share of a record per message, whatever the server's `max_payload` says.
+const MIN_MESSAGE: usize = 1_024;
 
 /// A session's version: the stream sequence of its last record, [`Version::NONE`] before the first.
 /// An append names the version it was built on and is refused (storing nothing) if the session
@@ -84,6 +92,9 @@ pub struct NatsLog {
     leader_reads: bool,
     /// Random per connection: part of every commit's message id (`commit_id`).
     nonce: u128,
+    /// Largest record published as one message: the server's `max_payload` less room for the
+    /// headers. A larger one goes out in chunks, as one atomic batch (`chunked`).
+    max_message: usize,
 }
 
 impl std::fmt::Debug for NatsLog {
@@ -145,6 +156,7 @@ impl NatsLog {
             .map_err(|_| Error::Timeout { what: "a NATS server to accept the connection", after_ms: millis(bound) })?
             .map_err(|e| Error::storage("connect to the NATS servers", e))?;
 
+        let max_message = client.server_info().max_payload.saturating_sub(HEADER_ALLOWANCE).max(MIN_MESSAGE);
         let mut js = jetstream::new(client.clone());
         js.set_timeout(read_timeout);
         let mut publisher = jetstream::new(client.clone());
@@ -164,6 +176,8 @@ impl NatsLog {
                 subjects: vec![names.stream_subjects(index)],
                 num_replicas: replicas,
                 allow_direct: true,
+                // Records larger than one message are atomic batches of chunks.
+                allow_atomic_publish: true,
                 duplicate_window,
                 storage: stream::StorageType::File,
                 ..Default::default()
@@ -209,6 +223,7 @@ impl NatsLog {
             read_timeout,
             leader_reads: false,
             nonce: fastrand::u128(..),
+            max_message,
         };
         log.resume_deletions().await?;
         Ok(log)
@@ -223,7 +238,8 @@ impl NatsLog {
     }
 
     /// Appends one commit of `session`: `events` (dense, in order) and the `head` after them, as
-    /// one message, only if the session is still at `expected`. Returns the new version.
+    /// one message (or, above the server's `max_payload`, one atomic batch of chunks), only if the
+    /// session is still at `expected`. Returns the new version.
     ///
     /// A head that marks the session deleted makes this a deletion: a marker is written first,
     /// then this record (the tombstone), then every earlier record of the session is purged and
@@ -232,7 +248,7 @@ impl NatsLog {
     /// Errors: [`Error::Conflict`] when the session is not at `expected` (nothing was stored);
     /// [`Error::Timeout`] when no attempt was acknowledged within `write_timeout_ms` and
     /// `write_attempts` (the outcome is unknown); [`Error::Storage`] for a refusal that retrying
-    /// cannot fix (a message above the server's `max_payload`). After `Timeout` (or a `Storage`
+    /// cannot fix (the servers refusing an atomic batch). After `Timeout` (or a `Storage`
     /// error from the connection), call again with the same `expected`, `events` and `head`: the
     /// commit carries the same message id, so if the first call stored it the server answers with
     /// that record's version and does not store it again (within the duplicate window), and if it
@@ -331,19 +347,39 @@ impl NatsLog {
         payload: Bytes,
     ) -> Result<Version, Error> {
         let id = self.commit_id(session, expected, &payload);
-        match self.publish(subject, Some(expected), &id, payload).await {
+        let messages = if payload.len() <= self.max_message {
+            vec![payload]
+        } else {
+            record::split(&payload, self.max_message)?.into_iter().map(Bytes::from).collect()
+        };
+        match self.publish_all(subject, Some(expected), &id, &messages).await {
             Ok(Published::Stored(seq)) => Ok(Version(seq)),
             Ok(Published::WrongLast { found }) => {
                 // The session moved, perhaps by this very commit: an earlier attempt (in this call, or
                 // a caller's retry after a `Timeout`) may have been stored where the server no longer
-                // answers it as a duplicate (a new leader after a frozen one). The stored id tells.
-                if let Some(last) = self.last_record(session).await? {
-                    let ours = last.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str() == id);
-                    if ours == Some(true) {
-                        return Ok(Version(last.sequence));
+                // answers it as a duplicate (a new leader after a frozen one, or past the window),
+                // and other writers may have appended after it since. The version check stores this
+                // commit only right after `expected`, so the record there tells: ours if its first
+                // message carries our id, else this commit was refused for good. Not the session's
+                // last record: with another writer's on top, a stored commit would be taken for a
+                // refused one and built again (its messages stored twice).
+                match self.record_after(session, expected).await? {
+                    Some(next) => {
+                        let ours =
+                            next.headers.get(async_nats::header::NATS_MESSAGE_ID).is_some_and(|v| v.as_str() == id);
+                        if ours {
+                            // A batch's messages are stored at consecutive sequences.
+                            return Ok(Version(next.sequence + messages.len() as u64 - 1));
+                        }
+                        Err(Error::Conflict { session: session.as_str().to_string(), expected: expected.0, found })
                     }
+                    // "Wrong last sequence" with nothing after `expected`: the read was answered by a
+                    // node that lags (a deposed leader), so whether this commit is stored is unknown.
+                    None => Err(Error::storage(
+                        "learn whether a refused JetStream publish was stored earlier",
+                        "the leader refused the expected version but holds no record after it; outcome unknown",
+                    )),
                 }
-                Err(Error::Conflict { session: session.as_str().to_string(), expected: expected.0, found })
             }
             Err(e) => Err(e),
         }
@@ -359,6 +395,21 @@ impl NatsLog {
         id: &str,
         payload: Bytes,
     ) -> Result<Published, Error> {
+        self.publish_all(subject, expected, id, std::slice::from_ref(&payload)).await
+    }
+
+    /// [`NatsLog::publish`] of `messages` on `subject` as one unit: one message as it is, more as
+    /// one atomic batch (all stored, at consecutive sequences, or none), with the id and the version
+    /// check on its first message. A retried batch is a new batch with the same first message: if
+    /// an earlier attempt was stored, the version check (or the id, within the duplicate window)
+    /// refuses it, and the caller learns from the stored record that it was ours.
+    async fn publish_all(
+        &self,
+        subject: &str,
+        expected: Option<Version>,
+        id: &str,
+        messages: &[Bytes],
+    ) -> Result<Published, Error> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         if let Some(expected) = expected {
@@ -372,12 +423,7 @@ impl NatsLog {
             if left.is_zero() {
                 break;
             }
-            let outcome = tokio::time::timeout(left, async {
-                let ack =
-                    self.publisher.publish_with_headers(subject.to_string(), headers.clone(), payload.clone()).await?;
-                ack.await
-            })
-            .await;
+            let outcome = tokio::time::timeout(left, self.attempt(subject, &headers, messages)).await;
             match outcome {
                 Ok(Ok(ack)) => return Ok(Published::Stored(ack.sequence)),
                 Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
@@ -387,9 +433,21 @@ impl NatsLog {
                 Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     return Err(Error::storage("a JetStream publish (the record exceeds the server's max_payload)", e));
                 }
-                // Anything else is ambiguous (a timeout, a broken connection, no responders during
-                // an election, a 503): the same id and the version check make a retry safe.
-                Ok(Err(e)) => last_error = e.to_string(),
+                Ok(Err(e)) => match batch_refusal(&e) {
+                    // An earlier attempt of this batch was stored (its id is known): as after a
+                    // refused version check, the caller reads what is stored.
+                    Some(BatchRefusal::Duplicate) => return Ok(Published::WrongLast { found: None }),
+                    Some(BatchRefusal::Final) => {
+                        return Err(Error::storage(
+                            "an atomic batch publish (the stream or server refuses atomic batches of this size)",
+                            e,
+                        ));
+                    }
+                    // Anything else is ambiguous (a timeout, a broken connection, no responders
+                    // during an election, a 503, a batch abandoned): the same id and the version
+                    // check make a retry safe.
+                    None => last_error = e.to_string(),
+                },
                 Err(_) => last_error = "no acknowledgement before the write timeout".to_string(),
             }
             tracing::debug!(subject, attempt, error = %last_error, "retrying an unacknowledged JetStream publish");
@@ -405,6 +463,31 @@ impl NatsLog {
         })
     }
 
+    /// One attempt of [`NatsLog::publish_all`]: `first` are the first message's headers. The
+    /// messages before the last of a batch go out without waiting for an answer; the server
+    /// answers the last, which commits the batch, with the acknowledgement of all.
+    async fn attempt(&self, subject: &str, first: &HeaderMap, messages: &[Bytes]) -> Result<PublishAck, PublishError> {
+        if let [only] = messages {
+            return self.publisher.publish_with_headers(subject.to_string(), first.clone(), only.clone()).await?.await;
+        }
+        let batch = message_id();
+        let last = messages.len().saturating_sub(1);
+        for (i, message) in messages.iter().enumerate() {
+            let mut headers = if i == 0 { first.clone() } else { HeaderMap::new() };
+            headers.insert(async_nats::header::NATS_BATCH_ID, batch.as_str());
+            headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            if i == last {
+                headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+                return self.publisher.publish_with_headers(subject.to_string(), headers, message.clone()).await?.await;
+            }
+            self.client
+                .publish_with_headers(subject.to_string(), headers, message.clone())
+                .await
+                .map_err(|e| PublishError::with_source(PublishErrorKind::BrokenPipe, e))?;
+        }
+        Err(PublishError::new(PublishErrorKind::Other))
+    }
+
     /// Purges `session`'s records before its tombstone at `version` and removes its marker.
     /// Idempotent: purging what is already gone purges nothing.
     async fn finish_deletion(
@@ -415,10 +498,16 @@ impl NatsLog {
         version: Version,
     ) -> Result<(), Error> {
         let stream = self.session_stream(stream_name)?;
+        // Up to the tombstone's first message: a tombstone too large for one message (a head with
+        // many open calls) is chunks from there on, and they stay.
+        let tombstone = match self.get_at(stream, version.0).await? {
+            Some(message) => self.record_of(session, &message).await?.first,
+            None => version.0,
+        };
         stream
             .purge()
             .filter(subject)
-            .sequence(version.0)
+            .sequence(tombstone)
             .await
             .map_err(|e| Error::storage("purge a deleted session's records", e))?;
         self.meta
@@ -492,6 +581,29 @@ enum Published {
     Stored(u64),
     /// The subject's last sequence is not the expected one; nothing was stored by this attempt.
     WrongLast { found: Option<u64> },
+}
+
+/// Refusals of an atomic batch that are not ambiguous.
+enum BatchRefusal {
+    /// The batch holds a message id already stored: an earlier attempt of it was.
+    Duplicate,
+    /// Retrying cannot help (atomic batches disabled on the stream, too many messages, ...).
+    Final,
+}
+
+/// What an error answering an atomic batch says, if it is one of its refusals.
+fn batch_refusal(e: &PublishError) -> Option<BatchRefusal> {
+    use async_nats::jetstream::ErrorCode;
+    let code = std::error::Error::source(e)?.downcast_ref::<async_nats::jetstream::Error>()?.error_code();
+    match code {
+        ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE => Some(BatchRefusal::Duplicate),
+        ErrorCode::ATOMIC_PUBLISH_DISABLED
+        | ErrorCode::ATOMIC_PUBLISH_TOO_LARGE_BATCH
+        | ErrorCode::ATOMIC_PUBLISH_UNSUPPORTED_HEADER
+        | ErrorCode::ATOMIC_PUBLISH_INVALID_BATCH_ID
+        | ErrorCode::ATOMIC_PUBLISH_INVALID_BATCH_COMMIT => Some(BatchRefusal::Final),
+        _ => None,
+    }
 }
 
 /// A fresh message id: 128 random bits in hex, unique across writers and processes.
@@ -569,6 +681,17 @@ async fn try_ensure_stream(js: &jetstream::Context, config: &stream::Config) -> 
                         config.name, have.subjects, have.allow_direct
                     ),
                 }));
+            }
+            if config.allow_atomic_publish && !have.allow_atomic_publish {
+                // Made by a build that wrote no atomic batches: allow them (nothing else changes).
+                let updated = stream::Config { allow_atomic_publish: true, ..have.clone() };
+                js.update_stream(&updated).await.map_err(|e| {
+                    Attempt::Unanswered(Error::storage("allow atomic batches on an existing stream", e))
+                })?;
+                return js
+                    .get_stream(&config.name)
+                    .await
+                    .map_err(|e| Attempt::Unanswered(Error::storage("look up a JetStream stream", e)));
             }
             Ok(stream)
         }

@@ -36,7 +36,10 @@ impl NatsLog {
     pub async fn head(&self, session: &SessionId) -> Result<Option<(Head, Version)>, Error> {
         match self.last_record(session).await? {
             None => Ok(None),
-            Some(m) => Ok(Some((record::decode(session, m.sequence, &m.payload)?.head, Version(m.sequence)))),
+            Some(m) => {
+                let at = self.record_of(session, &m).await?;
+                Ok(Some((at.record.head, Version(at.last))))
+            }
         }
     }
 
@@ -97,9 +100,13 @@ impl NatsLog {
                 if message.sequence > version.0 {
                     return Ok(out);
                 }
-                cursor = message.sequence + 1;
-                let record = record::decode(session, message.sequence, &message.payload)?;
-                for event in record.events {
+                // The rest of a large record already read whole.
+                if message.sequence < cursor {
+                    continue;
+                }
+                let at = self.record_of(session, &message).await?;
+                cursor = at.last + 1;
+                for event in at.record.events {
                     if event.seq > to {
                         return Ok(out);
                     }
@@ -124,7 +131,7 @@ impl NatsLog {
         let Some(last) = self.last_record(session).await? else { return Ok(newest_first) };
         let (stream_name, _) = self.names.session(session);
         let stream = self.session_stream(&stream_name)?;
-        let mut record = record::decode(session, last.sequence, &last.payload)?;
+        let mut record = self.record_of(session, &last).await?.record;
         let base = record.head.base();
         loop {
             let (prev, first_seq) = (record.prev, record.first_seq());
@@ -138,7 +145,7 @@ impl NatsLog {
                 break;
             }
             let Some(message) = self.get_at(stream, prev).await? else { break };
-            record = record::decode(session, message.sequence, &message.payload)?;
+            record = self.record_of(session, &message).await?.record;
         }
         newest_first.reverse();
         Ok(newest_first)
@@ -179,7 +186,7 @@ impl NatsLog {
         let at = self.seek(session, stream, &subject, seq, version).await?;
         let gone = || Error::InvalidArgument { what: "seq", reason: format!("the records holding {seq} are purged") };
         let message = self.get_at(stream, at).await?.ok_or_else(gone)?;
-        let record = record::decode(session, message.sequence, &message.payload)?;
+        let record = self.record_of(session, &message).await?.record;
         if record.head.last_seq() == seq {
             return Ok(record.head);
         }
@@ -187,7 +194,7 @@ impl NatsLog {
             Head::default()
         } else {
             let message = self.get_at(stream, record.prev).await?.ok_or_else(gone)?;
-            record::decode(session, message.sequence, &message.payload)?.head
+            self.record_of(session, &message).await?.record.head
         };
         for event in record.events.iter().filter(|e| e.seq <= seq) {
             apply(&mut before, event);
@@ -243,7 +250,8 @@ impl NatsLog {
     }
 
     /// Up to [`BATCH_RECORDS`] records of the session from stream sequence `from` on, up to
-    /// `version`, each decoded (or the reason it does not decode), for audit: one batched read.
+    /// `version`, each decoded (or the reason it does not decode) with the sequence of its last
+    /// message, for audit: one batched read (and one more per large record).
     pub(crate) async fn records(
         &self,
         session: &SessionId,
@@ -257,11 +265,26 @@ impl NatsLog {
             // A lagging replica answered: the leader has the next record.
             messages.extend(self.leader_next(stream, &subject, from).await?);
         }
-        Ok(messages
-            .into_iter()
-            .take_while(|m| m.sequence <= version.0)
-            .map(|m| (m.sequence, record::decode(session, m.sequence, &m.payload)))
-            .collect())
+        let mut out = Vec::with_capacity(messages.len());
+        let mut cursor = from;
+        for message in messages.into_iter().take_while(|m| m.sequence <= version.0) {
+            // The rest of a large record already read whole.
+            if message.sequence < cursor {
+                continue;
+            }
+            match self.record_of(session, &message).await {
+                Ok(at) => {
+                    cursor = at.last + 1;
+                    out.push((at.last, Ok(at.record)));
+                }
+                Err(e @ Error::Corrupt { .. }) => {
+                    cursor = message.sequence + 1;
+                    out.push((message.sequence, Err(e)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// The session's last record, from its stream's leader.
@@ -273,6 +296,19 @@ impl NatsLog {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(Error::storage("read a session's last record", e)),
         }
+    }
+
+    /// The session's first record after stream sequence `version`, from its stream's leader: the
+    /// one an append expecting `version` stored, if any did (the version check admits it nowhere
+    /// else).
+    pub(super) async fn record_after(
+        &self,
+        session: &SessionId,
+        version: Version,
+    ) -> Result<Option<StreamMessage>, Error> {
+        let (stream_name, subject) = self.names.session(session);
+        let stream = self.session_stream(&stream_name)?;
+        self.leader_next(stream, &subject, version.0 + 1).await
     }
 
     /// The last message on `subject` by direct get, then from the leader if no replica has it.
@@ -294,7 +330,7 @@ impl NatsLog {
     }
 
     /// The message at stream sequence `seq` (by direct get, else from the leader); `None` if gone.
-    async fn get_at(&self, stream: &stream::Stream, seq: u64) -> Result<Option<StreamMessage>, Error> {
+    pub(super) async fn get_at(&self, stream: &stream::Stream, seq: u64) -> Result<Option<StreamMessage>, Error> {
         let direct =
             if self.leader_reads { Err(DirectGetErrorKind::NotFound.into()) } else { stream.direct_get(seq).await };
         match direct {
@@ -323,7 +359,7 @@ impl NatsLog {
     }
 
     /// The first message on `subject` at or after `seq`, from the leader.
-    async fn leader_next(
+    pub(super) async fn leader_next(
         &self,
         stream: &stream::Stream,
         subject: &str,
@@ -360,9 +396,10 @@ impl NatsLog {
             let probe = version.0 - step;
             match self.next_at(stream, subject, probe).await? {
                 Some(m) if m.sequence <= version.0 => {
-                    if record::decode(session, m.sequence, &m.payload)?.first_seq() <= from {
-                        best = m.sequence;
-                        lo = m.sequence + 1;
+                    let at = self.record_of(session, &m).await?;
+                    if at.record.first_seq() <= from {
+                        best = at.first;
+                        lo = at.last + 1;
                         break;
                     }
                     // Every record at or after `probe` starts past `from`.
@@ -378,10 +415,10 @@ impl NatsLog {
             let mid = lo + (hi - lo) / 2;
             match self.next_at(stream, subject, mid).await? {
                 Some(m) if m.sequence <= hi => {
-                    let record = record::decode(session, m.sequence, &m.payload)?;
-                    if record.first_seq() <= from {
-                        best = m.sequence;
-                        lo = m.sequence + 1;
+                    let at = self.record_of(session, &m).await?;
+                    if at.record.first_seq() <= from {
+                        best = at.first;
+                        lo = at.last + 1;
                     } else {
                         hi = mid - 1;
                     }
