@@ -2,9 +2,14 @@
 //! interleaved with compactions at random cut points, some of which fail in the summarizer.
 //! After every step: no splice separates a tool call from its result, `upto` only moves forward,
 //! a failed compaction leaves the session byte-identical, and working memory equals the summary
-//! plus the naive window of the messages after `upto`.
+//! plus the naive window of the messages after `upto`. On fjall, and on a 3-node JetStream
+//! cluster (a twentieth of the cases: every step reads the whole history over the network).
 
 mod common;
+#[cfg(feature = "nats")]
+mod nats_common;
+#[cfg(feature = "nats")]
+mod nats_properties;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,18 +45,22 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// Summaries that fail when the request's focus is "fail".
+fn summarizer() -> std::sync::Arc<FnSummarizer> {
+    FnSummarizer::new(|input| {
+        Box::pin(async move {
+            if input.focus.as_deref() == Some("fail") {
+                return Err(Error::Summarizer { status: Some(500), message: "boom".into() });
+            }
+            Ok(format!("{} + {} messages", input.previous_summary.unwrap_or_default(), input.messages.len()))
+        })
+    })
+}
+
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let summarizer = FnSummarizer::new(|input| {
-            Box::pin(async move {
-                if input.focus.as_deref() == Some("fail") {
-                    return Err(Error::Summarizer { status: Some(500), message: "boom".into() });
-                }
-                Ok(format!("{} + {} messages", input.previous_summary.unwrap_or_default(), input.messages.len()))
-            })
-        });
-        let (engine, dir) = common::engine_with(summarizer, |_| {});
+        let (engine, dir) = common::engine_with(summarizer(), |_| {});
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         Fixture { engine, runtime, _dir: dir }
     })
@@ -106,10 +115,25 @@ fn check_invariants(history: &[Event], wm: &palimpsest::WorkingMemory) -> Result
 }
 
 fn prop_no_splice_cuts_a_tool_pair(ops: Vec<Op>) -> Result<(), String> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let f = fixture();
-    let s = f.engine.session(format!("pair-{}", NEXT.fetch_add(1, Ordering::Relaxed))).expect("id");
-    f.runtime.block_on(async {
+    no_splice_cuts_a_tool_pair(&f.engine, &f.runtime, ops)
+}
+
+/// The JetStream fixture, set by its test for the length of its quickcheck run.
+#[cfg(feature = "nats")]
+static NATS_FIXTURE: parking_lot::Mutex<Option<std::sync::Arc<nats_properties::EngineOnCluster>>> =
+    parking_lot::Mutex::new(None);
+
+#[cfg(feature = "nats")]
+fn prop_no_splice_cuts_a_tool_pair_on_nats(ops: Vec<Op>) -> Result<(), String> {
+    let f = NATS_FIXTURE.lock().clone().expect("the test sets the JetStream fixture");
+    no_splice_cuts_a_tool_pair(&f.engine, &f.runtime, ops)
+}
+
+fn no_splice_cuts_a_tool_pair(engine: &Engine, runtime: &tokio::runtime::Runtime, ops: Vec<Op>) -> Result<(), String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let s = engine.session(format!("pair-{}", NEXT.fetch_add(1, Ordering::Relaxed))).expect("id");
+    runtime.block_on(async {
         s.append(Message::user("start")).await.map_err(|e| e.to_string())?;
         let (mut open, mut next_id) = (Vec::<String>::new(), 0);
         for op in ops {
@@ -160,4 +184,17 @@ fn prop_no_splice_cuts_a_tool_pair(ops: Vec<Op>) -> Result<(), String> {
 #[test]
 fn no_splice_ever_separates_a_tool_call_from_its_result() {
     QuickCheck::new().quickcheck(prop_no_splice_cuts_a_tool_pair as fn(Vec<Op>) -> Result<(), String>);
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn no_splice_ever_separates_a_tool_call_from_its_result_on_jetstream() {
+    let fixture = nats_properties::EngineOnCluster::start("pairs", summarizer(), |_| {});
+    nats_properties::quickcheck_on_cluster(
+        &NATS_FIXTURE,
+        fixture,
+        // Every step reads the whole history back, so a case costs O(steps^2) round trips.
+        nats_properties::cluster_cases() / 2,
+        prop_no_splice_cuts_a_tool_pair_on_nats as fn(Vec<Op>) -> Result<(), String>,
+    );
 }

@@ -13,6 +13,8 @@
 mod common;
 #[cfg(feature = "nats")]
 mod nats_common;
+#[cfg(feature = "nats")]
+mod nats_properties;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,19 +122,11 @@ fn seq_summarizer() -> std::sync::Arc<common::FnSummarizer> {
     })
 }
 
-/// An engine and the runtime its reads run on; dropped in this order (the store last).
+/// An engine and the runtime its reads run on; dropped in this order (the directory last).
 struct Fixture {
     engine: Engine,
     runtime: tokio::runtime::Runtime,
-    _store: Store,
-}
-
-/// Where the fixture's engine keeps its logs: held only to be dropped (removed, or killed) last.
-#[allow(dead_code)]
-enum Store {
-    Dir(tempfile::TempDir),
-    #[cfg(feature = "nats")]
-    Cluster(nats_common::Cluster),
+    _dir: tempfile::TempDir,
 }
 
 /// The engine config both fixtures share.
@@ -151,17 +145,18 @@ fn fixture() -> &'static Fixture {
         config.durability = Durability::Buffered;
         let engine = Engine::open_with_summarizer(config, seq_summarizer()).expect("open");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        Fixture { engine, runtime, _store: Store::Dir(dir) }
+        Fixture { engine, runtime, _dir: dir }
     })
 }
 
 /// The JetStream fixture, set by its test for the length of its quickcheck run.
 #[cfg(feature = "nats")]
-static NATS_FIXTURE: parking_lot::Mutex<Option<std::sync::Arc<Fixture>>> = parking_lot::Mutex::new(None);
+static NATS_FIXTURE: parking_lot::Mutex<Option<std::sync::Arc<nats_properties::EngineOnCluster>>> =
+    parking_lot::Mutex::new(None);
 
-fn fresh_session(fixture: &Fixture) -> palimpsest::Session {
+fn fresh_session(engine: &Engine) -> palimpsest::Session {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    fixture.engine.session(format!("qc-{}", NEXT.fetch_add(1, Ordering::Relaxed))).expect("valid id")
+    engine.session(format!("qc-{}", NEXT.fetch_add(1, Ordering::Relaxed))).expect("valid id")
 }
 
 /// Whether `working_memory(limit)` equals the naive fold of the history as it is now. Called after
@@ -182,19 +177,27 @@ async fn view_matches_now(s: &palimpsest::Session, limit: usize) -> bool {
 }
 
 fn prop_view_equals_naive_fold(steps: Vec<Step>, limit: u8, batch: u8, at: u8) -> bool {
-    view_equals_naive_fold(fixture(), steps, limit, batch, at)
+    let f = fixture();
+    view_equals_naive_fold(&f.engine, &f.runtime, steps, limit, batch, at)
 }
 
 #[cfg(feature = "nats")]
 fn prop_view_equals_naive_fold_on_nats(steps: Vec<Step>, limit: u8, batch: u8, at: u8) -> bool {
-    let fixture = NATS_FIXTURE.lock().clone().expect("the test sets the JetStream fixture");
-    view_equals_naive_fold(&fixture, steps, limit, batch, at)
+    let f = NATS_FIXTURE.lock().clone().expect("the test sets the JetStream fixture");
+    view_equals_naive_fold(&f.engine, &f.runtime, steps, limit, batch, at)
 }
 
-fn view_equals_naive_fold(fixture: &Fixture, steps: Vec<Step>, limit: u8, batch: u8, at: u8) -> bool {
-    let s = fresh_session(fixture);
+fn view_equals_naive_fold(
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    steps: Vec<Step>,
+    limit: u8,
+    batch: u8,
+    at: u8,
+) -> bool {
+    let s = fresh_session(engine);
     let limit = usize::from(limit);
-    fixture.runtime.block_on(async {
+    runtime.block_on(async {
         let (mut open, mut next_id, mut pending) = (Vec::new(), 0, Vec::new());
         let mut written: Vec<Message> = Vec::new();
         for step in steps.iter().take(MAX_STEPS) {
@@ -367,38 +370,18 @@ fn working_memory_equals_a_naive_fold_over_the_whole_history() {
     QuickCheck::new().quickcheck(prop_view_equals_naive_fold as fn(Vec<Step>, u8, u8, u8) -> bool);
 }
 
-/// The view property on a 3-node JetStream cluster: a tenth of `QUICKCHECK_TESTS` (at least 10,
-/// at most 100), each case a fresh session on the same streams.
+/// The view property on a 3-node JetStream cluster (`nats_properties::cluster_cases` cases), each
+/// case a fresh session on the same streams.
 #[cfg(feature = "nats")]
 #[test]
 fn working_memory_equals_a_naive_fold_on_jetstream() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (engine, cluster, dir) = runtime.block_on(async {
-        let cluster = nats_common::Cluster::start(3).await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = tuned(Config::new(dir.path().join("fold")));
-        config.storage.kind = palimpsest::StorageKind::Nats;
-        config.storage.nats = nats_common::config(&cluster, "fold", 3);
-        let components = palimpsest::Components { summarizer: Some(seq_summarizer()), ..Default::default() };
-        let engine = Engine::connect(config, components).await.expect("connect");
-        let js = async_nats::jetstream::new(cluster.raw_client().await);
-        nats_common::wait_stream_leader(&cluster, &js, "fold_s0").await;
-        nats_common::wait_stream_leader(&cluster, &js, "fold_meta").await;
-        (engine, cluster, dir)
-    });
-    *NATS_FIXTURE.lock() = Some(std::sync::Arc::new(Fixture { engine, runtime, _store: Store::Cluster(cluster) }));
-    let cases = std::env::var("QUICKCHECK_TESTS").ok().and_then(|n| n.parse::<u64>().ok()).unwrap_or(100) / 10;
-    let outcome = std::panic::catch_unwind(|| {
-        QuickCheck::new()
-            .tests(cases.clamp(10, 100))
-            .quickcheck(prop_view_equals_naive_fold_on_nats as fn(Vec<Step>, u8, u8, u8) -> bool);
-    });
-    // The engine, its runtime, then the cluster (killed by pid), before any failure is reported.
-    drop(NATS_FIXTURE.lock().take());
-    drop(dir);
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    let fixture = nats_properties::EngineOnCluster::start("fold", seq_summarizer(), |c| *c = tuned(c.clone()));
+    nats_properties::quickcheck_on_cluster(
+        &NATS_FIXTURE,
+        fixture,
+        nats_properties::cluster_cases(),
+        prop_view_equals_naive_fold_on_nats as fn(Vec<Step>, u8, u8, u8) -> bool,
+    );
 }
 
 #[test]
