@@ -8,8 +8,17 @@
 //! implementation of the pair-safe rule. Working memory is read twice per step at two window
 //! sizes, so the engine's head and window caches are read after every kind of write (appends,
 //! splices, failed writes) and across reopens, and must agree with the model's window each time.
+//!
+//! On fjall every case has a database of its own. On JetStream (a 3-node cluster started here, a
+//! fortieth of the cases) every case has a session of its own on shared streams; a reopen connects
+//! a new engine (its head and window caches empty), and an injected failure refuses the append
+//! before anything is published.
 
 mod common;
+#[cfg(feature = "nats")]
+mod nats_common;
+#[cfg(feature = "nats")]
+mod nats_properties;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +140,14 @@ impl Model {
 
 type Gate = Arc<Mutex<Option<oneshot::Sender<Result<(), Error>>>>>;
 
-fn open(dir: &std::path::Path, gate: &Gate) -> Engine {
+/// Where a case's engines keep their logs.
+enum Backend {
+    Fjall(std::path::PathBuf),
+    #[cfg(feature = "nats")]
+    Nats(palimpsest::NatsConfig),
+}
+
+async fn open(backend: &Backend, gate: &Gate) -> Engine {
     let gate = Arc::clone(gate);
     let summarizer = FnSummarizer::new(move |input| {
         let gate = Arc::clone(&gate);
@@ -142,9 +158,22 @@ fn open(dir: &std::path::Path, gate: &Gate) -> Engine {
             Ok(format!("summary of {} messages", input.messages.len()))
         })
     });
-    let mut config = Config::new(dir);
-    config.durability = Durability::Buffered;
-    Engine::open_with_summarizer(config, summarizer).expect("open")
+    match backend {
+        Backend::Fjall(dir) => {
+            let mut config = Config::new(dir);
+            config.durability = Durability::Buffered;
+            Engine::open_with_summarizer(config, summarizer).expect("open")
+        }
+        #[cfg(feature = "nats")]
+        Backend::Nats(nats) => {
+            let mut config = Config::new("/unused-on-nats");
+            config.storage.kind = palimpsest::StorageKind::Nats;
+            config.storage.nats = nats.clone();
+            config.extraction.enabled = false;
+            let components = palimpsest::Components { summarizer: Some(summarizer), ..Default::default() };
+            Engine::connect(config, components).await.expect("connect")
+        }
+    }
 }
 
 struct InFlight {
@@ -163,8 +192,8 @@ async fn cancel(in_flight: Option<InFlight>, gate: &Gate) {
     }
 }
 
-async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
-    let s = engine.session("m").map_err(|e| e.to_string())?;
+async fn check(engine: &Engine, id: &str, model: &Model) -> Result<(), String> {
+    let s = engine.session(id).map_err(|e| e.to_string())?;
     let history = match s.history(Seq::new(1), 10_000).await {
         Ok(h) => h,
         Err(Error::NotFound { .. }) if model.log.is_empty() => return Ok(()),
@@ -220,15 +249,31 @@ async fn check(engine: &Engine, model: &Model) -> Result<(), String> {
 
 fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
     let dir = common::fast_tempdir();
+    engine_agrees_with_the_model(&Backend::Fjall(dir.path().to_path_buf()), "m", ops)
+}
+
+/// The cluster's config, set by the JetStream test for the length of its quickcheck run.
+#[cfg(feature = "nats")]
+static NATS_CONFIG: Mutex<Option<palimpsest::NatsConfig>> = Mutex::new(None);
+
+#[cfg(feature = "nats")]
+fn prop_engine_agrees_with_the_model_on_nats(ops: Vec<Op>) -> TestResult {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let config = NATS_CONFIG.lock().clone().expect("the test sets the cluster's config");
+    let id = format!("m-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    engine_agrees_with_the_model(&Backend::Nats(config), &id, ops)
+}
+
+fn engine_agrees_with_the_model(backend: &Backend, id: &str, ops: Vec<Op>) -> TestResult {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let gate: Gate = Arc::new(Mutex::new(None));
     let result: Result<(), String> = rt.block_on(async {
-        let mut engine = open(dir.path(), &gate);
+        let mut engine = open(backend, &gate).await;
         let mut model = Model::default();
         let mut in_flight: Option<InFlight> = None;
         let mut next_call = 0;
         for (step, op) in ops.into_iter().enumerate() {
-            let s = engine.session("m").map_err(|e| e.to_string())?;
+            let s = engine.session(id).map_err(|e| e.to_string())?;
             let append = |m: Message| {
                 let s = s.clone();
                 async move { s.append(m).await.map_err(|e| format!("step {step}: {e}")) }
@@ -353,7 +398,7 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                     // Background extraction jobs keep the database open while they run: drain them first (SPEC 6b).
                     engine.drain(std::time::Duration::from_secs(30), true).await;
                     drop(engine);
-                    engine = open(dir.path(), &gate);
+                    engine = open(backend, &gate).await;
                 }
                 Op::FailedWrite => {
                     engine.inject_fault(Some(Fault { point: FaultPoint::Commit, after: 0, mode: FaultMode::Once }));
@@ -366,11 +411,11 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
                     // Background extraction jobs keep the database open while they run: drain them first (SPEC 6b).
                     engine.drain(std::time::Duration::from_secs(30), true).await;
                     drop(engine);
-                    engine = open(dir.path(), &gate);
+                    engine = open(backend, &gate).await;
                 }
             }
             if in_flight.is_none() {
-                check(&engine, &model).await.map_err(|e| format!("after step {step} ({op:?}): {e}"))?;
+                check(&engine, id, &model).await.map_err(|e| format!("after step {step} ({op:?}): {e}"))?;
             }
         }
         Ok(())
@@ -384,4 +429,36 @@ fn prop_engine_agrees_with_the_model(ops: Vec<Op>) -> TestResult {
 #[test]
 fn the_engine_agrees_with_a_simple_model() {
     QuickCheck::new().rng(Gen::new(200)).quickcheck(prop_engine_agrees_with_the_model as fn(Vec<Op>) -> TestResult);
+}
+
+/// The same property on a 3-node JetStream cluster, a quarter of `nats_properties::cluster_cases`.
+#[cfg(feature = "nats")]
+#[test]
+fn the_engine_agrees_with_a_simple_model_on_jetstream() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let cluster = runtime.block_on(async {
+        let cluster = nats_common::Cluster::start(3).await;
+        let config = nats_common::config(&cluster, "model", 3);
+        // The first connect makes the streams; a new stream refuses publishes until it has a leader.
+        let made = open(&Backend::Nats(config.clone()), &Arc::new(Mutex::new(None))).await;
+        let js = async_nats::jetstream::new(cluster.raw_client().await);
+        nats_common::wait_stream_leader(&cluster, &js, "model_s0").await;
+        nats_common::wait_stream_leader(&cluster, &js, "model_meta").await;
+        drop(made);
+        *NATS_CONFIG.lock() = Some(config);
+        cluster
+    });
+    let outcome = std::panic::catch_unwind(|| {
+        QuickCheck::new()
+            .rng(Gen::new(200))
+            // Up to 200 operations a case, each checked by reading the whole log back: a quarter.
+            .tests(nats_properties::cluster_cases() / 4)
+            .quickcheck(prop_engine_agrees_with_the_model_on_nats as fn(Vec<Op>) -> TestResult);
+    });
+    NATS_CONFIG.lock().take();
+    drop(cluster);
+    drop(runtime);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }

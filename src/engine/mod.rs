@@ -330,17 +330,27 @@ impl Engine {
     }
 
     /// Arms (or, with `None`, disarms) a storage fault. Test builds only (feature `testing`).
+    /// On JetStream only `FaultPoint::Commit` fires: the append is refused before anything is
+    /// published.
     #[cfg(feature = "testing")]
     pub fn inject_fault(&self, fault: Option<crate::testing::Fault>) {
-        if let Ok(store) = self.store("fault injection") {
-            store.faults.arm(fault);
-        }
+        self.faults().arm(fault);
     }
 
     /// How many injected faults have fired. Test builds only (feature `testing`).
     #[cfg(feature = "testing")]
     pub fn faults_fired(&self) -> u64 {
-        self.store("fault injection").map_or(0, |store| store.faults.fired())
+        self.faults().fired()
+    }
+
+    /// The backend's fault switch.
+    #[cfg(feature = "testing")]
+    fn faults(&self) -> &crate::testing::Faults {
+        match &self.inner.backend {
+            crate::engine::backend::Backend::Fjall { writer, .. } => &writer.store().faults,
+            #[cfg(feature = "nats")]
+            crate::engine::backend::Backend::Nats(log) => &log.faults,
+        }
     }
 
     /// The fjall store, for `what`; [`Error::Unsupported`] on another backend.

@@ -95,6 +95,10 @@ pub struct NatsLog {
     /// Largest record published as one message: the server's `max_payload` less room for the
     /// headers. A larger one goes out in chunks, as one atomic batch (`chunked`).
     max_message: usize,
+    /// Injected faults (feature `testing`): `FaultPoint::Commit` refuses an append before anything
+    /// is published.
+    #[cfg(feature = "testing")]
+    pub(crate) faults: crate::testing::Faults,
 }
 
 impl std::fmt::Debug for NatsLog {
@@ -224,6 +228,8 @@ impl NatsLog {
             leader_reads: false,
             nonce: fastrand::u128(..),
             max_message,
+            #[cfg(feature = "testing")]
+            faults: crate::testing::Faults::default(),
         };
         log.resume_deletions().await?;
         Ok(log)
@@ -278,6 +284,8 @@ impl NatsLog {
         head: &Head,
         purge: bool,
     ) -> Result<Version, Error> {
+        #[cfg(feature = "testing")]
+        self.faults.check(crate::testing::FaultPoint::Commit)?;
         let payload = Bytes::from(record::encode(expected.0, events, head)?);
         let (stream_name, subject) = self.names.session(session);
         let deleting = head.is_deleted();
