@@ -165,14 +165,7 @@ async fn open(backend: &Backend, gate: &Gate) -> Engine {
             Engine::open_with_summarizer(config, summarizer).expect("open")
         }
         #[cfg(feature = "nats")]
-        Backend::Nats(nats) => {
-            let mut config = Config::new("/unused-on-nats");
-            config.storage.kind = palimpsest::StorageKind::Nats;
-            config.storage.nats = nats.clone();
-            config.extraction.enabled = false;
-            let components = palimpsest::Components { summarizer: Some(summarizer), ..Default::default() };
-            Engine::connect(config, components).await.expect("connect")
-        }
+        Backend::Nats(nats) => nats_properties::connect(nats, summarizer, |_| {}).await,
     }
 }
 
@@ -435,30 +428,12 @@ fn the_engine_agrees_with_a_simple_model() {
 #[cfg(feature = "nats")]
 #[test]
 fn the_engine_agrees_with_a_simple_model_on_jetstream() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let cluster = runtime.block_on(async {
-        let cluster = nats_common::Cluster::start(3).await;
-        let config = nats_common::config(&cluster, "model", 3);
-        // The first connect makes the streams; a new stream refuses publishes until it has a leader.
-        let made = open(&Backend::Nats(config.clone()), &Arc::new(Mutex::new(None))).await;
-        let js = async_nats::jetstream::new(cluster.raw_client().await);
-        nats_common::wait_stream_leader(&cluster, &js, "model_s0").await;
-        nats_common::wait_stream_leader(&cluster, &js, "model_meta").await;
-        drop(made);
-        *NATS_CONFIG.lock() = Some(config);
-        cluster
-    });
-    let outcome = std::panic::catch_unwind(|| {
-        QuickCheck::new()
-            .rng(Gen::new(200))
-            // Up to 200 operations a case, each checked by reading the whole log back: a quarter.
-            .tests(nats_properties::cluster_cases() / 4)
-            .quickcheck(prop_engine_agrees_with_the_model_on_nats as fn(Vec<Op>) -> TestResult);
-    });
-    NATS_CONFIG.lock().take();
-    drop(cluster);
-    drop(runtime);
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    nats_properties::quickcheck_with_streams(
+        &NATS_CONFIG,
+        "model",
+        // Up to 200 operations a case, each checked by reading the whole log back: a quarter.
+        nats_properties::cluster_cases() / 4,
+        200,
+        prop_engine_agrees_with_the_model_on_nats as fn(Vec<Op>) -> TestResult,
+    );
 }
