@@ -27,9 +27,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use async_nats::jetstream;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use palimpsest::{Components, Config, Engine, Message, NatsConfig, Session, StorageKind};
 use palimpsest_testcluster::{Cluster, ClusterOptions};
 use serde_json::{Map, Value, json};
@@ -53,13 +53,16 @@ const WM_TAIL: u64 = 100;
 const FILL_BATCH: u64 = 1_000;
 /// The window read.
 const WINDOW: usize = 50;
-/// Longest wait for one raw publish's acknowledgement, and for one record read back.
+/// Longest wait for one raw publish's acknowledgement, and for one record read back (the raw
+/// client's request timeout).
 const NATS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most attempts of one raw publish. A clustered stream refuses a publish with an expected
 /// subject sequence while an earlier one of that subject is still in process on its leader
 /// (`wrong last sequence`, error code 10164, seen even after the earlier one's acknowledgement):
 /// nothing is stored, and the client publishes again. The engine sees the same refusals.
 const RAW_ATTEMPTS: u32 = 16;
+/// Records read back at once (each a request to the stream's leader).
+const READ_BACK_IN_FLIGHT: usize = 32;
 /// Longest wait for the session stream to have a leader.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -431,26 +434,24 @@ async fn engine_round(sessions: &[Session], next: &mut [u64], n: u64) -> Outcome
     Ok(rate)
 }
 
-/// Subject and payload of the `n` records of `stream` from sequence `from` on, in order, through
-/// an ordered consumer (each wait bounded by [`NATS_TIMEOUT`]).
+/// Subject and payload of the `n` records of `stream` from sequence `from` on, in order, each
+/// read from the stream's leader (a follower may not hold the newest yet), [`READ_BACK_IN_FLIGHT`]
+/// requests at a time, each bounded by the context's timeout. Reads by sequence rather than
+/// through a consumer: an ordered consumer recreated before its first delivery starts again from
+/// the stream's first record.
 async fn read_back(stream: &jetstream::stream::Stream, from: u64, n: u64) -> Outcome<Vec<(String, Bytes)>> {
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
-            ..OrderedConfig::default()
+    futures_util::stream::iter(from..from + n)
+        .map(|sequence| async move {
+            let message =
+                stream.get_raw_message(sequence).await.map_err(|e| format!("reading back record {sequence}: {e}"))?;
+            if message.sequence != sequence {
+                return Err(format!("asked for record {sequence}, got {}", message.sequence));
+            }
+            Ok((message.subject.to_string(), message.payload))
         })
+        .buffered(READ_BACK_IN_FLIGHT)
+        .try_collect()
         .await
-        .map_err(|e| format!("an ordered consumer: {e}"))?;
-    let mut messages = consumer.messages().await.map_err(|e| format!("the consumer's messages: {e}"))?;
-    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    while (out.len() as u64) < n {
-        let next = tokio::time::timeout(NATS_TIMEOUT, messages.next())
-            .await
-            .map_err(|_| format!("no record within {} s while reading back", NATS_TIMEOUT.as_secs()))?;
-        let message = next.ok_or("the consumer ended early")?.map_err(|e| format!("reading back: {e}"))?;
-        out.push((message.subject.to_string(), message.payload.clone()));
-    }
-    Ok(out)
 }
 
 /// Appends messages `0..n` to `session`: all but the last [`WM_TAIL`] in batches of
