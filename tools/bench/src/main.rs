@@ -66,9 +66,9 @@ struct Args {
     /// Rebuild the cached databases even when a valid one exists.
     #[arg(long)]
     fresh_cache: bool,
-    /// The nats-server binary (2.10 or later; scripts/setup-nats.sh installs 2.15.1 and prints its
-    /// path) for the JetStream figures, which run last on a 3-node loopback cluster started for the
-    /// run. Without one those figures are null and the report says why.
+    /// The nats-server binary (scripts/setup-nats.sh installs 2.15.1, the version the tests use, and
+    /// prints its path) for the JetStream figures, which run last on a 3-node loopback cluster
+    /// started for the run. Without one those figures are null and the report says why.
     #[arg(long, env = palimpsest_testcluster::SERVER_ENV, value_name = "PATH")]
     nats_server: Option<PathBuf>,
     #[command(subcommand)]

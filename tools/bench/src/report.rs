@@ -148,9 +148,9 @@ pub fn table(out: &Value) -> String {
              records {} bytes; working memory with the window cache off: {} us at 100 messages, {} us at 100k \
              (growth {}); 100k messages written in {} s",
             c["nodes"],
-            c["server_version"],
-            c["client_node"],
-            c["stream_leader"],
+            c["server_version"].as_str().unwrap_or("?"),
+            c["client_node"].as_str().unwrap_or("?"),
+            c["stream_leader"].as_str().unwrap_or("?"),
             out["nats_record_bytes_mean"],
             out["nats_wm50_uncached_us_100"],
             out["nats_wm50_uncached_us_100k"],
