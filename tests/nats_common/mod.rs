@@ -5,66 +5,24 @@
 //! each with its own temp store and `sync_interval: always`, waits until every node's `/healthz`
 //! says ok, and kills them all by pid when dropped (a panicking test included). A test that needs
 //! the server fails loudly when the variable is missing: nothing is skipped.
+//!
+//! The processes are started and stopped by the `palimpsest-testcluster` crate (tools/testcluster),
+//! which `palimpsest-bench` uses too; here its errors become panics, as a test wants, and the
+//! cluster gains a NATS client of its own (`raw_client`).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use palimpsest::{Durability, Event, EventKind, Head, Message, NatsConfig, NatsLog, Seq, SessionId, Version, apply};
+pub use palimpsest_testcluster::{ClusterOptions, SERVER_ENV};
 
-/// The variable naming the nats-server binary.
-pub const SERVER_ENV: &str = "PALIMPSEST_NATS_SERVER";
-/// Longest wait for a node to report healthy.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a stream to have a leader (a new stream's first election, or one after a kill).
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Options of a cluster.
-#[derive(Clone, Debug)]
-pub struct ClusterOptions {
-    /// `sync_interval: always` in every node's JetStream block.
-    pub sync_always: bool,
-    /// An `authorization { token }` every client must give.
-    pub token: Option<String>,
-    /// Every node's `max_payload`, as nats-server spells sizes (`8MB`, `64KB`).
-    pub max_payload: String,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        Self { sync_always: true, token: None, max_payload: "8MB".to_string() }
-    }
-}
-
-struct Node {
-    name: String,
-    client_port: u16,
-    http_port: u16,
-    conf: PathBuf,
-    child: Option<Child>,
-}
-
-/// Running nats-server processes; killed by pid on drop.
+/// Running nats-server processes; killed by pid on drop. Every method panics where the launcher
+/// returns an error.
 pub struct Cluster {
-    server: PathBuf,
-    dir: tempfile::TempDir,
-    nodes: Vec<Node>,
-    http: reqwest::Client,
-}
-
-fn server_binary() -> PathBuf {
-    let path = std::env::var_os(SERVER_ENV).unwrap_or_else(|| {
-        panic!("{SERVER_ENV} is not set: run `export {SERVER_ENV}=\"$(scripts/setup-nats.sh | tail -n 1)\"` (scripts/test does)")
-    });
-    let path = PathBuf::from(path);
-    assert!(path.is_file(), "{SERVER_ENV}={} is not a file", path.display());
-    path
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("a bound listener has an address").port()
+    launcher: palimpsest_testcluster::Cluster,
 }
 
 impl Cluster {
@@ -75,80 +33,28 @@ impl Cluster {
 
     /// `n` nodes (1 means a single server without a cluster block), healthy.
     pub async fn start_with(n: usize, options: ClusterOptions) -> Cluster {
-        let server = server_binary();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let routes: Vec<String> = route_ports.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
-        let mut nodes = Vec::new();
-        for (i, route_port) in route_ports.iter().enumerate() {
-            let name = format!("n{i}");
-            let (client_port, http_port) = (free_port(), free_port());
-            let store = dir.path().join(&name);
-            let sync = if options.sync_always { "sync_interval: always," } else { "" };
-            let mut conf = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\nmax_payload: {}\n\
-                 jetstream {{ store_dir: {:?}, {sync} max_file_store: 1GB, max_memory_store: 64MB }}\n",
-                options.max_payload,
-                store.display().to_string()
-            );
-            if n > 1 {
-                conf.push_str(&format!(
-                    "cluster {{ name: ps, listen: 127.0.0.1:{route_port}, routes: [{}] }}\n",
-                    routes.join(", ")
-                ));
-            }
-            if let Some(token) = &options.token {
-                conf.push_str(&format!("authorization {{ token: {token:?} }}\n"));
-            }
-            let path = dir.path().join(format!("{name}.conf"));
-            std::fs::write(&path, conf).expect("write a node's config");
-            nodes.push(Node { name, client_port, http_port, conf: path, child: None });
-        }
-        // reqwest is built with `rustls-no-provider`; an error means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
-        let mut cluster = Cluster { server, dir, nodes, http };
-        for i in 0..n {
-            cluster.spawn(i);
-        }
-        for i in 0..n {
-            cluster.wait_healthy(i).await;
-        }
-        cluster
+        let server = palimpsest_testcluster::server_from_env().unwrap_or_else(|e| {
+            panic!("{e}: run `export {SERVER_ENV}=\"$(scripts/setup-nats.sh | tail -n 1)\"` (scripts/test does)")
+        });
+        let launcher = palimpsest_testcluster::Cluster::launch(&server, n, options)
+            .await
+            .unwrap_or_else(|e| panic!("start a {n}-node cluster: {e}"));
+        Cluster { launcher }
     }
 
-    fn spawn(&mut self, i: usize) {
-        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", self.nodes[i].name))).expect("log file");
-        let child = Command::new(&self.server)
-            .arg("-c")
-            .arg(&self.nodes[i].conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start nats-server");
-        self.nodes[i].child = Some(child);
+    /// The launcher itself (what the tests do not need wrapped).
+    pub fn launcher(&self) -> &palimpsest_testcluster::Cluster {
+        &self.launcher
     }
 
     /// Waits (bounded) until node `i` answers `/healthz` with ok.
     pub async fn wait_healthy(&self, i: usize) {
-        let url = format!("http://127.0.0.1:{}/healthz", self.nodes[i].http_port);
-        let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
-        loop {
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "node {i} not healthy within {HEALTH_TIMEOUT:?}");
-            // Polling an outside process's readiness; there is nothing to wait on instead.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.launcher.wait_healthy(i).await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Every node's client URL.
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.client_port)).collect()
+        self.launcher.urls()
     }
 
     /// A plain client of the cluster (for what the tests do beside the backend).
@@ -165,62 +71,41 @@ impl Cluster {
 
     /// Every node's monitoring URL.
     pub fn monitor_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("http://127.0.0.1:{}", n.http_port)).collect()
+        self.launcher.monitor_urls()
     }
 
     /// The index of the node named `name` (`n0`, `n1`, ...).
     pub fn index_of(&self, name: &str) -> usize {
-        self.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no node named {name}"))
+        self.launcher.index_of(name).unwrap_or_else(|| panic!("no node named {name}"))
     }
 
     /// The name of node `i`.
     pub fn name(&self, i: usize) -> &str {
-        &self.nodes[i].name
+        self.launcher.name(i).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn pid(&self, i: usize) -> u32 {
-        self.nodes[i].child.as_ref().expect("the node is running").id()
-    }
-
-    /// SIGKILL node `i` and reap it.
+    /// SIGKILL node `i` and reap it (nothing if it is not running).
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            child.kill().expect("SIGKILL a node");
-            child.wait().expect("reap a killed node");
+        match self.launcher.kill(i) {
+            Ok(()) | Err(palimpsest_testcluster::Error::NotRunning(_)) => {}
+            Err(e) => panic!("{e}"),
         }
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to node `i`.
     pub fn signal(&self, i: usize, signal: &str) {
-        let status =
-            Command::new("kill").arg(format!("-{signal}")).arg(self.pid(i).to_string()).status().expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        self.launcher.signal(i, signal).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Starts node `i` again (after [`Cluster::kill`]) without waiting: a whole cluster must be
     /// started together before any node can be healthy.
     pub fn restart_without_waiting(&mut self, i: usize) {
-        assert!(self.nodes[i].child.is_none(), "restart of a running node");
-        self.spawn(i);
+        self.launcher.restart_without_waiting(i).unwrap_or_else(|e| panic!("restart of node {i}: {e}"));
     }
 
     /// Starts node `i` again (after [`Cluster::kill`]) and waits until it is healthy.
     pub async fn restart(&mut self, i: usize) {
-        assert!(self.nodes[i].child.is_none(), "restart of a running node");
-        self.spawn(i);
-        self.wait_healthy(i).await;
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                // A stopped process ignores nothing but SIGKILL, which is what is sent.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.launcher.restart(i).await.unwrap_or_else(|e| panic!("restart of node {i}: {e}"));
     }
 }
 

@@ -1,6 +1,7 @@
 //! `palimpsest-bench`: runs palimpsest and a raw fjall baseline doing the same key operations in
-//! the same run, and reports ratios against the performance targets (a table, or one JSON object
-//! with `--json`). These machines are shared and noisy: ratios measured side by side hold,
+//! the same run, then (given a nats-server binary) the engine on a local 3-node JetStream cluster
+//! beside raw async-nats, and reports ratios against the performance targets (a table, or one JSON
+//! object with `--json`). These machines are shared and noisy: ratios measured side by side hold,
 //! absolute times do not, so every figure is a median over repeats and every ratio is the median
 //! of per-repeat ratios with both sides measured back to back.
 //!
@@ -19,10 +20,13 @@
 //! - `scaling`: latency by session length and by number of sessions; p9 (10M messages in one
 //!   session) and p10 (100k sessions) against one 100-message session.
 //! - `cache`: the 10M-message and 100k-session databases, built once and reused across runs.
+//! - `nats`: appends/s from 64 sessions and from 1 against raw async-nats publishing the same
+//!   records, and working-memory reads at 100 and 100k messages, on a cluster started for the run.
 //! - `report`: targets, the JSON object and the table.
 //! - `profile`: a hidden subcommand running one hot loop alone, for `perf` or callgrind.
 
 mod cache;
+mod nats;
 mod opening;
 mod profile;
 mod raw;
@@ -62,6 +66,11 @@ struct Args {
     /// Rebuild the cached databases even when a valid one exists.
     #[arg(long)]
     fresh_cache: bool,
+    /// The nats-server binary (scripts/setup-nats.sh installs 2.15.1, the version the tests use, and
+    /// prints its path) for the JetStream figures, which run last on a 3-node loopback cluster
+    /// started for the run. Without one those figures are null and the report says why.
+    #[arg(long, env = palimpsest_testcluster::SERVER_ENV, value_name = "PATH")]
+    nats_server: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Hidden>,
 }
@@ -91,6 +100,9 @@ enum Hidden {
         #[arg(long, value_enum)]
         side: opening::Side,
     },
+    /// Only the JetStream figures (needs --nats-server): prints their JSON object.
+    #[command(name = "nats-only", hide = true)]
+    NatsOnly,
     /// Runs one hot loop alone, for a profiler.
     #[command(hide = true)]
     Profile {
@@ -152,6 +164,16 @@ pub struct Plan {
     /// Sessions of `scale_per_session` messages in the database of p2 (cold) and p10 (100k; the
     /// quick run's stand-in is smaller).
     pub p10_sessions: u64,
+    /// Timed repeats of each JetStream figure (after an untimed round).
+    pub nats_repeats: usize,
+    /// Appends per session per repeat with 64 sessions appending at once, on JetStream.
+    pub nats_appends_per_session_many: u64,
+    /// Appends per repeat of the single session on JetStream.
+    pub nats_appends_one_session: u64,
+    /// `working_memory` calls per repeat on JetStream, window cache on.
+    pub nats_wm_calls: usize,
+    /// The same with the window cache off (each call several round trips).
+    pub nats_wm_uncached_calls: usize,
 }
 
 impl Plan {
@@ -186,6 +208,11 @@ impl Plan {
             p5_p999_rounds: if quick { 3 } else { 5 },
             p9_messages: if quick { 1_000_000 } else { 10_000_000 },
             p10_sessions: if quick { 10_000 } else { 100_000 },
+            nats_repeats: 5,
+            nats_appends_per_session_many: if quick { 50 } else { 100 },
+            nats_appends_one_session: if quick { 300 } else { 1_000 },
+            nats_wm_calls: if quick { 200 } else { 500 },
+            nats_wm_uncached_calls: if quick { 30 } else { 100 },
         }
     }
 }
@@ -209,6 +236,11 @@ fn main() {
         Some(Hidden::RssProbe { db, session, calls, delete }) => return rss::probe(db, session, *calls, *delete),
         Some(Hidden::OpenProbe { db, side }) => return opening::probe(db, *side),
         Some(Hidden::Profile { which, calls }) => return profile::run(*which, *calls),
+        Some(Hidden::NatsOnly) => {
+            let figures = runtime().block_on(nats::figures(&Plan::new(args.quick), args.nats_server.as_deref()));
+            println!("{}", serde_json::to_string_pretty(&figures).expect("the figures serialize"));
+            return;
+        }
         None => {}
     }
     let plan = Plan::new(args.quick);
@@ -221,7 +253,12 @@ fn main() {
     out.insert("repeats".into(), json!(plan.repeats));
     let runtime = runtime();
     let cache_dir = args.cache_dir.clone().unwrap_or_else(cache::default_dir);
-    runtime.block_on(run(&plan, &mut out, &cache_dir, args.fresh_cache));
+    runtime.block_on(async {
+        run(&plan, &mut out, &cache_dir, args.fresh_cache).await;
+        // Last, so the cluster's processes never share the machine with the fjall figures.
+        log("nats: JetStream figures");
+        merge(&mut out, nats::figures(&plan, args.nats_server.as_deref()).await);
+    });
     out.insert("elapsed_s".into(), json!(stats::round(started.elapsed().as_secs_f64(), 1)));
     let out = report::finish(out);
     if args.json {

@@ -1,5 +1,9 @@
 //! The targets and the two output forms: one JSON object (`--json`) and a human table. The table
 //! is printed from the JSON object, so both always show the same figures.
+//!
+//! The JetStream targets ([`NATS_TARGETS`]) count only in a run that was given a nats-server:
+//! without one their `targets_met` entries are null and `all_targets_met` speaks for the rest. A
+//! run given one whose cluster failed counts them as not met.
 
 use std::fmt::Write as _;
 
@@ -60,6 +64,26 @@ const TARGETS: &[(&str, Bound, &[&str])] = &[
     ("p10_sessions_100k_append", Bound::AtMost(2.0), &["p10_append_us", "p9_p10_small_append_us", "p10_sessions"]),
 ];
 
+/// The JetStream targets (issue 11), measured by `nats` when a nats-server binary is given.
+const NATS_TARGETS: &[(&str, Bound, &[&str])] = &[
+    (
+        "nats_append_vs_raw_64_sessions",
+        Bound::AtLeast(0.7),
+        &["nats_append_per_s_64_sessions", "nats_raw_append_per_s_64_sessions"],
+    ),
+    (
+        "nats_append_vs_raw_1_session",
+        Bound::AtLeast(0.7),
+        &["nats_append_per_s_1_session", "nats_raw_append_per_s_1_session"],
+    ),
+    ("nats_wm50_growth", Bound::AtMost(1.5), &["nats_wm50_us_100k", "nats_wm50_us_100"]),
+];
+
+/// Whether the JetStream figures were left out on purpose (no nats-server given).
+fn nats_skipped(out: &Map<String, Value>) -> bool {
+    out.get("nats_skipped").is_some_and(Value::is_string)
+}
+
 impl Bound {
     fn met(self, value: f64) -> bool {
         match self {
@@ -76,14 +100,18 @@ impl Bound {
     }
 }
 
-/// Adds `targets` (ratio -> met) and `all_targets_met`.
+/// Adds `targets_met` (ratio -> met, or null for a JetStream target not measured on purpose) and
+/// `all_targets_met`.
 pub fn finish(mut out: Map<String, Value>) -> Value {
     let mut met = Map::new();
-    for &(name, bound, _) in TARGETS {
+    let skipped = nats_skipped(&out);
+    for &(name, bound, _) in TARGETS.iter().chain(NATS_TARGETS) {
         let value = out.get(name).and_then(Value::as_f64);
-        met.insert(name.to_string(), json!(value.is_some_and(|v| bound.met(v))));
+        let counted = !(skipped && NATS_TARGETS.iter().any(|t| t.0 == name));
+        met.insert(name.to_string(), if counted { json!(value.is_some_and(|v| bound.met(v))) } else { Value::Null });
     }
-    let all = met.values().all(|v| v.as_bool() == Some(true));
+    // Null entries (skipped on purpose) neither meet nor miss.
+    let all = met.values().all(|v| v.as_bool() != Some(false));
     out.insert("targets_met".into(), Value::Object(met));
     out.insert("all_targets_met".into(), json!(all));
     Value::Object(out)
@@ -98,11 +126,37 @@ pub fn table(out: &Value) -> String {
         out["cores"], out["quick"], out["large_session_messages"], out["repeats"], out["elapsed_s"]
     );
     let _ = writeln!(s, "{:<34} {:>9} {:>8} {:>4}  raw figures (medians)", "ratio", "value", "target", "met");
-    for &(name, bound, raw) in TARGETS {
-        let met = if out["targets_met"][name].as_bool() == Some(true) { "yes" } else { "NO" };
+    for &(name, bound, raw) in TARGETS.iter().chain(NATS_TARGETS) {
+        let met = match out["targets_met"][name].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
         let figures: Vec<String> = raw.iter().map(|r| format!("{r}={}", out[*r])).collect();
         let value = out[name].to_string();
         let _ = writeln!(s, "{name:<34} {value:>9} {:>8} {met:>4}  {}", bound.describe(), figures.join(" "));
+    }
+    if let Some(why) = out["nats_skipped"].as_str() {
+        let _ = writeln!(s, "nats_* not measured: {why}");
+    } else if let Some(why) = out["nats_failed"].as_str() {
+        let _ = writeln!(s, "nats_* not measured, the cluster failed: {why}");
+    } else {
+        let c = &out["nats_cluster"];
+        let _ = writeln!(
+            s,
+            "nats: {} nodes of nats-server {} on loopback (sync_interval: always), clients on {}, stream leader {}; \
+             records {} bytes; working memory with the window cache off: {} us at 100 messages, {} us at 100k \
+             (growth {}); 100k messages written in {} s",
+            c["nodes"],
+            c["server_version"].as_str().unwrap_or("?"),
+            c["client_node"].as_str().unwrap_or("?"),
+            c["stream_leader"].as_str().unwrap_or("?"),
+            out["nats_record_bytes_mean"],
+            out["nats_wm50_uncached_us_100"],
+            out["nats_wm50_uncached_us_100k"],
+            out["nats_wm50_uncached_growth"],
+            out["nats_fill_100k_s"],
+        );
     }
     let scaling = &out["scaling"];
     let _ = writeln!(s, "\nscaling (buffered appends, working_memory({})):", scaling["window"]);
@@ -118,4 +172,49 @@ pub fn table(out: &Value) -> String {
         line(cells.map(Value::to_string));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn met_all_but_nats() -> Map<String, Value> {
+        let mut out = Map::new();
+        for &(name, bound, _) in TARGETS {
+            let value = match bound {
+                Bound::AtMost(b) => b,
+                Bound::AtLeast(b) => b,
+            };
+            out.insert(name.to_string(), json!(value));
+        }
+        out
+    }
+
+    #[test]
+    fn nats_targets_skipped_on_purpose_neither_meet_nor_miss() {
+        let mut out = met_all_but_nats();
+        out.extend(crate::nats::unmeasured_for_tests("nats_skipped"));
+        let out = finish(out);
+        assert_eq!(out["targets_met"]["nats_wm50_growth"], Value::Null);
+        assert_eq!(out["all_targets_met"], json!(true));
+        assert!(table(&out).contains("nats_* not measured: no nats-server given"));
+    }
+
+    #[test]
+    fn nats_targets_of_a_failed_cluster_count_as_missed() {
+        let mut out = met_all_but_nats();
+        out.extend(crate::nats::unmeasured_for_tests("nats_failed"));
+        let out = finish(out);
+        assert_eq!(out["targets_met"]["nats_append_vs_raw_64_sessions"], json!(false));
+        assert_eq!(out["all_targets_met"], json!(false));
+    }
+
+    #[test]
+    fn every_nats_target_and_its_figures_are_nats_fields() {
+        for &(name, _, raw) in NATS_TARGETS {
+            for field in std::iter::once(&name).chain(raw) {
+                assert!(crate::nats::FIELDS.contains(field), "{field} is not in nats::FIELDS");
+            }
+        }
+    }
 }
