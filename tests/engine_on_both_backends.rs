@@ -9,8 +9,6 @@
 mod nats_common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::task::Poll;
 
 use nats_common::{Cluster, wait_stream_leader};
 use palimpsest::{
@@ -335,15 +333,7 @@ async fn dropped_writes_land_whole_or_not_at_all(a: &Engine, b: &Engine, backend
     for polls in 0..24_u32 {
         let text = format!("dropped after {polls} polls");
         let pair = vec![Message::user(text.clone()), Message::user(format!("{text}, second"))];
-        let mut write = Box::pin(through_a.append_many(pair));
-        for _ in 0..polls {
-            if let Poll::Ready(outcome) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                outcome.expect("a write that finished succeeded");
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        drop(write);
+        nats_common::poll_then_drop(through_a.append_many(pair), polls).await;
         let next = if polls % 2 == 0 { &through_a } else { &through_b };
         let seq = next.append(Message::user(format!("after {polls}"))).await.expect("an append after a dropped one");
         after.push((seq, format!("after {polls}")));

@@ -10,9 +10,6 @@
 
 mod nats_common;
 
-use std::future::Future;
-use std::task::Poll;
-
 use nats_common::{Cluster, ClusterOptions, wait_stream_leader};
 use palimpsest::{
     AuditOptions, CompactionOutcome, CompactionRequest, Components, Config, Engine, Message, Seq, StorageKind,
@@ -202,15 +199,7 @@ async fn a_dropped_large_write_lands_whole_or_not_at_all() {
     const BATCH: usize = 250;
     for polls in 0..16_u32 {
         let batch: Vec<Message> = (0..BATCH).map(|i| Message::user(text(&format!("d{polls}"), i, 400))).collect();
-        let mut write = Box::pin(through_a.append_many(batch));
-        for _ in 0..polls {
-            if let Poll::Ready(outcome) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                outcome.expect("a write that finished succeeded");
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        drop(write);
+        nats_common::poll_then_drop(through_a.append_many(batch), polls).await;
         let next = if polls % 2 == 0 { &through_a } else { &through_b };
         next.append(Message::user(format!("after {polls}"))).await.expect("an append after a dropped one");
     }

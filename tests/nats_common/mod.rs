@@ -207,3 +207,17 @@ pub async fn wait_stream_leader(cluster: &Cluster, js: &async_nats::jetstream::C
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Polls `write` at most `polls` times, yielding between polls, then drops it: a caller that
+/// gives up on a write at that await. A write that finished within them must have succeeded.
+pub async fn poll_then_drop<T, E: std::fmt::Debug>(write: impl std::future::Future<Output = Result<T, E>>, polls: u32) {
+    let mut write = Box::pin(write);
+    for _ in 0..polls {
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(outcome) = polled {
+            outcome.expect("a write that finished succeeded");
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
