@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use palimpsest::{Durability, Event, EventKind, Head, Message, NatsConfig, NatsLog, Seq, SessionId, Version, apply};
 
+/// Most events of one session [`events_on_every_node`] reads (a test's sessions are smaller).
+pub const MAX_CHECKED_EVENTS: usize = 10_000;
+
 /// The variable naming the nats-server binary.
 pub const SERVER_ENV: &str = "PALIMPSEST_NATS_SERVER";
 /// Longest wait for a node to report healthy.
@@ -115,7 +118,12 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", self.nodes[i].name))).expect("log file");
+        // Appended to, so a restarted node's log follows its earlier life's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", self.nodes[i].name)))
+            .expect("log file");
         let child = Command::new(&self.server)
             .arg("-c")
             .arg(&self.nodes[i].conf)
@@ -137,10 +145,27 @@ impl Cluster {
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "node {i} not healthy within {HEALTH_TIMEOUT:?}");
+            if tokio::time::Instant::now() >= deadline {
+                let answer = match self.http.get(&url).send().await {
+                    Ok(response) => format!("{} {}", response.status(), response.text().await.unwrap_or_default()),
+                    Err(e) => e.to_string(),
+                };
+                panic!(
+                    "node {i} not healthy within {HEALTH_TIMEOUT:?} (/healthz: {answer}); its log ends:\n{}",
+                    self.log_tail(i)
+                );
+            }
             // Polling an outside process's readiness; there is nothing to wait on instead.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The last lines of node `i`'s log (for a failure's message).
+    pub fn log_tail(&self, i: usize) -> String {
+        let path = self.dir.path().join(format!("{}.log", self.nodes[i].name));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// Every node's client URL.
@@ -318,4 +343,52 @@ pub async fn wait_stream_leader(cluster: &Cluster, js: &async_nats::jetstream::C
         assert!(tokio::time::Instant::now() < deadline, "stream {name}: no leader within {LEADER_TIMEOUT:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Makes node `i` the leader of stream `name` (asking for it until it is, bounded by
+/// [`LEADER_TIMEOUT`]).
+pub async fn make_leader(cluster: &Cluster, client: &async_nats::Client, name: &str, i: usize) {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+    while stream_leader(cluster, &js, name).await != Some(i) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {i} did not become leader of {name} within {LEADER_TIMEOUT:?}"
+        );
+        let body = serde_json::json!({ "placement": { "preferred": cluster.name(i) } }).to_string();
+        // The answer does not matter: the loop checks the outcome.
+        let _ = client.request(format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"), body.into()).await;
+        // Polling an election in another process; there is nothing to wait on instead.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What each node holds: every node of `cluster` is made the leader of stream `name` in turn and
+/// each of `sessions` is read whole (up to [`MAX_CHECKED_EVENTS`] events) through leader-only reads
+/// (`NatsLog::with_leader_reads`) of a fresh connection with `config`, so each answer is that
+/// node's own copy. Indexed `[node][session]`.
+pub async fn events_on_every_node(
+    cluster: &Cluster,
+    config: &NatsConfig,
+    name: &str,
+    sessions: &[SessionId],
+) -> Vec<Vec<Vec<Event>>> {
+    let client = cluster.raw_client().await;
+    let reader = NatsLog::connect(config, Durability::Sync).await.expect("a reading connection").with_leader_reads();
+    let mut nodes = Vec::new();
+    for node in 0..cluster.nodes.len() {
+        make_leader(cluster, &client, name, node).await;
+        let mut held = Vec::new();
+        for session in sessions {
+            let last = Seq::new(MAX_CHECKED_EVENTS as u64);
+            let events = reader
+                .events(session, Seq::new(1), last, MAX_CHECKED_EVENTS)
+                .await
+                .unwrap_or_else(|e| panic!("node {node}, {session}: read from the leader: {e}"));
+            assert!(events.len() < MAX_CHECKED_EVENTS, "{session} is larger than a check reads");
+            held.push(events);
+        }
+        nodes.push(held);
+    }
+    nodes
 }
