@@ -231,9 +231,11 @@ impl NatsLog {
     /// [`Error::Timeout`] when no attempt was acknowledged within `write_timeout_ms` and
     /// `write_attempts` (the outcome is unknown); [`Error::Storage`] for a refusal that retrying
     /// cannot fix (a message above the server's `max_payload`). After `Timeout` (or a `Storage`
-    /// error from the connection), call again with the same `expected`, `events` and `head`: the
-    /// commit carries the same message id, so if the first call stored it the server answers with
-    /// that record's version and does not store it again (within the duplicate window), and if it
+    /// error from the connection, or from learning a refused publish's outcome), call again with
+    /// the same `expected`, `events` and `head`: the commit carries the same message id, so if the
+    /// first call stored it the server answers with that record's version and does not store it
+    /// again (within the duplicate window; past it, or under a new leader, the record right after
+    /// `expected` is found to carry the id, even with other writers' records on top), and if it
     /// did not, this call stores it; a `Conflict` then means it was not stored. This needs no read,
     /// which matters because right after a leader change a deposed leader may still answer reads
     /// with an older head for some seconds.
@@ -334,14 +336,28 @@ impl NatsLog {
             Ok(Published::WrongLast { found }) => {
                 // The session moved, perhaps by this very commit: an earlier attempt (in this call, or
                 // a caller's retry after a `Timeout`) may have been stored where the server no longer
-                // answers it as a duplicate (a new leader after a frozen one). The stored id tells.
-                if let Some(last) = self.last_record(session).await? {
-                    let ours = last.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str() == id);
-                    if ours == Some(true) {
-                        return Ok(Version(last.sequence));
+                // answers it as a duplicate (a new leader after a frozen one, or past the window),
+                // and other writers may have appended after it since. The version check stores this
+                // commit only right after `expected`, so the record there tells: ours if it carries
+                // our id, else this commit was refused for good. Not the session's last record: with
+                // another writer's on top, a stored commit would be taken for a refused one and
+                // built again (its messages stored twice).
+                match self.record_after(session, expected).await? {
+                    Some(next) => {
+                        let ours =
+                            next.headers.get(async_nats::header::NATS_MESSAGE_ID).is_some_and(|v| v.as_str() == id);
+                        if ours {
+                            return Ok(Version(next.sequence));
+                        }
+                        Err(Error::Conflict { session: session.as_str().to_string(), expected: expected.0, found })
                     }
+                    // "Wrong last sequence" with nothing after `expected`: the read was answered by a
+                    // node that lags (a deposed leader), so whether this commit is stored is unknown.
+                    None => Err(Error::storage(
+                        "learn whether a refused JetStream publish was stored earlier",
+                        "the leader refused the expected version but holds no record after it; outcome unknown",
+                    )),
                 }
-                Err(Error::Conflict { session: session.as_str().to_string(), expected: expected.0, found })
             }
             Err(e) => Err(e),
         }

@@ -275,6 +275,19 @@ impl NatsLog {
         }
     }
 
+    /// The session's first record after stream sequence `version`, from its stream's leader: the
+    /// one an append expecting `version` stored, if any did (the version check admits it nowhere
+    /// else).
+    pub(super) async fn record_after(
+        &self,
+        session: &SessionId,
+        version: Version,
+    ) -> Result<Option<StreamMessage>, Error> {
+        let (stream_name, subject) = self.names.session(session);
+        let stream = self.session_stream(&stream_name)?;
+        self.leader_next(stream, &subject, version.0 + 1).await
+    }
+
     /// The last message on `subject` by direct get, then from the leader if no replica has it.
     pub(super) async fn last_on(&self, stream: &stream::Stream, subject: &str) -> Result<Option<StreamMessage>, Error> {
         let direct = if self.leader_reads {
