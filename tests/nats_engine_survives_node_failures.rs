@@ -7,7 +7,9 @@
 //! Where the writers write ([`placement`]): sessions 0 and 1 have one writer on each engine, so
 //! their appends serialize through the version check and the losers rebuild; sessions 2 and 3
 //! have both writers on one engine, so they serialize through that engine's session lock and head
-//! cache. Every 4th call is an `append_many` of 3 messages.
+//! cache. Every 4th call is an `append_many` of 3 messages. The writers run until the scenario has
+//! seen calls finish before the failure, during it (under a new leader) and after the recovery,
+//! then they are stopped, so the workload spans the failure however fast or slow the machine is.
 //!
 //! A writer whose call returns `Timeout` or `Storage` does not know whether its messages landed:
 //! it reads the session (`history`) and calls again only if they are not there. What is asserted
@@ -47,7 +49,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nats_common::{Cluster, events_on_every_node, wait_stream_leader};
@@ -71,8 +73,13 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ENGINES: usize = 2;
 const SESSIONS: usize = 4;
 const WRITERS: usize = 8;
-/// Calls each writer makes.
-const CALLS: usize = 48;
+/// Calls finished before a scenario's failure.
+const CALLS_BEFORE: usize = 96;
+/// Calls finished during the failure (under a new leader) and again after the recovery, before
+/// the scenario stops the writers.
+const CALLS_AFTER: usize = 32;
+/// Most calls one writer makes: a bound, far above what a scenario needs before it stops them.
+const MAX_CALLS: usize = 1_000;
 /// Every `MANY_EVERY`-th call is an `append_many` of `MANY_LEN` messages.
 const MANY_EVERY: usize = 4;
 const MANY_LEN: usize = 3;
@@ -87,7 +94,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 const READ_DEADLINE: Duration = Duration::from_secs(90);
 /// Longest wait for the workload to reach a count of finished calls.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(90);
-/// Most events read from one session (each holds about 2 * CALLS * 1.5 messages plus boundaries).
+/// Most events read from one session (at most 2 writers * MAX_CALLS * 1.5 messages, plus
+/// boundaries).
 const MAX_EVENTS: usize = 10_000;
 
 fn nats_config(cluster: &Cluster) -> NatsConfig {
@@ -284,47 +292,63 @@ async fn write_call(session: &Session, writer: usize, index: usize, tally: &Tall
     panic!("writer {writer}, call {index}: not stored after {MAX_TRIES} tries");
 }
 
-type Writers = Vec<tokio::task::JoinHandle<Vec<Call>>>;
+/// The running writers: each makes calls until it is stopped (or reaches [`MAX_CALLS`]); the count
+/// of finished calls is watched.
+struct Writers {
+    handles: Vec<tokio::task::JoinHandle<Vec<Call>>>,
+    stop: Arc<AtomicBool>,
+    done: watch::Receiver<usize>,
+}
 
-/// Starts the writers; the count of finished calls is watched.
-fn start_writers(engines: &[Engine], tally: &Arc<Tally>) -> (Writers, watch::Receiver<usize>) {
-    let (tx, rx) = watch::channel(0_usize);
-    let tx = Arc::new(tx);
-    let handles = (0..WRITERS)
-        .map(|w| {
-            let (e, s) = placement(w);
-            let session = engines[e].session(session_id(s)).expect("valid id");
-            let (tx, tally) = (Arc::clone(&tx), Arc::clone(tally));
-            tokio::spawn(async move {
-                let mut calls = Vec::with_capacity(CALLS);
-                for i in 0..CALLS {
-                    calls.push(write_call(&session, w, i, &tally, s).await);
-                    tx.send_modify(|n| *n += 1);
-                }
-                calls
+impl Writers {
+    fn start(engines: &[Engine], tally: &Arc<Tally>) -> Writers {
+        let (tx, done) = watch::channel(0_usize);
+        let tx = Arc::new(tx);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..WRITERS)
+            .map(|w| {
+                let (e, s) = placement(w);
+                let session = engines[e].session(session_id(s)).expect("valid id");
+                let (tx, tally, stop) = (Arc::clone(&tx), Arc::clone(tally), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut calls = Vec::new();
+                    for i in 0..MAX_CALLS {
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        calls.push(write_call(&session, w, i, &tally, s).await);
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    calls
+                })
             })
-        })
-        .collect();
-    (handles, rx)
-}
-
-async fn wait_for_calls(rx: &mut watch::Receiver<usize>, at_least: usize) {
-    tokio::time::timeout(PROGRESS_TIMEOUT, rx.wait_for(|n| *n >= at_least))
-        .await
-        .unwrap_or_else(|_| panic!("fewer than {at_least} calls finished within {PROGRESS_TIMEOUT:?}"))
-        .expect("the writers hold the sender");
-}
-
-async fn join(handles: Writers) -> Vec<Call> {
-    let mut calls = Vec::new();
-    for handle in handles {
-        let mine = tokio::time::timeout(PROGRESS_TIMEOUT * 3, handle)
-            .await
-            .expect("a writer finishes")
-            .expect("a writer succeeds");
-        calls.extend(mine);
+            .collect();
+        Writers { handles, stop, done }
     }
-    calls
+
+    /// Waits (bounded) until `more` calls have finished after the ones finished so far.
+    async fn wait_for_more(&mut self, more: usize) {
+        let at_least = *self.done.borrow() + more;
+        tokio::time::timeout(PROGRESS_TIMEOUT, self.done.wait_for(|n| *n >= at_least))
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {at_least} calls finished within {PROGRESS_TIMEOUT:?}"))
+            .unwrap_or_else(|_| panic!("the writers ended before {at_least} calls (a writer failed: see its panic)"));
+    }
+
+    /// Stops the writers after their current calls and returns every call made.
+    async fn stop(self) -> Vec<Call> {
+        self.stop.store(true, Ordering::Release);
+        let mut calls = Vec::new();
+        for handle in self.handles {
+            let mine = tokio::time::timeout(PROGRESS_TIMEOUT, handle)
+                .await
+                .expect("a writer finishes")
+                .expect("a writer succeeds");
+            assert!(mine.len() < MAX_CALLS, "a writer reached MAX_CALLS before the scenario stopped it");
+            calls.extend(mine);
+        }
+        calls
+    }
 }
 
 /// Everything the module docs promise, after the writers have finished.
@@ -432,15 +456,15 @@ async fn engine_appends_survive_a_killed_leader() {
     let engines = engines(&cluster).await;
     let js = async_nats::jetstream::new(cluster.raw_client().await);
     let tally = Arc::new(Tally::default());
-    let (handles, mut done) = start_writers(&engines, &tally);
-    wait_for_calls(&mut done, WRITERS * CALLS / 4).await;
+    let mut writers = Writers::start(&engines, &tally);
+    writers.wait_for_more(CALLS_BEFORE).await;
     let victim = wait_stream_leader(&cluster, &js, STREAM).await;
     cluster.kill(victim);
-    // Writes go on under a new leader before the old one comes back.
-    let after_kill = *done.borrow();
-    wait_for_calls(&mut done, after_kill + WRITERS * 4).await;
+    // Writes go on under a new leader, and again once the old one is back.
+    writers.wait_for_more(CALLS_AFTER).await;
     cluster.restart(victim).await;
-    let calls = join(handles).await;
+    writers.wait_for_more(CALLS_AFTER).await;
+    let calls = writers.stop().await;
     check("killed leader", &cluster, &engines, calls, &tally).await;
 }
 
@@ -451,14 +475,14 @@ async fn engine_appends_survive_a_frozen_leader() {
     let engines = engines(&cluster).await;
     let js = async_nats::jetstream::new(cluster.raw_client().await);
     let tally = Arc::new(Tally::default());
-    let (handles, mut done) = start_writers(&engines, &tally);
-    wait_for_calls(&mut done, WRITERS * CALLS / 4).await;
+    let mut writers = Writers::start(&engines, &tally);
+    writers.wait_for_more(CALLS_BEFORE).await;
     let victim = wait_stream_leader(&cluster, &js, STREAM).await;
     cluster.signal(victim, "STOP");
-    let after_stop = *done.borrow();
-    wait_for_calls(&mut done, after_stop + WRITERS * 4).await;
+    writers.wait_for_more(CALLS_AFTER).await;
     cluster.signal(victim, "CONT");
-    let calls = join(handles).await;
+    writers.wait_for_more(CALLS_AFTER).await;
+    let calls = writers.stop().await;
     check("frozen leader", &cluster, &engines, calls, &tally).await;
 }
 
@@ -468,8 +492,8 @@ async fn engine_appends_survive_a_whole_cluster_restart() {
     let mut cluster = Cluster::start(3).await;
     let engines = engines(&cluster).await;
     let tally = Arc::new(Tally::default());
-    let (handles, mut done) = start_writers(&engines, &tally);
-    wait_for_calls(&mut done, WRITERS * CALLS / 2).await;
+    let mut writers = Writers::start(&engines, &tally);
+    writers.wait_for_more(CALLS_BEFORE).await;
     // Every node at once, mid-workload; the engines stay up and reconnect.
     for i in 0..3 {
         cluster.kill(i);
@@ -480,6 +504,7 @@ async fn engine_appends_survive_a_whole_cluster_restart() {
     for i in 0..3 {
         cluster.wait_healthy(i).await;
     }
-    let calls = join(handles).await;
+    writers.wait_for_more(CALLS_AFTER).await;
+    let calls = writers.stop().await;
     check("whole-cluster restart", &cluster, &engines, calls, &tally).await;
 }
