@@ -177,9 +177,9 @@ struct Tally {
 }
 
 impl Tally {
-    fn report(&self, scenario: &str, duplicates: usize) {
+    fn report(&self, scenario: &str, calls: usize, events: usize, duplicates: usize) {
         eprintln!(
-            "{scenario}: {} ambiguous outcomes ({} found stored, {} retried), {} conflicts returned, {duplicates} \
+            "{scenario}: {calls} calls, {events} events; {} ambiguous outcomes ({} found stored, {} retried), {} conflicts returned, {duplicates} \
              duplicated calls",
             self.ambiguous.load(Ordering::Relaxed),
             self.found_after_ambiguous.load(Ordering::Relaxed),
@@ -446,7 +446,7 @@ async fn check(scenario: &str, cluster: &Cluster, engines: &[Engine], mut calls:
             assert_eq!(events, &histories[s], "{scenario}, node {node}, session {s}: the history the engines read");
         }
     }
-    tally.report(scenario, duplicates);
+    tally.report(scenario, calls.len(), histories.iter().map(Vec::len).sum(), duplicates);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
