@@ -77,7 +77,8 @@ const SESSIONS: usize = 4;
 const WRITERS: usize = 8;
 /// Calls finished before a scenario's failure.
 const CALLS_BEFORE: usize = 96;
-/// Calls finished during the failure (under a new leader), and after a frozen leader thaws.
+/// Calls finished during the failure (under a new leader, or once a restarted cluster is back),
+/// and after a frozen leader thaws.
 const CALLS_AFTER: usize = 32;
 /// Most calls one writer makes (it then ends on its own): a bound on the workload while a scenario
 /// waits for a recovery, far above the calls the scenario waits for (`WRITERS * MAX_CALLS` >
@@ -502,6 +503,9 @@ async fn engine_appends_survive_a_whole_cluster_restart() {
     for i in 0..3 {
         cluster.restart_without_waiting(i);
     }
+    // Writes go on once the cluster is back (before every node reports healthy, when the writers,
+    // stalled until then, are far from their cap), and while the nodes catch up.
+    writers.wait_for_more(CALLS_AFTER).await;
     for i in 0..3 {
         cluster.wait_healthy(i).await;
     }
