@@ -63,9 +63,36 @@ fn server_binary() -> PathBuf {
     path
 }
 
+/// The lowest port [`free_port`] draws from.
+const LOWEST_PORT: u16 = 10_000;
+/// Most ports [`free_port`] tries before it gives up.
+const PORT_TRIES: usize = 1_000;
+
+/// A loopback port free now, drawn at random below the kernel's ephemeral range and never handed
+/// out twice by this process. Not a port-0 bind: the kernel hands those out again (to another
+/// test's cluster, or as the local port of an outgoing connection), and a node killed for a
+/// restart leaves its ports free until it is back. Seen: a whole-cluster restart whose route
+/// port had meanwhile become another cluster's monitoring port, so the node never found its
+/// meta leader.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("a bound listener has an address").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let highest = ephemeral_low.max(LOWEST_PORT + 1_000);
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..PORT_TRIES {
+        let port = fastrand::u16(LOWEST_PORT..highest);
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOWEST_PORT}..{highest} after {PORT_TRIES} tries");
 }
 
 impl Cluster {
