@@ -82,8 +82,11 @@ fn free_port() -> u16 {
         .unwrap_or(32_768);
     let highest = ephemeral_low.max(LOWEST_PORT + 1_000);
     let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    for _ in 0..PORT_TRIES {
-        let port = fastrand::u16(LOWEST_PORT..highest);
+    // Randomly keyed hashes of a counter: std only (the CLI's tests include this file too).
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0..PORT_TRIES {
+        let draw = std::hash::BuildHasher::hash_one(&random, attempt) % u64::from(highest - LOWEST_PORT);
+        let port = LOWEST_PORT + u16::try_from(draw).expect("below highest - LOWEST_PORT");
         if given.contains(&port) {
             continue;
         }
