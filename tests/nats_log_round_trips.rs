@@ -21,6 +21,7 @@ async fn backend_behaves_on_a_real_cluster() {
     appends_round_trip_with_dense_seqs(&log).await;
     a_stale_version_conflicts_and_stores_nothing(&log).await;
     a_retried_publish_with_the_same_id_is_stored_once(&cluster, &log).await;
+    a_retry_finds_its_record_under_another_writers(&cluster).await;
     time_travel_and_window_reads_agree_with_a_fold(&log).await;
     reads_from_every_seq_of_interleaved_sessions(&log).await;
     deletion_purges_and_keeps_the_seqs_going(&log).await;
@@ -124,6 +125,61 @@ async fn a_retried_publish_with_the_same_id_is_stored_once(cluster: &Cluster, lo
     // Another connection with the very same commit is a different writer: refused.
     let other = connect(&config(cluster, "rt", 3)).await;
     assert!(matches!(other.append(&session, version, &more, &more_after).await, Err(Error::Conflict { .. })));
+}
+
+/// A caller's retry of a commit whose acknowledgement it did not get (the same events and head at
+/// the same version) after the server stopped answering its id as a duplicate (here: past a short
+/// duplicate window; in a failover: a new leader) and after another writer appended on top of it:
+/// the commit is the record right after the version it was built on, so the retry is answered with
+/// that record's version. Answered `Conflict` ("not stored"), the engine would build it again on
+/// the fresh head and store its messages twice.
+async fn a_retry_finds_its_record_under_another_writers(cluster: &Cluster) {
+    let client = cluster.raw_client().await;
+    let js = async_nats::jetstream::new(client);
+    // The backend's session stream, made beforehand with a one-second duplicate window (connect
+    // checks replicas, subjects and direct gets, and keeps the stream).
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "dw_s0".to_string(),
+        subjects: vec!["dw.s0.>".to_string()],
+        num_replicas: 3,
+        allow_direct: true,
+        duplicate_window: std::time::Duration::from_secs(1),
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    wait_stream_leader(cluster, &js, "dw_s0").await;
+    let cfg = config(cluster, "dw", 3);
+    let (a, b) = (connect(&cfg).await, connect(&cfg).await);
+    wait_stream_leader(cluster, &js, "dw_meta").await;
+    let session = SessionId::new("retried").expect("valid id");
+    let (events, after) = commit(&Head::default(), &texts(0, 1));
+    let first = a.append(&session, Version::NONE, &events, &after).await.expect("a's append");
+    let (other, other_after) = commit(&after, &["b".to_string()]);
+    b.append(&session, first, &other, &other_after).await.expect("b's append on top");
+    // Until a probe published after a's commit is no longer a duplicate, so neither is a's id
+    // (the server forgets ids oldest first). Polls the server's clock, bounded.
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "probe-after-a");
+    let probe = format!("dw.s0.{}", hex("probe"));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stored = 0;
+    loop {
+        let ack = js.publish_with_headers(probe.clone(), headers.clone(), "p".into()).await.expect("send").await;
+        if !ack.expect("probe ack").duplicate {
+            stored += 1;
+            if stored == 2 {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the duplicate window never passed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let again = a.append(&session, Version::NONE, &events, &after).await.expect("a's retry is its first append");
+    assert_eq!(again, first);
+    let all = a.events(&session, Seq::new(1), Seq::new(10), 10).await.expect("events");
+    assert_eq!(all.iter().map(text_of).collect::<Vec<_>>(), ["m0", "b"], "stored once, b's on top");
 }
 
 async fn time_travel_and_window_reads_agree_with_a_fold(log: &palimpsest::NatsLog) {

@@ -16,6 +16,9 @@ use std::time::Duration;
 use palimpsest::{Durability, Event, EventKind, Head, Message, NatsConfig, NatsLog, Seq, SessionId, Version, apply};
 pub use palimpsest_testcluster::{ClusterOptions, SERVER_ENV};
 
+/// Most events of one session [`events_on_every_node`] reads (a test's sessions are smaller).
+pub const MAX_CHECKED_EVENTS: usize = 10_000;
+
 /// Longest wait for a stream to have a leader (a new stream's first election, or one after a kill).
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -220,4 +223,52 @@ pub async fn poll_then_drop<T, E: std::fmt::Debug>(write: impl std::future::Futu
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Makes node `i` the leader of stream `name` (asking for it until it is, bounded by
+/// [`LEADER_TIMEOUT`]).
+pub async fn make_leader(cluster: &Cluster, client: &async_nats::Client, name: &str, i: usize) {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+    while stream_leader(cluster, &js, name).await != Some(i) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {i} did not become leader of {name} within {LEADER_TIMEOUT:?}"
+        );
+        let body = serde_json::json!({ "placement": { "preferred": cluster.name(i) } }).to_string();
+        // The answer does not matter: the loop checks the outcome.
+        let _ = client.request(format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"), body.into()).await;
+        // Polling an election in another process; there is nothing to wait on instead.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What each node holds: every node of `cluster` is made the leader of stream `name` in turn and
+/// each of `sessions` is read whole (up to [`MAX_CHECKED_EVENTS`] events) through leader-only reads
+/// (`NatsLog::with_leader_reads`) of a fresh connection with `config`, so each answer is that
+/// node's own copy. Indexed `[node][session]`.
+pub async fn events_on_every_node(
+    cluster: &Cluster,
+    config: &NatsConfig,
+    name: &str,
+    sessions: &[SessionId],
+) -> Vec<Vec<Vec<Event>>> {
+    let client = cluster.raw_client().await;
+    let reader = NatsLog::connect(config, Durability::Sync).await.expect("a reading connection").with_leader_reads();
+    let mut nodes = Vec::new();
+    for node in 0..cluster.launcher().nodes() {
+        make_leader(cluster, &client, name, node).await;
+        let mut held = Vec::new();
+        for session in sessions {
+            let last = Seq::new(MAX_CHECKED_EVENTS as u64);
+            let events = reader
+                .events(session, Seq::new(1), last, MAX_CHECKED_EVENTS)
+                .await
+                .unwrap_or_else(|e| panic!("node {node}, {session}: read from the leader: {e}"));
+            assert!(events.len() < MAX_CHECKED_EVENTS, "{session} is larger than a check reads");
+            held.push(events);
+        }
+        nodes.push(held);
+    }
+    nodes
 }

@@ -255,9 +255,11 @@ impl NatsLog {
     /// [`Error::Timeout`] when no attempt was acknowledged within `write_timeout_ms` and
     /// `write_attempts` (the outcome is unknown); [`Error::Storage`] for a refusal that retrying
     /// cannot fix (the servers refusing an atomic batch). After `Timeout` (or a `Storage`
-    /// error from the connection), call again with the same `expected`, `events` and `head`: the
-    /// commit carries the same message id, so if the first call stored it the server answers with
-    /// that record's version and does not store it again (within the duplicate window), and if it
+    /// error from the connection, or from learning a refused publish's outcome), call again with
+    /// the same `expected`, `events` and `head`: the commit carries the same message id, so if the
+    /// first call stored it the server answers with that record's version and does not store it
+    /// again (within the duplicate window; past it, or under a new leader, the record right after
+    /// `expected` is found to carry the id, even with other writers' records on top), and if it
     /// did not, this call stores it; a `Conflict` then means it was not stored. This needs no read,
     /// which matters because right after a leader change a deposed leader may still answer reads
     /// with an older head for some seconds.

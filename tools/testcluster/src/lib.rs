@@ -161,9 +161,41 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The lowest port [`free_port`] draws from.
+const LOWEST_PORT: u16 = 10_000;
+/// Most ports [`free_port`] tries before it gives up.
+const PORT_TRIES: usize = 1_000;
+
+/// A loopback port free now, drawn at random below the kernel's ephemeral range and never handed
+/// out twice by this process. Not a port-0 bind: the kernel hands those out again (to another
+/// cluster, or as the local port of an outgoing connection), and a node killed for a restart
+/// leaves its ports free until it is back. Seen: a whole-cluster restart whose route port had
+/// meanwhile become another cluster's monitoring port, so the node never found its meta leader.
 fn free_port() -> Result<u16, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind a free loopback port"))?;
-    Ok(listener.local_addr().map_err(io("read a bound listener's port"))?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let highest = ephemeral_low.max(LOWEST_PORT + 1_000);
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Randomly keyed hashes of a counter: std only.
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0..PORT_TRIES {
+        let draw = std::hash::BuildHasher::hash_one(&random, attempt) % u64::from(highest - LOWEST_PORT);
+        let port = LOWEST_PORT + u16::try_from(draw).expect("below highest - LOWEST_PORT");
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(Error::Io {
+        what: format!("find a free loopback port in {LOWEST_PORT}..{highest}"),
+        source: std::io::Error::other(format!("none free after {PORT_TRIES} tries")),
+    })
 }
 
 /// The last [`LOG_TAIL_BYTES`] of a node's log, for an error message.
