@@ -512,3 +512,34 @@ async fn engine_appends_survive_a_whole_cluster_restart() {
     let calls = writers.stop().await;
     check("whole-cluster restart", &cluster, &engines, calls, &tally).await;
 }
+
+/// An operator's audit and stats started the moment the meta stream's leader dies: their listings
+/// of the cluster's subjects are not answered until a new leader is elected, and are asked again
+/// (bounded by the write timeout) instead of failing. Seen once in CI before: `Storage` from
+/// "list a stream's subjects" right after a leader kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_stats_wait_out_an_election() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3).await;
+    let engines = engines(&cluster).await;
+    let s = engines[0].session(session_id(0)).expect("id");
+    for i in 0..12 {
+        s.append(palimpsest::Message::user(format!("turn {i} of a short talk"))).await.expect("append");
+    }
+    let outcome = s.compact(palimpsest::CompactionRequest::upto(Seq::new(8))).await.expect("compact");
+    assert!(matches!(outcome, palimpsest::CompactionOutcome::Spliced { .. }), "{outcome:?}");
+    let client = cluster.raw_client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let victim = wait_stream_leader(&cluster, &js, META).await;
+    // The session stream led elsewhere, so only the meta stream elects (the listing of its blob
+    // subjects, and its size, are what must wait).
+    nats_common::make_leader(&cluster, &client, STREAM, (victim + 1) % 3).await;
+    cluster.kill(victim);
+    let report = bounded("audit", engines[1].audit_async(AuditOptions::default(), |_| {}))
+        .await
+        .expect("the audit waits out the election");
+    assert!(report.ok && report.splices == 1 && report.blobs == 1, "{report:?}");
+    let stats = bounded("stats", engines[1].stats_async()).await.expect("stats after the election");
+    assert_eq!((stats.sessions, stats.events, stats.blobs), (1, 13, 1));
+    cluster.restart(victim).await;
+}

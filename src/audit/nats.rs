@@ -4,7 +4,9 @@
 //! name the record before it, and every splice's blob must be stored and hash to its name.
 //! A whole-database audit also lists the blobs no splice references (`orphan_blobs`), which
 //! orphan collection (`gc`, below) removes once they are older than `storage.nats.orphan_grace_ms`;
-//! `stats` walks the same records.
+//! `stats` walks the same records. Every read here is an operator's: one the cluster does not
+//! answer (a stream electing its leader) is asked again, bounded by the write timeout
+//! (`NatsLog::answered`), where the engine's own reads fail fast for their caller to decide.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
@@ -30,7 +32,7 @@ pub(super) async fn audit(
     let mut report = AuditReport::default();
     let mut checked: HashSet<SummaryHash> = HashSet::new();
     for id in &ids {
-        let Some((stored, version)) = log.head(id).await? else { continue };
+        let Some((stored, version)) = log.answered("read a session's head", || log.head(id)).await? else { continue };
         report.sessions += 1;
         // Events before the last deletion are dead; a reset's earlier events stay in the log.
         let base = stored.log_start();
@@ -43,7 +45,7 @@ pub(super) async fn audit(
         let mut replayer = Replayer::new(id.as_str());
         let (mut cursor, mut prev) = (1_u64, None::<u64>);
         'records: while cursor <= version.get() {
-            let page = log.records(id, cursor, version).await?;
+            let page = log.answered("read a session's records", || log.records(id, cursor, version)).await?;
             if page.is_empty() {
                 report.violations.push(violation(
                     None,
@@ -107,7 +109,7 @@ pub(super) async fn audit(
             if !checked.insert(*hash) {
                 continue;
             }
-            let problem = match log.blob(hash).await {
+            let problem = match log.answered("read a blob", || log.blob(hash)).await {
                 Ok(Some(_)) => None,
                 Ok(None) => Some((ViolationKind::MissingBlob, format!("summary blob {hash} is missing"))),
                 Err(Error::Corrupt { detail, .. }) => Some((ViolationKind::BlobHashMismatch, detail)),
@@ -188,14 +190,14 @@ pub(super) async fn collect_orphans(
 pub(super) async fn stats(log: &NatsLog) -> Result<Stats, Error> {
     let mut stats = Stats::default();
     for id in log.session_ids().await? {
-        let Some((head, version)) = log.head(&id).await? else { continue };
+        let Some((head, version)) = log.answered("read a session's head", || log.head(&id)).await? else { continue };
         if !head.is_deleted() {
             stats.sessions += 1;
             stats.session_ids.push(id.to_string());
         }
         let mut cursor = 1_u64;
         while cursor <= version.get() {
-            let page = log.records(&id, cursor, version).await?;
+            let page = log.answered("read a session's records", || log.records(&id, cursor, version)).await?;
             let Some((last, _)) = page.last() else { break };
             cursor = last + 1;
             for (_, record) in page {

@@ -13,7 +13,6 @@ use std::time::SystemTime;
 
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
-use futures_util::StreamExt;
 
 use super::{NatsLog, message_id};
 use crate::error::Error;
@@ -64,22 +63,16 @@ impl NatsLog {
     /// The hash of every stored blob (the meta stream's blob subjects; no blob is read). Refuses
     /// past [`MAX_LISTED_BLOBS`].
     pub(crate) async fn blob_hashes(&self) -> Result<BTreeSet<SummaryHash>, Error> {
-        let mut subjects = self
-            .meta
-            .clone()
-            .info_with_subjects(self.names.blobs())
-            .await
-            .map_err(|e| Error::storage("list the blob subjects", e))?;
+        let subjects = self.subjects(&self.meta, self.names.blobs(), MAX_LISTED_BLOBS).await?;
+        if subjects.len() > MAX_LISTED_BLOBS {
+            return Err(Error::storage(
+                "list blobs",
+                format!("more than {MAX_LISTED_BLOBS} blobs; listing is not paged on this backend"),
+            ));
+        }
         let mut all = BTreeSet::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, _) = entry.map_err(|e| Error::storage("list the blob subjects", e))?;
+        for subject in subjects {
             all.insert(self.names.blob_of(&subject)?);
-            if all.len() > MAX_LISTED_BLOBS {
-                return Err(Error::storage(
-                    "list blobs",
-                    format!("more than {MAX_LISTED_BLOBS} blobs; listing is not paged on this backend"),
-                ));
-            }
         }
         Ok(all)
     }
@@ -106,12 +99,15 @@ impl NatsLog {
     }
 
     /// The bytes each of this database's streams holds, by stream name (sessions first, then
-    /// meta), as the servers account them.
+    /// meta), as the servers account them; asked again while a stream elects its leader.
     pub(crate) async fn stream_bytes(&self) -> Result<Vec<(String, u64)>, Error> {
         let mut out = Vec::with_capacity(self.sessions.len() + 1);
         for stream in self.sessions.iter().chain(std::iter::once(&self.meta)) {
-            let mut stream = stream.clone();
-            let info = stream.info().await.map_err(|e| Error::storage("read a stream's size", e))?;
+            let info = self
+                .answered("read a stream's size", || async {
+                    stream.clone().info().await.cloned().map_err(|e| Error::storage("read a stream's size", e))
+                })
+                .await?;
             out.push((info.config.name.clone(), info.state.bytes));
         }
         Ok(out)

@@ -230,23 +230,70 @@ impl NatsLog {
     pub(crate) async fn session_ids(&self) -> Result<BTreeSet<SessionId>, Error> {
         let mut all = BTreeSet::new();
         for (index, stream) in (0_u64..).zip(&self.sessions) {
-            let stream = stream.clone();
-            let mut subjects = stream
-                .info_with_subjects(self.names.stream_subjects(index))
-                .await
-                .map_err(|e| Error::storage("list a stream's subjects", e))?;
-            while let Some(entry) = subjects.next().await {
-                let (subject, _) = entry.map_err(|e| Error::storage("list a stream's subjects", e))?;
+            let subjects = self.subjects(stream, self.names.stream_subjects(index), MAX_LISTED_SESSIONS).await?;
+            for subject in subjects {
                 all.insert(self.names.session_of(index, &subject)?);
-                if all.len() > MAX_LISTED_SESSIONS {
-                    return Err(Error::storage(
-                        "list sessions",
-                        format!("more than {MAX_LISTED_SESSIONS} sessions; listing is not paged on this backend"),
-                    ));
-                }
+            }
+            if all.len() > MAX_LISTED_SESSIONS {
+                return Err(Error::storage(
+                    "list sessions",
+                    format!("more than {MAX_LISTED_SESSIONS} sessions; listing is not paged on this backend"),
+                ));
             }
         }
         Ok(all)
+    }
+
+    /// The subjects of `stream` that match `filter`: up to `max + 1` of them (the caller refuses
+    /// more), asked again while the cluster does not answer ([`NatsLog::answered`]).
+    pub(super) async fn subjects(
+        &self,
+        stream: &stream::Stream,
+        filter: String,
+        max: usize,
+    ) -> Result<Vec<String>, Error> {
+        self.answered("list a stream's subjects", || async {
+            let mut subjects = stream
+                .clone()
+                .info_with_subjects(filter.clone())
+                .await
+                .map_err(|e| Error::storage("list a stream's subjects", e))?;
+            let mut out = Vec::new();
+            while let Some(entry) = subjects.next().await {
+                out.push(entry.map_err(|e| Error::storage("list a stream's subjects", e))?.0);
+                if out.len() > max {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// `request` (a read an operator's audit, gc or stats makes), asked again from the start with
+    /// the publish backoff while it fails with `Storage` or `Timeout`, until `write_timeout_ms`
+    /// (above the election window) has passed: a stream electing a leader after a node was lost
+    /// answers nothing for some seconds. Any other error (damage, a bad argument) at once; the
+    /// last error after the deadline.
+    pub(crate) async fn answered<T, F, Fut>(&self, what: &str, mut request: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let mut wait = super::FIRST_RETRY_WAIT;
+        loop {
+            match request().await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if !matches!(e, Error::Storage { .. } | Error::Timeout { .. }) => return Err(e),
+                Err(e) if tokio::time::Instant::now() + wait >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(what, error = %e, "a management request was not answered; asking again");
+                    tokio::time::sleep(wait.mul_f64(fastrand::f64())).await;
+                    wait = (wait * 2).min(super::MAX_RETRY_WAIT);
+                }
+            }
+        }
     }
 
     /// Up to [`BATCH_RECORDS`] records of the session from stream sequence `from` on, up to
