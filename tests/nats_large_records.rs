@@ -215,3 +215,30 @@ async fn a_dropped_large_write_lands_whole_or_not_at_all() {
     let report = a.audit_async(AuditOptions::default(), |_| {}).await.expect("audit");
     assert!(report.ok, "{:?}", report.violations);
 }
+
+/// A database made by a build that wrote no atomic batches (its session stream without
+/// `allow_atomic`): connect allows them on the stream, and a large record then lands and reads
+/// back. Without the update the batch is refused (`Storage`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_stream_is_allowed_atomic_batches_at_connect() {
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let js = async_nats::jetstream::new(cluster.raw_client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "old_s0".to_string(),
+        subjects: vec!["old.s0.>".to_string()],
+        num_replicas: 3,
+        allow_direct: true,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("an older build's session stream");
+    let (a, _) = engines(&cluster, &dir, "old").await;
+    let mut stream = js.get_stream("old_s0").await.expect("the stream");
+    assert!(stream.info().await.expect("its info").config.allow_atomic_publish, "allowed at connect");
+    let big: Vec<Message> = (0..300).map(|i| Message::user(text("old", i, 400))).collect();
+    let s = a.session("old").expect("id");
+    s.append_many(big).await.expect("a large record on the updated stream");
+    assert_eq!(s.working_memory(300).await.expect("working memory").messages.len(), 300);
+}

@@ -294,8 +294,8 @@ impl NatsLog {
         if deleting {
             self.publish(&self.names.deletion(session), None, &message_id(), Bytes::new()).await?;
         }
-        let version = match self.append_record(session, &subject, expected, payload).await {
-            Ok(version) => version,
+        let (version, first) = match self.append_record(session, &subject, expected, payload).await {
+            Ok(stored) => stored,
             Err(e) => {
                 if deleting && matches!(e, Error::Conflict { .. }) {
                     // The tombstone was refused, so the marker marks nothing; a connect would
@@ -306,7 +306,7 @@ impl NatsLog {
             }
         };
         if deleting && purge {
-            self.finish_deletion(session, &stream_name, &subject, version).await?;
+            self.finish_deletion(session, &stream_name, &subject, first).await?;
         }
         Ok(version)
     }
@@ -348,22 +348,26 @@ impl NatsLog {
     }
 
     /// Publishes one record with the version check, retrying an ambiguous outcome with the same
-    /// message id.
+    /// message id. Returns its version and the stream sequence of its first message (the same for
+    /// a record of one message; a large record's chunks sit at consecutive sequences).
     async fn append_record(
         &self,
         session: &SessionId,
         subject: &str,
         expected: Version,
         payload: Bytes,
-    ) -> Result<Version, Error> {
+    ) -> Result<(Version, u64), Error> {
         let id = self.commit_id(session, expected, &payload);
+        let chunks: Vec<Bytes>;
         let messages = if payload.len() <= self.max_message {
-            vec![payload]
+            std::slice::from_ref(&payload)
         } else {
-            record::split(&payload, self.max_message)?.into_iter().map(Bytes::from).collect()
+            chunks = record::split(&payload, self.max_message)?.into_iter().map(Bytes::from).collect();
+            chunks.as_slice()
         };
-        match self.publish_all(subject, Some(expected), &id, &messages).await {
-            Ok(Published::Stored(seq)) => Ok(Version(seq)),
+        let stored = |last: u64| (Version(last), last + 1 - messages.len() as u64);
+        match self.publish_all(subject, Some(expected), &id, messages).await {
+            Ok(Published::Stored(seq)) => Ok(stored(seq)),
             Ok(Published::WrongLast { found }) => {
                 // The session moved, perhaps by this very commit: an earlier attempt (in this call, or
                 // a caller's retry after a `Timeout`) may have been stored where the server no longer
@@ -379,7 +383,7 @@ impl NatsLog {
                             next.headers.get(async_nats::header::NATS_MESSAGE_ID).is_some_and(|v| v.as_str() == id);
                         if ours {
                             // A batch's messages are stored at consecutive sequences.
-                            return Ok(Version(next.sequence + messages.len() as u64 - 1));
+                            return Ok(stored(next.sequence + messages.len() as u64 - 1));
                         }
                         Err(Error::Conflict { session: session.as_str().to_string(), expected: expected.0, found })
                     }
@@ -498,22 +502,17 @@ impl NatsLog {
         Err(PublishError::new(PublishErrorKind::Other))
     }
 
-    /// Purges `session`'s records before its tombstone at `version` and removes its marker.
-    /// Idempotent: purging what is already gone purges nothing.
+    /// Purges `session`'s records before its tombstone, whose first message is at stream sequence
+    /// `tombstone` (a tombstone too large for one message is chunks from there on, and they stay),
+    /// and removes its marker. Idempotent: purging what is already gone purges nothing.
     async fn finish_deletion(
         &self,
         session: &SessionId,
         stream_name: &str,
         subject: &str,
-        version: Version,
+        tombstone: u64,
     ) -> Result<(), Error> {
         let stream = self.session_stream(stream_name)?;
-        // Up to the tombstone's first message: a tombstone too large for one message (a head with
-        // many open calls) is chunks from there on, and they stay.
-        let tombstone = match self.get_at(stream, version.0).await? {
-            Some(message) => self.record_of(session, &message).await?.first,
-            None => version.0,
-        };
         stream
             .purge()
             .filter(subject)
@@ -535,9 +534,13 @@ impl NatsLog {
         for marker in markers {
             let session = self.names.session_of_deletion(marker.subject.as_str())?;
             let (stream_name, subject) = self.names.session(&session);
-            match self.head(&session).await? {
-                Some((head, version)) if head.is_deleted() => {
-                    self.finish_deletion(&session, &stream_name, &subject, version).await?;
+            let last = match self.last_record(&session).await? {
+                Some(message) => Some(self.record_of(&session, &message).await?),
+                None => None,
+            };
+            match last {
+                Some(tombstone) if tombstone.record.head.is_deleted() => {
+                    self.finish_deletion(&session, &stream_name, &subject, tombstone.first).await?;
                 }
                 _ => {
                     self.meta

@@ -377,7 +377,7 @@ impl NatsLog {
     }
 
     /// The message at stream sequence `seq` (by direct get, else from the leader); `None` if gone.
-    pub(super) async fn get_at(&self, stream: &stream::Stream, seq: u64) -> Result<Option<StreamMessage>, Error> {
+    async fn get_at(&self, stream: &stream::Stream, seq: u64) -> Result<Option<StreamMessage>, Error> {
         let direct =
             if self.leader_reads { Err(DirectGetErrorKind::NotFound.into()) } else { stream.direct_get(seq).await };
         match direct {
