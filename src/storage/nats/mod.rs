@@ -12,6 +12,7 @@
 
 mod blobs;
 mod chunked;
+mod memories;
 mod names;
 mod read;
 mod record;
