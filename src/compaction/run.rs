@@ -27,8 +27,8 @@ use crate::log::fold::Head;
 use crate::log::ids::{Seq, SessionId, SummaryHash};
 use crate::log::plan::{NoPlan, plan};
 use crate::log::view;
-use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys;
+use crate::storage::{Ks, Kv, Op, Read};
 use crate::summarizer::chunked::{Span, summarize_span};
 use crate::summarizer::sanitize;
 

@@ -19,6 +19,7 @@ use crate::log::event::{EventKind, Message};
 use crate::log::fold::Head;
 use crate::log::ids::Seq;
 use crate::log::view::WorkingMemory;
+use crate::storage::{Kv, Read};
 
 /// A session's metadata document as last set.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -109,11 +110,7 @@ impl Session {
         self.metadata_in(&view, &head)
     }
 
-    fn metadata_in(
-        &self,
-        view: &crate::storage::fjall::View<'_>,
-        head: &Head,
-    ) -> Result<Option<SessionMetadata>, Error> {
+    fn metadata_in(&self, view: &crate::storage::View<'_>, head: &Head) -> Result<Option<SessionMetadata>, Error> {
         let Some(seq) = head.metadata_seq() else { return Ok(None) };
         self.metadata_from(seq, view.event(&self.id, seq)?)
     }

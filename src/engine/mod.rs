@@ -34,9 +34,9 @@ use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role};
 use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::{self, Summary, WorkingMemory};
-use crate::storage::fjall::{Ks, Op, Store, View};
 use crate::storage::keys;
 use crate::storage::purge::{self, Purger};
+use crate::storage::{Ks, Kv, Op, Read, Store, View};
 use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
 
 /// Most views a JetStream read takes of a session deleted under it again and again (see

@@ -27,8 +27,8 @@ use crate::error::Error;
 use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall};
 use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SummaryHash};
-use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys;
+use crate::storage::{Ks, Kv, Op, Read};
 
 /// Most lines one import may hold.
 pub const MAX_IMPORT_LINES: usize = 100_000;
