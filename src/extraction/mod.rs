@@ -126,6 +126,7 @@ pub(crate) fn decode_memory(namespace: &str, id: &[u8], value: &[u8]) -> Result<
 }
 
 /// The 32 bytes of a memory id written as 64 lowercase hex digits (a JetStream subject's key).
+#[cfg(feature = "nats")]
 pub(crate) fn memory_id_bytes(hex: &str) -> Result<[u8; 32], Error> {
     let corrupt = || Error::Corrupt { session: None, seq: None, detail: format!("memory key {hex:?} is not an id") };
     if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
