@@ -171,7 +171,14 @@ impl NatsLog {
         }
         let mut all = BTreeSet::new();
         for subject in &subjects {
-            all.insert(self.names.extraction_of(given_up, subject)?);
+            // A subject this database would not write (a foreign publisher) is named and skipped,
+            // as fjall's open skips a damaged marker: it never stops the others.
+            match self.names.extraction_of(given_up, subject) {
+                Ok(marker) => {
+                    all.insert(marker);
+                }
+                Err(e) => tracing::warn!(subject, error = %e, "an extraction marker's subject is damaged; skipped"),
+            }
         }
         let more = all.len() > max;
         Ok((all.into_iter().take(max).collect(), more))
