@@ -162,3 +162,25 @@ async fn two_engines_resuming_one_extraction_store_and_count_each_memory_once() 
     assert!(markers(&store).await.is_empty(), "both extractions finished");
     assert!(a.audit_async(AuditOptions::default(), |_| {}).await.expect("audit").ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_names_a_memory_record_that_does_not_decode() {
+    let store = Store::new(Backend::Nats).await;
+    let engine = open(&store, &FnExtractor::echo_after(1)).await;
+    let s = engine.session("ned:1").expect("id");
+    s.append(Message::user("ned fact")).await.expect("append");
+    s.schedule_extraction(Seq::ZERO, Seq::new(1)).expect("span");
+    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
+    assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit").ok, "a stored memory decodes");
+    // A record written past the engine, under a well-formed subject, with bytes that are not one.
+    let hex = |text: &str| text.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let subject = format!("t.m.n.{}.{}", hex("ned"), hex(&"ab".repeat(32)));
+    let js = async_nats::jetstream::new(store.cluster().expect("cluster").raw_client().await);
+    js.publish(subject, "not a memory".into()).await.expect("publish").await.expect("stored");
+    let report = engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit");
+    assert!(!report.ok);
+    assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+    let violation = &report.violations[0];
+    assert_eq!(violation.kind, palimpsest::ViolationKind::UndecodableRecord);
+    assert!(violation.detail.contains("namespace \"ned\""), "{violation:?}");
+}
