@@ -28,6 +28,7 @@ on_both_backends!(
     an_open_queues_at_most_the_queue_depth_and_reports_the_rest,
     a_manual_extraction_and_a_disabled_engine_write_no_marker,
     turn_cap_and_classified_boundaries_are_durable_too,
+    a_deleted_sessions_pending_extraction_ends_without_memories,
 );
 
 /// An engine on `store` (a reopen when one was opened before: drop the earlier one first) with
@@ -325,4 +326,26 @@ async fn turn_cap_and_classified_boundaries_are_durable_too(store: Store) {
     // (0, 6]: five facts, then (6, 8]: the sixth fact (the new task's boundary follows it).
     assert_eq!(memories(&engine, "ivy").await, 6);
     assert_eq!(extracted(&engine, "ivy:1").await.len(), 2);
+}
+
+async fn a_deleted_sessions_pending_extraction_ends_without_memories(store: Store) {
+    {
+        let hanging = hanging();
+        let engine = open(&store, &hanging, |_| {}).await;
+        close_an_episode(&engine, "ola:1").await;
+        running(&hanging, 1).await;
+        engine.drain(Duration::from_millis(10), true).await;
+        engine.session("ola:1").expect("id").delete().await.expect("delete");
+    }
+    let extractor = echo();
+    let engine = open(&store, &extractor, |_| {}).await;
+    assert_eq!(engine.guard_stats().extractions_resumed, 1, "queued: its job finds the session deleted");
+    drained(&engine).await;
+    let error = engine.last_extraction_error(&SessionId::new("ola:1").expect("id")).expect("recorded");
+    assert!(error.message.contains("deleted"), "{error:?}");
+    assert!(extractor.calls.lock().is_empty());
+    assert_eq!(memories(&engine, "ola").await, 0);
+    drop(engine);
+    let engine = open(&store, &extractor, |_| {}).await;
+    assert_eq!(engine.guard_stats().extractions_resumed, 0, "the job removed the marker");
 }

@@ -384,11 +384,12 @@ async fn landed(
 ) -> Result<Landed, Error> {
     use crate::log::event::EventKind;
     let Some((head, version)) = head else { return Ok(Landed::NotYet) };
-    if head.is_deleted() || at <= head.base() {
-        return Ok(Landed::Yes);
-    }
+    // Checked first: past the end of a deleted session is a new life whose record may be in flight.
     if at > head.last_seq() {
         return Ok(Landed::NotYet);
+    }
+    if head.is_deleted() || at <= head.base() {
+        return Ok(Landed::Yes);
     }
     let events = log.events_as_of(session, head, *version, at, at, 1).await?;
     let ours = events.first().is_some_and(|e| {
