@@ -307,34 +307,36 @@ pub(crate) async fn resume_nats(engine: &Engine, log: &crate::storage::nats::Nat
     let old_before = std::time::SystemTime::now().checked_sub(grace).unwrap_or(std::time::SystemTime::UNIX_EPOCH);
     let (markers, more) = log.markers(false, MAX_RESUMED_PER_OPEN).await?;
     let (mut resumed, mut deferred, mut dropped) = (0u64, u64::from(more), 0u64);
-    type Current = (SessionId, usize, Option<(crate::log::fold::Head, crate::storage::nats::Version)>);
+    type Current = (SessionId, usize, Result<Option<(crate::log::fold::Head, crate::storage::nats::Version)>, Error>);
     let mut current: Option<Current> = None;
     for (session, at) in markers {
         if current.as_ref().is_none_or(|(s, ..)| *s != session) {
-            let head = log.head(&session).await?;
+            let head = log.head(&session).await;
             current = Some((session.clone(), 0, head));
         }
         let (_, count, head) = current.as_mut().expect("set just above");
-        // Removed meanwhile (its job ran on another engine): nothing to do.
-        let Some(stored) = log.marker(false, &session, at).await? else { continue };
-        let Ok(marker) = decode(&stored.value) else {
-            tracing::warn!(%session, %at, "an extraction marker is damaged; it is left in place and skipped");
-            deferred += 1;
-            continue;
+        // One session's failed read (a damaged record, a stream electing) defers its markers only.
+        let checked = match head {
+            Ok(head) => check(log, &session, head.as_ref(), at, old_before).await,
+            Err(e) => Err(Error::storage("read the head of a session with a pending extraction", e.to_string())),
         };
-        match landed(log, &session, head.as_ref(), at, &marker).await? {
-            Landed::Yes => {}
-            Landed::NotYet if stored.at >= old_before => {
-                deferred += 1;
-                continue;
-            }
-            Landed::NotYet | Landed::Never => {
-                tracing::info!(%session, %at, "an extraction marker whose splice or boundary never landed is removed");
-                log.remove_marker(&session, at).await?;
+        let marker = match checked {
+            Ok(Checked::Queue(marker)) => marker,
+            Ok(Checked::Gone) => continue,
+            Ok(Checked::Removed) => {
                 dropped += 1;
                 continue;
             }
-        }
+            Ok(Checked::Wait) => {
+                deferred += 1;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%session, %at, error = %e, "a pending extraction could not be checked; left for a later open");
+                deferred += 1;
+                continue;
+            }
+        };
         if *count == depth {
             deferred += 1;
             continue;
@@ -361,6 +363,44 @@ pub(crate) async fn resume_nats(engine: &Engine, log: &crate::storage::nats::Nat
         );
     }
     Ok(())
+}
+
+/// What [`resume_nats`] does with one marker.
+#[cfg(feature = "nats")]
+enum Checked {
+    /// Its event is in the log: queue it.
+    Queue(Marker),
+    /// Removed meanwhile (its job ran on another engine): nothing to do.
+    Gone,
+    /// Its record can no longer land, so it was removed.
+    Removed,
+    /// Damaged, or its record may still be in flight: left for a later open.
+    Wait,
+}
+
+/// Reads the marker at `at` and checks it against the session's `head`; see [`resume_nats`].
+#[cfg(feature = "nats")]
+async fn check(
+    log: &crate::storage::nats::NatsLog,
+    session: &SessionId,
+    head: Option<&(crate::log::fold::Head, crate::storage::nats::Version)>,
+    at: Seq,
+    old_before: std::time::SystemTime,
+) -> Result<Checked, Error> {
+    let Some(stored) = log.marker(false, session, at).await? else { return Ok(Checked::Gone) };
+    let Ok(marker) = decode(&stored.value) else {
+        tracing::warn!(%session, %at, "an extraction marker is damaged; it is left in place and skipped");
+        return Ok(Checked::Wait);
+    };
+    match landed(log, session, head, at, &marker).await? {
+        Landed::Yes => Ok(Checked::Queue(marker)),
+        Landed::NotYet if stored.at >= old_before => Ok(Checked::Wait),
+        Landed::NotYet | Landed::Never => {
+            tracing::info!(%session, %at, "an extraction marker whose splice or boundary never landed is removed");
+            log.remove_marker(session, at).await?;
+            Ok(Checked::Removed)
+        }
+    }
 }
 
 /// Whether the splice or boundary a JetStream marker belongs to is in the log.
