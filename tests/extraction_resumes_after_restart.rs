@@ -32,18 +32,24 @@ on_both_backends!(
 );
 
 /// An engine on `store` (a reopen when one was opened before: drop the earlier one first) with
-/// extraction on, `extractor`, and extraction bounds short enough for a test.
+/// extraction on and `extractor`. A job's timeout stays long (20 s): on a loaded machine a job on
+/// JetStream (a dozen round trips) must not be cut short where a test does not mean it to be.
 async fn open(store: &Store, extractor: &Arc<FnExtractor>, tune: impl FnOnce(&mut Config)) -> Engine {
     let components = Components { extractor: Some(Arc::clone(extractor) as _), ..Components::default() };
     store
         .open_with(components, |config| {
             config.extraction.enabled = true;
-            config.background.extraction_timeout_ms = 1_000;
-            // The namespace lock's wait serves the extraction job, so it may not outlast it.
-            config.locks.timeout_ms = Some(1_000);
+            config.background.extraction_timeout_ms = 20_000;
             tune(config);
         })
         .await
+}
+
+/// A job timeout of 1 s, for the test whose extraction must time out.
+fn short_jobs(config: &mut Config) {
+    config.background.extraction_timeout_ms = 1_000;
+    // The namespace lock's wait serves the extraction job, so it may not outlast it.
+    config.locks.timeout_ms = Some(1_000);
 }
 
 fn echo() -> Arc<FnExtractor> {
@@ -102,7 +108,7 @@ async fn memories(engine: &Engine, namespace: &str) -> usize {
 }
 
 async fn a_timed_out_extraction_is_extracted_by_the_next_open_exactly_once(store: Store) {
-    let first = open(&store, &FnExtractor::echo_after(10_000), |_| {}).await;
+    let first = open(&store, &FnExtractor::echo_after(10_000), short_jobs).await;
     let boundary = close_an_episode(&first, "alice:1").await;
     drained(&first).await;
     let error = first.last_extraction_error(&SessionId::new("alice:1").expect("id")).expect("recorded");
