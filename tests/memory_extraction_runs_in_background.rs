@@ -444,6 +444,9 @@ async fn concurrent_extractions_into_one_namespace_lose_and_duplicate_nothing(st
     let memories = engine.memories_async("alice", 10_000).await.expect("read");
     let expected = 20 + 5 * n_sessions;
     assert_eq!(memories.len(), expected, "every memory once");
+    assert!(memories.windows(2).all(|w| w[0].id < w[1].id), "in id order");
+    let first = engine.memories_async("alice", 7).await.expect("read");
+    assert_eq!(first, memories[..7], "a limit reads the first in id order");
     let mut texts: Vec<_> = memories.iter().map(|m| m.text.clone()).collect();
     texts.sort();
     texts.dedup();
