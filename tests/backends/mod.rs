@@ -53,7 +53,7 @@ pub struct Store {
 impl Store {
     /// A fresh store on `backend` (on JetStream, on the shared cluster, started if none runs).
     pub async fn new(backend: Backend) -> Store {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = fast_tempdir();
         let prefix = format!("t{}", STORES.fetch_add(1, Ordering::Relaxed));
         match backend {
             Backend::Fjall => Store {
@@ -86,7 +86,7 @@ impl Store {
     /// Another, empty database beside this one, on the same backend (a new directory, or new
     /// streams on the same cluster): where a test imports copies.
     pub async fn sibling(&self) -> Store {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = fast_tempdir();
         let prefix = format!("t{}", STORES.fetch_add(1, Ordering::Relaxed));
         Store {
             backend: self.backend,
@@ -128,13 +128,16 @@ impl Store {
         &self.prefix
     }
 
-    /// The config every engine of this store starts from: the defaults (extraction off, as
-    /// `tests/common` has it for fjall too), on this store's directory or streams.
+    /// The config every engine of this store starts from: the defaults, as `tests/common` has
+    /// them, on this store's directory or streams. On JetStream memory extraction is off: it keeps
+    /// markers beside the log, and `connect` refuses `extraction.enabled = true` there (SPEC.md
+    /// 11a, "The engine on JetStream").
     pub fn config(&self) -> Config {
+        #[allow(unused_mut)]
         let mut config = Config::new(self.dir.path().join("db"));
-        config.extraction.enabled = false;
         #[cfg(feature = "nats")]
         if let Some(cluster) = &self.cluster {
+            config.extraction.enabled = false;
             config.storage.kind = palimpsest::StorageKind::Nats;
             config.storage.nats = nats_common::config(cluster, &self.prefix, 3);
         }
@@ -185,6 +188,18 @@ impl Store {
         }
         Ok(engine)
     }
+}
+
+/// A temp dir on tmpfs (/dev/shm) when the machine has one, else the usual temp dir: creating a
+/// database costs several fsyncs, free on tmpfs. Tests of durability itself do not run here.
+fn fast_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new().prefix("palimpsest-").tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("temp dir")
 }
 
 /// `on_both_backends!(a, b)` makes, for each `async fn a(store: Store)` in scope, a module `a`
