@@ -208,9 +208,9 @@ fn fast_tempdir() -> tempfile::TempDir {
 ///
 /// `on_both_backends!(paused: a, b)` runs `fjall` on tokio's paused clock (a current-thread
 /// runtime, as `#[tokio::test(start_paused = true)]`), for bodies whose timeouts should cost no
-/// wall time, and `nats` on the real clock: a paused clock jumps to the next timer whenever the
-/// runtime waits, and a test waiting on the network would see every request time out at once.
-/// Such bodies must not assert times.
+/// wall time, and `nats` on a current-thread runtime too, on the real clock: a paused clock jumps
+/// to the next timer whenever the runtime waits, and a test waiting on the network would see every
+/// request time out at once. Such bodies must not assert times.
 #[macro_export]
 macro_rules! on_both_backends {
     (paused: $($name:ident),* $(,)?) => {$(
@@ -221,7 +221,7 @@ macro_rules! on_both_backends {
             }
 
             #[cfg(feature = "nats")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test]
             async fn nats() {
                 super::$name(super::backends::Store::new(super::backends::Backend::Nats).await).await;
             }
