@@ -192,7 +192,35 @@ async fn a_deletion_past_the_first_export_page_round_trips(store: Store) {
     assert!(target.audit_async(AuditOptions::default(), |_| {}).await.unwrap().ok);
 }
 
+/// A memory marker imported into a deleted session is an ordinary commit after the tombstone: its
+/// head stays deleted, but the deletion stays in the log, so export starts at it and the file
+/// imports elsewhere. (On JetStream the marker's commit was once taken for a deletion and purged
+/// the tombstone below it.)
+async fn a_marker_imported_into_a_deleted_session_keeps_its_tombstone(store: Store) {
+    let engine = store.open_with_summarizer(FnSummarizer::constant("s"), |c| c.extraction.enabled = false).await;
+    let s = engine.session("gone").unwrap();
+    s.append(palimpsest::Message::user("hello")).await.unwrap();
+    let deleted_at = s.delete().await.unwrap();
+    let marker = format!(
+        r#"{{"type":"memories_extracted","namespace":"ns","from":{deleted_at},"upto":{deleted_at},"n_memories":1}}"#
+    );
+    s.import_jsonl(&marker).await.unwrap();
+    let history = s.history(Seq::new(1), 10).await.unwrap();
+    assert_eq!(history.iter().map(|e| e.seq).collect::<Vec<_>>(), [deleted_at, deleted_at.next()]);
+    assert!(matches!(history[0].kind, palimpsest::EventKind::SessionDeleted { .. }), "{history:?}");
+    let mut out = Vec::new();
+    assert_eq!(s.export_jsonl(&mut out).await.unwrap(), 2);
+    let target_store = store.sibling().await;
+    let target = target_store.open_with_summarizer(FnSummarizer::constant("unused"), |_| {}).await;
+    let copy = target.session("gone").unwrap();
+    copy.import_jsonl(&String::from_utf8(out).unwrap()).await.unwrap();
+    assert_eq!(snapshot(&s).await, snapshot(&copy).await);
+    assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.unwrap().ok);
+    assert!(target.audit_async(AuditOptions::default(), |_| {}).await.unwrap().ok);
+}
+
 on_both_backends!(
+    a_marker_imported_into_a_deleted_session_keeps_its_tombstone,
     export_then_import_into_an_empty_database_round_trips,
     plain_openai_messages_import_and_bad_lines_are_refused_whole,
     random_import_lines_are_errors_never_panics,
