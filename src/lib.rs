@@ -9,8 +9,10 @@
 //!   OpenAI-shaped [`Message`], the codec, the fold ([`Head`]), the working-memory view, the
 //!   pair-safe compaction planner. No I/O, no clock, no runtime.
 //! - `error`, `config`: the public [`Error`] enum; [`Config`], loaded from JSON or TOML and validated.
-//! - `storage`: where a session's log lives: fjall (the embedded default), its key layout, the
-//!   bounded purge of deleted sessions; with the `nats` feature, `NatsLog` on a JetStream cluster.
+//! - `storage`: where a session's log lives: the embedded backend's key-value boundary (`kv`)
+//!   and fjall implementing it (the default), its key layout, the bounded purge of deleted
+//!   sessions, the fault-injecting wrapper of test builds (`faulty`); with the `nats` feature,
+//!   `NatsLog` on a JetStream cluster.
 //! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
 //! - `engine`: [`Engine`] and [`Session`], the async API: the write path (locks, group commit,
@@ -21,7 +23,7 @@
 //!   and turn caps; background memory extraction into namespaces with `drain`.
 //! - `audit`, `transfer`: replay every session, check the invariants, rebuild heads, collect orphan
 //!   blobs; sessions as JSON lines (export, import).
-//! - `testing`: kill points behind the `testing` feature (not public API).
+//! - `testing`: kill points and armed faults behind the `testing` feature (not public API).
 
 mod audit;
 mod compaction;

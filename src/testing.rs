@@ -6,7 +6,8 @@
 //! - Storage faults: a [`Fault`] armed on an engine makes the store fail at one kind of call
 //!   ([`FaultPoint`]), once, always, or at random, after letting a number of such calls through,
 //!   so a test can move the failure point forward through an operation as SQLite's I/O-error
-//!   tests do.
+//!   tests do. On fjall the calls are checked by `storage::faulty::Faulty`, the store wrapping
+//!   fjall in test builds; on JetStream by the backend's commit (`FaultPoint::Commit` only).
 
 /// The environment variable naming the kill point to die at.
 #[cfg(feature = "testing")]

@@ -11,8 +11,8 @@ use crate::engine::writer::Hold;
 use crate::error::Error;
 use crate::log::event::{Event, EventKind};
 use crate::log::ids::{SessionId, SummaryHash};
-use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys;
+use crate::storage::{Ks, Kv, Op, Read};
 use crate::summarizer::BoxFuture;
 
 use super::AuditOptions;

@@ -18,8 +18,9 @@ use crate::log::codec;
 use crate::log::event::{Event, EventKind};
 use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SessionId, SummaryHash};
-use crate::storage::fjall::{Bytes, Ks, Op, View};
+use crate::storage::fjall::Bytes;
 use crate::storage::keys;
+use crate::storage::{Ks, Kv, Op, Read, View};
 
 mod gc;
 #[cfg(feature = "nats")]

@@ -27,8 +27,8 @@ use crate::log::fold::Head;
 use crate::log::ids::{Seq, SessionId, SummaryHash};
 use crate::log::plan::{NoPlan, plan};
 use crate::log::view;
-use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys;
+use crate::storage::{Ks, Kv, Op, Read};
 use crate::summarizer::chunked::{Span, summarize_span};
 use crate::summarizer::sanitize;
 
@@ -333,28 +333,31 @@ impl Session {
         request: CompactionRequest,
     ) -> Result<Load, Error> {
         let cfg = &self.engine().inner().config.compaction;
-        let view = self.nats_view(log, true).await?;
-        let head = &view.head;
-        let lower = head.upto().max(head.base());
-        let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
-        let last = match request.upto {
-            None => Some(self.last_messages_nats(&view, lower, head.last_seq(), keep.saturating_add(1)).await?),
-            Some(_) => None,
-        };
-        let requested = match requested_upto(head, request.upto, last, keep, cfg.max_span_messages)? {
-            Ok(requested) => requested,
-            Err(done) => return Ok(Load::Done(done)),
-        };
-        let span = if requested > lower {
-            view.events(self.id(), lower.next(), requested, usize::MAX).await?
-        } else {
-            Vec::new()
-        };
-        let previous_summary = match head.splice() {
-            Some(s) if s.upto == lower => Some(self.summary_nats(&view, s.upto, &s.summary_hash).await?.text),
-            _ => None,
-        };
-        Ok(self.plan_span(id, head, requested, span, previous_summary))
+        // A deletion landing during the reads purges the span: read again on the fresh head.
+        self.read_nats(log, true, |view| async move {
+            let head = &view.head;
+            let lower = head.upto().max(head.base());
+            let keep = usize::try_from(cfg.keep_last_messages).unwrap_or(usize::MAX);
+            let last = match request.upto {
+                None => Some(self.last_messages_nats(&view, lower, head.last_seq(), keep.saturating_add(1)).await?),
+                Some(_) => None,
+            };
+            let requested = match requested_upto(head, request.upto, last, keep, cfg.max_span_messages)? {
+                Ok(requested) => requested,
+                Err(done) => return Ok(Load::Done(done)),
+            };
+            let span = if requested > lower {
+                view.events(self.id(), lower.next(), requested, usize::MAX).await?
+            } else {
+                Vec::new()
+            };
+            let previous_summary = match head.splice() {
+                Some(s) if s.upto == lower => Some(self.summary_nats(&view, s.upto, &s.summary_hash).await?.text),
+                _ => None,
+            };
+            Ok(self.plan_span(id, head, requested, span, previous_summary))
+        })
+        .await
     }
 
     /// The end of step 2 on any backend: plans the cut in `span` (the events after the head's

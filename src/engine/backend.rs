@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::engine::writer::Writer;
 use crate::error::Error;
-use crate::storage::fjall::Store;
+use crate::storage::Store;
 #[cfg(feature = "nats")]
 use crate::storage::nats::NatsLog;
 use crate::storage::purge::Purger;

@@ -19,6 +19,7 @@ use crate::log::event::{EventKind, Message};
 use crate::log::fold::Head;
 use crate::log::ids::Seq;
 use crate::log::view::WorkingMemory;
+use crate::storage::{Kv, Read};
 
 /// A session's metadata document as last set.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -102,18 +103,14 @@ impl Session {
     pub async fn metadata(&self) -> Result<Option<SessionMetadata>, Error> {
         #[cfg(feature = "nats")]
         if let Some(log) = self.engine.inner.backend.nats() {
-            return self.metadata_nats(&self.nats_view(log, true).await?).await;
+            return self.read_nats(log, true, |view| async move { self.metadata_nats(&view).await }).await;
         }
         let view = self.engine.store("session metadata")?.view();
         let head = self.live_head(&view)?;
         self.metadata_in(&view, &head)
     }
 
-    fn metadata_in(
-        &self,
-        view: &crate::storage::fjall::View<'_>,
-        head: &Head,
-    ) -> Result<Option<SessionMetadata>, Error> {
+    fn metadata_in(&self, view: &crate::storage::View<'_>, head: &Head) -> Result<Option<SessionMetadata>, Error> {
         let Some(seq) = head.metadata_seq() else { return Ok(None) };
         self.metadata_from(seq, view.event(&self.id, seq)?)
     }
@@ -168,16 +165,19 @@ impl Session {
     }
 
     /// [`Session::read_state`] on JetStream: one head from the stream leader, and everything else
-    /// read as of that head (the log up to its `last_seq` never changes), so the parts agree.
+    /// read as of that head, so the parts agree (read again on a fresh head if a deletion purged
+    /// what it read meanwhile: `Session::read_nats`).
     #[cfg(feature = "nats")]
     async fn read_state_nats(&self, log: &crate::storage::nats::NatsLog, limit: usize) -> Result<SessionState, Error> {
-        let view = self.nats_view(log, true).await?;
-        let head = &view.head;
-        let metadata = self.metadata_nats(&view).await?;
-        let summary = self.head_summary_nats(&view, head).await?;
-        let last = self.last_messages_nats(&view, head.upto().max(head.base()), head.last_seq(), limit).await?;
-        let memory = self.memory_at_head(head, limit, summary, last, false);
-        Ok(SessionState { head: view.head, metadata, memory })
+        self.read_nats(log, true, |view| async move {
+            let head = &view.head;
+            let metadata = self.metadata_nats(&view).await?;
+            let summary = self.head_summary_nats(&view, head).await?;
+            let last = self.last_messages_nats(&view, head.upto().max(head.base()), head.last_seq(), limit).await?;
+            let memory = self.memory_at_head(head, limit, summary, last, false);
+            Ok(SessionState { head: view.head, metadata, memory })
+        })
+        .await
     }
 
     /// Writes a reset, messages and a metadata document (each optional, see [`SessionUpdate`]) in

@@ -34,10 +34,15 @@ use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role};
 use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::{self, Summary, WorkingMemory};
-use crate::storage::fjall::{Ks, Op, Store, View};
 use crate::storage::keys;
 use crate::storage::purge::{self, Purger};
+use crate::storage::{Ks, Kv, Op, Read, Store, View};
 use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
+
+/// Most views a JetStream read takes of a session deleted under it again and again (see
+/// `Session::read_nats`): each retry follows a deletion that purged what the last one read.
+#[cfg(feature = "nats")]
+const MAX_VIEW_READS: usize = 4;
 
 /// The smallest range read when paging backwards for a window; keeps the number of reads low
 /// when many non-message events sit among the messages.
@@ -893,11 +898,14 @@ impl Session {
         self.engine.check_read_limit(limit)?;
         #[cfg(feature = "nats")]
         if let Some(log) = self.engine.inner.backend.nats() {
-            let view = self.nats_view(log, false).await?;
-            return match history_range(&view.head, from, limit) {
-                Some((from, to)) => view.events(&self.id, from, to, limit).await,
-                None => Ok(Vec::new()),
-            };
+            return self
+                .read_nats(log, false, |view| async move {
+                    match history_range(&view.head, from, limit) {
+                        Some((from, to)) => view.events(&self.id, from, to, limit).await,
+                        None => Ok(Vec::new()),
+                    }
+                })
+                .await;
         }
         let view = self.engine.store("reads")?.view();
         let head = view.head(&self.id)?.ok_or_else(|| self.not_found())?;
@@ -1015,7 +1023,7 @@ impl Session {
 pub(crate) struct NatsView<'a> {
     log: &'a crate::storage::nats::NatsLog,
     pub(crate) head: Head,
-    version: crate::storage::nats::Version,
+    pub(crate) version: crate::storage::nats::Version,
 }
 
 #[cfg(feature = "nats")]
@@ -1050,6 +1058,58 @@ impl Session {
         match log.head(&self.id).await? {
             Some((head, version)) if !(live && head.is_deleted()) => Ok(NatsView { log, head, version }),
             _ => Err(self.not_found()),
+        }
+    }
+
+    /// Runs `read` on a view of the session (as [`Session::nats_view`]), and again on a fresh
+    /// view when it fails and a deletion has landed since the view was taken: a read pages
+    /// through the records below the head it took, and a deletion purges them (a stream keeps no
+    /// snapshot), so such a read meets missing events. It then answers as of the fresh head (not
+    /// found, or the session started afresh), as fjall's snapshot reads answer as of one state.
+    /// Any other failure is the read's answer. At most [`MAX_VIEW_READS`] views; past that the
+    /// error is [`Error::Conflict`].
+    pub(crate) async fn read_nats<'a, T, F, Fut>(
+        &self,
+        log: &'a crate::storage::nats::NatsLog,
+        live: bool,
+        read: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(NatsView<'a>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let mut views = 0;
+        loop {
+            let view = self.nats_view(log, live).await?;
+            let (start, version) = (view.head.log_start(), view.version);
+            views += 1;
+            match read(view).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => match self.deleted_since(log, start, version, e).await {
+                    Error::Conflict { .. } if views < MAX_VIEW_READS => {
+                        tracing::debug!(session = %self.id, views, "a read met a deletion's purge; reading again");
+                    }
+                    e => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// `e`, the error of a read made as of the session at `version` (its log starting at `start`);
+    /// [`Error::Conflict`] instead when a deletion has landed since, which purges what such a
+    /// read pages through (see [`Session::read_nats`]).
+    pub(crate) async fn deleted_since(
+        &self,
+        log: &crate::storage::nats::NatsLog,
+        start: Seq,
+        version: crate::storage::nats::Version,
+        e: Error,
+    ) -> Error {
+        match log.head(&self.id).await {
+            Ok(Some((now, found))) if now.log_start() > start => {
+                Error::Conflict { session: self.id.to_string(), expected: version.get(), found: Some(found.get()) }
+            }
+            _ => e,
         }
     }
 
@@ -1092,14 +1152,16 @@ impl Session {
         log: &crate::storage::nats::NatsLog,
         limit: usize,
     ) -> Result<WorkingMemory, Error> {
-        let view = self.nats_view(log, true).await?;
-        let head = &view.head;
-        if let Some(memory) = self.engine.inner.caches.window(&self.id, limit, head.last_seq()) {
-            return Ok(memory);
-        }
-        let summary = self.head_summary_nats(&view, head).await?;
-        let last = self.last_messages_nats(&view, head.upto().max(head.base()), head.last_seq(), limit).await?;
-        Ok(self.memory_at_head(head, limit, summary, last, true))
+        self.read_nats(log, true, |view| async move {
+            let head = &view.head;
+            if let Some(memory) = self.engine.inner.caches.window(&self.id, limit, head.last_seq()) {
+                return Ok(memory);
+            }
+            let summary = self.head_summary_nats(&view, head).await?;
+            let last = self.last_messages_nats(&view, head.upto().max(head.base()), head.last_seq(), limit).await?;
+            Ok(self.memory_at_head(head, limit, summary, last, true))
+        })
+        .await
     }
 
     async fn working_memory_at_nats(
@@ -1108,18 +1170,20 @@ impl Session {
         at: Seq,
         limit: usize,
     ) -> Result<WorkingMemory, Error> {
-        let view = self.nats_view(log, true).await?;
-        check_travel(&view.head, at)?;
-        // As on fjall, the message count is given only at the head (elsewhere it is not kept).
-        let (then, n_messages) = if at == view.head.last_seq() {
-            (view.head.clone(), Some(view.head.n_messages()))
-        } else {
-            (view.head_at(&self.id, at).await?, None)
-        };
-        let summary = self.head_summary_nats(&view, &then).await?;
-        let lower = then.upto().max(then.base());
-        let messages = view::window(self.last_messages_nats(&view, lower, at, limit).await?, limit);
-        Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages, summary, messages })
+        self.read_nats(log, true, |view| async move {
+            check_travel(&view.head, at)?;
+            // As on fjall, the message count is given only at the head (elsewhere it is not kept).
+            let (then, n_messages) = if at == view.head.last_seq() {
+                (view.head.clone(), Some(view.head.n_messages()))
+            } else {
+                (view.head_at(&self.id, at).await?, None)
+            };
+            let summary = self.head_summary_nats(&view, &then).await?;
+            let lower = then.upto().max(then.base());
+            let messages = view::window(self.last_messages_nats(&view, lower, at, limit).await?, limit);
+            Ok(WorkingMemory { session: self.id.clone(), last_seq: at, n_messages, summary, messages })
+        })
+        .await
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::config::{Durability, Writes};
 use crate::error::Error;
-use crate::storage::fjall::{Op, Store};
+use crate::storage::{Kv, Op, Store};
 
 /// What a write was built under and must keep until it is committed (a session's lock guard), and
 /// what must happen, still under it, once the outcome is known (the head cache's update).

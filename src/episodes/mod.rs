@@ -26,6 +26,7 @@ use crate::log::event::{BoundaryReason, EventKind, Message, Role};
 use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::{StoredMessage, messages_of};
+use crate::storage::Read;
 use crate::summarizer::{BoxFuture, OpenAiSummarizer, truncate_bytes};
 
 /// Most events read to show a classifier the current episode's recent messages.

@@ -30,8 +30,8 @@ use crate::engine::{Engine, Session};
 use crate::error::Error;
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::StoredMessage;
-use crate::storage::fjall::Ks;
 use crate::storage::keys;
+use crate::storage::{Ks, Read};
 use crate::summarizer::{BoxFuture, OpenAiSummarizer, render_transcript, truncate_bytes};
 
 pub(crate) mod pending;

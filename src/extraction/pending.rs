@@ -26,8 +26,8 @@ use crate::engine::{Batch, Engine};
 use crate::error::Error;
 use crate::guard::stats::add;
 use crate::log::ids::{Seq, SessionId};
-use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys::{self, EXTRACTION_GIVEN_UP, EXTRACTION_PENDING};
+use crate::storage::{Ks, Op, Read};
 use crate::summarizer::truncate_bytes;
 
 /// Attempts an extraction gets (each counted before the job does anything) before it is given up.

@@ -36,8 +36,8 @@ use crate::guard::stats::{Counters, add};
 use crate::log::event::{Event, EventKind};
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::messages_of;
-use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys;
+use crate::storage::{Ks, Op, Read};
 use crate::summarizer::truncate_bytes;
 
 /// Sessions whose last extraction error is kept; the oldest is forgotten first.

@@ -1,10 +1,10 @@
-//! The fjall boundary: the only module that names fjall. It opens the database, commits batches
-//! of [`Op`]s atomically across keyspaces, and serves point reads and bounded range scans.
+//! The fjall store: the only module that names fjall. It opens the database and implements the
+//! key-value boundary (`storage::kv`): batches of [`Op`]s committed atomically across keyspaces,
+//! point reads, bounded range scans, snapshots.
 //!
-//! The boundary is kept narrow on purpose (commit a batch, read a key, scan a range) so the log
-//! could later sit on another store. fjall panics on empty keys, keys over 65,535 bytes and bad
-//! keyspace names; every key built in `keys` is non-empty and far below that bound (session ids
-//! are at most 128 bytes), which `commit` asserts.
+//! fjall panics on empty keys, keys over 65,535 bytes and bad keyspace names; every key built in
+//! `keys` is non-empty and far below that bound (session ids are at most 128 bytes), which
+//! `write` asserts.
 
 use std::path::{Path, PathBuf};
 
@@ -13,24 +13,9 @@ use ::fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, 
 use crate::error::Error;
 use crate::log::codec;
 use crate::log::event::Event;
-use crate::log::fold::Head;
-use crate::log::ids::{Seq, SessionId, SummaryHash};
+use crate::log::ids::{Seq, SessionId};
 use crate::storage::keys;
-
-/// The fault points, named the same with or without the `testing` feature.
-#[cfg(feature = "testing")]
-use crate::testing::FaultPoint as FaultPointAlias;
-
-/// Without the `testing` feature the fault points are plain markers.
-#[cfg(not(feature = "testing"))]
-#[derive(Clone, Copy)]
-enum FaultPointAlias {
-    Commit,
-    AfterCommit,
-    Persist,
-    Read,
-    CommitPanics,
-}
+use crate::storage::kv::{Ks, Kv, Op, Read};
 
 /// Memtable size of every keyspace (fixed when a keyspace is created).
 const MEMTABLE_BYTES: u64 = 8 << 20;
@@ -54,18 +39,6 @@ const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// fjall refuses (panics on) keys longer than this.
 const MAX_KEY_BYTES: usize = 65_535;
 
-/// Which keyspace an [`Op`] targets.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Ks {
-    Events,
-    Heads,
-    Splices,
-    Blobs,
-    Meta,
-    Memories,
-    Extractions,
-}
-
 /// Bytes read from the store: fjall's reference-counted slice, so a scan hands out what the block
 /// cache or memtable holds without copying it (it derefs to `[u8]`).
 pub(crate) type Bytes = ::fjall::Slice;
@@ -73,25 +46,8 @@ pub(crate) type Bytes = ::fjall::Slice;
 /// A stored key and its value.
 pub(crate) type Row = (Bytes, Bytes);
 
-/// One write in a batch.
-#[derive(Clone, Debug)]
-pub(crate) enum Op {
-    Put(Ks, Vec<u8>, Vec<u8>),
-    Delete(Ks, Vec<u8>),
-}
-
-impl Op {
-    fn key(&self) -> &[u8] {
-        match self {
-            Op::Put(_, k, _) | Op::Delete(_, k) => k,
-        }
-    }
-}
-
-/// An open database.
-pub(crate) struct Store {
-    #[cfg(feature = "testing")]
-    pub(crate) faults: crate::testing::Faults,
+/// An open fjall database.
+pub(crate) struct FjallStore {
     db: Database,
     events: Keyspace,
     heads: Keyspace,
@@ -107,7 +63,7 @@ fn storage(op: &'static str) -> impl Fn(fjall::Error) -> Error {
     move |e| Error::storage(op, e)
 }
 
-impl Store {
+impl FjallStore {
     /// Opens (or creates) the database at `path`, running fjall's journal recovery, and checks
     /// the format marker.
     pub(crate) fn open(path: &Path, cache_mb: u64) -> Result<Self, Error> {
@@ -129,8 +85,6 @@ impl Store {
         let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes());
         let open_ks = |name: &str| db.keyspace(name, options).map_err(storage("open keyspace"));
         let store = Self {
-            #[cfg(feature = "testing")]
-            faults: crate::testing::Faults::default(),
             events: open_ks(keys::EVENTS)?,
             heads: open_ks(keys::HEADS)?,
             splices: open_ks(keys::SPLICES)?,
@@ -178,15 +132,23 @@ impl Store {
             Ks::Extractions => &self.extractions,
         }
     }
+}
 
-    /// Commits `ops` as one atomic batch; with `sync`, fsyncs before returning. The batch is written
-    /// to the journal first and then persisted, which is what fjall does inside a batch with
-    /// `SyncData` durability; one persist covers every earlier write of every keyspace.
-    pub(crate) fn commit(&self, ops: &[Op], sync: bool) -> Result<(), Error> {
-        self.fault(FaultPointAlias::Commit)?;
-        if self.fault(FaultPointAlias::CommitPanics).is_err() {
-            panic!("injected panic in a commit");
-        }
+fn scan_err(g: ::fjall::Guard) -> Result<Row, Error> {
+    g.into_inner().map_err(storage("scan"))
+}
+
+impl Kv for FjallStore {
+    type View<'a> = FjallView<'a>;
+
+    fn view(&self) -> FjallView<'_> {
+        FjallView { store: self, snapshot: self.db.snapshot() }
+    }
+
+    /// Written to the journal first and persisted by [`Kv::persist`], which is what fjall does
+    /// inside a batch with `SyncData` durability; one persist covers every earlier write of every
+    /// keyspace.
+    fn write(&self, ops: &[Op]) -> Result<(), Error> {
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for op in ops {
             let key_len = op.key().len();
@@ -196,77 +158,44 @@ impl Store {
                 Op::Delete(ks, k) => batch.remove(self.ks(*ks), k.as_slice()),
             }
         }
-        batch.commit().map_err(storage("commit"))?;
-        self.fault(FaultPointAlias::AfterCommit)?;
-        if sync {
-            crate::testing::kill_point("store:after_write_before_sync");
-            self.fault(FaultPointAlias::Persist)?;
-            self.db.persist(PersistMode::SyncData).map_err(storage("fsync"))?;
-        }
-        Ok(())
+        batch.commit().map_err(storage("commit"))
     }
 
-    #[cfg(feature = "testing")]
-    fn fault(&self, point: crate::testing::FaultPoint) -> Result<(), Error> {
-        self.faults.check(point)
+    fn persist(&self) -> Result<(), Error> {
+        self.db.persist(PersistMode::SyncData).map_err(storage("fsync"))
     }
 
-    #[cfg(not(feature = "testing"))]
-    #[inline(always)]
-    fn fault(&self, _point: FaultPointAlias) -> Result<(), Error> {
-        Ok(())
+    fn disk_space(&self, ks: Ks) -> u64 {
+        self.ks(ks).disk_space()
     }
+}
 
-    /// Reads one value.
-    pub(crate) fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.fault(FaultPointAlias::Read)?;
+impl Read for FjallStore {
+    fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.ks(ks).get(key).map_err(storage("get"))?.map(|v| v.to_vec()))
     }
 
-    /// Every key/value pair of a keyspace in key order, starting after `after` (exclusive), for
-    /// whole-database walks (audit, listing). The iterator reads lazily, so memory stays bounded.
-    pub(crate) fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
+    fn scan_rev(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
+        self.ks(ks).range(from..=to).rev().take(limit).map(scan_err).collect()
+    }
+
+    fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
         let iter = match after {
             Some(a) => self.ks(ks).range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => self.ks(ks).iter(),
         };
-        let fault = self.fault(FaultPointAlias::Read).err();
-        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
+        iter.map(scan_err)
     }
 
-    /// Every key/value pair whose key starts with `prefix`, in key order, read lazily.
-    pub(crate) fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
-        let fault = self.fault(FaultPointAlias::Read).err();
-        let iter = self.ks(ks).prefix(prefix);
-        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
+    fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
+        self.ks(ks).prefix(prefix).map(scan_err)
     }
 
-    /// On-disk bytes of a keyspace (approximate: fjall's accounting of its tables and blobs).
-    pub(crate) fn disk_space(&self, ks: Ks) -> u64 {
-        self.ks(ks).disk_space()
-    }
-
-    /// A consistent read view of the whole database as it is now (see [`View`]).
-    pub(crate) fn view(&self) -> View<'_> {
-        View { store: self, snapshot: self.db.snapshot() }
-    }
-
-    /// The stored head of `session`, if it has one. A single lookup needs no snapshot (the write
-    /// path reads the head under the session's lock, where nothing else can change it).
-    pub(crate) fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
-        self.get(Ks::Heads, keys::head_key(session))?
-            .map(|bytes| codec::decode_head(session.as_str(), &bytes))
-            .transpose()
-    }
-
-    /// Events of `session` with seq in `[from, to]`, at most `limit` (see [`View::events`]).
-    pub(crate) fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
+    fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
         self.view().events(session, from, to, limit)
     }
 
-    /// The keys (only) in `[from, to]`, in key order, at most `limit` of them.
-    pub(crate) fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
-        self.fault(FaultPointAlias::Read)?;
+    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
         let mut out = Vec::new();
         for guard in self.ks(ks).range(from..=to).take(limit) {
             out.push(guard.key().map_err(storage("scan"))?.to_vec());
@@ -279,61 +208,39 @@ impl Store {
 /// sees the database as of one instant. A read made of several lookups (a head, a blob, a range of
 /// events) answers from one state even while writers commit, so a concurrent deletion or splice
 /// cannot tear it. Keep views short-lived: a snapshot holds back garbage collection of old versions.
-pub(crate) struct View<'a> {
-    store: &'a Store,
+pub(crate) struct FjallView<'a> {
+    store: &'a FjallStore,
     snapshot: Snapshot,
 }
 
-impl View<'_> {
-    /// Reads one value.
-    pub(crate) fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.store.fault(FaultPointAlias::Read)?;
+impl Read for FjallView<'_> {
+    fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.snapshot.get(self.store.ks(ks), key).map_err(storage("get"))?.map(|v| v.to_vec()))
     }
 
-    /// Key/value pairs with keys in `[from, to]`, newest (largest key) first, at most `limit`.
-    pub(crate) fn scan_rev(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
-        self.store.fault(FaultPointAlias::Read)?;
-        let mut out = Vec::new();
-        for guard in self.snapshot.range(self.store.ks(ks), from..=to).rev().take(limit) {
-            out.push(guard.into_inner().map_err(storage("scan"))?);
-        }
-        Ok(out)
+    fn scan_rev(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Row>, Error> {
+        self.snapshot.range(self.store.ks(ks), from..=to).rev().take(limit).map(scan_err).collect()
     }
 
-    /// Like [`Store::iter_from`], in this view.
-    pub(crate) fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
+    fn iter_from(&self, ks: Ks, after: Option<&[u8]>) -> impl Iterator<Item = Result<Row, Error>> + '_ {
         let ks = self.store.ks(ks);
         let iter = match after {
             Some(a) => self.snapshot.range::<&[u8], _>(ks, (std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => self.snapshot.iter(ks),
         };
-        let fault = self.store.fault(FaultPointAlias::Read).err();
-        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
+        iter.map(scan_err)
     }
 
-    /// Like [`Store::iter_prefix`], in this view.
-    pub(crate) fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
-        let fault = self.store.fault(FaultPointAlias::Read).err();
-        let iter = self.snapshot.prefix(self.store.ks(ks), prefix);
-        fault.into_iter().map(Err).chain(iter.map(|g| g.into_inner().map_err(storage("scan"))))
+    fn iter_prefix(&self, ks: Ks, prefix: &[u8]) -> impl Iterator<Item = Result<Row, Error>> + '_ {
+        self.snapshot.prefix(self.store.ks(ks), prefix).map(scan_err)
     }
 
-    /// The stored head of `session`, if it has one.
-    pub(crate) fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
-        self.get(Ks::Heads, keys::head_key(session))?
-            .map(|bytes| codec::decode_head(session.as_str(), &bytes))
-            .transpose()
-    }
-
-    /// Events of `session` with seq in `[from, to]`, at most `limit`, decoded straight from
-    /// fjall's slices (the hot path of working memory: no intermediate copies).
-    pub(crate) fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
-        self.store.fault(FaultPointAlias::Read)?;
+    /// Decoded straight from fjall's slices (no intermediate copies).
+    fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
         let (lo, hi) = (keys::seq_key(session, from), keys::seq_key(session, to));
         let mut out = Vec::new();
         for guard in self.snapshot.range(&self.store.events, lo..=hi).take(limit) {
-            let (k, v) = guard.into_inner().map_err(storage("scan"))?;
+            let (k, v) = scan_err(guard)?;
             let (_, seq) = keys::parse_seq_key(&k).ok_or_else(|| Error::Corrupt {
                 session: Some(session.to_string()),
                 seq: None,
@@ -344,28 +251,16 @@ impl View<'_> {
         Ok(out)
     }
 
-    /// One event, if present.
-    pub(crate) fn event(&self, session: &SessionId, seq: Seq) -> Result<Option<Event>, Error> {
-        self.get(Ks::Events, &keys::seq_key(session, seq))?
-            .map(|v| codec::decode_event(session.as_str(), seq, &v))
-            .transpose()
-    }
-
-    /// The summary text stored under `hash`, if present. A blob that is not UTF-8 is corrupt.
-    pub(crate) fn blob(&self, hash: &SummaryHash) -> Result<Option<String>, Error> {
-        self.get(Ks::Blobs, keys::blob_key(hash))?
-            .map(|bytes| {
-                String::from_utf8(bytes).map_err(|_| Error::Corrupt {
-                    session: None,
-                    seq: None,
-                    detail: format!("summary blob {hash} is not UTF-8"),
-                })
-            })
-            .transpose()
+    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let mut out = Vec::new();
+        for guard in self.snapshot.range(self.store.ks(ks), from..=to).take(limit) {
+            out.push(guard.key().map_err(storage("scan"))?.to_vec());
+        }
+        Ok(out)
     }
 }
 
-impl Drop for Store {
+impl Drop for FjallStore {
     /// Flushes memtables to tables on a clean close, so the next open replays (and holds in
     /// memory) nothing but what came after. Bounded: past `CLOSE_FLUSH_TIMEOUT` the rest is
     /// left to journal recovery, which is always correct, only slower.

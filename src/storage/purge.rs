@@ -24,8 +24,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::engine::writer::Committer;
 use crate::error::Error;
 use crate::log::ids::{Seq, SessionId};
-use crate::storage::fjall::{Ks, Op, Store, View};
 use crate::storage::keys;
+use crate::storage::{Ks, Op, Read, Store, View};
 
 /// Most event keys (plus as many splice-index keys) one purge batch removes: bounds the batch's
 /// size and the memory a purge holds, whatever the session's length.

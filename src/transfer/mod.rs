@@ -27,8 +27,8 @@ use crate::error::Error;
 use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role, Splice, ToolCall};
 use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SummaryHash};
-use crate::storage::fjall::{Ks, Op};
 use crate::storage::keys;
+use crate::storage::{Ks, Kv, Op, Read};
 
 /// Most lines one import may hold.
 pub const MAX_IMPORT_LINES: usize = 100_000;
@@ -97,7 +97,11 @@ impl Session {
         let view = self.nats_view(log, false).await?;
         let mut pages = ExportPages::new(self, &view.head);
         while let Some((from, to)) = pages.next_range() {
-            let page = view.events(self.id(), from, to, EXPORT_PAGE).await?;
+            // Lines are already out: a deletion purging the rest is a conflict, not a retry.
+            let page = match view.events(self.id(), from, to, EXPORT_PAGE).await {
+                Ok(page) => page,
+                Err(e) => return Err(self.deleted_since(log, view.head.log_start(), view.version, e).await),
+            };
             for event in pages.take(page)? {
                 let summary = match &event.kind {
                     EventKind::CompactionSpliced(s) => {

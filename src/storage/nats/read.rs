@@ -77,7 +77,16 @@ impl NatsLog {
         let (stream_name, subject) = self.names.session(session);
         let stream = self.session_stream(&stream_name)?;
         let mut cursor = self.seek(session, stream, &subject, from, version).await?;
-        while cursor <= version.0 {
+        let missing = |seq: Seq| Error::Corrupt {
+            session: Some(session.to_string()),
+            seq: Some(seq.get()),
+            detail: format!(
+                "event {seq} is not in the stream below the head read at stream sequence {} (purged by a later \
+                 deletion, or lost)",
+                version.0
+            ),
+        };
+        'records: while cursor <= version.0 {
             let mut batch = if self.leader_reads {
                 Vec::new()
             } else {
@@ -98,7 +107,7 @@ impl NatsLog {
             }
             for message in batch {
                 if message.sequence > version.0 {
-                    return Ok(out);
+                    break 'records;
                 }
                 // The rest of a large record already read whole.
                 if message.sequence < cursor {
@@ -111,6 +120,11 @@ impl NatsLog {
                         return Ok(out);
                     }
                     if event.seq >= from {
+                        // Seqs are dense: a gap is a record the head counts that is gone.
+                        let expected = Seq::new(from.get() + out.len() as u64);
+                        if event.seq != expected {
+                            return Err(missing(expected));
+                        }
                         out.push(event);
                         if out.len() == limit {
                             return Ok(out);
@@ -119,7 +133,11 @@ impl NatsLog {
                 }
             }
         }
-        Ok(out)
+        // The head promises every seq up to `to`.
+        match out.last().map(|e| e.seq) {
+            Some(last) if last >= to => Ok(out),
+            last => Err(missing(last.map_or(from, Seq::next))),
+        }
     }
 
     /// The last `n` events of the session (from its last deletion's tombstone on), in order, read newest record
