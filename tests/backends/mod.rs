@@ -117,7 +117,8 @@ impl Store {
         }
     }
 
-    /// The cluster of a JetStream store.
+    /// The cluster of a JetStream store. Shared with this binary's other JetStream tests: a test
+    /// that stops or kills nodes starts a cluster of its own (`nats_common::Cluster`).
     #[cfg(feature = "nats")]
     pub fn cluster(&self) -> Option<&nats_common::Cluster> {
         self.cluster.as_deref()
