@@ -3,8 +3,14 @@
 //! point and appends after them, explicit episode ends, turn-cap boundaries, memory markers). The
 //! copy, imported into a fresh session of another database, has the same history (every event, its
 //! seq and store time), the same head, the same working memory now and at every seq, and audits clean.
+//! On fjall, and on a 3-node JetStream cluster (a twentieth of the cases: every case reads every
+//! seq's working memory over the network).
 
 mod common;
+#[cfg(feature = "nats")]
+mod nats_common;
+#[cfg(feature = "nats")]
+mod nats_properties;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,13 +65,18 @@ struct Fixture {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
-fn open(dir: &tempfile::TempDir) -> Engine {
-    let mut config = Config::new(dir.path().join("db"));
+/// The settings of every engine of the property, on either backend.
+fn tune(config: &mut Config) {
     config.durability = Durability::Buffered;
     config.compaction.keep_last_messages = 2;
     config.episodes.max_turns_per_episode = 5;
     // Markers come from the operations, so the log is decided by the case alone.
     config.extraction.enabled = false;
+}
+
+fn open(dir: &tempfile::TempDir) -> Engine {
+    let mut config = Config::new(dir.path().join("db"));
+    tune(&mut config);
     Engine::open_with_summarizer(config, seq_summarizer()).expect("open")
 }
 
@@ -76,6 +87,36 @@ fn fixture() -> &'static Fixture {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         Fixture { source: open(&a), target: open(&b), runtime, _dirs: (a, b) }
     })
+}
+
+/// The JetStream fixture: a source and a target engine on two sets of streams of one cluster.
+/// Dropped in field order: the engines, their runtime, then the cluster (killed by pid).
+#[cfg(feature = "nats")]
+struct NatsFixture {
+    source: Engine,
+    target: Engine,
+    runtime: tokio::runtime::Runtime,
+    _cluster: nats_common::Cluster,
+}
+
+/// The JetStream fixture, set by its test for the length of its quickcheck run.
+#[cfg(feature = "nats")]
+static NATS_FIXTURE: parking_lot::Mutex<Option<std::sync::Arc<NatsFixture>>> = parking_lot::Mutex::new(None);
+
+#[cfg(feature = "nats")]
+fn nats_fixture() -> NatsFixture {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (source, target, cluster) = runtime.block_on(async {
+        let (cluster, source) = nats_properties::streams("rt_source").await;
+        let target = nats_common::config(&cluster, "rt_target", 3);
+        let source = nats_properties::connect(&source, seq_summarizer(), tune).await;
+        let target_engine = nats_properties::connect(&target, seq_summarizer(), tune).await;
+        let js = async_nats::jetstream::new(cluster.raw_client().await);
+        nats_common::wait_stream_leader(&cluster, &js, "rt_target_s0").await;
+        nats_common::wait_stream_leader(&cluster, &js, "rt_target_meta").await;
+        (source, target_engine, cluster)
+    });
+    NatsFixture { source, target, runtime, _cluster: cluster }
 }
 
 /// Runs the operations; every one either succeeds or is refused for a reason the case allows.
@@ -140,41 +181,91 @@ async fn run(s: &Session, ops: &[Op]) {
 }
 
 /// Everything a reader can see: working memory now and at every seq of the log, as text.
-async fn views(s: &Session, limit: usize) -> Vec<String> {
+async fn views(s: &Session, limit: usize, shapes: &Shapes) -> Vec<String> {
     let head = s.head().await.expect("head").expect("exists");
     let mut out = vec![format!("{:?}", s.working_memory(limit).await)];
     for seq in head.base().get() + 1..=head.last_seq().get() {
-        SEQS_COMPARED.fetch_add(1, Ordering::Relaxed);
+        shapes.seqs_compared.fetch_add(1, Ordering::Relaxed);
         out.push(format!("{seq}: {:?}", s.working_memory_at(Seq::new(seq), limit).await));
     }
     out
 }
 
 /// Cases whose log holds a deletion followed by a splice, and cases with a memory marker: the
-/// shapes the property exists for must actually be generated.
-static SPLICE_AFTER_DELETION: AtomicU64 = AtomicU64::new(0);
-static WITH_MARKER: AtomicU64 = AtomicU64::new(0);
-static CASES: AtomicU64 = AtomicU64::new(0);
-static SEQS_COMPARED: AtomicU64 = AtomicU64::new(0);
+/// shapes the property exists for must actually be generated. One set of counters per backend
+/// (their tests run at once).
+struct Shapes {
+    splice_after_deletion: AtomicU64,
+    with_marker: AtomicU64,
+    cases: AtomicU64,
+    seqs_compared: AtomicU64,
+}
 
-fn count_shapes(text: &str) {
-    CASES.fetch_add(1, Ordering::Relaxed);
-    let deletion = text.find("\"type\":\"session_deleted\"");
-    if deletion.is_some_and(|at| text[at..].contains("\"type\":\"compaction_spliced\"")) {
-        SPLICE_AFTER_DELETION.fetch_add(1, Ordering::Relaxed);
+static ON_FJALL: Shapes = Shapes::new();
+#[cfg(feature = "nats")]
+static ON_NATS: Shapes = Shapes::new();
+
+impl Shapes {
+    const fn new() -> Shapes {
+        Shapes {
+            splice_after_deletion: AtomicU64::new(0),
+            with_marker: AtomicU64::new(0),
+            cases: AtomicU64::new(0),
+            seqs_compared: AtomicU64::new(0),
+        }
     }
-    if text.contains("\"type\":\"memories_extracted\"") {
-        WITH_MARKER.fetch_add(1, Ordering::Relaxed);
+
+    fn count(&self, text: &str) {
+        self.cases.fetch_add(1, Ordering::Relaxed);
+        let deletion = text.find("\"type\":\"session_deleted\"");
+        if deletion.is_some_and(|at| text[at..].contains("\"type\":\"compaction_spliced\"")) {
+            self.splice_after_deletion.fetch_add(1, Ordering::Relaxed);
+        }
+        if text.contains("\"type\":\"memories_extracted\"") {
+            self.with_marker.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prints what the run generated and asserts it reached both shapes.
+    fn report(&self, backend: &str) {
+        let (cases, spliced, marked) = (
+            self.cases.load(Ordering::Relaxed),
+            self.splice_after_deletion.load(Ordering::Relaxed),
+            self.with_marker.load(Ordering::Relaxed),
+        );
+        let seqs = self.seqs_compared.load(Ordering::Relaxed) / 2;
+        println!(
+            "round trips on {backend}: {cases} sessions, {seqs} seqs compared, {spliced} with a splice after a deletion, {marked} with memory markers"
+        );
+        // With quickcheck's default 100 cases or more, both shapes come up many times over.
+        assert!(cases < 100 || (spliced > 0 && marked > 0), "{backend}: the generator must reach these shapes");
     }
 }
 
 fn prop_export_then_import_restores_the_session(ops: Vec<Op>, limit: u8) -> bool {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let f = fixture();
+    round_trip(&f.source, &f.target, &f.runtime, &ON_FJALL, ops, limit)
+}
+
+#[cfg(feature = "nats")]
+fn prop_export_then_import_restores_the_session_on_nats(ops: Vec<Op>, limit: u8) -> bool {
+    let f = NATS_FIXTURE.lock().clone().expect("the test sets the JetStream fixture");
+    round_trip(&f.source, &f.target, &f.runtime, &ON_NATS, ops, limit)
+}
+
+fn round_trip(
+    source: &Engine,
+    target: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    shapes: &Shapes,
+    ops: Vec<Op>,
+    limit: u8,
+) -> bool {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let id = format!("rt-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let (from, to) = (f.source.session(id.as_str()).expect("id"), f.target.session(id.as_str()).expect("id"));
+    let (from, to) = (source.session(id.as_str()).expect("id"), target.session(id.as_str()).expect("id"));
     let limit = usize::from(limit % 8) + 1;
-    f.runtime.block_on(async {
+    runtime.block_on(async {
         run(&from, &ops).await;
         if from.head().await.expect("head").is_none() {
             return true;
@@ -182,28 +273,38 @@ fn prop_export_then_import_restores_the_session(ops: Vec<Op>, limit: u8) -> bool
         let mut file = Vec::new();
         let n = from.export_jsonl(&mut file).await.expect("export");
         let text = String::from_utf8(file).expect("utf-8");
-        count_shapes(&text);
+        shapes.count(&text);
         let report = to.import_jsonl(&text).await.unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let audit = f.target.audit(&AuditOptions { session: Some(to.id().clone()) }, &mut |_| {}).expect("audit");
+        let audit = target.audit_async(AuditOptions { session: Some(to.id().clone()) }, |_| {}).await.expect("audit");
         assert!(audit.ok, "{:?}\n{text}", audit.violations);
         report.n_events == n
             && common::snapshot(&from).await == common::snapshot(&to).await
-            && views(&from, limit).await == views(&to, limit).await
+            && views(&from, limit, shapes).await == views(&to, limit, shapes).await
     })
 }
 
 #[test]
 fn export_then_import_restores_history_and_working_memory_at_every_seq() {
     QuickCheck::new().quickcheck(prop_export_then_import_restores_the_session as fn(Vec<Op>, u8) -> bool);
-    let (cases, spliced, marked) = (
-        CASES.load(Ordering::Relaxed),
-        SPLICE_AFTER_DELETION.load(Ordering::Relaxed),
-        WITH_MARKER.load(Ordering::Relaxed),
-    );
-    let seqs = SEQS_COMPARED.load(Ordering::Relaxed) / 2;
-    println!(
-        "round trips: {cases} sessions, {seqs} seqs compared, {spliced} with a splice after a deletion, {marked} with memory markers"
-    );
-    // With quickcheck's default 100 cases or more, both shapes come up many times over.
-    assert!(cases < 100 || (spliced > 0 && marked > 0), "the generator must reach these shapes");
+    ON_FJALL.report("fjall");
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn export_then_import_restores_history_and_working_memory_at_every_seq_on_jetstream() {
+    let fixture = std::sync::Arc::new(nats_fixture());
+    *NATS_FIXTURE.lock() = Some(fixture);
+    // Every case reads each seq's working memory from both engines: a twentieth of the cases.
+    let cases = nats_properties::cluster_cases() / 2;
+    let outcome = std::panic::catch_unwind(|| {
+        QuickCheck::new()
+            .tests(cases)
+            .quickcheck(prop_export_then_import_restores_the_session_on_nats as fn(Vec<Op>, u8) -> bool);
+    });
+    // The cluster stops before a failure is reported.
+    drop(NATS_FIXTURE.lock().take());
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    ON_NATS.report("nats");
 }

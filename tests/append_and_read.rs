@@ -1,14 +1,20 @@
 //! The foundation's behaviour through the public API: dense seqs, the working-memory window,
 //! history, listing, deletion, and reopen.
 
+mod backends;
 mod common;
 
-use common::{engine, reopen, turn};
-use palimpsest::{Durability, Error, EventKind, Message, Role, Seq, ToolCall};
+use backends::Store;
+use common::{engine, turn};
+use palimpsest::{Components, Durability, Engine, Error, EventKind, Message, Role, Seq, ToolCall};
 
-#[tokio::test]
-async fn appends_get_dense_seqs_and_survive_reopen() {
-    let (engine, dir) = engine(Durability::Sync);
+/// An engine on `store` in `durability`, the defaults otherwise (what `common::engine` opens on fjall).
+async fn open(store: &Store, durability: Durability) -> Engine {
+    store.open_with(Components::default(), |config| config.durability = durability).await
+}
+
+async fn appends_get_dense_seqs_and_survive_reopen(store: Store) {
+    let engine = open(&store, Durability::Sync).await;
     let s = engine.session("s1").unwrap();
     assert_eq!(s.append(Message::system("be brief")).await.unwrap(), Seq::new(1));
     let range = s.append_many(turn(0)).await.unwrap();
@@ -16,7 +22,7 @@ async fn appends_get_dense_seqs_and_survive_reopen() {
     assert_eq!(s.append(Message::user("bye")).await.unwrap(), Seq::new(6));
     drop((s, engine));
 
-    let engine = reopen(&dir, Durability::Sync);
+    let engine = open(&store, Durability::Sync).await;
     let s = engine.session("s1").unwrap();
     let history = s.history(Seq::new(1), 100).await.unwrap();
     assert_eq!(history.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
@@ -26,9 +32,8 @@ async fn appends_get_dense_seqs_and_survive_reopen() {
     assert!(head.open_calls().is_empty());
 }
 
-#[tokio::test]
-async fn working_memory_is_the_last_messages_oldest_first() {
-    let (engine, _dir) = engine(Durability::Buffered);
+async fn working_memory_is_the_last_messages_oldest_first(store: Store) {
+    let engine = open(&store, Durability::Buffered).await;
     let s = engine.session("wm").unwrap();
     for i in 0..30 {
         s.append_many(turn(i)).await.unwrap();
@@ -45,9 +50,8 @@ async fn working_memory_is_the_last_messages_oldest_first() {
     assert_eq!(s.working_memory(0).await.unwrap().messages.len(), 0);
 }
 
-#[tokio::test]
-async fn reads_are_bounded_and_unknown_sessions_are_not_found() {
-    let (engine, _dir) = engine(Durability::Buffered);
+async fn reads_are_bounded_and_unknown_sessions_are_not_found(store: Store) {
+    let engine = open(&store, Durability::Buffered).await;
     let s = engine.session("nobody").unwrap();
     assert!(matches!(s.working_memory(5).await, Err(Error::NotFound { .. })));
     assert!(matches!(s.history(Seq::new(1), 5).await, Err(Error::NotFound { .. })));
@@ -57,9 +61,8 @@ async fn reads_are_bounded_and_unknown_sessions_are_not_found() {
     assert_eq!(s.history(Seq::new(5), 10).await.unwrap().len(), 0);
 }
 
-#[tokio::test]
-async fn bad_input_is_refused_and_changes_nothing() {
-    let (engine, _dir) = engine(Durability::Buffered);
+async fn bad_input_is_refused_and_changes_nothing(store: Store) {
+    let engine = open(&store, Durability::Buffered).await;
     let s = engine.session("strict").unwrap();
     s.append_many(turn(0)).await.unwrap();
     s.append(Message::assistant_tool_calls("", vec![ToolCall::new("open-1", "fetch", "{}")])).await.unwrap();
@@ -102,9 +105,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert!(matches!(engine.session("bad id"), Err(Error::InvalidSessionId { .. })));
 }
 
-#[tokio::test]
-async fn sessions_are_listed_and_deletion_is_recorded() {
-    let (engine, dir) = engine(Durability::Sync);
+async fn sessions_are_listed_and_deletion_is_recorded(store: Store) {
+    let engine = open(&store, Durability::Sync).await;
     for id in ["b", "a", "c"] {
         engine.session(id).unwrap().append_many(turn(1)).await.unwrap();
     }
@@ -124,7 +126,7 @@ async fn sessions_are_listed_and_deletion_is_recorded() {
     assert!(matches!(left[0].kind, EventKind::SessionDeleted { n_events_removed: 4 }));
     drop((a, b, engine));
 
-    let engine = reopen(&dir, Durability::Sync);
+    let engine = open(&store, Durability::Sync).await;
     assert_eq!(engine.list_sessions(None, 10).await.unwrap().len(), 2);
     let b = engine.session("b").unwrap();
     assert_eq!(b.append(Message::user("fresh start")).await.unwrap(), Seq::new(6));
@@ -132,9 +134,8 @@ async fn sessions_are_listed_and_deletion_is_recorded() {
     assert_eq!((wm.messages.len(), wm.n_messages), (1, Some(1)));
 }
 
-#[tokio::test]
-async fn time_travel_shows_the_window_as_of_a_past_seq() {
-    let (engine, _dir) = engine(Durability::Buffered);
+async fn time_travel_shows_the_window_as_of_a_past_seq(store: Store) {
+    let engine = open(&store, Durability::Buffered).await;
     let s = engine.session("tt").unwrap();
     for i in 0..5 {
         s.append_many(turn(i)).await.unwrap();
@@ -146,13 +147,9 @@ async fn time_travel_shows_the_window_as_of_a_past_seq() {
     assert!(matches!(s.working_memory_at(Seq::ZERO, 3).await, Err(Error::InvalidArgument { .. })));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_to_one_session_are_totally_ordered() {
+async fn concurrent_appends_to_one_session_are_totally_ordered(store: Store) {
     // 200 user turns, all within one episode (no turn-cap boundary), so the seqs are 1..=200.
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = palimpsest::Config::new(dir.path().join("db"));
-    config.episodes.max_turns_per_episode = 200;
-    let engine = palimpsest::Engine::open(config).unwrap();
+    let engine = store.open_with(Components::default(), |config| config.episodes.max_turns_per_episode = 200).await;
     let mut tasks = Vec::new();
     for w in 0..8 {
         let s = engine.session("shared").unwrap();
@@ -174,6 +171,17 @@ async fn concurrent_appends_to_one_session_are_totally_ordered() {
     assert_eq!(all, (1..=200).collect::<Vec<_>>());
 }
 
+on_both_backends!(
+    appends_get_dense_seqs_and_survive_reopen,
+    working_memory_is_the_last_messages_oldest_first,
+    reads_are_bounded_and_unknown_sessions_are_not_found,
+    bad_input_is_refused_and_changes_nothing,
+    sessions_are_listed_and_deletion_is_recorded,
+    time_travel_shows_the_window_as_of_a_past_seq,
+    concurrent_appends_to_one_session_are_totally_ordered,
+);
+
+// fjall-only: a second open of one directory is `Locked`.
 #[test]
 fn a_second_engine_on_the_same_directory_is_refused() {
     let (_engine, dir) = engine(Durability::Buffered);
@@ -181,6 +189,7 @@ fn a_second_engine_on_the_same_directory_is_refused() {
     assert!(matches!(err, Error::Locked { .. }), "{err:?}");
 }
 
+// fjall-only: a directory that is not a database.
 #[test]
 fn a_directory_that_is_not_a_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,6 +199,7 @@ fn a_directory_that_is_not_a_database_is_refused() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was written");
 }
 
+// fjall-only: what fjall leaves when killed while creating a database.
 #[tokio::test]
 async fn a_database_whose_creation_was_interrupted_is_created_afresh() {
     // What fjall leaves when killed after its lock, keyspace folder and first journal but

@@ -2,12 +2,14 @@
 //! import, or the database directory, with the exact error it must produce. After the rows run,
 //! a check proves nothing stored changed. (The CLI's own rows are in tools/cli/tests.)
 
+mod backends;
 mod common;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use common::{FnSummarizer, engine_with, snapshot, turn};
+use backends::Store;
+use common::{FnSummarizer, snapshot, turn};
 use palimpsest::{AuditOptions, CompactionRequest, Config, Engine, Error, Message, Role, Seq, SessionId, ToolCall};
 
 type Run<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + 'a>>;
@@ -16,9 +18,8 @@ fn config_error(text: &'static str) -> Run<'static> {
     Box::pin(async move { Config::from_json_str(text).map(drop) })
 }
 
-#[tokio::test]
-async fn every_bad_input_gets_its_exact_error_and_changes_nothing() {
-    let (engine, dir) = engine_with(FnSummarizer::constant("s"), |_| {});
+async fn every_bad_input_gets_its_exact_error_and_changes_nothing(store: Store) {
+    let engine = store.open_with_summarizer(FnSummarizer::constant("s"), |_| {}).await;
     let s = engine.session("agent-1").unwrap();
     s.append_many(turn(0)).await.unwrap();
     s.append(Message::assistant_tool_calls("", vec![ToolCall::new("open-1", "fetch", "{}")])).await.unwrap();
@@ -270,10 +271,17 @@ async fn every_bad_input_gets_its_exact_error_and_changes_nothing() {
     }
     assert_eq!(snapshot(&s).await, before, "no bad input changed the session");
     assert!(engine.list_sessions(None, 10).await.unwrap().iter().map(SessionId::as_str).eq(["agent-1"]));
-    assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
-    drop((s, engine));
+    assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.unwrap().ok);
+}
 
+on_both_backends!(every_bad_input_gets_its_exact_error_and_changes_nothing);
+
+// fjall-only: a second open of one directory is `Locked`, and a directory or file that is not a
+// database is refused; the blocking `open` is fjall's.
+#[tokio::test]
+async fn the_database_directory_is_refused_when_locked_foreign_or_a_file() {
     // The database directory itself.
+    let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let holder = Engine::open(Config::new(&db)).unwrap();
     let locked = Engine::open(Config::new(&db)).err().expect("locked");
@@ -300,6 +308,7 @@ async fn every_bad_input_gets_its_exact_error_and_changes_nothing() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine", "nothing was written there");
 }
 
+// fjall-only: damage written into fjall's journal.
 #[tokio::test]
 async fn a_corrupted_journal_tail_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,6 +335,7 @@ async fn a_corrupted_journal_tail_loses_nothing_acknowledged() {
 /// journal (`journal/entry.rs` 190): with debug assertions on, opening the database panics. The
 /// workspace compiles fjall without them in every profile (Cargo.toml; SPEC 10), so the entry reads
 /// as damage: the torn batch is dropped whole and everything before it opens and audits clean.
+// fjall-only: damage written into fjall's journal.
 #[tokio::test]
 async fn a_journal_entry_torn_inside_its_header_is_dropped_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();

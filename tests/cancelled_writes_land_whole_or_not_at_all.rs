@@ -9,6 +9,7 @@
 //! counts tried are 1 to 16, then doubling until the write completes. The engine also cancels its
 //! own writes (extraction under `drain(.., true)`), which the rounds exercise.
 
+mod backends;
 mod common;
 
 use std::collections::BTreeMap;
@@ -17,9 +18,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{Rng, fast_tempdir};
+use backends::Store;
+use common::Rng;
 use palimpsest::{
-    AuditOptions, CompactionRequest, Config, Durability, Engine, EventKind, Message, Seq, Session, SessionUpdate,
+    AuditOptions, CompactionRequest, Components, Durability, Engine, EventKind, Message, Seq, Session, SessionUpdate,
     ToolCall,
 };
 
@@ -233,12 +235,38 @@ async fn check(session: &Session, acked: &mut Acked, cancelled: Option<(&str, us
     }
 }
 
-fn open(dir: &std::path::Path, durability: Durability) -> Engine {
-    let mut config = Config::new(dir.join("db"));
-    config.durability = durability;
-    config.compaction.keep_last_messages = 4;
-    config.episodes.max_turns_per_episode = 5;
-    Engine::open(config).expect("open")
+async fn open(store: &Store, durability: Durability) -> Engine {
+    store
+        .open_with(Components::default(), |config| {
+            config.durability = durability;
+            config.compaction.keep_last_messages = 4;
+            config.episodes.max_turns_per_episode = 5;
+        })
+        .await
+}
+
+/// The ops a backend runs. On JetStream `append_turn` is refused: episode classification reads
+/// its context beside the log (SPEC.md 11a, "The engine on JetStream": "episode classification
+/// ... answer `Error::Unsupported`").
+fn ops(store: &Store) -> Vec<Op> {
+    OPS.into_iter().filter(|op| !(store.is_nats() && *op == Op::AppendTurn)).collect()
+}
+
+/// Seeds a harness run tries: four on fjall; one on JetStream, where every step of the many
+/// cancellation points reads over the network (as properties run fewer cases on a cluster). There
+/// durability changes only which servers `connect` accepts (SPEC.md 11a, "Connect"), not the write
+/// path, so the two durabilities get different seeds rather than the same run twice.
+fn seeds(store: &Store, durability: Durability) -> std::ops::RangeInclusive<u64> {
+    match (store.is_nats(), durability) {
+        (false, _) => 1..=4,
+        (true, Durability::Sync) => 1..=1,
+        (true, _) => 2..=2,
+    }
+}
+
+async fn audit_ok(engine: &Engine, what: &str) {
+    let report = engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit");
+    assert!(report.ok, "{what}: {:?}", report.violations);
 }
 
 /// How many messages a whole op of each kind writes with the tag as their prefix.
@@ -252,16 +280,15 @@ fn tagged_count(op: Op) -> usize {
     }
 }
 
-async fn harness(durability: Durability, seed: u64) -> u64 {
-    let dir = fast_tempdir();
-    let engine = open(dir.path(), durability);
+async fn harness(store: &Store, durability: Durability, seed: u64) -> u64 {
+    let engine = open(store, durability).await;
     let mut rng = Rng(seed);
     let mut points = 0u64;
     let sessions: Vec<Session> = (0..3).map(|i| engine.session(format!("c{i}")).expect("id")).collect();
     let mut acked: Vec<Acked> = (0..3).map(|_| Acked::default()).collect();
     let mut n = 0u64;
     for round in 0..3 {
-        for op in OPS {
+        for op in ops(store) {
             let s = rng.below(3) as usize;
             // Enough history for compaction and deletion to have something to do.
             for _ in 0..3 {
@@ -296,49 +323,47 @@ async fn harness(durability: Durability, seed: u64) -> u64 {
         let _ = report;
     }
     engine.drain(Duration::from_secs(30), true).await;
-    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit");
-    assert!(report.ok, "audit after cancellations: {:?}", report.violations);
+    audit_ok(&engine, "audit after cancellations").await;
     for (s, acked) in sessions.iter().zip(acked.iter_mut()) {
         check(s, acked, None).await;
     }
     // And after a reopen, the log is the same truth.
     drop(sessions);
     drop(engine);
-    let engine = open(dir.path(), durability);
-    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit after reopen");
-    assert!(report.ok, "audit after reopen: {:?}", report.violations);
+    let engine = open(store, durability).await;
+    audit_ok(&engine, "audit after reopen").await;
     for (i, acked) in acked.iter_mut().enumerate() {
         check(&engine.session(format!("c{i}")).expect("id"), acked, None).await;
     }
     points
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_writes_in_sync_mode_land_whole_or_not_at_all() {
+/// Each seed's run on a store of its own.
+async fn harness_on_fresh_stores(store: Store, durability: Durability) -> u64 {
     let mut points = 0;
-    for seed in 1..=4 {
-        points += harness(Durability::Sync, seed).await;
+    for seed in seeds(&store, durability) {
+        let fresh = store.sibling().await;
+        points += harness(&fresh, durability, seed).await;
     }
+    points
+}
+
+async fn cancelled_writes_in_sync_mode_land_whole_or_not_at_all(store: Store) {
+    let points = harness_on_fresh_stores(store, Durability::Sync).await;
     eprintln!("sync: {points} cancellation points tried, 0 violations");
     assert!(points >= 20, "the harness must reach real suspension points, reached {points}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_writes_in_buffered_mode_land_whole_or_not_at_all() {
-    let mut points = 0;
-    for seed in 1..=4 {
-        points += harness(Durability::Buffered, seed).await;
-    }
+async fn cancelled_writes_in_buffered_mode_land_whole_or_not_at_all(store: Store) {
+    let points = harness_on_fresh_stores(store, Durability::Buffered).await;
     eprintln!("buffered: {points} cancellation points tried, 0 violations");
 }
 
 /// The reproduction from the issue: 3-message `append_many` calls cancelled after their first
 /// poll, interleaved with plain appends on one session, in `sync` mode. Before the fix the next
 /// append read a head older than the still-queued batch and reused its seqs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_append_many_dropped_after_one_poll_never_lets_the_next_append_reuse_its_seqs() {
-    let dir = fast_tempdir();
-    let engine = open(dir.path(), Durability::Sync);
+async fn an_append_many_dropped_after_one_poll_never_lets_the_next_append_reuse_its_seqs(store: Store) {
+    let engine = open(&store, Durability::Sync).await;
     let s = engine.session("race").expect("id");
     let mut acked = Acked::default();
     for i in 0..200 {
@@ -352,6 +377,11 @@ async fn an_append_many_dropped_after_one_poll_never_lets_the_next_append_reuse_
         acked.messages.insert(seq, format!("u{i}"));
     }
     check(&s, &mut acked, None).await;
-    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit");
-    assert!(report.ok, "audit: {:?}", report.violations);
+    audit_ok(&engine, "audit").await;
 }
+
+on_both_backends!(
+    cancelled_writes_in_sync_mode_land_whole_or_not_at_all,
+    cancelled_writes_in_buffered_mode_land_whole_or_not_at_all,
+    an_append_many_dropped_after_one_poll_never_lets_the_next_append_reuse_its_seqs,
+);

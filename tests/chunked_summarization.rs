@@ -1,14 +1,17 @@
 //! Long spans are summarized in chunks: concurrently under `compaction.chunk_concurrency` (the
 //! peak in flight never exceeds it), each chunk with its own timeout, then merged under the
 //! shorter merge timeout whose fallback is the concatenated chunk summaries. The focus text
-//! reaches every call; garbage replies fail the compaction. All on tokio's paused clock.
+//! reaches every call; garbage replies fail the compaction. On fjall all on tokio's paused clock;
+//! on JetStream on the real clock (see `on_both_backends!`).
 
+mod backends;
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use backends::Store;
 use common::{FnSummarizer, engine_with, snapshot};
 use palimpsest::{CompactionOutcome, CompactionRequest, Error, Message, Seq, Session, Stage, SummaryTask};
 
@@ -32,8 +35,7 @@ fn tune(c: &mut palimpsest::Config) {
     c.compaction.keep_last_messages = 0;
 }
 
-#[tokio::test(start_paused = true)]
-async fn chunks_run_concurrently_but_never_above_the_bound() {
+async fn chunks_run_concurrently_but_never_above_the_bound(store: Store) {
     let (in_flight, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let summarizer = FnSummarizer::new({
         let (in_flight, peak) = (Arc::clone(&in_flight), Arc::clone(&peak));
@@ -52,7 +54,7 @@ async fn chunks_run_concurrently_but_never_above_the_bound() {
             })
         }
     });
-    let (engine, _dir) = engine_with(summarizer.clone(), tune);
+    let engine = store.open_with_summarizer(summarizer.clone(), tune).await;
     let s = long_session(&engine).await;
     let mut progress = engine.subscribe_progress();
     let outcome = s.compact(CompactionRequest::default().with_focus("budget")).await.unwrap();
@@ -81,6 +83,8 @@ async fn chunks_run_concurrently_but_never_above_the_bound() {
     assert!(matches!(stages.last(), Some(Stage::Spliced { .. })));
 }
 
+// fjall-only: it asserts the merge's duration exactly, which only tokio's paused clock gives, and
+// a JetStream test waits on the network on the real clock.
 #[tokio::test(start_paused = true)]
 async fn a_merge_that_times_out_falls_back_to_the_concatenated_chunk_summaries() {
     let summarizer = FnSummarizer::new(|input| {
@@ -103,8 +107,7 @@ async fn a_merge_that_times_out_falls_back_to_the_concatenated_chunk_summaries()
     assert!(stages.iter().any(|s| matches!(s, Stage::MergeDone { fell_back: true, duration_ms: 2_000 })), "{stages:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_chunk_that_times_out_fails_the_compaction_cleanly() {
+async fn a_chunk_that_times_out_fails_the_compaction_cleanly(store: Store) {
     let summarizer = FnSummarizer::new(|input| {
         Box::pin(async move {
             match input.task {
@@ -113,7 +116,7 @@ async fn a_chunk_that_times_out_fails_the_compaction_cleanly() {
             }
         })
     });
-    let (engine, _dir) = engine_with(summarizer, tune);
+    let engine = store.open_with_summarizer(summarizer, tune).await;
     let s = long_session(&engine).await;
     let before = snapshot(&s).await;
     let err = s.compact(CompactionRequest::default()).await.unwrap_err();
@@ -122,8 +125,7 @@ async fn a_chunk_that_times_out_fails_the_compaction_cleanly() {
     assert_eq!(engine.compactions_in_flight(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary() {
+async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary(store: Store) {
     // Control characters and escape sequences are cleaned, not refused (content_never_fails_compaction.rs);
     // a reply that is nothing else is empty once cleaned, and that is garbage.
     for garbage in ["", "   \n ", "\u{7}\0\x1b[0m\r\n"] {
@@ -132,7 +134,8 @@ async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary() {
             let reply = reply.clone();
             Box::pin(async move { Ok(reply) })
         });
-        let (engine, _dir) = engine_with(summarizer, |c| c.compaction.keep_last_messages = 0);
+        let fresh = store.sibling().await;
+        let engine = fresh.open_with_summarizer(summarizer, |c| c.compaction.keep_last_messages = 0).await;
         let s = engine.session("g").unwrap();
         s.append(Message::user("hello")).await.unwrap();
         let before = snapshot(&s).await;
@@ -147,13 +150,14 @@ async fn garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary() {
 
 /// A model that ignores "stay under N characters" does not fail the compaction: its reply is
 /// text, so it is cut to `compaction.max_summary_bytes` on a char boundary (marked `...`).
-#[tokio::test(start_paused = true)]
-async fn an_over_long_reply_is_cut_to_the_bound_not_refused() {
+async fn an_over_long_reply_is_cut_to_the_bound_not_refused(store: Store) {
     let summarizer = FnSummarizer::new(move |_| Box::pin(async move { Ok("é".repeat(20_000)) }));
-    let (engine, _dir) = engine_with(summarizer, |c| {
-        c.compaction.keep_last_messages = 0;
-        c.compaction.max_summary_bytes = 1_001;
-    });
+    let engine = store
+        .open_with_summarizer(summarizer, |c| {
+            c.compaction.keep_last_messages = 0;
+            c.compaction.max_summary_bytes = 1_001;
+        })
+        .await;
     let s = engine.session("long").unwrap();
     s.append(Message::user("hello")).await.unwrap();
     let outcome = s.compact(CompactionRequest::default()).await.expect("an over-long reply is cut, not refused");
@@ -162,10 +166,10 @@ async fn an_over_long_reply_is_cut_to_the_bound_not_refused() {
     assert!(summary.len() <= 1_001 && summary.ends_with("...") && summary.starts_with("éé"), "{} bytes", summary.len());
 }
 
-#[tokio::test]
-async fn the_embedded_summarizer_keeps_goals_tools_and_open_questions() {
-    let (engine, _dir) =
-        engine_with(Arc::new(palimpsest::ExtractiveSummarizer), |c| c.compaction.keep_last_messages = 1);
+async fn the_embedded_summarizer_keeps_goals_tools_and_open_questions(store: Store) {
+    let engine = store
+        .open_with_summarizer(Arc::new(palimpsest::ExtractiveSummarizer), |c| c.compaction.keep_last_messages = 1)
+        .await;
     let s = engine.session("ex").unwrap();
     s.append(Message::user("Book a flight to Oslo under 300 EUR. Can you also check hotels?")).await.unwrap();
     s.append(Message::assistant_tool_calls(
@@ -189,3 +193,11 @@ async fn the_embedded_summarizer_keeps_goals_tools_and_open_questions() {
     assert!(open.contains("user asked: Which terminal does it leave from?"), "{text}");
     assert!(!open.contains("check hotels?"), "an answered question is listed as open:\n{text}");
 }
+
+on_both_backends!(
+    paused: chunks_run_concurrently_but_never_above_the_bound,
+    a_chunk_that_times_out_fails_the_compaction_cleanly,
+    garbage_from_the_summarizer_is_a_failed_compaction_not_a_summary,
+    an_over_long_reply_is_cut_to_the_bound_not_refused,
+);
+on_both_backends!(the_embedded_summarizer_keeps_goals_tools_and_open_questions);

@@ -2,12 +2,14 @@
 //! appends that keep completing while a summarizer is busy, splices that readers fold over,
 //! abandoned compactions that leave the session byte-identical, and the outcomes of each path.
 
+mod backends;
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{FnSummarizer, engine_with, snapshot, turn};
+use backends::Store;
+use common::{FnSummarizer, snapshot, turn};
 use palimpsest::{CompactionOutcome, CompactionRequest, Error, EventKind, Message, Seq, Stage, ToolCall};
 use tokio::sync::Notify;
 
@@ -31,11 +33,10 @@ async fn wait_for_strategy(progress: &mut tokio::sync::broadcast::Receiver<palim
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn appends_keep_completing_while_the_summarizer_is_busy() {
+async fn appends_keep_completing_while_the_summarizer_is_busy(store: Store) {
     let gate = Arc::new(Notify::new());
     // 35 turns in one episode: this test counts seqs of messages and the splice only.
-    let (engine, _dir) = engine_with(gated(Arc::clone(&gate)), |c| c.episodes.max_turns_per_episode = 200);
+    let engine = store.open_with_summarizer(gated(Arc::clone(&gate)), |c| c.episodes.max_turns_per_episode = 200).await;
     let s = engine.session("busy").unwrap();
     for i in 0..10 {
         s.append_many(turn(i)).await.unwrap();
@@ -69,10 +70,9 @@ async fn appends_keep_completing_while_the_summarizer_is_busy() {
     assert_eq!(s.history(Seq::new(1), 1).await.unwrap()[0].message().unwrap().content, "step 0: check the build");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_second_request_while_one_is_in_flight_says_so_and_changes_nothing() {
+async fn a_second_request_while_one_is_in_flight_says_so_and_changes_nothing(store: Store) {
     let gate = Arc::new(Notify::new());
-    let (engine, _dir) = engine_with(gated(Arc::clone(&gate)), |_| {});
+    let engine = store.open_with_summarizer(gated(Arc::clone(&gate)), |_| {}).await;
     let s = engine.session("single").unwrap();
     for i in 0..10 {
         s.append_many(turn(i)).await.unwrap();
@@ -96,25 +96,26 @@ async fn a_second_request_while_one_is_in_flight_says_so_and_changes_nothing() {
     assert_eq!(engine.compactions_in_flight(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_registry_is_empty_after_every_way_a_compaction_can_end() {
-    let (engine, _dir) = engine_with(
-        FnSummarizer::new(|input| {
-            Box::pin(async move {
-                match input.focus.as_deref() {
-                    Some("error") => Err(Error::Summarizer { status: Some(503), message: "overloaded".into() }),
-                    Some("hang") => std::future::pending().await,
-                    Some("panic") => panic!("summarizer bug"),
-                    Some("garbage") => Ok("\0\0".to_string()),
-                    _ => Ok("fine".to_string()),
-                }
-            })
-        }),
-        |c| {
-            c.compaction.keep_last_messages = 2;
-            c.compaction.chunk_timeout_ms = 5_000;
-        },
-    );
+async fn the_registry_is_empty_after_every_way_a_compaction_can_end(store: Store) {
+    let engine = store
+        .open_with_summarizer(
+            FnSummarizer::new(|input| {
+                Box::pin(async move {
+                    match input.focus.as_deref() {
+                        Some("error") => Err(Error::Summarizer { status: Some(503), message: "overloaded".into() }),
+                        Some("hang") => std::future::pending().await,
+                        Some("panic") => panic!("summarizer bug"),
+                        Some("garbage") => Ok("\0\0".to_string()),
+                        _ => Ok("fine".to_string()),
+                    }
+                })
+            }),
+            |c| {
+                c.compaction.keep_last_messages = 2;
+                c.compaction.chunk_timeout_ms = 5_000;
+            },
+        )
+        .await;
     let s = engine.session("ends").unwrap();
     for i in 0..5 {
         s.append_many(turn(i)).await.unwrap();
@@ -137,9 +138,8 @@ async fn the_registry_is_empty_after_every_way_a_compaction_can_end() {
     assert_eq!(engine.compactions_in_flight(), 0);
 }
 
-#[tokio::test]
-async fn the_cut_moves_back_to_keep_tool_calls_with_their_results() {
-    let (engine, _dir) = engine_with(FnSummarizer::constant("s"), |_| {});
+async fn the_cut_moves_back_to_keep_tool_calls_with_their_results(store: Store) {
+    let engine = store.open_with_summarizer(FnSummarizer::constant("s"), |_| {}).await;
     let s = engine.session("pairs").unwrap();
     s.append(Message::user("start")).await.unwrap(); // 1
     s.append(Message::assistant_tool_calls("", vec![ToolCall::new("a", "ls", "{}")])).await.unwrap(); // 2
@@ -162,17 +162,18 @@ async fn the_cut_moves_back_to_keep_tool_calls_with_their_results() {
     assert!(matches!(s.compact(CompactionRequest::upto(Seq::new(99))).await, Err(Error::InvalidArgument { .. })));
 }
 
-#[tokio::test]
-async fn splices_extend_the_previous_summary_and_time_travel_sees_each() {
-    let (engine, dir) = engine_with(
-        FnSummarizer::new(|input| {
-            Box::pin(async move {
-                let prev = input.previous_summary.unwrap_or_default();
-                Ok(format!("{prev}+{}", input.messages.len()))
-            })
-        }),
-        |c| c.compaction.keep_last_messages = 4,
-    );
+async fn splices_extend_the_previous_summary_and_time_travel_sees_each(store: Store) {
+    let engine = store
+        .open_with_summarizer(
+            FnSummarizer::new(|input| {
+                Box::pin(async move {
+                    let prev = input.previous_summary.unwrap_or_default();
+                    Ok(format!("{prev}+{}", input.messages.len()))
+                })
+            }),
+            |c| c.compaction.keep_last_messages = 4,
+        )
+        .await;
     let s = engine.session("twice").unwrap();
     for i in 0..3 {
         s.append_many(turn(i)).await.unwrap();
@@ -208,15 +209,15 @@ async fn splices_extend_the_previous_summary_and_time_travel_sees_each() {
     drop((s, engine));
 
     // The view survives reopen.
-    let engine = common::reopen(&dir, palimpsest::Durability::Buffered);
+    let engine =
+        store.open_with(palimpsest::Components::default(), |c| c.durability = palimpsest::Durability::Buffered).await;
     let wm2 = engine.session("twice").unwrap().working_memory(100).await.unwrap();
     assert_eq!(wm2, wm);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_splice_is_abandoned_when_the_session_is_deleted_underneath() {
+async fn a_splice_is_abandoned_when_the_session_is_deleted_underneath(store: Store) {
     let gate = Arc::new(Notify::new());
-    let (engine, _dir) = engine_with(gated(Arc::clone(&gate)), |c| c.compaction.keep_last_messages = 0);
+    let engine = store.open_with_summarizer(gated(Arc::clone(&gate)), |c| c.compaction.keep_last_messages = 0).await;
     let s = engine.session("gone").unwrap();
     s.append_many(turn(0)).await.unwrap();
     let mut progress = engine.subscribe_progress();
@@ -233,3 +234,14 @@ async fn a_splice_is_abandoned_when_the_session_is_deleted_underneath() {
     assert!(matches!(outcome, CompactionOutcome::Abandoned { .. }), "{outcome:?}");
     assert_eq!(snapshot(&s).await, before);
 }
+
+on_both_backends!(
+    paused: appends_keep_completing_while_the_summarizer_is_busy,
+    a_second_request_while_one_is_in_flight_says_so_and_changes_nothing,
+    the_registry_is_empty_after_every_way_a_compaction_can_end,
+    a_splice_is_abandoned_when_the_session_is_deleted_underneath,
+);
+on_both_backends!(
+    the_cut_moves_back_to_keep_tool_calls_with_their_results,
+    splices_extend_the_previous_summary_and_time_travel_sees_each,
+);

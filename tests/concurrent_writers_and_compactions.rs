@@ -3,35 +3,35 @@
 //! increase, each session's seqs are dense with no loss and no duplicate, every splice is valid,
 //! and the audit is clean. Bounded: a fixed number of appends, every wait bounded by the engine.
 
+mod backends;
 mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use backends::Store;
 use common::FnSummarizer;
-use palimpsest::{
-    AuditOptions, CompactionOutcome, CompactionRequest, Config, Durability, Engine, EventKind, Message, Seq,
-};
+use palimpsest::{AuditOptions, CompactionOutcome, CompactionRequest, Durability, EventKind, Message, Seq};
 
 const SESSIONS: usize = 256;
 const WRITERS: usize = 8;
 const APPENDS: usize = 6;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn many_writers_and_compactions_keep_every_log_dense_and_valid() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().join("db"));
-    config.durability = Durability::Sync;
-    config.compaction.keep_last_messages = 8;
-    // Each session's 48 messages stay one episode: the event count below is messages and splices.
-    config.episodes.max_turns_per_episode = 200;
+async fn many_writers_and_compactions_keep_every_log_dense_and_valid(store: Store) {
     let summarizer = FnSummarizer::new(|input| {
         Box::pin(async move {
             tokio::task::yield_now().await;
             Ok(format!("{} messages", input.messages.len()))
         })
     });
-    let engine = Engine::open_with_summarizer(config, summarizer).unwrap();
+    let engine = store
+        .open_with_summarizer(summarizer, |config| {
+            config.durability = Durability::Sync;
+            config.compaction.keep_last_messages = 8;
+            // Each session's 48 messages stay one episode: the event count below is messages and splices.
+            config.episodes.max_turns_per_episode = 200;
+        })
+        .await;
 
     let mut tasks = Vec::new();
     for s in 0..SESSIONS {
@@ -70,8 +70,10 @@ async fn many_writers_and_compactions_keep_every_log_dense_and_valid() {
         splices += history.iter().filter(|e| matches!(e.kind, EventKind::CompactionSpliced(_))).count();
     }
     assert!(splices >= SESSIONS, "compactions ran: {splices} splices");
-    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap();
+    let report = engine.audit_async(AuditOptions::default(), |_| {}).await.unwrap();
     assert!(report.ok, "{:?}", report.violations);
     assert_eq!(report.events as usize, SESSIONS * WRITERS * APPENDS + splices);
     assert_eq!((engine.compactions_in_flight(), engine.sessions_locked()), (0, 0), "no registry entry leaks");
 }
+
+on_both_backends!(many_writers_and_compactions_keep_every_log_dense_and_valid);

@@ -5,12 +5,14 @@
 //! summary stays within `compaction.max_summary_bytes` whatever the input.
 //! The OpenAI-compatible summarizer gets the same cases in `openai_summarizer.rs`.
 
+mod backends;
 mod common;
 mod content_common;
 
 use std::sync::Arc;
 
-use common::{FnSummarizer, engine_with, snapshot, turn};
+use backends::Store;
+use common::{FnSummarizer, snapshot, turn};
 use content_common::{EMOJI, RTL, cases, clean_summary, is_clean, turn_with};
 use palimpsest::{CompactionOutcome, CompactionRequest, Config, Error, ExtractiveSummarizer, Session};
 
@@ -41,10 +43,9 @@ fn visible_words(case: &str) -> &'static [&'static str] {
     }
 }
 
-#[tokio::test]
-async fn every_kind_of_tool_output_compacts_with_the_embedded_summarizer_again_and_again() {
+async fn every_kind_of_tool_output_compacts_with_the_embedded_summarizer_again_and_again(store: Store) {
     let max_bytes = Config::default().compaction.max_summary_bytes as usize;
-    let (engine, _dir) = engine_with(Arc::new(ExtractiveSummarizer), |_| {});
+    let engine = store.open_with_summarizer(Arc::new(ExtractiveSummarizer), |_| {}).await;
     for (n, (case, content)) in cases().into_iter().enumerate() {
         let s = engine.session(format!("content:{n}")).expect("id");
         s.append_many(turn_with(0, &content)).await.expect("append");
@@ -61,12 +62,13 @@ async fn every_kind_of_tool_output_compacts_with_the_embedded_summarizer_again_a
     }
 }
 
-#[tokio::test]
-async fn a_one_megabyte_line_keeps_the_smallest_summary_within_its_bound() {
-    let (engine, _dir) = engine_with(Arc::new(ExtractiveSummarizer), |c| {
-        c.compaction.max_summary_bytes = 256;
-        c.compaction.chunk_bytes = 1 << 10;
-    });
+async fn a_one_megabyte_line_keeps_the_smallest_summary_within_its_bound(store: Store) {
+    let engine = store
+        .open_with_summarizer(Arc::new(ExtractiveSummarizer), |c| {
+            c.compaction.max_summary_bytes = 256;
+            c.compaction.chunk_bytes = 1 << 10;
+        })
+        .await;
     let s = engine.session("big").expect("id");
     let line = content_common::one_megabyte_line();
     for i in 0..3 {
@@ -76,10 +78,9 @@ async fn a_one_megabyte_line_keeps_the_smallest_summary_within_its_bound() {
     clean_summary(&s, 256).await;
 }
 
-#[tokio::test]
-async fn a_focus_with_control_characters_is_cleaned_not_refused() {
+async fn a_focus_with_control_characters_is_cleaned_not_refused(store: Store) {
     let summarizer = FnSummarizer::constant("fine");
-    let (engine, _dir) = engine_with(Arc::clone(&summarizer) as _, |_| {});
+    let engine = store.open_with_summarizer(Arc::clone(&summarizer) as _, |_| {}).await;
     let s = engine.session("focus").expect("id");
     s.append_many(turn(0)).await.expect("append");
     spliced(compact_all(&s, Some("\x1b[1mbilling\x1b[0m\x07 refunds\0only\r\n")).await, "focus");
@@ -87,7 +88,8 @@ async fn a_focus_with_control_characters_is_cleaned_not_refused() {
     assert_eq!(focus, "billing  refunds only", "escape sequences stripped, controls become spaces, trimmed");
 
     // The embedded summarizer writes the focus into the summary: it must come out clean too.
-    let (engine, _dir) = engine_with(Arc::new(ExtractiveSummarizer), |_| {});
+    let other = store.sibling().await;
+    let engine = other.open_with_summarizer(Arc::new(ExtractiveSummarizer), |_| {}).await;
     let s = engine.session("focus").expect("id");
     s.append_many(turn(0)).await.expect("append");
     spliced(compact_all(&s, Some("\x1b]0;title\x07build\x1b[K\u{9b}\0")).await, "focus");
@@ -100,8 +102,7 @@ async fn a_focus_with_control_characters_is_cleaned_not_refused() {
     assert!(!clean_summary(&s, 16 << 10).await.starts_with("Focus:"));
 }
 
-#[tokio::test]
-async fn a_summarizers_reply_is_cleaned_and_only_an_empty_one_is_refused() {
+async fn a_summarizers_reply_is_cleaned_and_only_an_empty_one_is_refused(store: Store) {
     let summarizer = FnSummarizer::new(|input| {
         Box::pin(async move {
             Ok(match input.focus.as_deref() {
@@ -110,7 +111,7 @@ async fn a_summarizers_reply_is_cleaned_and_only_an_empty_one_is_refused() {
             })
         })
     });
-    let (engine, _dir) = engine_with(summarizer, |_| {});
+    let engine = store.open_with_summarizer(summarizer, |_| {}).await;
     let s = engine.session("reply").expect("id");
     s.append_many(turn(0)).await.expect("append");
 
@@ -123,8 +124,7 @@ async fn a_summarizers_reply_is_cleaned_and_only_an_empty_one_is_refused() {
     assert_eq!(clean_summary(&s, 16 << 10).await, "ok\nsecond line");
 }
 
-#[tokio::test]
-async fn chunk_and_merge_replies_are_cleaned_and_the_merge_fallback_is_clean() {
+async fn chunk_and_merge_replies_are_cleaned_and_the_merge_fallback_is_clean(store: Store) {
     for merge_reply in ["\x1b[33mmerged\x1b[0m\0summary", "\x1b[0m\x07"] {
         let summarizer = FnSummarizer::new(move |input| {
             Box::pin(async move {
@@ -134,7 +134,9 @@ async fn chunk_and_merge_replies_are_cleaned_and_the_merge_fallback_is_clean() {
                 })
             })
         });
-        let (engine, _dir) = engine_with(Arc::clone(&summarizer) as _, |c| c.compaction.chunk_bytes = 1 << 10);
+        let fresh = store.sibling().await;
+        let engine =
+            fresh.open_with_summarizer(Arc::clone(&summarizer) as _, |c| c.compaction.chunk_bytes = 1 << 10).await;
         let s = engine.session("chunks").expect("id");
         for i in 0..4 {
             s.append_many(turn_with(i, content_common::CARGO_LOG)).await.expect("append");
@@ -151,3 +153,11 @@ async fn chunk_and_merge_replies_are_cleaned_and_the_merge_fallback_is_clean() {
         }
     }
 }
+
+on_both_backends!(
+    every_kind_of_tool_output_compacts_with_the_embedded_summarizer_again_and_again,
+    a_one_megabyte_line_keeps_the_smallest_summary_within_its_bound,
+    a_focus_with_control_characters_is_cleaned_not_refused,
+    a_summarizers_reply_is_cleaned_and_only_an_empty_one_is_refused,
+    chunk_and_merge_replies_are_cleaned_and_the_merge_fallback_is_clean,
+);

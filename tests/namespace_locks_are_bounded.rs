@@ -1,6 +1,8 @@
 //! Namespace locks: every wait is bounded by `locks.*`, both outcomes of running out work, zero
 //! retries means one try, a crashed holder never blocks anyone, and the counters say what happened.
 //! All on tokio's paused clock, so the times asserted are exact.
+//! fjall-only: the locks live in the engine's memory and never reach storage, and the exact times
+//! need the paused clock, which a test waiting on a JetStream cluster cannot use.
 
 mod guards_common;
 

@@ -3,14 +3,16 @@
 //! starts after it, a stale `expect_last_seq` writes nothing, and metadata reads cost the head plus
 //! one event.
 
+mod backends;
 mod common;
 
-use common::{FnSummarizer, engine_with, snapshot, turn};
+use backends::Store;
+use common::{FnSummarizer, snapshot, turn};
 use palimpsest::{AuditOptions, CompactionOutcome, CompactionRequest, Error, EventKind, Message, Seq, SessionUpdate};
 
-#[tokio::test]
-async fn a_reset_replaces_the_window_and_keeps_the_old_messages_in_the_log() {
-    let (engine, _dir) = engine_with(FnSummarizer::constant("so far"), |c| c.compaction.keep_last_messages = 2);
+async fn a_reset_replaces_the_window_and_keeps_the_old_messages_in_the_log(store: Store) {
+    let engine =
+        store.open_with_summarizer(FnSummarizer::constant("so far"), |c| c.compaction.keep_last_messages = 2).await;
     let s = engine.session("ns:replace").unwrap();
     for i in 0..3 {
         s.append_many(turn(i)).await.unwrap();
@@ -43,7 +45,7 @@ async fn a_reset_replaces_the_window_and_keeps_the_old_messages_in_the_log() {
         CompactionOutcome::Spliced { upto, .. } => assert!(upto > reset),
         other => panic!("{other:?}"),
     }
-    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap();
+    let report = engine.audit_async(AuditOptions::default(), |_| {}).await.unwrap();
     assert!(report.ok, "{:?}", report.violations);
 
     // Export holds the whole log (the messages before the reset too); import restores it exactly.
@@ -52,20 +54,26 @@ async fn a_reset_replaces_the_window_and_keeps_the_old_messages_in_the_log() {
     assert_eq!(n, s.head().await.unwrap().unwrap().last_seq().get());
     let text = String::from_utf8(lines).unwrap();
     assert!(text.contains(r#""type":"messages_reset""#) && text.contains(r#""type":"metadata_set""#));
-    let (target, _dir2) = engine_with(FnSummarizer::constant("unused"), |_| {});
+    let target_store = store.sibling().await;
+    let target = target_store.open_with_summarizer(FnSummarizer::constant("unused"), |_| {}).await;
     let copy = target.session("ns:replace").unwrap();
     copy.import_jsonl(&text).await.unwrap();
     assert_eq!(snapshot(&s).await, snapshot(&copy).await);
     assert_eq!(s.read_state(50).await.unwrap(), copy.read_state(50).await.unwrap());
-    assert!(target.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
-    // Rebuild finds nothing to fix.
-    let rebuilt = engine.rebuild(None).await.unwrap();
-    assert_eq!(rebuilt.heads_rewritten, 0, "{rebuilt:?}");
+    assert!(target.audit_async(AuditOptions::default(), |_| {}).await.unwrap().ok);
+    // Rebuild finds nothing to fix. On JetStream there is nothing to rebuild and it is refused:
+    // SPEC.md 11a, "Audit": "`rebuild` stays `Unsupported` on this backend".
+    let rebuilt = engine.rebuild(None).await;
+    if store.is_nats() {
+        assert!(matches!(rebuilt, Err(Error::Unsupported { backend: "nats", .. })), "{rebuilt:?}");
+    } else {
+        let rebuilt = rebuilt.unwrap();
+        assert_eq!(rebuilt.heads_rewritten, 0, "{rebuilt:?}");
+    }
 }
 
-#[tokio::test]
-async fn a_stale_expected_seq_writes_nothing() {
-    let (engine, _dir) = engine_with(FnSummarizer::constant("x"), |_| {});
+async fn a_stale_expected_seq_writes_nothing(store: Store) {
+    let engine = store.open_with_summarizer(FnSummarizer::constant("x"), |_| {}).await;
     let s = engine.session("stale").unwrap();
     s.append(Message::user("one")).await.unwrap();
     let before = snapshot(&s).await;
@@ -94,9 +102,8 @@ async fn a_stale_expected_seq_writes_nothing() {
     assert!(matches!(s.update(SessionUpdate::default()).await, Err(Error::InvalidArgument { .. })));
 }
 
-#[tokio::test]
-async fn metadata_is_bounded_and_forgotten_by_a_deletion() {
-    let (engine, _dir) = engine_with(FnSummarizer::constant("x"), |c| c.limits.max_metadata_bytes = 8);
+async fn metadata_is_bounded_and_forgotten_by_a_deletion(store: Store) {
+    let engine = store.open_with_summarizer(FnSummarizer::constant("x"), |c| c.limits.max_metadata_bytes = 8).await;
     let s = engine.session("meta").unwrap();
     assert!(matches!(s.metadata().await, Err(Error::NotFound { .. })));
     let seq = s.set_metadata("12345678").await.unwrap();
@@ -109,12 +116,11 @@ async fn metadata_is_bounded_and_forgotten_by_a_deletion() {
     assert_eq!(s.metadata().await.unwrap(), None, "a deletion forgets the metadata");
     let events = s.history(Seq::new(1), 100).await.unwrap();
     assert!(events.iter().all(|e| !matches!(e.kind, EventKind::MetadataSet { .. })));
-    assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
+    assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.unwrap().ok);
 }
 
-#[tokio::test]
-async fn a_conditional_delete_deletes_only_the_state_it_read() {
-    let (engine, _dir) = engine_with(FnSummarizer::constant("x"), |_| {});
+async fn a_conditional_delete_deletes_only_the_state_it_read(store: Store) {
+    let engine = store.open_with_summarizer(FnSummarizer::constant("x"), |_| {}).await;
     let s = engine.session("cond").unwrap();
     s.append(Message::user("one")).await.unwrap();
     s.update(SessionUpdate { reset: true, messages: vec![Message::user("two")], ..SessionUpdate::default() })
@@ -132,5 +138,12 @@ async fn a_conditional_delete_deletes_only_the_state_it_read() {
     assert_eq!(events[0].seq, seq);
     assert!(matches!(s.delete_expecting(seq).await, Err(Error::NotFound { .. })));
     assert!(engine.wait_for_purges(std::time::Duration::from_secs(30)));
-    assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).unwrap().ok);
+    assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.unwrap().ok);
 }
+
+on_both_backends!(
+    a_reset_replaces_the_window_and_keeps_the_old_messages_in_the_log,
+    a_stale_expected_seq_writes_nothing,
+    metadata_is_bounded_and_forgotten_by_a_deletion,
+    a_conditional_delete_deletes_only_the_state_it_read,
+);

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::config::{Durability, NatsConfig};
 use crate::error::Error;
-use crate::log::event::Event;
+use crate::log::event::{Event, EventKind};
 use crate::log::fold::Head;
 use crate::log::ids::SessionId;
 
@@ -250,9 +250,11 @@ impl NatsLog {
     /// one message (or, above the server's `max_payload`, one atomic batch of chunks), only if the
     /// session is still at `expected`. Returns the new version.
     ///
-    /// A head that marks the session deleted makes this a deletion: a marker is written first,
+    /// A commit that carries a `SessionDeleted` event is a deletion: a marker is written first,
     /// then this record (the tombstone), then every earlier record of the session is purged and
-    /// the marker removed; a connect finishes a deletion interrupted between those steps.
+    /// the marker removed; a connect finishes a deletion interrupted between those steps. A later
+    /// commit on the deleted session (an imported memory marker) keeps its head deleted but is no
+    /// deletion: it must not purge the tombstone before it.
     ///
     /// Errors: [`Error::Conflict`] when the session is not at `expected` (nothing was stored);
     /// [`Error::Timeout`] when no attempt was acknowledged within `write_timeout_ms` and
@@ -293,7 +295,7 @@ impl NatsLog {
         self.faults.check(crate::testing::FaultPoint::Commit)?;
         let payload = Bytes::from(record::encode(expected.0, events, head)?);
         let (stream_name, subject) = self.names.session(session);
-        let deleting = head.is_deleted();
+        let deleting = is_deletion(events);
         if deleting {
             self.publish(&self.names.deletion(session), None, &message_id(), Bytes::new()).await?;
         }
@@ -331,7 +333,7 @@ impl NatsLog {
         events: &[Event],
         head: &Head,
     ) -> Result<Version, Error> {
-        assert!(head.is_deleted(), "only a deletion has a purge to stop before");
+        assert!(is_deletion(events), "only a deletion has a purge to stop before");
         self.append_until(session, expected, events, head, false).await
     }
 
@@ -542,7 +544,7 @@ impl NatsLog {
                 None => None,
             };
             match last {
-                Some(tombstone) if tombstone.record.head.is_deleted() => {
+                Some(tombstone) if is_deletion(&tombstone.record.events) => {
                     self.finish_deletion(&session, &stream_name, &subject, tombstone.first).await?;
                 }
                 _ => {
@@ -782,6 +784,14 @@ async fn check_sync_always(cfg: &NatsConfig) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Whether a commit of `events` is a deletion (its record is a tombstone): it carries a
+/// `SessionDeleted` event. Not whether its head is deleted: a commit that only adds to a deleted
+/// session (an imported memory marker) leaves the head deleted, and purging below it would take
+/// the real tombstone with it.
+fn is_deletion(events: &[Event]) -> bool {
+    events.iter().any(|e| matches!(e.kind, EventKind::SessionDeleted { .. }))
 }
 
 #[cfg(test)]
