@@ -33,8 +33,8 @@ async fn open(store: &Store, extractor: &Arc<FnExtractor>) -> Engine {
 async fn markers(store: &Store) -> Vec<String> {
     let cluster = store.cluster().expect("a JetStream store");
     let js = async_nats::jetstream::new(cluster.raw_client().await);
-    let stream = js.get_stream("t_meta").await.expect("meta stream");
-    let mut subjects = stream.info_with_subjects("t.m.e.>").await.expect("subjects");
+    let stream = js.get_stream(format!("{}_meta", store.prefix())).await.expect("meta stream");
+    let mut subjects = stream.info_with_subjects(format!("{}.m.e.>", store.prefix())).await.expect("subjects");
     let mut out = Vec::new();
     while let Some(entry) = subjects.next().await {
         out.push(entry.expect("a subject").0);
@@ -174,7 +174,7 @@ async fn audit_names_a_memory_record_that_does_not_decode() {
     assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit").ok, "a stored memory decodes");
     // A record written past the engine, under a well-formed subject, with bytes that are not one.
     let hex = |text: &str| text.bytes().map(|b| format!("{b:02x}")).collect::<String>();
-    let subject = format!("t.m.n.{}.{}", hex("ned"), hex(&"ab".repeat(32)));
+    let subject = format!("{}.m.n.{}.{}", store.prefix(), hex("ned"), hex(&"ab".repeat(32)));
     let js = async_nats::jetstream::new(store.cluster().expect("cluster").raw_client().await);
     js.publish(subject, "not a memory".into()).await.expect("publish").await.expect("stored");
     let report = engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit");
