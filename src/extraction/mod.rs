@@ -302,7 +302,9 @@ impl Engine {
         self.check_memories_read(namespace, limit)?;
         let prefix = keys::memory_prefix(namespace);
         let mut out = Vec::new();
-        for row in self.store("memories")?.iter_prefix(Ks::Memories, &prefix).take(limit) {
+        for row in
+            self.store("the blocking `memories` (use `memories_async`)")?.iter_prefix(Ks::Memories, &prefix).take(limit)
+        {
             let (key, value) = row?;
             out.push(decode_memory(namespace, &key[prefix.len()..], &value)?);
         }

@@ -451,7 +451,11 @@ impl Engine {
     pub fn given_up_extractions(&self, limit: usize) -> Result<Vec<GivenUpExtraction>, Error> {
         check_given_up_limit(limit)?;
         let mut out = Vec::new();
-        for row in self.store("memories")?.iter_prefix(Ks::Extractions, &[EXTRACTION_GIVEN_UP]).take(limit) {
+        for row in self
+            .store("the blocking `given_up_extractions` (use `given_up_extractions_async`)")?
+            .iter_prefix(Ks::Extractions, &[EXTRACTION_GIVEN_UP])
+            .take(limit)
+        {
             let (key, value) = row?;
             let corrupt = |detail: String| Error::Corrupt { session: None, seq: None, detail };
             let (_, session, at) =
