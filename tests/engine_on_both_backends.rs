@@ -585,12 +585,13 @@ async fn the_engine_suite_passes_on_nats() {
     home.export_jsonl(&mut round).await.expect("export from nats");
     assert_eq!(String::from_utf8(round).expect("utf-8"), text, "fjall -> nats keeps every line");
 
-    // Extraction keeps state beside the log: asking for it on JetStream is refused at connect.
+    // Extraction runs on JetStream too (its markers and memories on the meta stream; its suite
+    // is tests/memory_extraction_runs_in_background.rs and tests/extraction_resumes_after_restart.rs).
     let mut config = rig.config("extraction");
     config.extraction.enabled = true;
-    let refused = Engine::connect(config.clone(), Components::default()).await.err().expect("refused");
-    assert!(refused.to_string().contains("extraction.enabled"), "{refused}");
-    // And the blocking `open` points at `connect`.
+    let extracting = Engine::connect(config.clone(), Components::default()).await.expect("extraction connects");
+    drop(extracting);
+    // The blocking `open` points at `connect`.
     config.extraction.enabled = false;
     let refused = Engine::open(config).err().expect("refused");
     assert!(refused.to_string().contains("Engine::connect"), "{refused}");

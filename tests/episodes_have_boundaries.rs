@@ -1,16 +1,32 @@
 //! Episodes: a classifier that times out or fails makes the turn a new task, the turn cap forces a
 //! boundary on every write path and holds across reopen, and boundaries are events audit replays.
+//! Everything but the timeout (pinned on tokio's paused clock, which only the embedded backend can
+//! run under) runs on both backends (`on_both_backends!`).
 
+mod backends;
 mod guards_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use backends::Store;
 use guards_common::{FnClassifier, engine_with_parts};
 use palimpsest::{
-    AuditOptions, BoundaryReason, Components, Config, Durability, Engine, EpisodeDecision, Error, EventKind, Message,
-    Seq,
+    AuditOptions, BoundaryReason, Components, Config, Engine, EpisodeDecision, Error, EventKind, Message, Seq,
 };
+
+on_both_backends!(
+    a_classifier_that_fails_makes_the_turn_a_new_task,
+    a_new_task_writes_its_boundary_and_message_in_one_batch,
+    continuing_turns_write_no_boundary,
+    the_classifier_sees_the_current_episode_only,
+    the_turn_cap_forces_a_boundary_and_survives_reopen,
+    close_episode_writes_an_explicit_boundary_once,
+);
+
+async fn open_classifying(store: &Store, classifier: Arc<FnClassifier>, tune: impl FnOnce(&mut Config)) -> Engine {
+    store.open_with(Components { classifier: Some(classifier), ..Components::default() }, tune).await
+}
 use tokio::time::Instant;
 
 fn with_classifier(classifier: Arc<FnClassifier>, tune: impl FnOnce(&mut Config)) -> (Engine, tempfile::TempDir) {
@@ -54,21 +70,19 @@ async fn a_classifier_that_times_out_makes_the_turn_a_new_task() {
     assert_eq!(engine.guard_stats().classifier_fallbacks, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_classifier_that_fails_makes_the_turn_a_new_task() {
+async fn a_classifier_that_fails_makes_the_turn_a_new_task(store: Store) {
     let failing = FnClassifier::new(|_| {
         Box::pin(async { Err(Error::Summarizer { status: Some(503), message: "overloaded".to_string() }) })
     });
-    let (engine, _dir) = with_classifier(failing, |_| {});
+    let engine = open_classifying(&store, failing, |_| {}).await;
     let s = engine.session("alice:1").expect("id");
     s.append_turn(Message::user("one")).await.expect("turn");
     let turn = s.append_turn(Message::user("two")).await.expect("turn");
     assert_eq!(turn.boundary.map(|b| b.reason), Some(BoundaryReason::ClassifierFallback));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_new_task_writes_its_boundary_and_message_in_one_batch() {
-    let (engine, _dir) = with_classifier(FnClassifier::always(EpisodeDecision::NewTask), |_| {});
+async fn a_new_task_writes_its_boundary_and_message_in_one_batch(store: Store) {
+    let engine = open_classifying(&store, FnClassifier::always(EpisodeDecision::NewTask), |_| {}).await;
     let s = engine.session("alice:1").expect("id");
     s.append_turn(Message::user("one")).await.expect("turn");
     s.append(Message::assistant("done")).await.expect("reply");
@@ -80,9 +94,8 @@ async fn a_new_task_writes_its_boundary_and_message_in_one_batch() {
     assert!(s.append_turn(Message::assistant("not a user turn")).await.is_err());
 }
 
-#[tokio::test(start_paused = true)]
-async fn continuing_turns_write_no_boundary() {
-    let (engine, _dir) = with_classifier(FnClassifier::always(EpisodeDecision::Continue), |_| {});
+async fn continuing_turns_write_no_boundary(store: Store) {
+    let engine = open_classifying(&store, FnClassifier::always(EpisodeDecision::Continue), |_| {}).await;
     let s = engine.session("alice:1").expect("id");
     for i in 0..5 {
         let turn = s.append_turn(Message::user(format!("turn {i}"))).await.expect("turn");
@@ -91,16 +104,45 @@ async fn continuing_turns_write_no_boundary() {
     assert!(boundary_reasons(&kinds(&engine, "alice:1").await).is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_turn_cap_forces_a_boundary_and_survives_reopen() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = || {
-        let mut c = Config::new(dir.path().join("db"));
-        c.durability = Durability::Buffered;
-        c.episodes.max_turns_per_episode = 5;
-        c
+/// The classifier is shown the current episode's messages (read from the log, on either backend),
+/// never the closed episode's.
+async fn the_classifier_sees_the_current_episode_only(store: Store) {
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let classifier = {
+        let seen = Arc::clone(&seen);
+        FnClassifier::new(move |input| {
+            let texts: Vec<String> = input.recent.iter().map(|m| m.message.content.clone()).collect();
+            let decision = if input.message.content.starts_with("new") {
+                EpisodeDecision::NewTask
+            } else {
+                EpisodeDecision::Continue
+            };
+            seen.lock().push(texts);
+            Box::pin(async move { Ok(decision) })
+        })
     };
-    let engine = Engine::open(config()).expect("open");
+    let engine = open_classifying(&store, classifier, |_| {}).await;
+    let s = engine.session("alice:1").expect("id");
+    s.append_turn(Message::user("flight to Oslo")).await.expect("turn");
+    s.append(Message::assistant("booked")).await.expect("reply");
+    s.append_turn(Message::user("and a hotel")).await.expect("turn");
+    let turn = s.append_turn(Message::user("new: a poem")).await.expect("turn");
+    assert!(turn.boundary.is_some());
+    s.append_turn(Message::user("about autumn")).await.expect("turn");
+    let seen = seen.lock().clone();
+    assert_eq!(
+        seen,
+        [
+            vec!["flight to Oslo".to_string(), "booked".to_string()],
+            vec!["flight to Oslo".to_string(), "booked".to_string(), "and a hotel".to_string()],
+            vec!["new: a poem".to_string()],
+        ],
+        "the context of each classified turn"
+    );
+}
+
+async fn the_turn_cap_forces_a_boundary_and_survives_reopen(store: Store) {
+    let engine = store.open_with(Components::default(), |c| c.episodes.max_turns_per_episode = 5).await;
     let s = engine.session("alice:1").expect("id");
     for i in 0..5 {
         s.append(Message::user(format!("turn {i}"))).await.expect("append");
@@ -109,7 +151,7 @@ async fn the_turn_cap_forces_a_boundary_and_survives_reopen() {
     assert!(boundary_reasons(&kinds(&engine, "alice:1").await).is_empty(), "five turns fit in the cap");
     drop((s, engine));
 
-    let engine = Engine::open(config()).expect("reopen");
+    let engine = store.open_with(Components::default(), |c| c.episodes.max_turns_per_episode = 5).await;
     let s = engine.session("alice:1").expect("id");
     let seq = s.append(Message::user("turn 5")).await.expect("append");
     let history = s.history(Seq::new(1), 100).await.expect("history");
@@ -129,29 +171,30 @@ async fn the_turn_cap_forces_a_boundary_and_survives_reopen() {
         "one before turn 6 after reopen, two in the batch"
     );
     assert_eq!(seqs.end, Seq::new(kinds.len() as u64 + 1));
+    drop((s, engine));
     // append_turn enforces the same cap.
-    let (engine2, _dir2) = with_classifier(FnClassifier::always(EpisodeDecision::Continue), |c| {
+    let engine = open_classifying(&store, FnClassifier::always(EpisodeDecision::Continue), |c| {
         c.episodes.max_turns_per_episode = 5;
-    });
-    let t = engine2.session("bob").expect("id");
+    })
+    .await;
+    let t = engine.session("bob").expect("id");
     for i in 0..6 {
         let turn = t.append_turn(Message::user(format!("t {i}"))).await.expect("turn");
         assert_eq!(turn.boundary.map(|b| b.reason), (i == 5).then_some(BoundaryReason::TurnCap));
     }
-    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit");
+    let report = engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit");
     assert!(report.ok, "{:?}", report.violations);
 }
 
-#[tokio::test(start_paused = true)]
-async fn close_episode_writes_an_explicit_boundary_once() {
-    let (engine, _dir) = engine_with_parts(Components::default(), |_| {});
+async fn close_episode_writes_an_explicit_boundary_once(store: Store) {
+    let engine = store.open().await;
     let s = engine.session("alice:1").expect("id");
     assert!(matches!(s.close_episode().await, Err(Error::NotFound { .. })));
     s.append(Message::user("hello")).await.expect("append");
     assert_eq!(s.close_episode().await.expect("close"), Some(Seq::new(2)));
     assert_eq!(s.close_episode().await.expect("nothing to close"), None);
     assert_eq!(boundary_reasons(&kinds(&engine, "alice:1").await), [BoundaryReason::Explicit]);
-    let report = engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit");
+    let report = engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit");
     assert!(report.ok, "{:?}", report.violations);
 }
 

@@ -2,7 +2,13 @@
 //! a hard timeout, drain with and without cancellation, a registry that never grows with the
 //! sessions seen, and no lost or duplicated memories when extractions race into one namespace.
 //! The background budget bounds every background model call, however many jobs burst at once.
+//!
+//! What depends on storage (the records, the events counting them, spans read from the log) runs
+//! on both backends (`on_both_backends!`); the queue's timing is pinned on tokio's paused clock,
+//! which only the embedded backend can run under (a network client's timeouts would fire at once),
+//! and those tests stay on fjall.
 
+mod backends;
 mod common;
 mod guards_common;
 
@@ -10,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backends::Store;
 use guards_common::{FnExtractor, engine_with_parts};
 use palimpsest::{
     AuditOptions, CompactionOutcome, CompactionRequest, Components, Config, Engine, EventKind, Message, Seq,
@@ -249,109 +256,6 @@ async fn the_queue_of_a_session_has_a_depth() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn concurrent_extractions_into_one_namespace_lose_and_duplicate_nothing() {
-    // Each session states the same 20 shared facts plus 5 of its own; all extract at once.
-    let extractor = FnExtractor::new(|input| {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Ok(input.messages.iter().map(|m| m.message.content.clone()).collect())
-        })
-    });
-    let (engine, _dir) = with_extractor(extractor, |c| {
-        c.background.model_concurrency = 8;
-        c.locks.retry_interval_ms = 1;
-        c.locks.max_retries = Some(10_000);
-    });
-    let n_sessions = 16;
-    for i in 0..n_sessions {
-        let id = format!("alice:{i}");
-        let s = engine.session(id.as_str()).expect("id");
-        let mut batch: Vec<Message> = (0..20).map(|k| Message::user(format!("shared fact {k}"))).collect();
-        batch.extend((0..5).map(|k| Message::user(format!("own fact {k} of {i}"))));
-        let seqs = s.append_many(batch).await.expect("append");
-        // Twice: a retried extraction of the same span must not duplicate anything either.
-        for _ in 0..2 {
-            s.schedule_extraction(Seq::ZERO, Seq::new(seqs.end.get() - 1)).expect("span");
-        }
-    }
-    assert_eq!(engine.drain(Duration::from_secs(600), false).await.left, 0);
-    let memories = engine.memories("alice", 10_000).expect("read");
-    let expected = 20 + 5 * n_sessions;
-    assert_eq!(memories.len(), expected, "every memory once");
-    let mut texts: Vec<_> = memories.iter().map(|m| m.text.clone()).collect();
-    texts.sort();
-    texts.dedup();
-    assert_eq!(texts.len(), expected);
-    // The events agree with the records: each new memory was counted exactly once.
-    let mut counted = 0;
-    for i in 0..n_sessions {
-        let s = engine.session(format!("alice:{i}").as_str()).expect("id");
-        let history = s.history(Seq::new(1), 1_000).await.expect("history");
-        counted += extracted_events(&history).iter().map(|(_, _, n)| n).sum::<u64>();
-    }
-    assert_eq!(counted, expected as u64);
-    let stats = engine.guard_stats();
-    assert_eq!((stats.memories_written, stats.extractions_done), (expected as u64, 2 * n_sessions as u64));
-    assert_eq!(stats.lock_acquired, 2 * n_sessions as u64, "every extraction held the namespace lock");
-    assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit").ok);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_splice_hands_the_compacted_span_to_extraction_without_waiting_for_it() {
-    let (engine, _dir) = engine_with_parts(Components::default(), |c| c.compaction.keep_last_messages = 2);
-    let s = engine.session("alice:trip").expect("id");
-    s.append_many(vec![
-        Message::user("I prefer aisle seats. Book a flight to Oslo."),
-        Message::assistant("Booked."),
-        Message::user("My name is Ada Lovelace."),
-        Message::assistant("Noted."),
-        Message::user("thanks"),
-        Message::assistant("welcome"),
-    ])
-    .await
-    .expect("append");
-    let outcome = s.compact(CompactionRequest::default()).await.expect("compacts");
-    assert!(matches!(outcome, CompactionOutcome::Spliced { upto, .. } if upto == Seq::new(4)), "{outcome:?}");
-    assert_eq!(engine.guard_stats().extractions_scheduled, 1);
-    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
-    let texts: Vec<_> = engine.memories("alice", 10).expect("read").into_iter().map(|m| m.text).collect();
-    assert_eq!(texts.len(), 2);
-    assert!(texts.contains(&"preference: I prefer aisle seats".to_string()), "{texts:?}");
-    assert!(texts.contains(&"fact: My name is Ada Lovelace".to_string()), "{texts:?}");
-    let history = s.history(Seq::new(1), 100).await.expect("history");
-    assert_eq!(extracted_events(&history), [(Seq::ZERO, Seq::new(4), 2)]);
-    // Closing the episode extracts it too; nothing new is written twice.
-    assert!(s.close_episode().await.expect("close").is_some());
-    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
-    assert_eq!(engine.memories("alice", 10).expect("read").len(), 2);
-    assert_eq!(engine.guard_stats().extractions_done, 2);
-    assert!(engine.audit(&AuditOptions::default(), &mut |_| {}).expect("audit").ok);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_panicking_extractor_fails_its_job_and_the_queue_goes_on() {
-    let extractor = FnExtractor::new(|input| {
-        Box::pin(async move {
-            if input.messages.iter().any(|m| m.message.content.contains("boom")) {
-                panic!("extractor bug");
-            }
-            Ok(input.messages.iter().map(|m| m.message.content.clone()).collect())
-        })
-    });
-    let (engine, _dir) = with_extractor(extractor, |_| {});
-    let s = engine.session("alice:1").expect("id");
-    s.append_many(vec![Message::user("boom"), Message::user("fact")]).await.expect("append");
-    s.schedule_extraction(Seq::ZERO, Seq::new(1)).expect("span");
-    s.schedule_extraction(Seq::new(1), Seq::new(2)).expect("span");
-    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
-    let error = engine.last_extraction_error(s.id()).expect("recorded");
-    assert!(error.message.contains("the extractor panicked: extractor bug"), "{error:?}");
-    assert_eq!(engine.memories("alice", 10).expect("read").len(), 1, "the next job ran");
-    let stats = engine.guard_stats();
-    assert_eq!((stats.extractions_failed, stats.extractions_done, stats.extraction_sessions), (1, 1, 0));
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_worker_unwound_by_its_extractor_leaves_the_registry_and_its_queue_goes_on() {
     // The panic is in the extractor's call itself, before any future exists: it unwinds the
     // session's worker, not just the job.
@@ -471,9 +375,135 @@ fn background_knobs_are_validated() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_episode_is_extracted_from_its_own_messages_only() {
+async fn a_panicking_extractor_fails_its_job_and_the_queue_goes_on() {
+    let extractor = FnExtractor::new(|input| {
+        Box::pin(async move {
+            if input.messages.iter().any(|m| m.message.content.contains("boom")) {
+                panic!("extractor bug");
+            }
+            Ok(input.messages.iter().map(|m| m.message.content.clone()).collect())
+        })
+    });
+    let (engine, _dir) = with_extractor(extractor, |_| {});
+    let s = engine.session("alice:1").expect("id");
+    s.append_many(vec![Message::user("boom"), Message::user("fact")]).await.expect("append");
+    s.schedule_extraction(Seq::ZERO, Seq::new(1)).expect("span");
+    s.schedule_extraction(Seq::new(1), Seq::new(2)).expect("span");
+    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
+    let error = engine.last_extraction_error(s.id()).expect("recorded");
+    assert!(error.message.contains("the extractor panicked: extractor bug"), "{error:?}");
+    assert_eq!(engine.memories("alice", 10).expect("read").len(), 1, "the next job ran");
+    let stats = engine.guard_stats();
+    assert_eq!((stats.extractions_failed, stats.extractions_done, stats.extraction_sessions), (1, 1, 0));
+}
+
+on_both_backends!(
+    concurrent_extractions_into_one_namespace_lose_and_duplicate_nothing,
+    a_splice_hands_the_compacted_span_to_extraction_without_waiting_for_it,
+    an_episode_is_extracted_from_its_own_messages_only,
+);
+
+/// An engine on `store` with extraction on and `extractor`.
+async fn open_extracting(store: &Store, extractor: Arc<FnExtractor>, tune: impl FnOnce(&mut Config)) -> Engine {
+    let components = Components { extractor: Some(extractor), ..Components::default() };
+    store
+        .open_with(components, |c| {
+            c.extraction.enabled = true;
+            tune(c);
+        })
+        .await
+}
+
+async fn concurrent_extractions_into_one_namespace_lose_and_duplicate_nothing(store: Store) {
+    // Each session states the same 20 shared facts plus 5 of its own; all extract at once.
+    let extractor = FnExtractor::new(|input| {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(input.messages.iter().map(|m| m.message.content.clone()).collect())
+        })
+    });
+    let engine = open_extracting(&store, extractor, |c| {
+        c.background.model_concurrency = 8;
+        c.locks.retry_interval_ms = 1;
+        c.locks.max_retries = Some(10_000);
+    })
+    .await;
+    let n_sessions = 16;
+    for i in 0..n_sessions {
+        let id = format!("alice:{i}");
+        let s = engine.session(id.as_str()).expect("id");
+        let mut batch: Vec<Message> = (0..20).map(|k| Message::user(format!("shared fact {k}"))).collect();
+        batch.extend((0..5).map(|k| Message::user(format!("own fact {k} of {i}"))));
+        let seqs = s.append_many(batch).await.expect("append");
+        // Twice: a retried extraction of the same span must not duplicate anything either.
+        for _ in 0..2 {
+            s.schedule_extraction(Seq::ZERO, Seq::new(seqs.end.get() - 1)).expect("span");
+        }
+    }
+    assert_eq!(engine.drain(Duration::from_secs(600), false).await.left, 0);
+    let memories = engine.memories_async("alice", 10_000).await.expect("read");
+    let expected = 20 + 5 * n_sessions;
+    assert_eq!(memories.len(), expected, "every memory once");
+    assert!(memories.windows(2).all(|w| w[0].id < w[1].id), "in id order");
+    let first = engine.memories_async("alice", 7).await.expect("read");
+    assert_eq!(first, memories[..7], "a limit reads the first in id order");
+    let mut texts: Vec<_> = memories.iter().map(|m| m.text.clone()).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), expected);
+    // The events agree with the records: each new memory was counted exactly once.
+    let mut counted = 0;
+    for i in 0..n_sessions {
+        let s = engine.session(format!("alice:{i}").as_str()).expect("id");
+        let history = s.history(Seq::new(1), 1_000).await.expect("history");
+        counted += extracted_events(&history).iter().map(|(_, _, n)| n).sum::<u64>();
+    }
+    assert_eq!(counted, expected as u64);
+    let stats = engine.guard_stats();
+    assert_eq!((stats.memories_written, stats.extractions_done), (expected as u64, 2 * n_sessions as u64));
+    assert_eq!(stats.lock_acquired, 2 * n_sessions as u64, "every extraction held the namespace lock");
+    assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit").ok);
+}
+
+async fn a_splice_hands_the_compacted_span_to_extraction_without_waiting_for_it(store: Store) {
+    let engine = store
+        .open_with(Components::default(), |c| {
+            c.extraction.enabled = true;
+            c.compaction.keep_last_messages = 2;
+        })
+        .await;
+    let s = engine.session("alice:trip").expect("id");
+    s.append_many(vec![
+        Message::user("I prefer aisle seats. Book a flight to Oslo."),
+        Message::assistant("Booked."),
+        Message::user("My name is Ada Lovelace."),
+        Message::assistant("Noted."),
+        Message::user("thanks"),
+        Message::assistant("welcome"),
+    ])
+    .await
+    .expect("append");
+    let outcome = s.compact(CompactionRequest::default()).await.expect("compacts");
+    assert!(matches!(outcome, CompactionOutcome::Spliced { upto, .. } if upto == Seq::new(4)), "{outcome:?}");
+    assert_eq!(engine.guard_stats().extractions_scheduled, 1);
+    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
+    let texts: Vec<_> = engine.memories_async("alice", 10).await.expect("read").into_iter().map(|m| m.text).collect();
+    assert_eq!(texts.len(), 2);
+    assert!(texts.contains(&"preference: I prefer aisle seats".to_string()), "{texts:?}");
+    assert!(texts.contains(&"fact: My name is Ada Lovelace".to_string()), "{texts:?}");
+    let history = s.history(Seq::new(1), 100).await.expect("history");
+    assert_eq!(extracted_events(&history), [(Seq::ZERO, Seq::new(4), 2)]);
+    // Closing the episode extracts it too; nothing new is written twice.
+    assert!(s.close_episode().await.expect("close").is_some());
+    assert_eq!(engine.drain(Duration::from_secs(60), false).await.left, 0);
+    assert_eq!(engine.memories_async("alice", 10).await.expect("read").len(), 2);
+    assert_eq!(engine.guard_stats().extractions_done, 2);
+    assert!(engine.audit_async(AuditOptions::default(), |_| {}).await.expect("audit").ok);
+}
+
+async fn an_episode_is_extracted_from_its_own_messages_only(store: Store) {
     let extractor = FnExtractor::echo_after(1);
-    let (engine, _dir) = with_extractor(Arc::clone(&extractor), |_| {});
+    let engine = open_extracting(&store, Arc::clone(&extractor), |_| {}).await;
     let s = engine.session("alice:episodes").expect("id");
     // Episode 1 long enough that the backward search for its start reads more than one page (one
     // user turn, so the turn cap does not close it).
@@ -487,7 +517,7 @@ async fn an_episode_is_extracted_from_its_own_messages_only() {
     let history = s.history(Seq::new(1), 1_000).await.expect("history");
     let spans: Vec<(Seq, Seq)> = extracted_events(&history).into_iter().map(|(from, upto, _)| (from, upto)).collect();
     assert_eq!(spans, [(Seq::ZERO, b1), (b1, b2)]);
-    let memories = engine.memories("alice", 1_000).expect("memories");
+    let memories = engine.memories_async("alice", 1_000).await.expect("memories");
     let second: Vec<&str> = memories.iter().filter(|m| m.from == b1).map(|m| m.text.as_str()).collect();
     assert_eq!(second.len(), 2, "{second:?}");
     assert!(second.iter().all(|t| t.starts_with("second")), "{second:?}");

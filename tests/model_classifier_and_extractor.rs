@@ -1,14 +1,17 @@
 //! The model-based episode classifier and memory extractor against a scripted in-process
 //! OpenAI-compatible server: how replies become decisions and memories, and that a wedged model
-//! delays a turn by `episodes.classify_timeout_ms` at most.
+//! delays a turn by `episodes.classify_timeout_ms` at most (on both backends: `on_both_backends!`).
+
+mod backends;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backends::Store;
 use palimpsest::{
-    BoundaryReason, ClassifierKind, ClassifyInput, Config, Durability, Engine, EpisodeClassifier, EpisodeDecision,
-    ExtractInput, MemoryExtractor, Message, OpenAiClassifier, OpenAiConfig, OpenAiExtractor, OpenAiSummarizer, Seq,
-    SessionId, StoredMessage,
+    BoundaryReason, ClassifierKind, ClassifyInput, Components, EpisodeClassifier, EpisodeDecision, ExtractInput,
+    MemoryExtractor, Message, OpenAiClassifier, OpenAiConfig, OpenAiExtractor, OpenAiSummarizer, Seq, SessionId,
+    StoredMessage,
 };
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,17 +121,18 @@ async fn the_model_extractor_reads_one_memory_per_line() {
     assert!(extractor.extract(span).await.expect("reply").is_empty());
 }
 
-#[tokio::test]
-async fn a_wedged_model_classifier_delays_a_turn_by_the_timeout_at_most() {
+on_both_backends!(a_wedged_model_classifier_delays_a_turn_by_the_timeout_at_most);
+
+async fn a_wedged_model_classifier_delays_a_turn_by_the_timeout_at_most(store: Store) {
     let url = serve(vec![None]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::new(dir.path().join("db"));
-    config.durability = Durability::Buffered;
-    config.episodes.classifier = ClassifierKind::Openai;
-    config.episodes.classify_timeout_ms = 1_000;
-    config.summarizer.openai.base_url = url;
-    config.summarizer.openai.api_key = Some("k".to_string());
-    let engine = Engine::open(config).expect("open");
+    let engine = store
+        .open_with(Components::default(), |config| {
+            config.episodes.classifier = ClassifierKind::Openai;
+            config.episodes.classify_timeout_ms = 1_000;
+            config.summarizer.openai.base_url = url;
+            config.summarizer.openai.api_key = Some("k".to_string());
+        })
+        .await;
     let s = engine.session("alice:1").expect("id");
     s.append_turn(Message::user("book a flight")).await.expect("first turn asks no model");
     let start = Instant::now();

@@ -435,7 +435,8 @@ impl Engine {
     /// [`Engine::audit`] from async code, on either backend: on fjall the same audit on a blocking
     /// thread; on JetStream every session's records replayed from the cluster, each record's head
     /// checked against the replay up to it, each `prev` link and each splice's blob (SPEC.md 11a,
-    /// "Audit"). Orphan blobs and memory records are checked on fjall only. `progress` is called
+    /// "Audit"). A whole-database audit lists orphan blobs and checks every memory record, on both
+    /// backends. `progress` is called
     /// as for [`Engine::audit`].
     ///
     /// Cancel safety: a read; dropped, it changes nothing (on fjall the blocking audit then runs

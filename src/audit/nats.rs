@@ -124,12 +124,31 @@ pub(super) async fn audit(
         let stored = log.blob_hashes().await?;
         report.blobs = stored.len() as u64;
         report.orphan_blobs = stored.iter().filter(|h| !checked.contains(*h)).map(SummaryHash::to_hex).collect();
+        audit_memories(log, &mut report).await?;
     } else {
         report.blobs = checked.len() as u64;
     }
     progress(report.events);
     report.ok = report.violations.is_empty();
     Ok(report)
+}
+
+/// Every memory record decodes as `Engine::memories_async` decodes it, under a well-formed
+/// subject (as fjall's audit checks its `memories` keyspace).
+async fn audit_memories(log: &NatsLog, report: &mut AuditReport) -> Result<(), Error> {
+    for (namespace, key, value) in log.all_memory_records().await? {
+        let decoded = crate::extraction::memory_id_bytes(&key)
+            .and_then(|id| crate::extraction::decode_memory(&namespace, &id, &value));
+        if let Err(e) = decoded {
+            report.violations.push(Violation {
+                session: None,
+                seq: None,
+                kind: ViolationKind::UndecodableRecord,
+                detail: format!("memory {key} in namespace {namespace:?}: {e}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Removes (unless `dry_run`) the blobs no splice references that the server stored before

@@ -8,9 +8,10 @@
 //!   conditional publish of one session's record (events + head), pipelined on one connection;
 //!   a write built on a stale head meets a conflict and is built again on the fresh one.
 //!   Compaction and import run on it (a summary blob is published before the splice that names
-//!   it), and so do export, `audit_async`, `stats_async` and orphan-blob collection (by age, SPEC
-//!   11a). The features that keep other state beside the log (memory extraction and memories,
-//!   episode classification) and rebuild do not run on it yet and answer [`Error::Unsupported`].
+//!   it), episodes and memory extraction too (markers and memories on the meta stream, published
+//!   before the record that refers to them), and so do export, `audit_async`, `stats_async`,
+//!   `memories_async`, `given_up_extractions_async` and orphan-blob collection (by age, SPEC 11a).
+//!   Rebuild and the blocking reads of fjall's files answer [`Error::Unsupported`].
 
 #[cfg(feature = "nats")]
 use std::sync::Arc;

@@ -183,8 +183,10 @@ impl Engine {
     /// the database on a blocking thread (as [`Engine::open_with`]); `"nats"` connects to the
     /// JetStream cluster (`NatsLog::connect`: the durability and replica checks, the streams) on the
     /// caller's runtime, which must outlive the engine. On `nats` the engine serves appends,
-    /// reads, time travel, history, listing and deletion; the rest answers
-    /// [`Error::Unsupported`] (SPEC.md 11a), and `extraction.enabled` must be false.
+    /// reads, time travel, history, listing, deletion, compaction, episodes and memory extraction
+    /// (queuing, with `extraction.enabled`, the extractions an earlier run left unfinished, as
+    /// `open` does); what reads or writes fjall's files directly answers [`Error::Unsupported`]
+    /// (SPEC.md 11a lists both).
     pub async fn connect(config: Config, components: Components) -> Result<Self, Error> {
         config.validate()?;
         match config.storage.kind {
@@ -199,16 +201,16 @@ impl Engine {
 
     #[cfg(feature = "nats")]
     async fn connect_nats(config: Config, components: Components) -> Result<Self, Error> {
-        if config.extraction.enabled {
-            return Err(Error::InvalidConfig {
-                field: "extraction.enabled".to_string(),
-                reason: "memory extraction does not run on storage.kind = \"nats\" yet; set it to false".to_string(),
-            });
-        }
         let parts = Parts::build(&config, components)?;
-        let log = crate::storage::nats::NatsLog::connect(&config.storage.nats, config.durability).await?;
+        let log = Arc::new(crate::storage::nats::NatsLog::connect(&config.storage.nats, config.durability).await?);
         tracing::info!(urls = ?config.storage.nats.urls, durability = ?config.durability, "engine connected to JetStream");
-        Ok(Self::assemble(config, parts, Backend::Nats(Arc::new(log))))
+        let engine = Self::assemble(config, parts, Backend::Nats(Arc::clone(&log)));
+        // As `open` on fjall: extractions left unfinished are queued again (a bounded listing,
+        // each marker checked against its log); a failure never refuses the connect.
+        if let Err(e) = crate::extraction::pending::resume_nats(&engine, &log).await {
+            tracing::warn!(error = %e, "pending memory extractions could not be read at connect; they wait for the next");
+        }
+        Ok(engine)
     }
 
     #[cfg(not(feature = "nats"))]
@@ -478,17 +480,18 @@ impl Engine {
             let ready = match build(&mut batch) {
                 Err(e) => Err(e),
                 Ok(()) if batch.events.is_empty() => Ok(false),
-                Ok(()) => publish_blobs(log, &batch.ops).await.map(|()| true),
+                Ok(()) => publish_side_records(log, &batch.ops).await.map(|()| true),
             };
             if !matches!(ready, Ok(true)) {
                 caches.put_head(session, head, version.get());
                 return ready.map(|_| batch.head);
             }
-            let Batch { head, events, .. } = batch;
+            let Batch { head, events, ops, .. } = batch;
             let change = caches.window_change(session, &events);
             match log.append(session, version, &events, &head).await {
                 Ok(version) => {
                     caches.settle(session, true, before, head.clone(), version.get(), change);
+                    remove_side_records(log, &ops).await;
                     return Ok(head);
                 }
                 // Another engine moved the session: build again on its head, read fresh, after a
@@ -519,24 +522,63 @@ impl Engine {
     }
 }
 
-/// Publishes the summary blobs among a JetStream write's `ops` (an import's splice lines) before
-/// its record: content-addressed and idempotent, so a splice never lands without its blob, and a
-/// record that then fails leaves an orphan, as an abandoned compaction does. Any other record
-/// beside the log (memories, extraction markers) has no home on this backend yet: refused before
-/// anything is published.
+/// Publishes the records beside the log among a JetStream write's `ops` before its record, each
+/// idempotently (SPEC.md 11a): summary blobs (a compaction's or an import's splice), content-
+/// addressed; pending extraction markers (a splice's or an episode boundary's), under a message id
+/// derived from their content, so a rebuilt write publishes the same marker as a duplicate. A
+/// record that then fails leaves a harmless extra (an orphan blob for `gc`, a marker the next
+/// connect finds without its event and removes), never a record naming something missing.
+/// Removals (an extraction's marker, in the write that records its memories) wait for the record:
+/// [`remove_side_records`]. Any other op has no home on this backend: refused before anything is
+/// published.
 #[cfg(feature = "nats")]
-async fn publish_blobs(log: &crate::storage::nats::NatsLog, ops: &[Op]) -> Result<(), Error> {
-    if ops.iter().any(|op| !matches!(op, Op::Put(Ks::Blobs, ..))) {
+async fn publish_side_records(log: &crate::storage::nats::NatsLog, ops: &[Op]) -> Result<(), Error> {
+    let marker = |key: &[u8]| {
+        keys::parse_extraction_key(key)
+            .filter(|(tag, ..)| *tag == keys::EXTRACTION_PENDING)
+            .and_then(|(_, id, at)| Some((SessionId::new(id).ok()?, at)))
+    };
+    let supported = |op: &Op| match op {
+        Op::Put(Ks::Blobs, ..) => true,
+        Op::Put(Ks::Extractions, key, _) | Op::Delete(Ks::Extractions, key) => marker(key).is_some(),
+        _ => false,
+    };
+    if !ops.iter().all(supported) {
         return Err(Error::Unsupported { what: "a write with records beside the log", backend: "nats" });
     }
     for op in ops {
-        if let Op::Put(_, _, text) = op {
-            let text = std::str::from_utf8(text)
-                .map_err(|e| Error::InvalidArgument { what: "summary", reason: format!("not UTF-8: {e}") })?;
-            log.put_blob(text).await?;
+        match op {
+            Op::Put(Ks::Blobs, _, text) => {
+                let text = std::str::from_utf8(text)
+                    .map_err(|e| Error::InvalidArgument { what: "summary", reason: format!("not UTF-8: {e}") })?;
+                log.put_blob(text).await?;
+            }
+            Op::Put(Ks::Extractions, key, value) => {
+                if let Some((session, at)) = marker(key) {
+                    log.put_marker(&session, at, value).await?;
+                }
+            }
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// The removals among a landed JetStream write's `ops` (an extraction's pending marker, removed
+/// once the `MemoriesExtracted` that finishes it is stored). The write has landed, so a removal
+/// that fails is not the write's failure: the marker stays, and the extraction it names, run
+/// again by a later connect, finds its memories stored and removes it.
+#[cfg(feature = "nats")]
+async fn remove_side_records(log: &crate::storage::nats::NatsLog, ops: &[Op]) {
+    for op in ops {
+        if let Op::Delete(Ks::Extractions, key) = op
+            && let Some((_, id, at)) = keys::parse_extraction_key(key)
+            && let Ok(session) = SessionId::new(id)
+            && let Err(e) = log.remove_marker(&session, at).await
+        {
+            tracing::warn!(%session, %at, error = %e, "a finished extraction's marker was not removed; a later connect will");
+        }
+    }
 }
 
 /// Most times a JetStream write is built: a session that other engines keep moving gets this many

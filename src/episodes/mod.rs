@@ -147,7 +147,7 @@ impl Session {
             message.created_at_ms = now_ms();
         }
 
-        let head = self.head().await?.unwrap_or_default();
+        let (head, version) = self.head_for_context().await?;
         let (decision, reason) = if head.episode_turns() == 0 {
             // Nothing to continue or to close: the first turn of an episode needs no model call.
             (EpisodeDecision::Continue, BoundaryReason::Classified)
@@ -156,7 +156,7 @@ impl Session {
                 session: self.id().clone(),
                 episode: head.episode(),
                 episode_turns: head.episode_turns(),
-                recent: self.episode_context(&head)?,
+                recent: self.episode_context(&head, version).await?,
                 message: message.clone(),
             };
             let timeout = Duration::from_millis(config.episodes.classify_timeout_ms);
@@ -233,20 +233,42 @@ impl Session {
         Ok(Some(head.last_seq()))
     }
 
+    /// The session's head (the default for a session without events) and, on JetStream, its
+    /// version: the classifier's context is read as of that head.
+    async fn head_for_context(&self) -> Result<(Head, u64), Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine().inner().backend.nats() {
+            return Ok(log
+                .head(self.id())
+                .await?
+                .map_or((Head::default(), 0), |(head, version)| (head, version.get())));
+        }
+        Ok((self.head().await?.unwrap_or_default(), 0))
+    }
+
     /// The current episode's latest messages: those after the last boundary among the last
-    /// [`CLASSIFY_CONTEXT_EVENTS`] events.
-    fn episode_context(&self, head: &Head) -> Result<Vec<StoredMessage>, Error> {
+    /// [`CLASSIFY_CONTEXT_EVENTS`] events, read as of `head` (on JetStream at `version`: no head
+    /// read of its own, nothing past it).
+    async fn episode_context(&self, head: &Head, version: u64) -> Result<Vec<StoredMessage>, Error> {
         let last = head.last_seq().get();
         let from = last.saturating_sub(CLASSIFY_CONTEXT_EVENTS as u64 - 1).max(head.base().get() + 1);
         if from > last {
             return Ok(Vec::new());
         }
-        let events = self.engine().store("episode classification")?.events(
-            self.id(),
-            Seq::new(from),
-            head.last_seq(),
-            CLASSIFY_CONTEXT_EVENTS,
-        )?;
+        let (from, to, limit) = (Seq::new(from), head.last_seq(), CLASSIFY_CONTEXT_EVENTS);
+        #[cfg(feature = "nats")]
+        let events = match self.engine().inner().backend.nats() {
+            Some(log) => {
+                let version = crate::storage::nats::Version::at(version);
+                log.events_as_of(self.id(), head, version, from, to, limit).await?
+            }
+            None => self.engine().store("episode classification")?.events(self.id(), from, to, limit)?,
+        };
+        #[cfg(not(feature = "nats"))]
+        let events = {
+            let _ = version;
+            self.engine().store("episode classification")?.events(self.id(), from, to, limit)?
+        };
         let start =
             events.iter().rposition(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })).map_or(0, |i| i + 1);
         Ok(messages_of(events.into_iter().skip(start)).collect())

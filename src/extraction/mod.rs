@@ -14,6 +14,8 @@
 //! - `queue` runs the extractions: one at a time per session in order, sessions in parallel, each
 //!   under `background.extraction_timeout_ms` and one permit of the background budget, with
 //!   [`crate::Engine::drain`] for shutdown.
+//! - On JetStream the records are messages on the meta stream, each created once (SPEC.md 11a),
+//!   published before the `MemoriesExtracted` event that counts those the job created.
 //! - `pending` makes the engine's own extractions durable: a marker written with the splice or
 //!   boundary that schedules one, removed with its result, read again by the next open; a span
 //!   that keeps failing is given up after [`MAX_EXTRACTION_ATTEMPTS`] attempts and recorded.
@@ -121,6 +123,20 @@ pub(crate) fn decode_memory(namespace: &str, id: &[u8], value: &[u8]) -> Result<
         upto: stored.upto,
         at_ms: stored.at_ms,
     })
+}
+
+/// The 32 bytes of a memory id written as 64 lowercase hex digits (a JetStream subject's key).
+#[cfg(feature = "nats")]
+pub(crate) fn memory_id_bytes(hex: &str) -> Result<[u8; 32], Error> {
+    let corrupt = || Error::Corrupt { session: None, seq: None, detail: format!("memory key {hex:?} is not an id") };
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(corrupt());
+    }
+    let mut id = [0u8; 32];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| corrupt())?;
+    }
+    Ok(id)
 }
 
 /// What an extractor is given.
@@ -280,7 +296,40 @@ impl MemoryExtractor for OpenAiExtractor {
 
 impl Engine {
     /// Memories of `namespace` in id order, at most `limit` (within `limits.max_read_messages`).
+    /// A read of the local database (fjall; on JetStream [`Error::Unsupported`]):
+    /// [`Engine::memories_async`] serves both backends.
     pub fn memories(&self, namespace: &str, limit: usize) -> Result<Vec<Memory>, Error> {
+        self.check_memories_read(namespace, limit)?;
+        let prefix = keys::memory_prefix(namespace);
+        let mut out = Vec::new();
+        for row in
+            self.store("the blocking `memories` (use `memories_async`)")?.iter_prefix(Ks::Memories, &prefix).take(limit)
+        {
+            let (key, value) = row?;
+            out.push(decode_memory(namespace, &key[prefix.len()..], &value)?);
+        }
+        Ok(out)
+    }
+
+    /// [`Engine::memories`] from async code, on either backend: on JetStream the namespace's
+    /// memory subjects are listed from the meta stream, sorted by id, and the first `limit` read
+    /// (O(the namespace's memories) to list, one read per memory returned).
+    ///
+    /// Cancel safety: a read; dropping it changes nothing.
+    pub async fn memories_async(&self, namespace: &str, limit: usize) -> Result<Vec<Memory>, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.inner().backend.nats() {
+            self.check_memories_read(namespace, limit)?;
+            let mut out = Vec::new();
+            for (key, value) in log.memory_records(namespace, limit).await? {
+                out.push(decode_memory(namespace, &memory_id_bytes(&key)?, &value)?);
+            }
+            return Ok(out);
+        }
+        self.memories(namespace, limit)
+    }
+
+    fn check_memories_read(&self, namespace: &str, limit: usize) -> Result<(), Error> {
         crate::guard::check_namespace(namespace)?;
         let max = self.config().limits.max_read_messages;
         if !u64::try_from(limit).is_ok_and(|l| l <= max) {
@@ -289,13 +338,7 @@ impl Engine {
                 reason: format!("{limit} is over limits.max_read_messages ({max})"),
             });
         }
-        let prefix = keys::memory_prefix(namespace);
-        let mut out = Vec::new();
-        for row in self.store("memories")?.iter_prefix(Ks::Memories, &prefix).take(limit) {
-            let (key, value) = row?;
-            out.push(decode_memory(namespace, &key[prefix.len()..], &value)?);
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Waits at most `timeout` for every queued and running memory extraction to finish. When

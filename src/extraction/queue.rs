@@ -28,12 +28,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{ExtractInput, encode_memory, memory_id, namespace_of, normalize, pending};
+use crate::engine::backend::Backend;
 use crate::engine::writer::panic_message;
 use crate::engine::{Engine, Inner, now_ms};
 use crate::error::Error;
 use crate::guard::LockOutcome;
 use crate::guard::stats::{Counters, add};
 use crate::log::event::{Event, EventKind};
+use crate::log::fold::Head;
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::messages_of;
 use crate::storage::keys;
@@ -435,9 +437,9 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
         return Ok(Ended::GaveUp { attempts });
     }
     let inner = engine.inner();
-    let store = engine.store("memory extraction")?;
     let id = &job.session;
-    let Some(head) = store.head(id)?.filter(|h| !h.is_deleted()) else {
+    let log = SessionLog::read(engine, id).await?;
+    let Some(head) = log.head.as_ref().filter(|h| !h.is_deleted()) else {
         return Ok(Ended::Skipped("the session was deleted".to_string()));
     };
     let max_span = inner.config.compaction.max_span_messages;
@@ -448,10 +450,10 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
                 return Ok(Ended::Done { n_new: 0 });
             }
             let to = job.upto.min(Seq::new(from.get().saturating_add(max_span)));
-            (from, store.events(id, from.next(), to, usize::MAX)?)
+            (from, log.events(from.next(), to).await?)
         }
         // The backward search for the episode's start reads the episode's events: keep them.
-        None => episode_span(engine, id, job.upto, head.base())?,
+        None => episode_span(&log, job.upto, head.base()).await?,
     };
     let to = job.upto.min(Seq::new(from.get().saturating_add(max_span)));
     let messages: Vec<_> = messages_of(events.into_iter().filter(|e| e.seq > from && e.seq <= to)).collect();
@@ -483,41 +485,130 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
             )));
         }
     };
-    let mut n_new = 0;
     let at_ms = now_ms();
-    engine
-        .write_events(id, |batch| {
-            n_new = 0;
-            if batch.head().is_deleted() || batch.head().base() > from {
-                return Ok(());
-            }
+    let n_new = match &inner.backend {
+        Backend::Fjall { writer, .. } => {
+            let store = writer.store();
+            let mut n_new = 0;
+            engine
+                .write_events(id, |batch| {
+                    n_new = 0;
+                    if batch.head().is_deleted() || batch.head().base() > from {
+                        return Ok(());
+                    }
+                    for text in &texts {
+                        let key = keys::memory_key(&namespace, &memory_id(&namespace, text));
+                        if store.get(Ks::Memories, &key)?.is_none() {
+                            batch.op(Op::Put(Ks::Memories, key, encode_memory(text, id, from, to, at_ms)));
+                            n_new += 1;
+                        }
+                    }
+                    // Nothing new, nothing written: the ops alone would not be committed without an event.
+                    if n_new > 0 {
+                        let (namespace, upto) = (namespace.clone(), to);
+                        batch.push(EventKind::MemoriesExtracted { namespace, from, upto, n_memories: n_new })?;
+                        if let Some(op) = pending::clear_op(job) {
+                            batch.op(op);
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            n_new
+        }
+        #[cfg(feature = "nats")]
+        Backend::Nats(log) => {
+            // The records go to the meta stream before the event that counts them, each created
+            // only if its subject is empty: a memory is stored once however many engines and
+            // attempts write it, and the event counts those this job created. A record that then
+            // fails leaves memories no event counts (they belong to the namespace, as on fjall
+            // after a deletion), never an event counting memories that are not stored.
+            let mut n_new = 0;
             for text in &texts {
-                let key = keys::memory_key(&namespace, &memory_id(&namespace, text));
-                if store.get(Ks::Memories, &key)?.is_none() {
-                    batch.op(Op::Put(Ks::Memories, key, encode_memory(text, id, from, to, at_ms)));
+                let hex = hex_id(&memory_id(&namespace, text));
+                if log.create_memory(&namespace, &hex, &encode_memory(text, id, from, to, at_ms)).await? {
                     n_new += 1;
                 }
             }
-            // Nothing new, nothing written: the ops alone would not be committed without an event.
+            let mut written = 0;
             if n_new > 0 {
-                let (namespace, upto) = (namespace.clone(), to);
-                batch.push(EventKind::MemoriesExtracted { namespace, from, upto, n_memories: n_new })?;
-                if let Some(op) = pending::clear_op(job) {
-                    batch.op(op);
-                }
+                engine
+                    .write_events(id, |batch| {
+                        written = 0;
+                        if batch.head().is_deleted() || batch.head().base() > from {
+                            return Ok(());
+                        }
+                        let (namespace, upto) = (namespace.clone(), to);
+                        batch.push(EventKind::MemoriesExtracted { namespace, from, upto, n_memories: n_new })?;
+                        // Removed once the record has landed (the write path runs removals after it).
+                        if let Some(op) = pending::clear_op(job) {
+                            batch.op(op);
+                        }
+                        written = n_new;
+                        Ok(())
+                    })
+                    .await?;
             }
-            Ok(())
-        })
-        .await?;
+            written
+        }
+    };
     add(&inner.guards.counters.memories_written, n_new);
     Ok(Ended::Done { n_new })
+}
+
+/// Lowercase hex of a memory id.
+#[cfg(feature = "nats")]
+fn hex_id(id: &[u8; 32]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session's log as one extraction reads it: its head, and events up to that head. On fjall
+/// the reads go to the store; on JetStream the head comes from the stream's leader and every
+/// event read stops at it (`NatsLog::events_as_of`), so a job sees one state of the log.
+struct SessionLog<'a> {
+    engine: &'a Engine,
+    id: &'a SessionId,
+    head: Option<Head>,
+    #[cfg(feature = "nats")]
+    version: crate::storage::nats::Version,
+}
+
+impl<'a> SessionLog<'a> {
+    async fn read(engine: &'a Engine, id: &'a SessionId) -> Result<Self, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = engine.inner().backend.nats() {
+            let (head, version) = match log.head(id).await? {
+                Some((head, version)) => (Some(head), version),
+                None => (None, crate::storage::nats::Version::NONE),
+            };
+            return Ok(Self { engine, id, head, version });
+        }
+        let head = engine.store("memory extraction")?.head(id)?;
+        Ok(Self {
+            engine,
+            id,
+            head,
+            #[cfg(feature = "nats")]
+            version: crate::storage::nats::Version::NONE,
+        })
+    }
+
+    /// The events with `from <= seq <= to`, in order (at most the span: callers bound `to`).
+    async fn events(&self, from: Seq, to: Seq) -> Result<Vec<Event>, Error> {
+        #[cfg(feature = "nats")]
+        if let Some(log) = self.engine.inner().backend.nats() {
+            let Some(head) = &self.head else { return Ok(Vec::new()) };
+            return log.events_as_of(self.id, head, self.version, from, to, usize::MAX).await;
+        }
+        self.engine.store("memory extraction")?.events(self.id, from, to, usize::MAX)
+    }
 }
 
 /// Where the episode ending at `boundary` began (the seq of the previous boundary, or the deletion
 /// base, searched at most [`MAX_EPISODE_SCAN_EVENTS`] events back), and the events after that start
 /// up to just before `boundary`, in seq order: the search reads them anyway, so the span is not read
 /// twice.
-fn episode_span(engine: &Engine, id: &SessionId, boundary: Seq, base: Seq) -> Result<(Seq, Vec<Event>), Error> {
+async fn episode_span(log: &SessionLog<'_>, boundary: Seq, base: Seq) -> Result<(Seq, Vec<Event>), Error> {
     const PAGE: u64 = 256;
     let floor = boundary.get().saturating_sub(MAX_EPISODE_SCAN_EVENTS).max(base.get());
     let mut end = boundary.get().saturating_sub(1);
@@ -525,7 +616,7 @@ fn episode_span(engine: &Engine, id: &SessionId, boundary: Seq, base: Seq) -> Re
     let mut start_at = Seq::new(floor);
     while end > floor {
         let start = end.saturating_sub(PAGE - 1).max(floor + 1);
-        let mut events = engine.store("memory extraction")?.events(id, Seq::new(start), Seq::new(end), usize::MAX)?;
+        let mut events = log.events(Seq::new(start), Seq::new(end)).await?;
         if let Some(pos) = events.iter().rposition(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })) {
             start_at = events[pos].seq;
             pages.push(events.split_off(pos + 1));

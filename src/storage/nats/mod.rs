@@ -4,14 +4,17 @@
 //! - `names`: streams, subjects and the injective encoding of session ids (pure).
 //! - `record`: the body of one message, one engine commit of one session (pure).
 //! - `read`: the reads (head, forward events, the newest-first window, time travel, listing).
+//! - `blobs`: summary blobs and what orphan collection needs of them.
+//! - `memories`: memory records (created once) and extraction markers on the meta stream.
 //! - here: connecting (with the config, durability and replica checks), the conditional append
-//!   with its bounded retries, deletion, blobs and memories.
+//!   with its bounded retries, deletion, and the raw memory reader and writer for tools.
 //!
 //! The API is shaped like the engine's needs, not like a key-value store: a session's version is
 //! the stream sequence of its last record, and an append names the version it was built on.
 
 mod blobs;
 mod chunked;
+mod memories;
 mod names;
 mod read;
 mod record;

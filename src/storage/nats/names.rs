@@ -7,7 +7,7 @@
 //! escaping anywhere. The longest id (128 bytes) becomes a 256-byte token.
 
 use crate::error::Error;
-use crate::log::ids::{SessionId, SummaryHash};
+use crate::log::ids::{Seq, SessionId, SummaryHash};
 
 /// The names of one database on the cluster, derived from `storage.nats.stream_prefix`.
 #[derive(Clone, Debug)]
@@ -101,6 +101,45 @@ impl Names {
         format!("{}.m.n.{}.*", self.prefix, encode_token(namespace))
     }
 
+    /// An extraction marker: `{prefix}.m.e.{hex(id)}.{seq:016x}` while pending, `{prefix}.m.g...`
+    /// once given up. The seq is fixed-width hex, so the subjects of one session sort by seq.
+    pub(crate) fn extraction(&self, given_up: bool, session: &SessionId, at: Seq) -> String {
+        let tag = if given_up { 'g' } else { 'e' };
+        format!("{}.m.{tag}.{}.{:016x}", self.prefix, encode_token(session.as_str()), at.get())
+    }
+
+    /// Every pending (or every given-up) extraction marker: `{prefix}.m.e.*.*` (`.g.`).
+    pub(crate) fn extractions(&self, given_up: bool) -> String {
+        let tag = if given_up { 'g' } else { 'e' };
+        format!("{}.m.{tag}.*.*", self.prefix)
+    }
+
+    /// The session and seq an extraction marker's subject names.
+    pub(crate) fn extraction_of(&self, given_up: bool, subject: &str) -> Result<(SessionId, Seq), Error> {
+        let tag = if given_up { 'g' } else { 'e' };
+        let head = format!("{}.m.{tag}.", self.prefix);
+        let rest = subject.strip_prefix(head.as_str()).ok_or_else(|| corrupt(subject))?;
+        let (token, seq) = rest.split_once('.').ok_or_else(|| corrupt(subject))?;
+        let id = decode_token(token).ok_or_else(|| corrupt(subject))?;
+        let session = SessionId::new(id).map_err(|_| corrupt(subject))?;
+        let seq_ok = seq.len() == 16 && seq.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let at = u64::from_str_radix(seq, 16).ok().filter(|_| seq_ok).ok_or_else(|| corrupt(subject))?;
+        Ok((session, Seq::new(at)))
+    }
+
+    /// Every memory of every namespace: `{prefix}.m.n.*.*`.
+    pub(crate) fn all_memories(&self) -> String {
+        format!("{}.m.n.*.*", self.prefix)
+    }
+
+    /// The namespace and key a memory subject names.
+    pub(crate) fn memory_of(&self, subject: &str) -> Result<(String, String), Error> {
+        let head = format!("{}.m.n.", self.prefix);
+        let rest = subject.strip_prefix(head.as_str()).ok_or_else(|| corrupt(subject))?;
+        let (ns, key) = rest.split_once('.').ok_or_else(|| corrupt(subject))?;
+        Ok((decode_token(ns).ok_or_else(|| corrupt(subject))?, decode_token(key).ok_or_else(|| corrupt(subject))?))
+    }
+
     /// The pending-deletion marker of a session: `{prefix}.m.d.{hex(id)}`.
     pub(crate) fn deletion(&self, session: &SessionId) -> String {
         format!("{}.m.d.{}", self.prefix, encode_token(session.as_str()))
@@ -175,6 +214,14 @@ mod tests {
         assert_eq!(decode_token("6"), None);
         assert_eq!(decode_token("zz"), None);
         assert_eq!(decode_token("6A"), None, "uppercase is never produced, so never accepted");
+        let marker = names.extraction(false, &SessionId::new("a.b").expect("valid"), Seq::new(300));
+        assert_eq!(marker, "p.m.e.612e62.000000000000012c");
+        assert_eq!(
+            names.extraction_of(false, &marker).expect("decodes"),
+            (SessionId::new("a.b").expect("valid"), Seq::new(300))
+        );
+        assert!(names.extraction_of(true, &marker).is_err(), "pending and given-up subjects are disjoint");
+        assert!(names.extraction_of(false, "p.m.e.612e62.12c").is_err(), "the seq is fixed width");
     }
 
     #[test]
