@@ -245,13 +245,6 @@ async fn open(store: &Store, durability: Durability) -> Engine {
         .await
 }
 
-/// The ops a backend runs. On JetStream `append_turn` is refused: episode classification reads
-/// its context beside the log (SPEC.md 11a, "The engine on JetStream": "episode classification
-/// ... answer `Error::Unsupported`").
-fn ops(store: &Store) -> Vec<Op> {
-    OPS.into_iter().filter(|op| !(store.is_nats() && *op == Op::AppendTurn)).collect()
-}
-
 /// Seeds a harness run tries: four on fjall; one on JetStream, where every step of the many
 /// cancellation points reads over the network (as properties run fewer cases on a cluster). There
 /// durability changes only which servers `connect` accepts (SPEC.md 11a, "Connect"), not the write
@@ -288,7 +281,7 @@ async fn harness(store: &Store, durability: Durability, seed: u64) -> u64 {
     let mut acked: Vec<Acked> = (0..3).map(|_| Acked::default()).collect();
     let mut n = 0u64;
     for round in 0..3 {
-        for op in ops(store) {
+        for op in OPS {
             let s = rng.below(3) as usize;
             // Enough history for compaction and deletion to have something to do.
             for _ in 0..3 {

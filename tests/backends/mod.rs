@@ -130,15 +130,13 @@ impl Store {
     }
 
     /// The config every engine of this store starts from: the defaults, as `tests/common` has
-    /// them, on this store's directory or streams. On JetStream memory extraction is off: it keeps
-    /// markers beside the log, and `connect` refuses `extraction.enabled = true` there (SPEC.md
-    /// 11a, "The engine on JetStream").
+    /// them (memory extraction on, as on both backends by default), on this store's directory or
+    /// streams.
     pub fn config(&self) -> Config {
         #[allow(unused_mut)]
         let mut config = Config::new(self.dir.path().join("db"));
         #[cfg(feature = "nats")]
         if let Some(cluster) = &self.cluster {
-            config.extraction.enabled = false;
             config.storage.kind = palimpsest::StorageKind::Nats;
             config.storage.nats = nats_common::config(cluster, &self.prefix, 3);
         }

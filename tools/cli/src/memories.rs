@@ -116,7 +116,8 @@ fn read(engine: &Engine, namespace: Option<String>, limit: usize) -> Result<Vec<
         if left == 0 {
             break;
         }
-        out.extend(engine.memories(&ns, left)?);
+        // On the blocking thread `run` reads from: the async read serves both backends.
+        out.extend(tokio::runtime::Handle::current().block_on(engine.memories_async(&ns, left))?);
     }
     Ok(out)
 }

@@ -1,5 +1,5 @@
 //! The operator tool on the JetStream backend: `--config` with `storage.kind = "nats"` makes
-//! `import`, `show`, `compact`, `export`, `audit`, `stats`, `gc` and `delete` work on a real 3-node cluster (started here,
+//! `import`, `show`, `compact`, `export`, `audit`, `stats`, `gc`, `memories` and `delete` work on a real 3-node cluster (started here,
 //! as the library's tests do), and what does not run there yet fails with exit 2 and says so; and
 //! two `palimpsest serve` processes on one cluster serve the same sessions.
 //! Needs `PALIMPSEST_NATS_SERVER` (scripts/test sets it).
@@ -104,6 +104,13 @@ async fn the_tool_runs_on_a_cluster() {
     let out = run(gc.clone());
     assert_eq!(code(&out), 0, "gc: {}", stderr(&out));
     assert_eq!(json(&out)["orphan_blobs"], serde_json::json!([]), "{}", stdout(&out));
+
+    // Memories are read from the meta stream (none here: this config does not extract).
+    let mut memories = vec!["memories".to_string()];
+    memories.extend(with(&["--json"]));
+    let out = run(memories);
+    assert_eq!(code(&out), 0, "memories: {}", stderr(&out));
+    assert_eq!(json(&out)["memories"], serde_json::json!([]), "{}", stdout(&out));
 
     // Not on this backend yet: a clear refusal, exit 2, nothing written.
     let mut rebuild = vec!["rebuild".to_string()];
