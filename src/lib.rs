@@ -10,14 +10,15 @@
 //!   pair-safe compaction planner. No I/O, no clock, no runtime.
 //! - `error`, `config`: the public [`Error`] enum; [`Config`], loaded from JSON or TOML and validated.
 //! - `storage`: where a session's log lives: the embedded backend's key-value boundary (`kv`)
-//!   and fjall implementing it (the default), its key layout, the bounded purge of deleted
-//!   sessions, the fault-injecting wrapper of test builds (`faulty`); with the `nats` feature,
-//!   `NatsLog` on a JetStream cluster.
+//!   and fjall implementing it (the default), its key layout, the fault-injecting wrapper of test
+//!   builds (`faulty`); with the `nats` feature, `NatsLog` on a JetStream cluster.
 //! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
 //! - `engine`: [`Engine`] and [`Session`], the async API: the write path (locks, group commit,
-//!   poisoning) and the reads; session metadata and atomic whole-session updates
-//!   ([`SessionUpdate`], [`SessionState`]) for servers that keep a session document.
+//!   poisoning, the purge of deleted sessions) and the reads; session metadata and atomic
+//!   whole-session updates ([`SessionUpdate`], [`SessionState`]) for servers that keep a session
+//!   document; the guards' API. (It still holds the features' state and calls the turn cap and
+//!   extraction markers from its append path: SPEC.md section 12.)
 //! - `compaction`, `episodes`, `extraction`: features standing on the engine's crate-internal write
 //!   path: the single-flight compaction runner and its progress events; the [`EpisodeClassifier`]
 //!   and turn caps; background memory extraction into namespaces with `drain`.

@@ -383,7 +383,7 @@ impl Engine {
                 }
                 seen.insert(id.to_string());
                 current = Some(Replayer::new(id));
-                floor = crate::storage::purge::floor(store, &SessionId::new(id)?)?;
+                floor = crate::engine::purge::floor(store, &SessionId::new(id)?)?;
             }
             report.events += 1;
             if seq < floor {
@@ -617,7 +617,7 @@ impl Engine {
         let store = &view;
         let mut replayer = Replayer::new(id.as_str());
         // Dead events (below the purge floor) are the purger's, not part of the log to rebuild.
-        let floor = crate::storage::purge::floor(store, id)?;
+        let floor = crate::engine::purge::floor(store, id)?;
         for row in store.iter_prefix(Ks::Events, &keys::session_prefix(id)) {
             let (key, value) = row?;
             let Some((_, seq)) = keys::parse_seq_key(&key).filter(|(_, seq)| *seq >= floor) else { continue };

@@ -11,20 +11,18 @@
 //!    re-checking, under the session lock, that the base is still current and that no tool call
 //!    at or before `upto` is open. If the check fails the compaction is abandoned.
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::flight::InFlightGuard;
 use super::progress::Stage;
 use crate::engine::Session;
 use crate::engine::writer::Hold;
 use crate::error::Error;
 use crate::log::event::{Event, EventKind, Splice};
 use crate::log::fold::Head;
-use crate::log::ids::{Seq, SessionId, SummaryHash};
+use crate::log::ids::{Seq, SummaryHash};
 use crate::log::plan::{NoPlan, plan};
 use crate::log::view;
 use crate::storage::keys;
@@ -136,25 +134,6 @@ struct Summarized {
     base_at_plan: Seq,
 }
 
-/// Sessions with a compaction in flight.
-#[derive(Default)]
-pub(crate) struct InFlight {
-    sessions: Arc<Mutex<HashSet<SessionId>>>,
-}
-
-impl InFlight {
-    fn enter(&self, session: &SessionId) -> Option<InFlightGuard> {
-        let mut sessions = self.sessions.lock();
-        sessions
-            .insert(session.clone())
-            .then(|| InFlightGuard { sessions: Arc::clone(&self.sessions), session: session.clone() })
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.sessions.lock().len()
-    }
-}
-
 /// Refuses a focus over [`MAX_FOCUS_BYTES`]; otherwise returns the request with its focus cleaned
 /// (see SPEC.md "Content handling") and trimmed, and a focus empty once cleaned dropped.
 fn check_focus(request: CompactionRequest) -> Result<CompactionRequest, Error> {
@@ -168,18 +147,6 @@ fn check_focus(request: CompactionRequest) -> Result<CompactionRequest, Error> {
     }
     let focus = request.focus.as_deref().map(|f| sanitize(f).trim().to_string()).filter(|f| !f.is_empty());
     Ok(CompactionRequest { focus, ..request })
-}
-
-/// Unregisters its session when dropped, however the compaction ended.
-struct InFlightGuard {
-    sessions: Arc<Mutex<HashSet<SessionId>>>,
-    session: SessionId,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.sessions.lock().remove(&self.session);
-    }
 }
 
 impl Session {

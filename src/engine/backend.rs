@@ -16,12 +16,12 @@
 #[cfg(feature = "nats")]
 use std::sync::Arc;
 
+use crate::engine::purge::Purger;
 use crate::engine::writer::Writer;
 use crate::error::Error;
 use crate::storage::Store;
 #[cfg(feature = "nats")]
 use crate::storage::nats::NatsLog;
-use crate::storage::purge::Purger;
 
 /// See the module docs.
 pub(crate) enum Backend {

@@ -10,7 +10,9 @@
 
 pub(crate) mod backend;
 mod cache;
+mod guards;
 pub(crate) mod metadata;
+pub(crate) mod purge;
 pub(crate) mod writer;
 
 use std::sync::atomic::AtomicU64;
@@ -18,11 +20,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::compaction::Progress;
+use crate::compaction::flight::InFlight;
 use crate::compaction::progress::ProgressBus;
-use crate::compaction::run::InFlight;
 use crate::config::{ClassifierKind, Config, ExtractorKind, SummarizerKind};
 use crate::engine::backend::Backend;
 use crate::engine::cache::Caches;
+use crate::engine::purge::Purger;
 use crate::engine::writer::{Hold, Writer};
 use crate::episodes::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
 use crate::error::Error;
@@ -35,7 +38,6 @@ use crate::log::fold::{self, Head};
 use crate::log::ids::{Seq, SessionId};
 use crate::log::view::{self, Summary, WorkingMemory};
 use crate::storage::keys;
-use crate::storage::purge::{self, Purger};
 use crate::storage::{Ks, Kv, Op, Read, Store, View};
 use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
 
@@ -430,7 +432,7 @@ impl Engine {
                 EventKind::CompactionSpliced(_) => {
                     ops.push(Op::Put(Ks::Splices, keys::seq_key(session, event.seq), Vec::new()));
                 }
-                // The purger's marker, in the deletion's own batch (see `storage::purge`).
+                // The purger's marker, in the deletion's own batch (see `engine::purge`).
                 EventKind::SessionDeleted { .. } if purge => {
                     ops.push(Op::Put(Ks::Meta, keys::purge_key(session, event.seq), Vec::new()));
                 }

@@ -6,7 +6,6 @@
 //! - `faulty` (feature `testing`): a store wrapping another that fails on purpose; with the
 //!   feature, the engine's [`Store`] is fjall wrapped in it.
 //! - `keys`: the key layout of every keyspace.
-//! - `purge`: removes a deleted session's dead events in bounded chunks, resumed on open.
 //! - `nats`: the NATS JetStream backend (cargo feature `nats`).
 
 #[cfg(feature = "testing")]
@@ -16,7 +15,6 @@ pub(crate) mod keys;
 pub(crate) mod kv;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
-pub(crate) mod purge;
 
 pub(crate) use kv::{Ks, Kv, Op, Read};
 
