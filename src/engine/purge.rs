@@ -25,7 +25,7 @@ use crate::engine::writer::Committer;
 use crate::error::Error;
 use crate::log::ids::{Seq, SessionId};
 use crate::storage::keys;
-use crate::storage::{Ks, Op, Read, Store, View};
+use crate::storage::{Ks, Kv, Op, Read, Store, View};
 
 /// Most event keys (plus as many splice-index keys) one purge batch removes: bounds the batch's
 /// size and the memory a purge holds, whatever the session's length.

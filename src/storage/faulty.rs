@@ -80,11 +80,6 @@ macro_rules! checked_reads {
             self.faults().check(FaultPoint::Read)?;
             self.inner.events(session, from, to, limit)
         }
-
-        fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
-            self.faults().check(FaultPoint::Read)?;
-            self.inner.keys_in(ks, from, to, limit)
-        }
     };
 }
 
@@ -123,5 +118,10 @@ impl<S: Kv> Kv for Faulty<S> {
 
     fn disk_space(&self, ks: Ks) -> u64 {
         self.inner.disk_space(ks)
+    }
+
+    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        self.faults.check(FaultPoint::Read)?;
+        self.inner.keys_in(ks, from, to, limit)
     }
 }

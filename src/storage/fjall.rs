@@ -168,6 +168,14 @@ impl Kv for FjallStore {
     fn disk_space(&self, ks: Ks) -> u64 {
         self.ks(ks).disk_space()
     }
+
+    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let mut out = Vec::new();
+        for guard in self.ks(ks).range(from..=to).take(limit) {
+            out.push(guard.key().map_err(storage("scan"))?.to_vec());
+        }
+        Ok(out)
+    }
 }
 
 impl Read for FjallStore {
@@ -193,14 +201,6 @@ impl Read for FjallStore {
 
     fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error> {
         self.view().events(session, from, to, limit)
-    }
-
-    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
-        let mut out = Vec::new();
-        for guard in self.ks(ks).range(from..=to).take(limit) {
-            out.push(guard.key().map_err(storage("scan"))?.to_vec());
-        }
-        Ok(out)
     }
 }
 
@@ -247,14 +247,6 @@ impl Read for FjallView<'_> {
                 detail: "malformed event key".to_string(),
             })?;
             out.push(codec::decode_event(session.as_str(), seq, &v)?);
-        }
-        Ok(out)
-    }
-
-    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error> {
-        let mut out = Vec::new();
-        for guard in self.snapshot.range(self.store.ks(ks), from..=to).take(limit) {
-            out.push(guard.key().map_err(storage("scan"))?.to_vec());
         }
         Ok(out)
     }

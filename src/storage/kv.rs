@@ -61,9 +61,6 @@ pub(crate) trait Read {
     /// working memory: the store decodes them straight from what it holds).
     fn events(&self, session: &SessionId, from: Seq, to: Seq, limit: usize) -> Result<Vec<Event>, Error>;
 
-    /// The keys (only) in `[from, to]`, in key order, at most `limit` of them.
-    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error>;
-
     /// The stored head of `session`, if it has one.
     fn head(&self, session: &SessionId) -> Result<Option<Head>, Error> {
         self.get(Ks::Heads, keys::head_key(session))?
@@ -120,4 +117,7 @@ pub(crate) trait Kv: Read {
 
     /// On-disk bytes of a keyspace (approximate: the store's own accounting).
     fn disk_space(&self, ks: Ks) -> u64;
+
+    /// The keys (only) in `[from, to]`, in key order, at most `limit` of them (the purger's read).
+    fn keys_in(&self, ks: Ks, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, Error>;
 }
