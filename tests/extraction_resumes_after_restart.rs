@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backends::Store;
+use backends::{Store, extracted};
 use guards_common::FnExtractor;
 use palimpsest::{
-    AuditOptions, CompactionOutcome, CompactionRequest, Components, Config, Engine, EventKind, MAX_EXTRACTION_ATTEMPTS,
-    Message, Seq, SessionId,
+    AuditOptions, CompactionOutcome, CompactionRequest, Components, Config, Engine, MAX_EXTRACTION_ATTEMPTS, Message,
+    Seq, SessionId,
 };
 
 on_both_backends!(
@@ -85,18 +85,6 @@ async fn close_an_episode(engine: &Engine, id: &str) -> Seq {
         (0..3).map(|_| Message::user(format!("{id} fact {}", NEXT_FACT.fetch_add(1, Ordering::SeqCst)))).collect();
     s.append_many(facts).await.expect("append");
     s.close_episode().await.expect("close").expect("the episode had turns")
-}
-
-/// (from, upto, n_memories) of every `MemoriesExtracted` event of `id`.
-async fn extracted(engine: &Engine, id: &str) -> Vec<(Seq, Seq, u64)> {
-    let history = engine.session(id).expect("id").history(Seq::new(1), 1_000).await.expect("history");
-    history
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::MemoriesExtracted { from, upto, n_memories, .. } => Some((*from, *upto, *n_memories)),
-            _ => None,
-        })
-        .collect()
 }
 
 async fn drained(engine: &Engine) {

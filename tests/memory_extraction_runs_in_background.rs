@@ -16,11 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use backends::Store;
+use backends::{Store, extracted_events};
 use guards_common::{FnExtractor, engine_with_parts};
-use palimpsest::{
-    AuditOptions, CompactionOutcome, CompactionRequest, Components, Config, Engine, EventKind, Message, Seq,
-};
+use palimpsest::{AuditOptions, CompactionOutcome, CompactionRequest, Components, Config, Engine, Message, Seq};
 use tokio::time::Instant;
 
 fn with_extractor(extractor: Arc<FnExtractor>, tune: impl FnOnce(&mut Config)) -> (Engine, tempfile::TempDir) {
@@ -32,16 +30,6 @@ async fn fill(engine: &Engine, id: &str, prefix: &str, n: usize) -> Seq {
     let s = engine.session(id).expect("id");
     let batch = (0..n).map(|i| Message::user(format!("{prefix} {i}"))).collect();
     s.append_many(batch).await.expect("append").end.get().checked_sub(1).map(Seq::new).expect("non-empty")
-}
-
-fn extracted_events(history: &[palimpsest::Event]) -> Vec<(Seq, Seq, u64)> {
-    history
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::MemoriesExtracted { from, upto, n_memories, .. } => Some((*from, *upto, *n_memories)),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,10 +14,10 @@ mod guards_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backends::{Backend, Store};
+use backends::{Backend, Store, extracted};
 use futures_util::StreamExt;
 use guards_common::FnExtractor;
-use palimpsest::{AuditOptions, Components, Engine, EventKind, Fault, FaultMode, FaultPoint, Message, Seq};
+use palimpsest::{AuditOptions, Components, Engine, Fault, FaultMode, FaultPoint, Message, Seq};
 
 async fn open(store: &Store, extractor: &Arc<FnExtractor>) -> Engine {
     let components = Components { extractor: Some(Arc::clone(extractor) as _), ..Components::default() };
@@ -40,18 +40,6 @@ async fn markers(store: &Store) -> Vec<String> {
         out.push(entry.expect("a subject").0);
     }
     out
-}
-
-/// (from, upto, n_memories) of every `MemoriesExtracted` event of `id`.
-async fn extracted(engine: &Engine, id: &str) -> Vec<(Seq, Seq, u64)> {
-    let history = engine.session(id).expect("id").history(Seq::new(1), 1_000).await.expect("history");
-    history
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::MemoriesExtracted { from, upto, n_memories, .. } => Some((*from, *upto, *n_memories)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn refuse_next_append() -> Option<Fault> {

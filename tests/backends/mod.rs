@@ -201,6 +201,25 @@ fn fast_tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// (from, upto, n_memories) of every `MemoriesExtracted` event in `history`.
+pub fn extracted_events(history: &[palimpsest::Event]) -> Vec<(palimpsest::Seq, palimpsest::Seq, u64)> {
+    history
+        .iter()
+        .filter_map(|e| match &e.kind {
+            palimpsest::EventKind::MemoriesExtracted { from, upto, n_memories, .. } => {
+                Some((*from, *upto, *n_memories))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`extracted_events`] of session `id`'s history (its first 1,000 events).
+pub async fn extracted(engine: &Engine, id: &str) -> Vec<(palimpsest::Seq, palimpsest::Seq, u64)> {
+    let history = engine.session(id).expect("id").history(palimpsest::Seq::new(1), 1_000).await.expect("history");
+    extracted_events(&history)
+}
+
 /// `on_both_backends!(a, b)` makes, for each `async fn a(store: Store)` in scope, a module `a`
 /// with the tests `fjall` and (with the `nats` feature) `nats`, each on a fresh [`Store`] and a
 /// two-thread runtime.
