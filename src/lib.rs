@@ -14,16 +14,18 @@
 //!   builds (`faulty`); with the `nats` feature, `NatsLog` on a JetStream cluster.
 //! - `guard`: bounded waits on keyed and namespace locks, the background model budget, [`GuardStats`].
 //! - `summarizer`: the [`Summarizer`] trait, the extractive default, prompts, the OpenAI client.
-//! - `engine`: [`Engine`] and [`Session`], the async API: the write path (locks, group commit,
-//!   poisoning, the purge of deleted sessions) and the reads; session metadata and atomic
+//! - `engine`: [`Engine`] and [`Session`], the async API's core: the write path (locks, group
+//!   commit, poisoning, the purge of deleted sessions) and the reads; session metadata and atomic
 //!   whole-session updates ([`SessionUpdate`], [`SessionState`]) for servers that keep a session
-//!   document; the guards' API. (It still holds the features' state and calls the turn cap and
-//!   extraction markers from its append path: SPEC.md section 12.)
+//!   document; the guards' API. It knows the features above only as the write path's hooks
+//!   (`engine::Features`: an episode boundary pushed, boundaries landed, the features' gauges).
 //! - `compaction`, `episodes`, `extraction`: features standing on the engine's crate-internal write
 //!   path: the single-flight compaction runner and its progress events; the [`EpisodeClassifier`]
 //!   and turn caps; background memory extraction into namespaces with `drain`.
 //! - `audit`, `transfer`: replay every session, check the invariants, rebuild heads, collect orphan
 //!   blobs; sessions as JSON lines (export, import).
+//! - `open`: the top: [`Components`], the features' state, and `Engine::open`/`connect`, which
+//!   build the parts, open the core on its backend and attach the features.
 //! - `testing`: kill points and armed faults behind the `testing` feature (not public API).
 
 mod audit;
@@ -35,6 +37,7 @@ mod error;
 mod extraction;
 mod guard;
 mod log;
+mod open;
 mod storage;
 mod summarizer;
 mod testing;
@@ -56,7 +59,7 @@ pub use crate::{
         Storage as StorageConfig, StorageKind, SummarizerConfig, SummarizerKind, Writes,
     },
     engine::metadata::{SessionMetadata, SessionState, SessionUpdate, UpdateOutcome},
-    engine::{Components, Engine, Session},
+    engine::{Engine, Session},
     episodes::{
         Boundary, CLASSIFY_CONTEXT_EVENTS, ClassifyInput, EpisodeClassifier, EpisodeDecision, LexicalClassifier,
         OpenAiClassifier, TurnOutcome,
@@ -72,6 +75,7 @@ pub use crate::{
     log::fold::{Head, OpenCall, SpliceRef, apply, check_message, replay},
     log::ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, SummaryHash},
     log::view::{StoredMessage, Summary, WorkingMemory},
+    open::Components,
     summarizer::{
         BoxFuture, ExtractiveSummarizer, MAX_PROVIDER_ERROR_BYTES, OpenAiSummarizer, Summarizer, SummaryInput,
         SummaryTask, check_summary, render_transcript,

@@ -1,5 +1,5 @@
-//! The registry of sessions with a compaction in flight (single flight per session): state the
-//! engine holds, with no knowledge of the engine or of how a compaction runs (`compaction::run`).
+//! The registry of sessions with a compaction in flight (single flight per session), with no
+//! knowledge of the engine or of how a compaction runs (`compaction::run`).
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -165,7 +165,7 @@ impl Session {
     /// caller does not learn the outcome: `working_memory` shows whether it landed.
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionOutcome, Error> {
         let request = check_focus(request)?;
-        let Some(registered) = self.engine().inner().compactions.enter(self.id()) else {
+        let Some(registered) = super::state(self.engine()).compactions.enter(self.id()) else {
             return Ok(CompactionOutcome::AlreadyRunning);
         };
         self.compact_registered(request, registered).await
@@ -178,7 +178,7 @@ impl Session {
         _registered: InFlightGuard,
     ) -> Result<CompactionOutcome, Error> {
         let inner = self.engine().inner();
-        let id = inner.next_compaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = super::state(self.engine()).next_compaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let timeout_ms = inner.config.compaction.timeout_ms;
         // The timeout bounds the steps that can hang (reading, the model). The splice is a bounded
         // write of its own: a timeout firing after it was queued would report a failure for a
@@ -195,9 +195,15 @@ impl Session {
             Ok(CompactionOutcome::Spliced { .. }) | Ok(CompactionOutcome::AlreadyRunning) => {}
             Ok(CompactionOutcome::NothingToCompact { reason, .. })
             | Ok(CompactionOutcome::Abandoned { reason, .. }) => {
-                inner.progress.publish(self.id(), id, Stage::Abandoned { reason: reason.clone() });
+                super::state(self.engine()).progress.publish(
+                    self.id(),
+                    id,
+                    Stage::Abandoned { reason: reason.clone() },
+                );
             }
-            Err(e) => inner.progress.publish(self.id(), id, Stage::Abandoned { reason: e.to_string() }),
+            Err(e) => {
+                super::state(self.engine()).progress.publish(self.id(), id, Stage::Abandoned { reason: e.to_string() })
+            }
         }
         outcome
     }
@@ -219,7 +225,7 @@ impl Session {
             reason: format!("compact_in_background needs a tokio runtime: {e}"),
         })?;
         let request = check_focus(request)?;
-        let Some(registered) = self.engine().inner().compactions.enter(self.id()) else {
+        let Some(registered) = super::state(self.engine()).compactions.enter(self.id()) else {
             return Ok(runtime.spawn(async { Ok(CompactionOutcome::AlreadyRunning) }));
         };
         let session = self.clone();
@@ -256,9 +262,10 @@ impl Session {
             Load::Loaded(loaded) => loaded,
         };
         // No lock is held from here to the splice: appends to this session go on meanwhile.
-        let publish = |stage| inner.progress.publish(self.id(), id, stage);
+        let publish = |stage| super::state(self.engine()).progress.publish(self.id(), id, stage);
         let span = Span { messages: span_messages, previous_summary, focus };
-        let text = summarize_span(&inner.summarizer, span, &inner.config.compaction, &publish).await?;
+        let text =
+            summarize_span(&super::state(self.engine()).summarizer, span, &inner.config.compaction, &publish).await?;
         Ok(Step::Summarized(Summarized { text, lower, upto, requested, n_messages, base_at_plan }))
     }
 
@@ -356,7 +363,7 @@ impl Session {
         let messages: Vec<_> = view::messages_of(span.into_iter().take_while(|e| e.seq <= upto)).collect();
         let n_messages = messages.len() as u64;
         let n_bytes = messages.iter().map(|m| m.message.size_bytes() as u64).sum();
-        self.engine().inner().progress.publish(
+        super::state(self.engine()).progress.publish(
             self.id(),
             id,
             Stage::Loaded { base: lower, requested_upto: requested, upto, n_messages, n_bytes },
@@ -398,7 +405,7 @@ impl Session {
         };
         crate::testing::kill_point("compaction:after_blob");
 
-        let summarizer = inner.summarizer.name().to_string();
+        let summarizer = super::state(engine).summarizer.name().to_string();
         let mut abandoned = None;
         let head = engine
             .write_events(self.id(), |batch| {
@@ -438,7 +445,11 @@ impl Session {
             return Ok(CompactionOutcome::Abandoned { requested_upto: requested, upto, reason });
         }
         crate::testing::kill_point("compaction:after_splice");
-        inner.progress.publish(self.id(), id, Stage::Spliced { upto, summary_hash, seq: head.last_seq() });
+        super::state(self.engine()).progress.publish(
+            self.id(),
+            id,
+            Stage::Spliced { upto, summary_hash, seq: head.last_seq() },
+        );
         tracing::info!(session = %self.id(), %upto, n_messages, "compaction spliced");
         // The compacted span goes to memory extraction in the background; this compaction (and
         // whoever awaits it) does not wait for it.

@@ -15,9 +15,7 @@ impl Engine {
         stats.background_permits = inner.guards.budget.permits();
         stats.background_permits_in_use = inner.guards.budget.in_use();
         stats.background_waiters = inner.guards.budget.waiters();
-        stats.extractions_pending = inner.extractions.pending();
-        stats.extractions_running = inner.extractions.running();
-        stats.extraction_sessions = inner.extractions.sessions();
+        inner.features.gauges(&mut stats);
         stats
     }
 

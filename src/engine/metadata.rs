@@ -237,8 +237,8 @@ impl Session {
                 Ok(())
             })
             .await?;
-        for boundary in boundaries {
-            self.engine.schedule_episode_extraction(&self.id, boundary);
+        if !boundaries.is_empty() {
+            self.engine.inner().features.boundaries_landed(&self.engine, &self.id, &boundaries);
         }
         Ok(UpdateOutcome { head, reset: reset_seq, message_seqs })
     }

@@ -15,22 +15,15 @@ pub(crate) mod metadata;
 pub(crate) mod purge;
 pub(crate) mod writer;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::compaction::Progress;
-use crate::compaction::flight::InFlight;
-use crate::compaction::progress::ProgressBus;
-use crate::config::{ClassifierKind, Config, ExtractorKind, SummarizerKind};
+use crate::config::Config;
 use crate::engine::backend::Backend;
 use crate::engine::cache::Caches;
 use crate::engine::purge::Purger;
 use crate::engine::writer::{Hold, Writer};
-use crate::episodes::{self, EpisodeClassifier, LexicalClassifier, OpenAiClassifier};
 use crate::error::Error;
-use crate::extraction::queue::Extractions;
-use crate::extraction::{MemoryExtractor, OpenAiExtractor, RuleExtractor};
 use crate::guard::{Guards, KeyedLocks};
 use crate::log::codec;
 use crate::log::event::{BoundaryReason, Event, EventKind, Message, Role};
@@ -39,7 +32,6 @@ use crate::log::ids::{Seq, SessionId};
 use crate::log::view::{self, Summary, WorkingMemory};
 use crate::storage::keys;
 use crate::storage::{Ks, Kv, Op, Read, Store, View};
-use crate::summarizer::{ExtractiveSummarizer, OpenAiSummarizer, Summarizer};
 
 /// Most views a JetStream read takes of a session deleted under it again and again (see
 /// `Session::read_nats`): each retry follows a deletion that purged what the last one read.
@@ -77,176 +69,56 @@ pub(crate) struct Inner {
     /// Where the logs live, with what writes to them (see `backend`).
     pub(crate) backend: Backend,
     pub(crate) locks: KeyedLocks<SessionId>,
-    pub(crate) summarizer: Arc<dyn Summarizer>,
-    pub(crate) compactions: InFlight,
-    pub(crate) progress: ProgressBus,
-    pub(crate) next_compaction: AtomicU64,
-    /// Compactions hold it shared from storing their blob to splicing; orphan collection holds it
-    /// exclusively, so a blob about to be referenced is never collected.
+    /// Compactions and imports hold it shared from storing their blob to splicing; orphan
+    /// collection holds it exclusively, so a blob about to be referenced is never collected.
     pub(crate) blob_gate: tokio::sync::RwLock<()>,
     /// Namespace locks, the background model budget, and their counters.
     pub(crate) guards: Guards,
-    pub(crate) classifier: Arc<dyn EpisodeClassifier>,
-    pub(crate) extractor: Arc<dyn MemoryExtractor>,
-    pub(crate) extractions: Arc<Extractions>,
     /// Heads for the write path and working-memory windows for readers (see `cache`).
     pub(crate) caches: Arc<Caches>,
+    /// What the layers above attached (compaction, episodes, extraction), seen here only through
+    /// the write path's hooks.
+    pub(crate) features: Arc<dyn Features>,
 }
 
-/// Pluggable parts of an engine; each `None` is built from the config
-/// (`summarizer.kind`, `episodes.classifier`, `extraction.extractor`).
-#[derive(Clone, Default)]
-pub struct Components {
-    /// Writes compaction summaries.
-    pub summarizer: Option<Arc<dyn Summarizer>>,
-    /// Decides whether a user turn starts a new episode.
-    pub classifier: Option<Arc<dyn EpisodeClassifier>>,
-    /// Extracts long-term memories in the background.
-    pub extractor: Option<Arc<dyn MemoryExtractor>>,
-}
+/// What the engine asks of the features standing on it: the write path's two hooks and the
+/// features' gauges. The engine knows nothing else of them; each feature reaches its own state
+/// with [`Engine::feature`].
+pub(crate) trait Features: Send + Sync {
+    /// The attached state of type `of`, if there is one (`crate::open` attaches each feature's).
+    fn state(&self, of: std::any::TypeId) -> Option<&dyn std::any::Any>;
 
-/// The pluggable parts, built from the config where the caller gave none.
-struct Parts {
-    summarizer: Arc<dyn Summarizer>,
-    classifier: Arc<dyn EpisodeClassifier>,
-    extractor: Arc<dyn MemoryExtractor>,
-}
+    /// An episode boundary was pushed at `at` into `batch` (the turn cap in an append): adds the
+    /// ops that must land in the same batch (the pending marker of the episode's extraction).
+    fn boundary_pushed(&self, engine: &Engine, batch: &mut Batch, session: &SessionId, at: Seq);
 
-impl Parts {
-    fn build(config: &Config, components: Components) -> Result<Self, Error> {
-        // One client for every model-based part that was not supplied, built only if one needs it.
-        let mut client: Option<Arc<OpenAiSummarizer>> = None;
-        let mut openai = || -> Result<Arc<OpenAiSummarizer>, Error> {
-            if let Some(c) = &client {
-                return Ok(Arc::clone(c));
-            }
-            let c = Arc::new(OpenAiSummarizer::new(&config.summarizer.openai)?);
-            client = Some(Arc::clone(&c));
-            Ok(c)
-        };
-        let summarizer: Arc<dyn Summarizer> = match (components.summarizer, config.summarizer.kind) {
-            (Some(s), _) => s,
-            (None, SummarizerKind::Extractive) => Arc::new(ExtractiveSummarizer),
-            (None, SummarizerKind::Openai) => openai()?,
-        };
-        let classifier: Arc<dyn EpisodeClassifier> = match (components.classifier, config.episodes.classifier) {
-            (Some(c), _) => c,
-            (None, ClassifierKind::Embedded) => Arc::new(LexicalClassifier),
-            (None, ClassifierKind::Openai) => Arc::new(OpenAiClassifier::new(openai()?)),
-        };
-        let extractor: Arc<dyn MemoryExtractor> = match (components.extractor, config.extraction.extractor) {
-            (Some(e), _) => e,
-            (None, ExtractorKind::Embedded) => Arc::new(RuleExtractor),
-            (None, ExtractorKind::Openai) => Arc::new(OpenAiExtractor::new(openai()?)),
-        };
-        Ok(Self { summarizer, classifier, extractor })
-    }
+    /// A write with episode boundaries at `boundaries` has landed: starts what they schedule.
+    fn boundaries_landed(&self, engine: &Engine, session: &SessionId, boundaries: &[Seq]);
+
+    /// Adds the features' gauges to the guards' counters.
+    fn gauges(&self, stats: &mut crate::guard::GuardStats);
 }
 
 impl Engine {
-    /// Validates `config`, opens (or creates) the database and runs recovery. Blocking: in async
-    /// code, call it before serving or inside `spawn_blocking`. Inside a tokio runtime, with
-    /// `extraction.enabled`, it also queues the memory extractions an earlier run left unfinished
-    /// (one bounded read of their markers, see SPEC.md 6b).
-    pub fn open(config: Config) -> Result<Self, Error> {
-        Self::open_with(config, Components::default())
-    }
-
-    /// Like [`Engine::open`], with a summarizer of the caller's instead of the configured one.
-    pub fn open_with_summarizer(config: Config, summarizer: Arc<dyn Summarizer>) -> Result<Self, Error> {
-        Self::open_with(config, Components { summarizer: Some(summarizer), ..Components::default() })
-    }
-
-    /// Like [`Engine::open`], with any of the pluggable parts the caller's.
-    pub fn open_with(config: Config, components: Components) -> Result<Self, Error> {
-        config.validate()?;
-        if config.storage.kind == crate::config::StorageKind::Nats {
-            // Connecting is async (the client lives on the caller's runtime): `connect` does it.
-            return Err(Error::InvalidConfig {
-                field: "storage.kind".to_string(),
-                reason: "\"nats\" is opened with `Engine::connect` (async), not `Engine::open`".to_string(),
-            });
-        }
-        let parts = Parts::build(&config, components)?;
-        let store = Arc::new(Store::open(&config.path, config.cache_mb)?);
-        let writer = Writer::start(Arc::clone(&store), config.durability, &config.writes)?;
-        let purger = Purger::start(store, writer.committer())?;
-        tracing::info!(path = %config.path.display(), durability = ?config.durability, summarizer = parts.summarizer.name(), "engine open");
-        let engine = Self::assemble(config, parts, Backend::Fjall { writer, purger });
-        // Extractions that did not finish before the last close are queued again (bounded read).
-        // Background work never refuses an open: a failed read leaves the markers for the next one.
-        if let Err(e) = crate::extraction::pending::resume(&engine) {
-            tracing::warn!(error = %e, "pending memory extractions could not be read at open; they wait for the next");
-        }
-        Ok(engine)
-    }
-
-    /// Opens an engine on the configured backend from async code: `storage.kind = "fjall"` opens
-    /// the database on a blocking thread (as [`Engine::open_with`]); `"nats"` connects to the
-    /// JetStream cluster (`NatsLog::connect`: the durability and replica checks, the streams) on the
-    /// caller's runtime, which must outlive the engine. On `nats` the engine serves appends,
-    /// reads, time travel, history, listing, deletion, compaction, episodes and memory extraction
-    /// (queuing, with `extraction.enabled`, the extractions an earlier run left unfinished, as
-    /// `open` does); what reads or writes fjall's files directly answers [`Error::Unsupported`]
-    /// (SPEC.md 11a lists both).
-    pub async fn connect(config: Config, components: Components) -> Result<Self, Error> {
-        config.validate()?;
-        match config.storage.kind {
-            crate::config::StorageKind::Fjall => {
-                tokio::task::spawn_blocking(move || Self::open_with(config, components))
-                    .await
-                    .map_err(|e| Error::storage("open on a blocking thread", e))?
-            }
-            crate::config::StorageKind::Nats => Self::connect_nats(config, components).await,
-        }
-    }
-
-    #[cfg(feature = "nats")]
-    async fn connect_nats(config: Config, components: Components) -> Result<Self, Error> {
-        let parts = Parts::build(&config, components)?;
-        let log = Arc::new(crate::storage::nats::NatsLog::connect(&config.storage.nats, config.durability).await?);
-        tracing::info!(urls = ?config.storage.nats.urls, durability = ?config.durability, "engine connected to JetStream");
-        let engine = Self::assemble(config, parts, Backend::Nats(Arc::clone(&log)));
-        // As `open` on fjall: extractions left unfinished are queued again (a bounded listing,
-        // each marker checked against its log); a failure never refuses the connect.
-        if let Err(e) = crate::extraction::pending::resume_nats(&engine, &log).await {
-            tracing::warn!(error = %e, "pending memory extractions could not be read at connect; they wait for the next");
-        }
-        Ok(engine)
-    }
-
-    #[cfg(not(feature = "nats"))]
-    async fn connect_nats(_config: Config, _components: Components) -> Result<Self, Error> {
-        Err(Error::InvalidConfig {
-            field: "storage.kind".to_string(),
-            reason: "\"nats\": this build has no JetStream backend (cargo feature `nats`)".to_string(),
-        })
-    }
-
-    fn assemble(config: Config, parts: Parts, backend: Backend) -> Self {
+    /// An engine on `backend` with the parts above it (`features`, see [`Features`]); the layer
+    /// that opens engines (`crate::open`) is the only caller.
+    pub(crate) fn assemble(
+        config: Config,
+        backend: Backend,
+        features: impl FnOnce(&Config, &Guards) -> Arc<dyn Features>,
+    ) -> Self {
         let guards = Guards::new(&config);
+        let features = features(&config, &guards);
         let caches = Arc::new(Caches::new(config.cache.heads, config.cache.window_bytes));
-        let bg = &config.background;
-        let extractions = Arc::new(Extractions::new(
-            Arc::clone(&guards.counters),
-            bg.extraction_queue_depth,
-            bg.extraction_timeout_ms,
-        ));
         Self {
             inner: Arc::new(Inner {
                 config,
                 backend,
                 locks: KeyedLocks::default(),
-                summarizer: parts.summarizer,
-                compactions: InFlight::default(),
-                progress: ProgressBus::default(),
-                next_compaction: AtomicU64::new(1),
                 blob_gate: tokio::sync::RwLock::new(()),
                 guards,
-                classifier: parts.classifier,
-                extractor: parts.extractor,
-                extractions,
                 caches,
+                features,
             }),
         }
     }
@@ -262,17 +134,6 @@ impl Engine {
         weak.upgrade().map(|inner| Self { inner })
     }
 
-    /// Subscribes to compaction progress of every session. A subscriber that falls more than
-    /// `PROGRESS_DEPTH` items behind loses the oldest (and is told so); compactions never wait.
-    pub fn subscribe_progress(&self) -> tokio::sync::broadcast::Receiver<Progress> {
-        self.inner.progress.subscribe()
-    }
-
-    /// Sessions with a compaction in flight right now.
-    pub fn compactions_in_flight(&self) -> usize {
-        self.inner.compactions.len()
-    }
-
     /// Sessions whose write lock is held or awaited right now.
     pub fn sessions_locked(&self) -> usize {
         self.inner.locks.len()
@@ -280,6 +141,17 @@ impl Engine {
 
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
+    }
+
+    /// The state a feature keeps per engine (`compaction::State`, `episodes::State`,
+    /// `extraction::State`). Every engine is assembled by `crate::open` with all of them, so a
+    /// missing one is a bug in that one place.
+    pub(crate) fn feature<T: std::any::Any>(&self) -> &T {
+        self.inner
+            .features
+            .state(std::any::TypeId::of::<T>())
+            .and_then(|state| state.downcast_ref::<T>())
+            .expect("`crate::open` attaches every feature's state")
     }
 
     /// The configuration the engine was opened with.
@@ -764,8 +636,8 @@ impl Session {
                 })
             })
             .await?;
-        for boundary in boundaries {
-            self.engine.schedule_episode_extraction(&self.id, boundary);
+        if !boundaries.is_empty() {
+            self.engine.inner.features.boundaries_landed(&self.engine, &self.id, &boundaries);
         }
         Ok(first..head.last_seq().next())
     }
@@ -800,10 +672,10 @@ impl Session {
         let cap = config.episodes.max_turns_per_episode;
         for (idx, m) in messages.into_iter().enumerate() {
             fold::check_message(batch.head(), &m, idx, max_open)?;
-            if m.role == Role::User && episodes::turn_cap_reached(batch.head(), cap) {
+            if m.role == Role::User && fold::turn_cap_reached(batch.head(), cap) {
                 let episode = batch.head().episode();
                 let at = batch.push(EventKind::EpisodeBoundary { episode, reason: BoundaryReason::TurnCap })?;
-                self.engine.mark_extraction_pending(batch, &self.id, at, None, at);
+                self.engine.inner.features.boundary_pushed(&self.engine, batch, &self.id, at);
                 boundaries.push(at);
             }
             on_seq(idx, batch.push(EventKind::MessageAppended(m))?);

@@ -95,9 +95,15 @@ pub struct TurnOutcome {
     pub decision: EpisodeDecision,
 }
 
-/// True when the turn cap demands a boundary before one more user message.
-pub(crate) fn turn_cap_reached(head: &Head, max_turns: u64) -> bool {
-    head.episode_turns() >= max_turns
+/// What episodes keep per engine (attached by `crate::open`).
+pub(crate) struct State {
+    /// Decides whether a user turn starts a new episode.
+    pub(crate) classifier: Arc<dyn EpisodeClassifier>,
+}
+
+/// `engine`'s episode state.
+fn state(engine: &crate::engine::Engine) -> &State {
+    engine.feature::<State>()
 }
 
 /// Runs `classifier` under `timeout`; a timeout or an error becomes `NewTask`/`ClassifierFallback`.
@@ -160,7 +166,8 @@ impl Session {
                 message: message.clone(),
             };
             let timeout = Duration::from_millis(config.episodes.classify_timeout_ms);
-            let (decision, reason, fell_back) = classify_bounded(inner.classifier.as_ref(), input, timeout).await;
+            let (decision, reason, fell_back) =
+                classify_bounded(state(self.engine()).classifier.as_ref(), input, timeout).await;
             if fell_back {
                 add(&inner.guards.counters.classifier_fallbacks, 1);
             }
@@ -181,7 +188,7 @@ impl Session {
                 let close = if decision == EpisodeDecision::NewTask && head.episode_turns() > 0 {
                     Some((head.episode(), reason))
                 } else {
-                    turn_cap_reached(head, cap).then_some((head.episode(), BoundaryReason::TurnCap))
+                    fold::turn_cap_reached(head, cap).then_some((head.episode(), BoundaryReason::TurnCap))
                 };
                 // Checked against the head the boundary leaves, so an error leaves nothing written.
                 if let Some((episode, reason)) = close {

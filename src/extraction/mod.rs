@@ -39,6 +39,19 @@ use crate::summarizer::{BoxFuture, OpenAiSummarizer, render_transcript, truncate
 pub(crate) mod pending;
 pub(crate) mod queue;
 
+/// What extraction keeps per engine (attached by `crate::open`, reached through [`state`]).
+pub(crate) struct State {
+    /// Extracts the memories.
+    pub(crate) extractor: Arc<dyn MemoryExtractor>,
+    /// The per-session queues and their workers.
+    pub(crate) extractions: Arc<queue::Extractions>,
+}
+
+/// `engine`'s extraction state.
+pub(crate) fn state(engine: &Engine) -> &State {
+    engine.feature::<State>()
+}
+
 pub use pending::{GivenUpExtraction, MAX_EXTRACTION_ATTEMPTS, MAX_GIVEN_UP_READ, MAX_RESUMED_PER_OPEN};
 pub use queue::{DrainReport, ExtractionError, MAX_EXTRACTION_ERROR_BYTES};
 
@@ -356,13 +369,13 @@ impl Engine {
     /// workers aborted in one step before the future next waits, so dropping it afterwards only
     /// skips waiting for the aborted workers to be gone.
     pub async fn drain(&self, timeout: Duration, cancel_on_timeout: bool) -> DrainReport {
-        self.inner().extractions.drain(timeout, cancel_on_timeout).await
+        state(self).extractions.drain(timeout, cancel_on_timeout).await
     }
 
     /// The last failed, timed-out or skipped extraction of `session`, if one is remembered
     /// (the last 1,024 sessions with one are: `MAX_ERRORS_KEPT`).
     pub fn last_extraction_error(&self, session: &SessionId) -> Option<ExtractionError> {
-        self.inner().extractions.last_error(session)
+        state(self).extractions.last_error(session)
     }
 
     /// Queues extraction of the messages in (`from`, `upto`] of `session` unless extraction is
@@ -373,8 +386,7 @@ impl Engine {
             return false;
         }
         let job = queue::Job { session: session.clone(), from, upto, marker, enqueued_at: tokio::time::Instant::now() };
-        let inner = self.inner();
-        inner.extractions.schedule(self.downgrade(), job)
+        state(self).extractions.schedule(self.downgrade(), job)
     }
 
     /// Queues extraction of the episode closed by the boundary at `boundary` (whose batch wrote

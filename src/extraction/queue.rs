@@ -464,12 +464,16 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     let input = ExtractInput { session: id.clone(), namespace: namespace.clone(), messages };
     let texts = {
         let guards = &inner.guards;
-        let _permit =
-            guards.budget.acquire(inner.extractions.timeout, "a background model permit", &guards.counters).await?;
+        let _permit = guards
+            .budget
+            .acquire(super::state(engine).extractions.timeout, "a background model permit", &guards.counters)
+            .await?;
         // A panic in the extractor (caller-supplied code) fails this job, not the session's worker.
-        AssertUnwindSafe(inner.extractor.extract(input)).catch_unwind().await.map_err(|panic| Error::Summarizer {
-            status: None,
-            message: format!("the extractor panicked: {}", panic_message(panic.as_ref())),
+        AssertUnwindSafe(super::state(engine).extractor.extract(input)).catch_unwind().await.map_err(|panic| {
+            Error::Summarizer {
+                status: None,
+                message: format!("the extractor panicked: {}", panic_message(panic.as_ref())),
+            }
         })??
     };
     let texts = normalize(texts);

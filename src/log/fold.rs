@@ -164,6 +164,12 @@ pub fn apply(head: &mut Head, event: &Event) {
     }
 }
 
+/// True when the turn cap (`episodes.max_turns_per_episode`) demands an episode boundary before one
+/// more user message: the append path writes one in the same batch.
+pub fn turn_cap_reached(head: &Head, max_turns: u64) -> bool {
+    head.episode_turns() >= max_turns
+}
+
 /// Checks the rules that depend on the session's state: a tool result must answer an open call,
 /// and a new call id must not collide with an open one. `index` is the message's place in the
 /// caller's batch (for the error); `max_open_calls` bounds the head's size.

@@ -164,8 +164,6 @@ fn write_line(out: &mut dyn Write, line: &Value) -> Result<(), Error> {
     out.write_all(b"\n").map_err(io)
 }
 
-impl Session {}
-
 /// The export line of `event`; `summary` is the text of a splice's blob.
 fn event_to_json(event: Event, summary: Option<String>) -> Value {
     let mut line = match &event.kind {
