@@ -151,7 +151,7 @@ impl Engine {
             .features
             .state(std::any::TypeId::of::<T>())
             .and_then(|state| state.downcast_ref::<T>())
-            .expect("`crate::open` attaches every feature's state")
+            .expect("the top layer (open.rs) attaches every feature's state")
     }
 
     /// The configuration the engine was opened with.
