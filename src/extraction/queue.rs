@@ -453,7 +453,7 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
             (from, log.events(from.next(), to).await?)
         }
         // The backward search for the episode's start reads the episode's events: keep them.
-        None => episode_span(&log, job.upto, head.base()).await?,
+        None => episode_span(&log, job.upto, head.base(), inner.config.episodes.max_turns_per_episode).await?,
     };
     let to = job.upto.min(Seq::new(from.get().saturating_add(max_span)));
     let messages: Vec<_> = messages_of(events.into_iter().filter(|e| e.seq > from && e.seq <= to)).collect();
@@ -611,15 +611,22 @@ impl<'a> SessionLog<'a> {
 /// Where the episode ending at `boundary` began (the seq of the previous boundary, or the deletion
 /// base, searched at most [`MAX_EPISODE_SCAN_EVENTS`] events back), and the events after that start
 /// up to just before `boundary`, in seq order: the search reads them anyway, so the span is not read
-/// twice.
-async fn episode_span(log: &SessionLog<'_>, boundary: Seq, base: Seq) -> Result<(Seq, Vec<Event>), Error> {
-    const PAGE: u64 = 256;
+/// twice. Pages are sized for an episode at the turn cap (`max_turns`) of about four events a turn
+/// (a user message, a tool call and its result, an answer), so a typical episode is one read and
+/// the search reads at most one page more than the episode.
+async fn episode_span(
+    log: &SessionLog<'_>,
+    boundary: Seq,
+    base: Seq,
+    max_turns: u64,
+) -> Result<(Seq, Vec<Event>), Error> {
+    let page = max_turns.saturating_mul(4).saturating_add(8).clamp(32, 256);
     let floor = boundary.get().saturating_sub(MAX_EPISODE_SCAN_EVENTS).max(base.get());
     let mut end = boundary.get().saturating_sub(1);
     let mut pages: Vec<Vec<Event>> = Vec::new();
     let mut start_at = Seq::new(floor);
     while end > floor {
-        let start = end.saturating_sub(PAGE - 1).max(floor + 1);
+        let start = end.saturating_sub(page - 1).max(floor + 1);
         let mut events = log.events(Seq::new(start), Seq::new(end)).await?;
         if let Some(pos) = events.iter().rposition(|e| matches!(e.kind, EventKind::EpisodeBoundary { .. })) {
             start_at = events[pos].seq;
