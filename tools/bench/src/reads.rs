@@ -129,7 +129,7 @@ pub async fn cold_read_ratio(plan: &Plan, engine: &Engine, raw: &RawDb, ids: &[S
 
 /// The first `count` indices (of `n`) the cold reads visit: a stride coprime with `n`, so no index
 /// comes twice before every one has come once, and neighbours in key order are read far apart.
-fn cold_order(n: usize, count: usize) -> Vec<usize> {
+pub fn cold_order(n: usize, count: usize) -> Vec<usize> {
     let stride = (n / 2 + 1..n).chain(1..n).find(|s| gcd(*s, n) == 1).unwrap_or(1);
     (0..count).map(|k| (k * stride) % n).collect()
 }
