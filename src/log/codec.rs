@@ -51,6 +51,13 @@ pub fn decode_event(session: &str, key_seq: Seq, bytes: &[u8]) -> Result<Event, 
 /// Decodes an event without the structural checks, for audit, which checks them itself and
 /// names each failure precisely.
 pub fn decode_event_unchecked(session: &str, key_seq: Seq, bytes: &[u8]) -> Result<Event, Error> {
+    // Message events in the encoder's own shape take the fast path; it answers only for bytes
+    // serde decodes to the same event, and leaves everything else (other kinds, damage) to serde.
+    if let Some((&EVENT_FORMAT, body)) = bytes.split_first()
+        && let Some(event) = crate::log::fast::message_event(body)
+    {
+        return Ok(event);
+    }
     decode(EVENT_FORMAT, bytes).map_err(|detail| Error::Corrupt {
         session: Some(session.to_string()),
         seq: Some(key_seq.get()),
@@ -167,7 +174,7 @@ pub(crate) fn check_kind(event: &Event) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::event::{Message, ToolCall};
+    use crate::log::event::{Message, Role, ToolCall};
 
     fn event(seq: u64, kind: EventKind) -> Event {
         Event { seq: Seq::new(seq), at_ms: 1_700_000_000_000, kind }
@@ -283,5 +290,116 @@ mod tests {
         }
         let huge = event(4, EventKind::MetadataSet { document: "x".repeat(MAX_STORED_METADATA_BYTES + 1) });
         assert!(check_event(&huge, huge.seq).is_err());
+    }
+
+    /// The serde path alone (no fast path): what the format means.
+    fn serde_decode(body: &[u8]) -> Result<Event, String> {
+        decode(EVENT_FORMAT, &[&[EVENT_FORMAT][..], body].concat())
+    }
+
+    fn random_text(rng: &mut fastrand::Rng) -> String {
+        // Lengths around every msgpack str width (fixstr, str8, str16, str32), some multi-byte text.
+        let len = match rng.u8(..8) {
+            0 => 0,
+            1 => rng.usize(30..34),
+            2 => rng.usize(254..258),
+            3 if rng.u8(..8) == 0 => rng.usize(65_534..65_538),
+            _ => rng.usize(1..300),
+        };
+        let mut out = String::with_capacity(len);
+        while out.len() < len {
+            out.push(match rng.u8(..10) {
+                0 => rng.char(..),
+                1 => ['é', '\u{0}', '\n', '日', '\u{1F600}'][rng.usize(..5)],
+                _ => rng.alphanumeric(),
+            });
+        }
+        out
+    }
+
+    fn random_u64(rng: &mut fastrand::Rng) -> u64 {
+        let edges = [0, 1, 127, 128, 255, 256, 65_535, 65_536, u32::MAX as u64, u32::MAX as u64 + 1, u64::MAX];
+        if rng.bool() { edges[rng.usize(..edges.len())] } else { rng.u64(..) }
+    }
+
+    /// Messages of every shape, valid or not (the decoders decode; `check_event` judges).
+    fn random_message_event(rng: &mut fastrand::Rng) -> Event {
+        let role = [Role::System, Role::User, Role::Assistant, Role::Tool][rng.usize(..4)];
+        let mut message = Message::new(role, random_text(rng));
+        for _ in 0..[0, 1, 2, rng.usize(..20)][rng.usize(..4)] {
+            message.tool_calls.push(ToolCall::new(random_text(rng), random_text(rng), random_text(rng)));
+        }
+        message.tool_call_id = rng.bool().then(|| random_text(rng));
+        message.created_at_ms = random_u64(rng);
+        for _ in 0..[0, 1, rng.usize(..20)][rng.usize(..3)] {
+            message.metadata.insert(random_text(rng), random_text(rng));
+        }
+        Event { seq: Seq::new(random_u64(rng)), at_ms: random_u64(rng), kind: EventKind::MessageAppended(message) }
+    }
+
+    fn body_of(ev: &Event) -> Vec<u8> {
+        let mut body = Vec::new();
+        rmp_serde::encode::write(&mut body, ev).expect("encodes");
+        body
+    }
+
+    /// The fast path's whole promise: whenever it answers, serde answers the same; so the bytes it
+    /// takes mean what they meant, and damage it refuses is judged by serde as before.
+    fn assert_fast_agrees(body: &[u8]) {
+        if let Some(fast) = crate::log::fast::message_event(body) {
+            assert_eq!(serde_decode(body).as_ref(), Ok(&fast), "the fast path decoded {body:?} differently");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_decodes_every_message_event_as_serde_does() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        for _ in 0..400 {
+            let ev = random_message_event(&mut rng);
+            let body = body_of(&ev);
+            assert_eq!(crate::log::fast::message_event(&body).as_ref(), Some(&ev), "the encoder's own shape");
+            assert_eq!(serde_decode(&body).as_ref(), Ok(&ev));
+            // Through the codec entry points too, with the same errors for the same checks.
+            let bytes = [&[EVENT_FORMAT][..], &body].concat();
+            assert_eq!(decode_event_unchecked("s", ev.seq, &bytes).expect("decodes"), ev);
+        }
+        // Other kinds are serde's.
+        let marker =
+            event(5, EventKind::EpisodeBoundary { episode: 1, reason: crate::log::event::BoundaryReason::TurnCap });
+        assert_eq!(crate::log::fast::message_event(&body_of(&marker)), None);
+        assert_eq!(decode_event("s", Seq::new(5), &encode_event(&marker)).expect("decodes"), marker);
+        // Shapes the encoder does not write but serde reads: serde's, with the same answer.
+        let ev = event(7, EventKind::MessageAppended(Message::user("hi").with_metadata("k", "v")));
+        let mut named = vec![EVENT_FORMAT];
+        rmp_serde::encode::write_named(&mut named, &ev).expect("encodes");
+        assert_eq!(crate::log::fast::message_event(&named[1..]), None);
+        assert_eq!(decode_event("s", Seq::new(7), &named).expect("serde reads maps"), ev);
+    }
+
+    #[test]
+    fn the_fast_path_never_accepts_damage_that_serde_reads_otherwise() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        for _ in 0..150 {
+            let body = body_of(&random_message_event(&mut rng));
+            let positions: Vec<usize> = if body.len() <= 400 {
+                (0..body.len()).collect()
+            } else {
+                (0..400).map(|_| rng.usize(..body.len())).collect()
+            };
+            for &at in &positions {
+                assert_fast_agrees(&body[..at]);
+                for value in [0x00, 0x7f, 0x80, 0x90, 0xa0, 0xc0, 0xcc, 0xcf, 0xd0, 0xd9, 0xdc, 0xde, 0xff] {
+                    let mut damaged = body.clone();
+                    damaged[at] = value;
+                    assert_fast_agrees(&damaged);
+                }
+                let mut flipped = body.clone();
+                flipped[at] ^= 1 << rng.u8(..8);
+                assert_fast_agrees(&flipped);
+            }
+            let trailing = [&body[..], &[0]].concat();
+            assert_eq!(crate::log::fast::message_event(&trailing), None, "trailing bytes are serde's to refuse");
+            assert!(serde_decode(&trailing).is_err());
+        }
     }
 }

@@ -1,0 +1,161 @@
+//! A fast path for decoding the one event kind that fills every log, `MessageAppended`, in the exact
+//! shape this build's encoder writes it (rmp-serde's compact form: structs as arrays, enum variants
+//! as their names, integers in their shortest unsigned form). Audit and every read decode millions
+//! of these; going through serde's visitors costs about twice what reading the same bytes directly
+//! does (profiled in BENCHMARKS.md, "Round 2, third pass").
+//!
+//! It is a subset decoder, never a second definition of the format: it answers `Some(event)` only
+//! for input the serde decoder (`codec::decode`) also accepts and decodes to an equal event, and
+//! `None` for anything else (another kind, a map-shaped struct, a signed integer, bad UTF-8, a
+//! truncation, trailing bytes...), which then goes through serde as before. So what decodes, what is
+//! `Corrupt`, and every check made after decoding are unchanged. The tests of `codec` hold it to
+//! that on generated events and on every truncation and byte flip of them.
+
+use std::collections::BTreeMap;
+
+use crate::log::event::{Event, EventKind, Message, Role, ToolCall};
+use crate::log::ids::Seq;
+
+/// The body of an event value (after the version byte) as a `MessageAppended` event, or `None`
+/// when it is anything else in any way (see the module docs).
+pub(crate) fn message_event(body: &[u8]) -> Option<Event> {
+    let mut r = Reader { bytes: body, pos: 0 };
+    r.array(3)?;
+    let seq = Seq::new(r.uint()?);
+    let at_ms = r.uint()?;
+    if r.map_len()? != 1 || r.str()? != b"MessageAppended" {
+        return None;
+    }
+    let message = r.message()?;
+    // Trailing bytes after the record: serde's path reports them as damage.
+    (r.pos == body.len()).then_some(Event { seq, at_ms, kind: EventKind::MessageAppended(message) })
+}
+
+/// MessagePack markers of the shapes the encoder writes (see the msgpack spec).
+const NIL: u8 = 0xc0;
+const UINT8: u8 = 0xcc;
+const UINT16: u8 = 0xcd;
+const UINT32: u8 = 0xce;
+const UINT64: u8 = 0xcf;
+const STR8: u8 = 0xd9;
+const STR16: u8 = 0xda;
+const STR32: u8 = 0xdb;
+const ARRAY16: u8 = 0xdc;
+const ARRAY32: u8 = 0xdd;
+const MAP16: u8 = 0xde;
+const MAP32: u8 = 0xdf;
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let out = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(self.take(n)?.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    /// An unsigned integer in any of msgpack's unsigned forms (signed forms: `None`).
+    fn uint(&mut self) -> Option<u64> {
+        match self.byte()? {
+            b @ 0x00..=0x7f => Some(u64::from(b)),
+            UINT8 => self.be(1),
+            UINT16 => self.be(2),
+            UINT32 => self.be(4),
+            UINT64 => self.be(8),
+            _ => None,
+        }
+    }
+
+    /// The length of an array; every element takes at least one byte, so a length past the bytes
+    /// left is refused before anything is allocated for it.
+    fn array_len(&mut self) -> Option<usize> {
+        let len = match self.byte()? {
+            b @ 0x90..=0x9f => u64::from(b & 0x0f),
+            ARRAY16 => self.be(2)?,
+            ARRAY32 => self.be(4)?,
+            _ => return None,
+        };
+        usize::try_from(len).ok().filter(|n| *n <= self.bytes.len() - self.pos)
+    }
+
+    fn array(&mut self, len: usize) -> Option<()> {
+        (self.array_len()? == len).then_some(())
+    }
+
+    /// The length of a map; at most half the bytes left (a key and a value per entry).
+    fn map_len(&mut self) -> Option<usize> {
+        let len = match self.byte()? {
+            b @ 0x80..=0x8f => u64::from(b & 0x0f),
+            MAP16 => self.be(2)?,
+            MAP32 => self.be(4)?,
+            _ => return None,
+        };
+        usize::try_from(len).ok().filter(|n| *n <= (self.bytes.len() - self.pos) / 2)
+    }
+
+    /// A msgpack str's bytes (not checked as UTF-8).
+    fn str(&mut self) -> Option<&'a [u8]> {
+        let len = match self.byte()? {
+            b @ 0xa0..=0xbf => u64::from(b & 0x1f),
+            STR8 => self.be(1)?,
+            STR16 => self.be(2)?,
+            STR32 => self.be(4)?,
+            _ => return None,
+        };
+        self.take(usize::try_from(len).ok()?)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        std::str::from_utf8(self.str()?).ok().map(str::to_owned)
+    }
+
+    fn message(&mut self) -> Option<Message> {
+        self.array(6)?;
+        let role = match self.str()? {
+            b"system" => Role::System,
+            b"user" => Role::User,
+            b"assistant" => Role::Assistant,
+            b"tool" => Role::Tool,
+            _ => return None,
+        };
+        let content = self.string()?;
+        let n_calls = self.array_len()?;
+        let mut tool_calls = Vec::with_capacity(n_calls);
+        for _ in 0..n_calls {
+            self.array(3)?;
+            tool_calls.push(ToolCall { id: self.string()?, name: self.string()?, arguments: self.string()? });
+        }
+        let tool_call_id = if self.peek()? == NIL {
+            self.pos += 1;
+            None
+        } else {
+            Some(self.string()?)
+        };
+        let created_at_ms = self.uint()?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..self.map_len()? {
+            let key = self.string()?;
+            // A repeated key keeps the last value, as serde's map decoding does.
+            metadata.insert(key, self.string()?);
+        }
+        Some(Message { role, content, tool_calls, tool_call_id, created_at_ms, metadata })
+    }
+}
