@@ -373,7 +373,10 @@ impl Engine {
         let mut floor = Seq::ZERO;
         for row in rows {
             let (key, value) = row?;
-            let Some((id, seq)) = keys::parse_seq_key(&key).filter(|(id, _)| SessionId::new(*id).is_ok()) else {
+            // The id is checked once per session: a key of the session being replayed is its.
+            let known = |id: &str| current.as_ref().is_some_and(|r| r.session == id);
+            let Some((id, seq)) = keys::parse_seq_key(&key).filter(|(id, _)| known(id) || SessionId::new(*id).is_ok())
+            else {
                 report.violations.push(malformed(format!("event key {:?}", String::from_utf8_lossy(&key))));
                 continue;
             };
