@@ -369,6 +369,8 @@ impl Engine {
             None => Box::new(store.iter_from(Ks::Events, None)),
         };
         let mut current: Option<Replayer> = None;
+        // Every event is decoded into this one, reusing its buffers (no allocation per event).
+        let mut scratch = Event { seq: Seq::ZERO, at_ms: 0, kind: EventKind::SessionDeleted { n_events_removed: 0 } };
         // Events below a session's purge floor are dead (a deletion not yet purged): skipped.
         let mut floor = Seq::ZERO;
         for row in rows {
@@ -393,8 +395,8 @@ impl Engine {
                 continue;
             }
             let replayer = current.as_mut().expect("set just above");
-            match codec::decode_event_unchecked(id, seq, &value) {
-                Ok(event) => replayer.event(seq, &event),
+            match codec::decode_event_into(id, seq, &value, &mut scratch) {
+                Ok(()) => replayer.event(seq, &scratch),
                 Err(e) => replayer.undecodable(seq, e.to_string()),
             }
             if report.events.is_multiple_of(AUDIT_PROGRESS_EVERY) {

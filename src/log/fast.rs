@@ -11,24 +11,40 @@
 //! `Corrupt`, and every check made after decoding are unchanged. The tests of `codec` hold it to
 //! that on generated events and on every truncation and byte flip of them.
 
-use std::collections::BTreeMap;
-
 use crate::log::event::{Event, EventKind, Message, Role, ToolCall};
 use crate::log::ids::Seq;
 
 /// The body of an event value (after the version byte) as a `MessageAppended` event, or `None`
 /// when it is anything else in any way (see the module docs).
 pub(crate) fn message_event(body: &[u8]) -> Option<Event> {
+    let mut event = Event { seq: Seq::ZERO, at_ms: 0, kind: EventKind::MessageAppended(empty_message()) };
+    message_event_into(body, &mut event).then_some(event)
+}
+
+/// [`message_event`] into `out`, reusing the strings and vectors it holds (a whole-log walk decodes
+/// every event into one, instead of allocating and freeing each). True when `out` is now the event;
+/// false when the bytes are anything else, and `out` is then unspecified (the caller replaces it).
+pub(crate) fn message_event_into(body: &[u8], out: &mut Event) -> bool {
     let mut r = Reader { bytes: body, pos: 0 };
-    r.array(3)?;
-    let seq = Seq::new(r.uint()?);
-    let at_ms = r.uint()?;
-    if r.map_len()? != 1 || r.str()? != b"MessageAppended" {
-        return None;
-    }
-    let message = r.message()?;
+    let decoded = (|| {
+        r.array(3)?;
+        out.seq = Seq::new(r.uint()?);
+        out.at_ms = r.uint()?;
+        if r.map_len()? != 1 || r.str()? != b"MessageAppended" {
+            return None;
+        }
+        if !matches!(out.kind, EventKind::MessageAppended(_)) {
+            out.kind = EventKind::MessageAppended(empty_message());
+        }
+        let EventKind::MessageAppended(message) = &mut out.kind else { return None };
+        r.message_into(message)
+    })();
     // Trailing bytes after the record: serde's path reports them as damage.
-    (r.pos == body.len()).then_some(Event { seq, at_ms, kind: EventKind::MessageAppended(message) })
+    decoded.is_some() && r.pos == body.len()
+}
+
+fn empty_message() -> Message {
+    Message::new(Role::User, String::new())
 }
 
 /// MessagePack markers of the shapes the encoder writes (see the msgpack spec).
@@ -123,39 +139,56 @@ impl<'a> Reader<'a> {
         self.take(usize::try_from(len).ok()?)
     }
 
-    fn string(&mut self) -> Option<String> {
-        std::str::from_utf8(self.str()?).ok().map(str::to_owned)
+    fn utf8(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.str()?).ok()
     }
 
-    fn message(&mut self) -> Option<Message> {
+    /// A str into `out`, reusing its buffer.
+    fn string_into(&mut self, out: &mut String) -> Option<()> {
+        let text = self.utf8()?;
+        out.clear();
+        out.push_str(text);
+        Some(())
+    }
+
+    fn message_into(&mut self, m: &mut Message) -> Option<()> {
         self.array(6)?;
-        let role = match self.str()? {
+        m.role = match self.str()? {
             b"system" => Role::System,
             b"user" => Role::User,
             b"assistant" => Role::Assistant,
             b"tool" => Role::Tool,
             _ => return None,
         };
-        let content = self.string()?;
+        self.string_into(&mut m.content)?;
         let n_calls = self.array_len()?;
-        let mut tool_calls = Vec::with_capacity(n_calls);
-        for _ in 0..n_calls {
+        m.tool_calls.truncate(n_calls);
+        for idx in 0..n_calls {
             self.array(3)?;
-            tool_calls.push(ToolCall { id: self.string()?, name: self.string()?, arguments: self.string()? });
+            if idx == m.tool_calls.len() {
+                m.tool_calls.push(ToolCall::new(String::new(), String::new(), String::new()));
+            }
+            let call = &mut m.tool_calls[idx];
+            self.string_into(&mut call.id)?;
+            self.string_into(&mut call.name)?;
+            self.string_into(&mut call.arguments)?;
         }
-        let tool_call_id = if self.peek()? == NIL {
+        if self.peek()? == NIL {
             self.pos += 1;
-            None
+            m.tool_call_id = None;
         } else {
-            Some(self.string()?)
-        };
-        let created_at_ms = self.uint()?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..self.map_len()? {
-            let key = self.string()?;
-            // A repeated key keeps the last value, as serde's map decoding does.
-            metadata.insert(key, self.string()?);
+            match &mut m.tool_call_id {
+                Some(id) => self.string_into(id)?,
+                None => m.tool_call_id = Some(self.utf8()?.to_owned()),
+            }
         }
-        Some(Message { role, content, tool_calls, tool_call_id, created_at_ms, metadata })
+        m.created_at_ms = self.uint()?;
+        m.metadata.clear();
+        for _ in 0..self.map_len()? {
+            let key = self.utf8()?.to_owned();
+            // A repeated key keeps the last value, as serde's map decoding does.
+            m.metadata.insert(key, self.utf8()?.to_owned());
+        }
+        Some(())
     }
 }
