@@ -1291,7 +1291,8 @@ impl LastMessages {
 
     /// The events the last range read.
     fn add(&mut self, events: Vec<Event>) {
-        let page: Vec<_> = view::messages_of(events).collect();
+        let mut page = Vec::with_capacity(events.len());
+        page.extend(view::messages_of(events));
         self.got += page.len();
         if !page.is_empty() {
             self.pages.push(page);
@@ -1299,8 +1300,12 @@ impl LastMessages {
     }
 
     /// The last `n` messages read, oldest first.
-    fn finish(self) -> Vec<view::StoredMessage> {
-        let mut all: Vec<_> = self.pages.into_iter().rev().flatten().collect();
+    fn finish(mut self) -> Vec<view::StoredMessage> {
+        // One page (the usual case): it is the answer as is, not copied into a new vector.
+        let mut all: Vec<_> = match self.pages.len() {
+            1 => self.pages.pop().unwrap_or_default(),
+            _ => self.pages.into_iter().rev().flatten().collect(),
+        };
         if all.len() > self.n {
             all.drain(..all.len() - self.n);
         }
