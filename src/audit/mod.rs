@@ -370,7 +370,7 @@ impl Engine {
         };
         let mut current: Option<Replayer> = None;
         // Every event is decoded into this one, reusing its buffers (no allocation per event).
-        let mut scratch = Event { seq: Seq::ZERO, at_ms: 0, kind: EventKind::SessionDeleted { n_events_removed: 0 } };
+        let mut scratch = codec::EventBuf::new();
         // Events below a session's purge floor are dead (a deletion not yet purged): skipped.
         let mut floor = Seq::ZERO;
         for row in rows {
@@ -396,7 +396,7 @@ impl Engine {
             }
             let replayer = current.as_mut().expect("set just above");
             match codec::decode_event_into(id, seq, &value, &mut scratch) {
-                Ok(()) => replayer.event(seq, &scratch),
+                Ok(()) => replayer.event(seq, &scratch.event),
                 Err(e) => replayer.undecodable(seq, e.to_string()),
             }
             if report.events.is_multiple_of(AUDIT_PROGRESS_EVERY) {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::log::event::{Event, EventKind, Message};
+pub(crate) use crate::log::fast::EventBuf;
 use crate::log::fold::Head;
 use crate::log::ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, truncate_for_error};
 
@@ -65,15 +66,15 @@ pub fn decode_event_unchecked(session: &str, key_seq: Seq, bytes: &[u8]) -> Resu
     })
 }
 
-/// [`decode_event_unchecked`] into `out`, reusing the buffers it holds: for walks of a whole log
-/// (audit, rebuild) that look at each event once. On an error `out` is unspecified.
-pub fn decode_event_into(session: &str, key_seq: Seq, bytes: &[u8], out: &mut Event) -> Result<(), Error> {
+/// [`decode_event_unchecked`] into `buf.event`, reusing the buffers `buf` holds: for walks of a
+/// whole log (audit) that look at each event once. On an error `buf.event` is unspecified.
+pub(crate) fn decode_event_into(session: &str, key_seq: Seq, bytes: &[u8], buf: &mut EventBuf) -> Result<(), Error> {
     if let Some((&EVENT_FORMAT, body)) = bytes.split_first()
-        && crate::log::fast::message_event_into(body, out)
+        && crate::log::fast::message_event_into(body, buf)
     {
         return Ok(());
     }
-    *out = decode_event_unchecked(session, key_seq, bytes)?;
+    buf.event = decode_event_unchecked(session, key_seq, bytes)?;
     Ok(())
 }
 
@@ -357,19 +358,24 @@ mod tests {
 
     /// The fast path's whole promise: whenever it answers, serde answers the same; so the bytes it
     /// takes mean what they meant, and damage it refuses is judged by serde as before.
-    fn assert_fast_agrees(body: &[u8], scratch: &mut Event) {
+    fn assert_fast_agrees(body: &[u8], scratch: &mut EventBuf) {
         if let Some(fast) = crate::log::fast::message_event(body) {
             assert_eq!(serde_decode(body).as_ref(), Ok(&fast), "the fast path decoded {body:?} differently");
         }
         if crate::log::fast::message_event_into(body, scratch) {
-            assert_eq!(serde_decode(body).as_ref(), Ok(&*scratch), "decoded {body:?} into a used event differently");
+            assert_eq!(
+                serde_decode(body).as_ref(),
+                Ok(&scratch.event),
+                "decoded {body:?} into a used event differently"
+            );
         }
     }
 
     #[test]
     fn the_fast_path_decodes_every_message_event_as_serde_does() {
         let mut rng = fastrand::Rng::with_seed(12);
-        let mut scratch = event(1, EventKind::SessionDeleted { n_events_removed: 0 });
+        let mut scratch = EventBuf::new();
+        scratch.event = event(1, EventKind::SessionDeleted { n_events_removed: 0 });
         for _ in 0..300 {
             let ev = random_message_event(&mut rng);
             let body = body_of(&ev);
@@ -380,7 +386,7 @@ mod tests {
             assert_eq!(decode_event_unchecked("s", ev.seq, &bytes).expect("decodes"), ev);
             // Into a scratch event still holding the previous one's strings and calls.
             decode_event_into("s", ev.seq, &bytes, &mut scratch).expect("decodes");
-            assert_eq!(scratch, ev);
+            assert_eq!(scratch.event, ev);
         }
         // Other kinds are serde's.
         let marker =
@@ -400,8 +406,9 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(13);
         for _ in 0..50 {
             let body = body_of(&random_message_event(&mut rng));
-            // A used event, as a whole-log walk's scratch is.
-            let mut scratch = random_message_event(&mut rng);
+            // A used buffer, as a whole-log walk's is.
+            let mut scratch = EventBuf::new();
+            scratch.event = random_message_event(&mut rng);
             let positions: Vec<usize> = if body.len() <= 200 {
                 (0..body.len()).collect()
             } else {

@@ -11,21 +11,39 @@
 //! `Corrupt`, and every check made after decoding are unchanged. The tests of `codec` hold it to
 //! that on generated events and on every truncation and byte flip of them.
 
-use crate::log::event::{Event, EventKind, Message, Role, ToolCall};
+use crate::log::event::{Event, EventKind, MAX_TOOL_CALLS_PER_MESSAGE, Message, Role, ToolCall};
 use crate::log::ids::Seq;
 
 /// The body of an event value (after the version byte) as a `MessageAppended` event, or `None`
 /// when it is anything else in any way (see the module docs).
 pub(crate) fn message_event(body: &[u8]) -> Option<Event> {
-    let mut event = Event { seq: Seq::ZERO, at_ms: 0, kind: EventKind::MessageAppended(empty_message()) };
-    message_event_into(body, &mut event).then_some(event)
+    let mut buf = EventBuf::new();
+    message_event_into(body, &mut buf).then_some(buf.event)
 }
 
-/// [`message_event`] into `out`, reusing the strings and vectors it holds (a whole-log walk decodes
-/// every event into one, instead of allocating and freeing each). True when `out` is now the event;
-/// false when the bytes are anything else, and `out` is then unspecified (the caller replaces it).
-pub(crate) fn message_event_into(body: &[u8], out: &mut Event) -> bool {
+/// An event that a whole-log walk (audit) decodes every event into, reusing its strings and
+/// vectors instead of allocating and freeing each event's; with the tool calls and the call id
+/// the last events no longer needed kept for the next ones (a turn's messages alternate between
+/// having them and not).
+pub(crate) struct EventBuf {
+    /// The event last decoded into it.
+    pub(crate) event: Event,
+    spare_calls: Vec<ToolCall>,
+    spare_id: Option<String>,
+}
+
+impl EventBuf {
+    pub(crate) fn new() -> Self {
+        let event = Event { seq: Seq::ZERO, at_ms: 0, kind: EventKind::MessageAppended(empty_message()) };
+        Self { event, spare_calls: Vec::new(), spare_id: None }
+    }
+}
+
+/// [`message_event`] into `buf`. True when `buf.event` is now the event; false when the bytes are
+/// anything else, and `buf.event` is then unspecified (the caller replaces it).
+pub(crate) fn message_event_into(body: &[u8], buf: &mut EventBuf) -> bool {
     let mut r = Reader { bytes: body, pos: 0 };
+    let EventBuf { event: out, spare_calls, spare_id } = buf;
     let decoded = (|| {
         r.array(3)?;
         out.seq = Seq::new(r.uint()?);
@@ -37,7 +55,7 @@ pub(crate) fn message_event_into(body: &[u8], out: &mut Event) -> bool {
             out.kind = EventKind::MessageAppended(empty_message());
         }
         let EventKind::MessageAppended(message) = &mut out.kind else { return None };
-        r.message_into(message)
+        r.message_into(message, spare_calls, spare_id)
     })();
     // Trailing bytes after the record: serde's path reports them as damage.
     decoded.is_some() && r.pos == body.len()
@@ -151,7 +169,12 @@ impl<'a> Reader<'a> {
         Some(())
     }
 
-    fn message_into(&mut self, m: &mut Message) -> Option<()> {
+    fn message_into(
+        &mut self,
+        m: &mut Message,
+        spare_calls: &mut Vec<ToolCall>,
+        spare_id: &mut Option<String>,
+    ) -> Option<()> {
         self.array(6)?;
         m.role = match self.str()? {
             b"system" => Role::System,
@@ -162,11 +185,20 @@ impl<'a> Reader<'a> {
         };
         self.string_into(&mut m.content)?;
         let n_calls = self.array_len()?;
-        m.tool_calls.truncate(n_calls);
+        while m.tool_calls.len() > n_calls {
+            // Kept for a later message's calls, at most as many as one message may carry.
+            if let Some(call) = m.tool_calls.pop()
+                && spare_calls.len() < MAX_TOOL_CALLS_PER_MESSAGE
+            {
+                spare_calls.push(call);
+            }
+        }
         for idx in 0..n_calls {
             self.array(3)?;
             if idx == m.tool_calls.len() {
-                m.tool_calls.push(ToolCall::new(String::new(), String::new(), String::new()));
+                let call =
+                    spare_calls.pop().unwrap_or_else(|| ToolCall::new(String::new(), String::new(), String::new()));
+                m.tool_calls.push(call);
             }
             let call = &mut m.tool_calls[idx];
             self.string_into(&mut call.id)?;
@@ -175,12 +207,13 @@ impl<'a> Reader<'a> {
         }
         if self.peek()? == NIL {
             self.pos += 1;
-            m.tool_call_id = None;
-        } else {
-            match &mut m.tool_call_id {
-                Some(id) => self.string_into(id)?,
-                None => m.tool_call_id = Some(self.utf8()?.to_owned()),
+            if let Some(id) = m.tool_call_id.take() {
+                *spare_id = Some(id);
             }
+        } else {
+            let mut id = m.tool_call_id.take().or_else(|| spare_id.take()).unwrap_or_default();
+            self.string_into(&mut id)?;
+            m.tool_call_id = Some(id);
         }
         m.created_at_ms = self.uint()?;
         m.metadata.clear();
