@@ -157,8 +157,9 @@ impl<'a> Reader<'a> {
         self.take(usize::try_from(len).ok()?)
     }
 
+    /// A str checked as UTF-8 (exactly what `std::str::from_utf8` accepts, with SIMD).
     fn utf8(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.str()?).ok()
+        simdutf8::basic::from_utf8(self.str()?).ok()
     }
 
     /// A str into `out`, reusing its buffer.
