@@ -1,6 +1,8 @@
 //! Hidden `profile` subcommand: one hot loop at a time (buffered appends, raw inserts, working
-//! memory, durable appends from 64 writers, appends during large compactions), long enough to run under `perf record` or
+//! memory, durable appends from 64 writers, appends during large compactions, audit against the raw
+//! full scan, cold working-memory reads against raw fjall), long enough to run under `perf record` or
 //! `valgrind --tool=callgrind` when a target is missed, without the other measurements mixed in.
+//! `tools/bench/scripts/perf_symbols.py` names the frames where perf cannot (rust-lld binaries).
 
 use std::time::Instant;
 
