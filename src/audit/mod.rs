@@ -369,11 +369,16 @@ impl Engine {
             None => Box::new(store.iter_from(Ks::Events, None)),
         };
         let mut current: Option<Replayer> = None;
+        // Every event is decoded into this one, reusing its buffers (no allocation per event).
+        let mut scratch = codec::EventBuf::new();
         // Events below a session's purge floor are dead (a deletion not yet purged): skipped.
         let mut floor = Seq::ZERO;
         for row in rows {
             let (key, value) = row?;
-            let Some((id, seq)) = keys::parse_seq_key(&key).filter(|(id, _)| SessionId::new(*id).is_ok()) else {
+            // The id is checked once per session: a key of the session being replayed is its.
+            let known = |id: &str| current.as_ref().is_some_and(|r| r.session == id);
+            let Some((id, seq)) = keys::parse_seq_key(&key).filter(|(id, _)| known(id) || SessionId::new(*id).is_ok())
+            else {
                 report.violations.push(malformed(format!("event key {:?}", String::from_utf8_lossy(&key))));
                 continue;
             };
@@ -390,8 +395,8 @@ impl Engine {
                 continue;
             }
             let replayer = current.as_mut().expect("set just above");
-            match codec::decode_event_unchecked(id, seq, &value) {
-                Ok(event) => replayer.event(seq, &event),
+            match codec::decode_event_into(id, seq, &value, &mut scratch) {
+                Ok(()) => replayer.event(seq, &scratch.event),
                 Err(e) => replayer.undecodable(seq, e.to_string()),
             }
             if report.events.is_multiple_of(AUDIT_PROGRESS_EVERY) {

@@ -729,7 +729,7 @@ impl Session {
             Some(s) => Some(self.summary(&view, s.upto, &s.summary_hash)?),
             None => None,
         };
-        let last = self.last_messages(&view, head.upto().max(head.base()), head.last_seq(), limit)?;
+        let last = self.last_messages_at_head(&view, &head, limit)?;
         Ok(self.memory_at_head(&head, limit, summary, last, true))
     }
 
@@ -924,7 +924,21 @@ impl Session {
         end: Seq,
         n: usize,
     ) -> Result<Vec<view::StoredMessage>, Error> {
-        let mut pager = LastMessages::new(lower, end, n);
+        self.read_pages(view, LastMessages::new(lower, end, n))
+    }
+
+    /// [`Session::last_messages`] after `head`'s summary and base, up to its last event: the first
+    /// range read takes no more slack than `head` allows non-message events there. Its events since
+    /// its base are `last_seq - base`, of which `n_messages` are messages, so a session with none
+    /// reads exactly its window.
+    fn last_messages_at_head(&self, view: &View<'_>, head: &Head, n: usize) -> Result<Vec<view::StoredMessage>, Error> {
+        let events = head.last_seq().get().saturating_sub(head.base().get());
+        let pager = LastMessages::new(head.upto().max(head.base()), head.last_seq(), n)
+            .non_messages_at_most(events.saturating_sub(head.n_messages()));
+        self.read_pages(view, pager)
+    }
+
+    fn read_pages(&self, view: &View<'_>, mut pager: LastMessages) -> Result<Vec<view::StoredMessage>, Error> {
         while let Some((from, to)) = pager.next_range() {
             pager.add(view.events(&self.id, from, to, usize::MAX)?);
         }
@@ -1133,12 +1147,21 @@ struct LastMessages {
     n: usize,
     got: usize,
     span: u64,
+    /// At most this many events of the range are not messages (`u64::MAX`: unknown).
+    non_messages: u64,
     pages: Vec<Vec<view::StoredMessage>>,
 }
 
 impl LastMessages {
     fn new(lower: Seq, end: Seq, n: usize) -> Self {
-        Self { lower: lower.get(), end: end.get(), n, got: 0, span: 0, pages: Vec::new() }
+        Self { lower: lower.get(), end: end.get(), n, got: 0, span: 0, non_messages: u64::MAX, pages: Vec::new() }
+    }
+
+    /// Known: at most `k` events of the range are not messages, so the first read's slack need
+    /// not be larger. A wrong bound (a damaged log) only costs another page, never an answer.
+    fn non_messages_at_most(mut self, k: u64) -> Self {
+        self.non_messages = k;
+        self
     }
 
     /// The next range to read (newest first), or `None` when enough messages are in.
@@ -1151,7 +1174,7 @@ impl LastMessages {
         // events beyond it, at least doubling each time, so a long run of other events (or a
         // seq gap in a damaged log) costs a logarithmic number of reads, not one per 16 seqs.
         self.span = if self.span == 0 {
-            need + need / 16 * WINDOW_SLACK_PER_16 + 2
+            need + (need / 16 * WINDOW_SLACK_PER_16 + 2).min(self.non_messages)
         } else {
             need.max(MIN_WINDOW_PAGE).max(self.span.saturating_mul(2))
         };
@@ -1163,7 +1186,8 @@ impl LastMessages {
 
     /// The events the last range read.
     fn add(&mut self, events: Vec<Event>) {
-        let page: Vec<_> = view::messages_of(events).collect();
+        let mut page = Vec::with_capacity(events.len());
+        page.extend(view::messages_of(events));
         self.got += page.len();
         if !page.is_empty() {
             self.pages.push(page);
@@ -1171,8 +1195,12 @@ impl LastMessages {
     }
 
     /// The last `n` messages read, oldest first.
-    fn finish(self) -> Vec<view::StoredMessage> {
-        let mut all: Vec<_> = self.pages.into_iter().rev().flatten().collect();
+    fn finish(mut self) -> Vec<view::StoredMessage> {
+        // One page (the usual case): it is the answer as is, not copied into a new vector.
+        let mut all: Vec<_> = match self.pages.len() {
+            1 => self.pages.pop().unwrap_or_default(),
+            _ => self.pages.into_iter().rev().flatten().collect(),
+        };
         if all.len() > self.n {
             all.drain(..all.len() - self.n);
         }
@@ -1182,4 +1210,48 @@ impl LastMessages {
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::event::{BoundaryReason, EventKind, Message};
+
+    /// Runs the pager over `log` (seqs 1..) as the range reads would, and returns what it found
+    /// and the size of its first read.
+    fn page(log: &[Event], n: usize, non_messages: u64) -> (Vec<u64>, u64) {
+        let end = Seq::new(log.len() as u64);
+        let mut pager = LastMessages::new(Seq::ZERO, end, n).non_messages_at_most(non_messages);
+        let mut first = None;
+        while let Some((from, to)) = pager.next_range() {
+            first.get_or_insert(to.get() - from.get() + 1);
+            pager.add(log[from.get() as usize - 1..to.get() as usize].to_vec());
+        }
+        (pager.finish().iter().map(|m| m.seq.get()).collect(), first.unwrap_or(0))
+    }
+
+    #[test]
+    fn a_known_bound_on_non_messages_trims_the_first_read_and_a_wrong_one_still_finds_every_message() {
+        let event = |seq: u64| Event {
+            seq: Seq::new(seq),
+            at_ms: 0,
+            kind: if seq.is_multiple_of(10) {
+                EventKind::EpisodeBoundary { episode: seq / 10 - 1, reason: BoundaryReason::TurnCap }
+            } else {
+                EventKind::MessageAppended(Message::user("m"))
+            },
+        };
+        let log: Vec<Event> = (1..=100).map(event).collect();
+        let want: Vec<u64> = (1..=100u64).filter(|s| !s.is_multiple_of(10)).skip(90 - 50).collect();
+        // Unknown bound: the window plus the default slack.
+        assert_eq!(page(&log, 50, u64::MAX), (want.clone(), 55));
+        // The true bound (10 boundaries) is larger than the slack: the same reads.
+        assert_eq!(page(&log, 50, 10), (want.clone(), 55));
+        // A wrong bound (a damaged head) costs more reads, never a message.
+        assert_eq!(page(&log, 50, 0), (want, 50));
+        // No non-message events: exactly the window.
+        let messages: Vec<Event> =
+            (1..=100).map(|seq| Event { kind: EventKind::MessageAppended(Message::user("m")), ..event(seq) }).collect();
+        assert_eq!(page(&messages, 50, 0), ((51..=100).collect(), 50));
+    }
 }

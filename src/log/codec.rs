@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::log::event::{Event, EventKind, Message};
+pub(crate) use crate::log::fast::EventBuf;
 use crate::log::fold::Head;
 use crate::log::ids::{MAX_SESSION_ID_BYTES, Seq, SessionId, truncate_for_error};
 
@@ -51,11 +52,30 @@ pub fn decode_event(session: &str, key_seq: Seq, bytes: &[u8]) -> Result<Event, 
 /// Decodes an event without the structural checks, for audit, which checks them itself and
 /// names each failure precisely.
 pub fn decode_event_unchecked(session: &str, key_seq: Seq, bytes: &[u8]) -> Result<Event, Error> {
+    // Message events in the encoder's own shape take the fast path; it answers only for bytes
+    // serde decodes to the same event, and leaves everything else (other kinds, damage) to serde.
+    if let Some((&EVENT_FORMAT, body)) = bytes.split_first()
+        && let Some(event) = crate::log::fast::message_event(body)
+    {
+        return Ok(event);
+    }
     decode(EVENT_FORMAT, bytes).map_err(|detail| Error::Corrupt {
         session: Some(session.to_string()),
         seq: Some(key_seq.get()),
         detail,
     })
+}
+
+/// [`decode_event_unchecked`] into `buf.event`, reusing the buffers `buf` holds: for walks of a
+/// whole log (audit) that look at each event once. On an error `buf.event` is unspecified.
+pub(crate) fn decode_event_into(session: &str, key_seq: Seq, bytes: &[u8], buf: &mut EventBuf) -> Result<(), Error> {
+    if let Some((&EVENT_FORMAT, body)) = bytes.split_first()
+        && crate::log::fast::message_event_into(body, buf)
+    {
+        return Ok(());
+    }
+    buf.event = decode_event_unchecked(session, key_seq, bytes)?;
+    Ok(())
 }
 
 /// Encodes a session head for the heads keyspace.
@@ -167,7 +187,7 @@ pub(crate) fn check_kind(event: &Event) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::event::{Message, ToolCall};
+    use crate::log::event::{Message, Role, ToolCall};
 
     fn event(seq: u64, kind: EventKind) -> Event {
         Event { seq: Seq::new(seq), at_ms: 1_700_000_000_000, kind }
@@ -283,5 +303,131 @@ mod tests {
         }
         let huge = event(4, EventKind::MetadataSet { document: "x".repeat(MAX_STORED_METADATA_BYTES + 1) });
         assert!(check_event(&huge, huge.seq).is_err());
+    }
+
+    /// The serde path alone (no fast path): what the format means.
+    fn serde_decode(body: &[u8]) -> Result<Event, String> {
+        decode(EVENT_FORMAT, &[&[EVENT_FORMAT][..], body].concat())
+    }
+
+    fn random_text(rng: &mut fastrand::Rng) -> String {
+        // Lengths around every msgpack str width (fixstr, str8, str16, str32), some multi-byte text.
+        let len = match rng.u8(..8) {
+            0 => 0,
+            1 => rng.usize(30..34),
+            2 => rng.usize(254..258),
+            3 if rng.u8(..8) == 0 => rng.usize(65_534..65_538),
+            _ => rng.usize(1..300),
+        };
+        let mut out = String::with_capacity(len);
+        while out.len() < len {
+            out.push(match rng.u8(..10) {
+                0 => rng.char(..),
+                1 => ['é', '\u{0}', '\n', '日', '\u{1F600}'][rng.usize(..5)],
+                _ => rng.alphanumeric(),
+            });
+        }
+        out
+    }
+
+    fn random_u64(rng: &mut fastrand::Rng) -> u64 {
+        let edges = [0, 1, 127, 128, 255, 256, 65_535, 65_536, u32::MAX as u64, u32::MAX as u64 + 1, u64::MAX];
+        if rng.bool() { edges[rng.usize(..edges.len())] } else { rng.u64(..) }
+    }
+
+    /// Messages of every shape, valid or not (the decoders decode; `check_event` judges).
+    fn random_message_event(rng: &mut fastrand::Rng) -> Event {
+        let role = [Role::System, Role::User, Role::Assistant, Role::Tool][rng.usize(..4)];
+        let mut message = Message::new(role, random_text(rng));
+        for _ in 0..[0, 1, 2, rng.usize(..20)][rng.usize(..4)] {
+            message.tool_calls.push(ToolCall::new(random_text(rng), random_text(rng), random_text(rng)));
+        }
+        message.tool_call_id = rng.bool().then(|| random_text(rng));
+        message.created_at_ms = random_u64(rng);
+        for _ in 0..[0, 1, rng.usize(..20)][rng.usize(..3)] {
+            message.metadata.insert(random_text(rng), random_text(rng));
+        }
+        Event { seq: Seq::new(random_u64(rng)), at_ms: random_u64(rng), kind: EventKind::MessageAppended(message) }
+    }
+
+    fn body_of(ev: &Event) -> Vec<u8> {
+        let mut body = Vec::new();
+        rmp_serde::encode::write(&mut body, ev).expect("encodes");
+        body
+    }
+
+    /// The fast path's whole promise: whenever it answers, serde answers the same; so the bytes it
+    /// takes mean what they meant, and damage it refuses is judged by serde as before.
+    fn assert_fast_agrees(body: &[u8], scratch: &mut EventBuf) {
+        if let Some(fast) = crate::log::fast::message_event(body) {
+            assert_eq!(serde_decode(body).as_ref(), Ok(&fast), "the fast path decoded {body:?} differently");
+        }
+        if crate::log::fast::message_event_into(body, scratch) {
+            assert_eq!(
+                serde_decode(body).as_ref(),
+                Ok(&scratch.event),
+                "decoded {body:?} into a used event differently"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fast_path_decodes_every_message_event_as_serde_does() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut scratch = EventBuf::new();
+        scratch.event = event(1, EventKind::SessionDeleted { n_events_removed: 0 });
+        for _ in 0..200 {
+            let ev = random_message_event(&mut rng);
+            let body = body_of(&ev);
+            assert_eq!(crate::log::fast::message_event(&body).as_ref(), Some(&ev), "the encoder's own shape");
+            assert_eq!(serde_decode(&body).as_ref(), Ok(&ev));
+            // Through the codec entry points too, with the same errors for the same checks.
+            let bytes = [&[EVENT_FORMAT][..], &body].concat();
+            assert_eq!(decode_event_unchecked("s", ev.seq, &bytes).expect("decodes"), ev);
+            // Into a scratch event still holding the previous one's strings and calls.
+            decode_event_into("s", ev.seq, &bytes, &mut scratch).expect("decodes");
+            assert_eq!(scratch.event, ev);
+        }
+        // Other kinds are serde's.
+        let marker =
+            event(5, EventKind::EpisodeBoundary { episode: 1, reason: crate::log::event::BoundaryReason::TurnCap });
+        assert_eq!(crate::log::fast::message_event(&body_of(&marker)), None);
+        assert_eq!(decode_event("s", Seq::new(5), &encode_event(&marker)).expect("decodes"), marker);
+        // Shapes the encoder does not write but serde reads: serde's, with the same answer.
+        let ev = event(7, EventKind::MessageAppended(Message::user("hi").with_metadata("k", "v")));
+        let mut named = vec![EVENT_FORMAT];
+        rmp_serde::encode::write_named(&mut named, &ev).expect("encodes");
+        assert_eq!(crate::log::fast::message_event(&named[1..]), None);
+        assert_eq!(decode_event("s", Seq::new(7), &named).expect("serde reads maps"), ev);
+    }
+
+    #[test]
+    fn the_fast_path_never_accepts_damage_that_serde_reads_otherwise() {
+        let mut rng = fastrand::Rng::with_seed(13);
+        for _ in 0..30 {
+            let body = body_of(&random_message_event(&mut rng));
+            // A used buffer, as a whole-log walk's is.
+            let mut scratch = EventBuf::new();
+            scratch.event = random_message_event(&mut rng);
+            let positions: Vec<usize> = if body.len() <= 150 {
+                (0..body.len()).collect()
+            } else {
+                (0..150).map(|_| rng.usize(..body.len())).collect()
+            };
+            for &at in &positions {
+                assert_fast_agrees(&body[..at], &mut scratch);
+                for value in [0x00, 0x7f, 0x80, 0x90, 0xa0, 0xc0, 0xcc, 0xcf, 0xd0, 0xd9, 0xdc, 0xde, 0xff] {
+                    let mut damaged = body.clone();
+                    damaged[at] = value;
+                    assert_fast_agrees(&damaged, &mut scratch);
+                }
+                let mut flipped = body.clone();
+                flipped[at] ^= 1 << rng.u8(..8);
+                assert_fast_agrees(&flipped, &mut scratch);
+            }
+            let trailing = [&body[..], &[0]].concat();
+            assert_eq!(crate::log::fast::message_event(&trailing), None, "trailing bytes are serde's to refuse");
+            assert!(serde_decode(&trailing).is_err());
+        }
     }
 }

@@ -235,7 +235,9 @@ fn main() {
     match &args.command {
         Some(Hidden::RssProbe { db, session, calls, delete }) => return rss::probe(db, session, *calls, *delete),
         Some(Hidden::OpenProbe { db, side }) => return opening::probe(db, *side),
-        Some(Hidden::Profile { which, calls }) => return profile::run(*which, *calls),
+        Some(Hidden::Profile { which, calls }) => {
+            return profile::run(*which, *calls, &args.cache_dir.clone().unwrap_or_else(cache::default_dir));
+        }
         Some(Hidden::NatsOnly) => {
             let figures = runtime().block_on(nats::figures(&Plan::new(args.quick), args.nats_server.as_deref()));
             println!("{}", serde_json::to_string_pretty(&figures).expect("the figures serialize"));

@@ -134,6 +134,22 @@ impl RawDb {
         black_box(head + rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
     }
 
+    /// [`RawDb::head_and_last_n_rev`] that hands out what it read as owned bytes: one copy of the
+    /// head and of each value, the least any read returning owned data (not slices of fjall's
+    /// cache) must add. For context beside p2, whose raw side only takes each row's length.
+    pub fn head_and_last_n_rev_owned(&self, session: &str, n: usize) -> usize {
+        let head = self.heads.get(session).expect("raw head read").map(|v| v.to_vec());
+        let (from, to) = (seq_key(session, 0), seq_key(session, u64::MAX));
+        let values: Vec<Vec<u8>> = self
+            .events
+            .range(from..=to)
+            .rev()
+            .take(n)
+            .map(|g| g.into_inner().expect("raw reverse scan").1.to_vec())
+            .collect();
+        black_box(head.map_or(0, |h| h.len()) + values.iter().map(Vec::len).sum::<usize>())
+    }
+
     /// The same read as [`RawDb::head_and_last_n_rev`] but forward from `last_seq - n + 1`, the way
     /// the engine reads (reported for information; the target compares with the reverse scan).
     pub fn head_and_last_n_fwd(&self, session: &str, last_seq: u64, n: usize) -> usize {

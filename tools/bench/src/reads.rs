@@ -97,10 +97,13 @@ pub async fn cold_read_ratio(plan: &Plan, engine: &Engine, raw: &RawDb, ids: &[S
     let n = ids.len();
     let needed = plan.repeats * plan.cold_calls;
     assert!(needed <= n, "{needed} cold reads need as many sessions; the database has {n}");
-    let order = cold_order(n, needed);
+    // The owned-copy side (context) reads the sessions after those, also once each, when there
+    // are enough of them.
+    let owned_too = 2 * needed <= n;
+    let order = cold_order(n, if owned_too { 2 * needed } else { needed });
     let pick = |k: usize| ids[order[k]].as_str();
     let sessions: Vec<Session> = (0..needed).map(|k| crate::workload::session(engine, pick(k))).collect();
-    let (mut engine_us, mut raw_us) = (vec![], vec![]);
+    let (mut engine_us, mut raw_us, mut owned_us) = (vec![], vec![], vec![]);
     for repeat in 0..plan.repeats {
         let range = repeat * plan.cold_calls..(repeat + 1) * plan.cold_calls;
         let start = Instant::now();
@@ -109,19 +112,33 @@ pub async fn cold_read_ratio(plan: &Plan, engine: &Engine, raw: &RawDb, ids: &[S
         }
         engine_us.push(us(start.elapsed()) / plan.cold_calls as f64);
         let start = Instant::now();
-        for k in range {
+        for k in range.clone() {
             black_box(raw.head_and_last_n_rev(pick(k), WINDOW));
         }
         raw_us.push(us(start.elapsed()) / plan.cold_calls as f64);
+        if owned_too {
+            let start = Instant::now();
+            for k in range.start + needed..range.end + needed {
+                black_box(raw.head_and_last_n_rev_owned(pick(k), WINDOW));
+            }
+            owned_us.push(us(start.elapsed()) / plan.cold_calls as f64);
+        }
         log(format!(
-            "p2 cold repeat {repeat}: wm50 {:.1} us, raw head + reverse scan {:.1} us ({} sessions read once each)",
-            engine_us[repeat], raw_us[repeat], plan.cold_calls
+            "p2 cold repeat {repeat}: wm50 {:.1} us, raw head + reverse scan {:.1} us, the same copying each \
+             value {:.1} us ({} sessions read once each)",
+            engine_us[repeat],
+            raw_us[repeat],
+            owned_us.get(repeat).copied().unwrap_or(f64::NAN),
+            plan.cold_calls
         ));
     }
     json!({
         "p2_read_vs_raw": round(paired_ratio(&engine_us, &raw_us), 3),
         "p2_cold_wm50_us": round(median(&engine_us), 2),
         "p2_cold_raw_head_rev50_us": round(median(&raw_us), 2),
+        // Context: raw fjall handing out owned copies of what it read (other sessions, also cold).
+        "p2_cold_raw_owned_us": (!owned_us.is_empty()).then(|| round(median(&owned_us), 2)),
+        "p2_read_vs_raw_owned": (!owned_us.is_empty()).then(|| round(paired_ratio(&engine_us, &owned_us), 3)),
         "p2_cold_sessions_in_db": n,
         "p2_cold_reads_per_repeat": plan.cold_calls,
     })
@@ -129,7 +146,7 @@ pub async fn cold_read_ratio(plan: &Plan, engine: &Engine, raw: &RawDb, ids: &[S
 
 /// The first `count` indices (of `n`) the cold reads visit: a stride coprime with `n`, so no index
 /// comes twice before every one has come once, and neighbours in key order are read far apart.
-fn cold_order(n: usize, count: usize) -> Vec<usize> {
+pub fn cold_order(n: usize, count: usize) -> Vec<usize> {
     let stride = (n / 2 + 1..n).chain(1..n).find(|s| gcd(*s, n) == 1).unwrap_or(1);
     (0..count).map(|k| (k * stride) % n).collect()
 }
