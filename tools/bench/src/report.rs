@@ -32,7 +32,12 @@ const TARGETS: &[(&str, Bound, &[&str])] = &[
     (
         "p3_append_vs_raw_event_head_batch",
         Bound::AtLeast(0.7),
-        &["p3_engine_appends_per_s", "p3_raw_event_head_batches_per_s"],
+        &[
+            "p3_engine_appends_per_s",
+            "p3_raw_event_head_batches_per_s",
+            "p3_engine_no_extraction_appends_per_s",
+            "p3_no_extraction_vs_raw_event_head_batch",
+        ],
     ),
     (
         "p4_group_commit_gain",

@@ -115,6 +115,14 @@ pub fn open_storage_path(path: &Path, durability: Durability) -> Engine {
     open_config(config)
 }
 
+/// Like [`open`], with background memory extraction off (`extraction.enabled = false`): for the
+/// context field that shows how much of an append loop's rate that background work takes.
+pub fn open_without_extraction(path: &Path, durability: Durability) -> Engine {
+    let mut config = config(path, durability);
+    config.extraction.enabled = false;
+    open_config(config)
+}
+
 /// Opens an engine with a full `config`, retrying `Locked` as [`open`] does.
 pub fn open_config(config: Config) -> Engine {
     let mut attempts = 0;

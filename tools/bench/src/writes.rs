@@ -16,10 +16,12 @@ use crate::workload::{self, log, message};
 /// per insert. Database opening and the copy in between are not timed. For information, a third
 /// side commits each event with the session's head value in one raw batch, as the engine's write
 /// does minus its reads and encoding: the most an atomic event + head design can reach on fjall.
+/// For context, a fourth side runs the engine's loop again with background memory extraction off
+/// (the turn cap schedules one per closed episode; the raw sides run nothing like it).
 pub async fn append_ratio(plan: &Plan) -> Value {
     let id = "append-bench";
     let n = plan.append_calls as f64;
-    let (mut engine_rate, mut raw_rate, mut batch_rate) = (vec![], vec![], vec![]);
+    let (mut engine_rate, mut raw_rate, mut batch_rate, mut quiet_rate) = (vec![], vec![], vec![], vec![]);
     for repeat in 0..plan.repeats {
         let dir = tempfile::tempdir().expect("a temp dir");
         let engine = workload::open(dir.path(), Durability::Buffered);
@@ -52,9 +54,21 @@ pub async fn append_ratio(plan: &Plan) -> Value {
             raw.commit_event_and_head(key, value, id, head.clone());
         }
         batch_rate.push(n / start.elapsed().as_secs_f64());
+
+        let quiet_dir = tempfile::tempdir().expect("a temp dir");
+        let engine = workload::open_without_extraction(quiet_dir.path(), Durability::Buffered);
+        let session = workload::session(&engine, id);
+        let messages: Vec<_> = (0..plan.append_calls).map(message).collect();
+        let start = Instant::now();
+        for m in messages {
+            session.append(m).await.expect("append");
+        }
+        quiet_rate.push(n / start.elapsed().as_secs_f64());
+        drop((session, engine));
         log(format!(
-            "p3 repeat {repeat}: engine {:.0} appends/s, raw {:.0} inserts/s, raw event+head batches {:.0}/s",
-            engine_rate[repeat], raw_rate[repeat], batch_rate[repeat]
+            "p3 repeat {repeat}: engine {:.0} appends/s, raw {:.0} inserts/s, raw event+head batches {:.0}/s, \
+             engine without extraction {:.0} appends/s",
+            engine_rate[repeat], raw_rate[repeat], batch_rate[repeat], quiet_rate[repeat]
         ));
     }
     json!({
@@ -63,6 +77,8 @@ pub async fn append_ratio(plan: &Plan) -> Value {
         "p3_raw_inserts_per_s": round(median(&raw_rate), 0),
         "p3_raw_event_head_batches_per_s": round(median(&batch_rate), 0),
         "p3_append_vs_raw_event_head_batch": round(paired_ratio(&engine_rate, &batch_rate), 3),
+        "p3_engine_no_extraction_appends_per_s": round(median(&quiet_rate), 0),
+        "p3_no_extraction_vs_raw_event_head_batch": round(paired_ratio(&quiet_rate, &batch_rate), 3),
         "p3_appends_per_repeat": plan.append_calls,
     })
 }
