@@ -59,6 +59,12 @@ pub fn decode_event_unchecked(session: &str, key_seq: Seq, bytes: &[u8]) -> Resu
     {
         return Ok(event);
     }
+    decode_event_serde(session, key_seq, bytes)
+}
+
+/// The serde path of [`decode_event_unchecked`]: every shape the format admits, and what is
+/// `Corrupt`.
+fn decode_event_serde(session: &str, key_seq: Seq, bytes: &[u8]) -> Result<Event, Error> {
     decode(EVENT_FORMAT, bytes).map_err(|detail| Error::Corrupt {
         session: Some(session.to_string()),
         seq: Some(key_seq.get()),
@@ -74,7 +80,8 @@ pub(crate) fn decode_event_into(session: &str, key_seq: Seq, bytes: &[u8], buf: 
     {
         return Ok(());
     }
-    buf.event = decode_event_unchecked(session, key_seq, bytes)?;
+    // The fast path declined: serde's, without trying the fast path a second time.
+    buf.event = decode_event_serde(session, key_seq, bytes)?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use palimpsest::{Durability, Session};
+use palimpsest::{Durability, Engine, Session};
 use serde_json::{Value, json};
 
 use crate::Plan;
@@ -24,16 +24,7 @@ pub async fn append_ratio(plan: &Plan) -> Value {
     let (mut engine_rate, mut raw_rate, mut batch_rate, mut quiet_rate) = (vec![], vec![], vec![], vec![]);
     for repeat in 0..plan.repeats {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let engine = workload::open(dir.path(), Durability::Buffered);
-        let session = workload::session(&engine, id);
-        // Made before the clock starts: the raw side gets its bytes ready-made too.
-        let messages: Vec<_> = (0..plan.append_calls).map(message).collect();
-        let start = Instant::now();
-        for m in messages {
-            session.append(m).await.expect("append");
-        }
-        engine_rate.push(n / start.elapsed().as_secs_f64());
-        drop((session, engine));
+        engine_rate.push(appends_per_s(workload::open(dir.path(), Durability::Buffered), id, plan.append_calls).await);
 
         let rows = RawDb::engine_event_rows(dir.path(), id);
         let head = RawDb::engine_head(dir.path(), id);
@@ -56,15 +47,8 @@ pub async fn append_ratio(plan: &Plan) -> Value {
         batch_rate.push(n / start.elapsed().as_secs_f64());
 
         let quiet_dir = tempfile::tempdir().expect("a temp dir");
-        let engine = workload::open_without_extraction(quiet_dir.path(), Durability::Buffered);
-        let session = workload::session(&engine, id);
-        let messages: Vec<_> = (0..plan.append_calls).map(message).collect();
-        let start = Instant::now();
-        for m in messages {
-            session.append(m).await.expect("append");
-        }
-        quiet_rate.push(n / start.elapsed().as_secs_f64());
-        drop((session, engine));
+        let quiet = workload::open_without_extraction(quiet_dir.path(), Durability::Buffered);
+        quiet_rate.push(appends_per_s(quiet, id, plan.append_calls).await);
         log(format!(
             "p3 repeat {repeat}: engine {:.0} appends/s, raw {:.0} inserts/s, raw event+head batches {:.0}/s, \
              engine without extraction {:.0} appends/s",
@@ -81,6 +65,22 @@ pub async fn append_ratio(plan: &Plan) -> Value {
         "p3_no_extraction_vs_raw_event_head_batch": round(paired_ratio(&quiet_rate, &batch_rate), 3),
         "p3_appends_per_repeat": plan.append_calls,
     })
+}
+
+/// Buffered single-message appends of the first `calls` workload messages to session `id` of
+/// `engine` (a fresh database), one per call; returns the appends per second. The messages are
+/// made before the clock starts (the raw sides get their bytes ready-made too); the engine is
+/// closed before returning, so its database can be read raw.
+async fn appends_per_s(engine: Engine, id: &str, calls: u64) -> f64 {
+    let session = workload::session(&engine, id);
+    let messages: Vec<_> = (0..calls).map(message).collect();
+    let start = Instant::now();
+    for m in messages {
+        session.append(m).await.expect("append");
+    }
+    let rate = calls as f64 / start.elapsed().as_secs_f64();
+    drop((session, engine));
+    rate
 }
 
 /// Appends from every session in `sessions` concurrently (one task each) for `phase`; returns the
