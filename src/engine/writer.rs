@@ -15,8 +15,11 @@
 //! Cancellation: once a batch is queued it is committed (or the writer is poisoned) whatever the
 //! caller does. What the batch was built under (the session's lock guard, passed in as `hold`)
 //! and its place in the queue (the admission permit) travel inside the queued request and are
-//! released by the writer thread only after the commit and its fsync, so a caller that drops its
-//! future cannot let the next writer read a head older than the batch still in flight.
+//! released only after the commit and its fsync, so a caller that drops its future cannot let the
+//! next writer read a head older than the batch still in flight. The writer thread hands them
+//! back with the outcome, and the waiting caller settles the caches, releases the lock and frees
+//! the batch on its own task, off the one thread every durable write goes through; a reply whose
+//! caller has gone does the same wherever it is dropped.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -34,20 +37,28 @@ use crate::storage::{Kv, Op, Store};
 
 /// What a write was built under and must keep until it is committed (a session's lock guard), and
 /// what must happen, still under it, once the outcome is known (the head cache's update).
+///
+/// Once the commit's outcome is recorded in it (`settled_as`), dropping the hold anywhere runs
+/// the settle step before releasing the guard: the group-commit thread hands the hold back to the
+/// waiting caller, and if that caller has gone (cancelled, timed out) the hold is dropped with the
+/// undelivered reply, on whichever thread drops it last, and still settles first.
 pub(crate) struct Hold {
-    guard: Box<dyn Any + Send>,
+    _guard: Box<dyn Any + Send>,
     settle: Option<Box<dyn FnOnce(bool) + Send>>,
+    /// The commit's outcome, once known; `None` drops the guard without settling (nothing was
+    /// written, or the engine is poisoned and refuses every later write).
+    committed: Option<bool>,
 }
 
 impl Hold {
     /// Holds nothing (a write that is not built under a session's lock).
     pub(crate) fn nothing() -> Self {
-        Self { guard: Box::new(()), settle: None }
+        Self { _guard: Box::new(()), settle: None, committed: None }
     }
 
     /// Holds `guard` until the batch is committed.
     pub(crate) fn guard(guard: impl Any + Send) -> Self {
-        Self { guard: Box::new(guard), settle: None }
+        Self { _guard: Box::new(guard), settle: None, committed: None }
     }
 
     /// Also runs `settle(committed)` once the commit's outcome is known, before the guard is
@@ -58,23 +69,46 @@ impl Hold {
         self
     }
 
+    /// Records the commit's outcome: the settle step runs with it when the hold is dropped.
+    fn settled_as(mut self, committed: bool) -> Self {
+        self.committed = Some(committed);
+        self
+    }
+
     /// Runs the settle step with the commit's outcome, then releases the guard.
-    fn release(mut self, committed: bool) {
-        if let Some(settle) = self.settle.take() {
+    fn release(self, committed: bool) {
+        drop(self.settled_as(committed));
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let (Some(settle), Some(committed)) = (self.settle.take(), self.committed) {
             settle(committed);
         }
-        drop(self.guard);
+        // The guard is a field: it is released after this body, so after the settle step.
     }
 }
 
 struct Request {
     ops: Vec<Op>,
-    ack: oneshot::Sender<Result<(), Error>>,
-    /// Released by the writer thread after the commit, never by the caller (see the module docs).
-    /// A request dropped unanswered (the thread died, the queue closed before it was sent) releases
-    /// it without settling: either nothing was written, or the engine is poisoned.
+    ack: oneshot::Sender<Reply>,
+    /// Released after the commit, never before (see the module docs). A request dropped
+    /// unanswered (the thread died, the queue closed before it was sent) releases it without
+    /// settling: either nothing was written, or the engine is poisoned.
     hold: Hold,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The group-commit thread's answer to one request: the outcome, and what the request carried,
+/// handed back so that the waiting caller, not the one thread every durable write goes through,
+/// settles the caches, releases the session's lock and frees the batch. Dropped undelivered (the
+/// caller has gone), it does the same wherever it is dropped (see [`Hold`]).
+struct Reply {
+    outcome: Result<(), Error>,
+    /// The hold with the outcome recorded; the ops emptied, kept for their allocation to be freed
+    /// off the commit thread; the place in the queue, given back once the caller is done.
+    _carried: (Hold, Vec<Op>, OwnedSemaphorePermit),
 }
 
 /// Commits batches according to the configured durability.
@@ -153,12 +187,13 @@ impl Writer {
             .map_err(|_| Error::Closed)?;
         let (ack, done) = oneshot::channel();
         // Cannot be full: the semaphore admits at most `queue_depth` requests, the channel's capacity.
-        queue.try_send(Request { ops, ack, hold, _permit: permit }).map_err(|e| match e {
+        queue.try_send(Request { ops, ack, hold, permit }).map_err(|e| match e {
             TrySendError::Full(_) => full(),
             TrySendError::Disconnected(_) => Error::Closed,
         })?;
         match tokio::time::timeout(self.timeout, done).await {
-            Ok(Ok(outcome)) => outcome,
+            // Dropping the reply settles the caches, then releases the session's lock.
+            Ok(Ok(reply)) => reply.outcome,
             Ok(Err(_)) => {
                 // The thread drops a request unanswered only when it died (a panic outside the
                 // guarded commit): what reached the disk is unknown.
@@ -212,10 +247,14 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
         let result = if poisoned.load(Ordering::Acquire) {
             Err(Error::Poisoned)
         } else {
-            // One allocation for the group's ops, not a doubling per request.
+            // The group's ops in one vector; each request keeps its emptied vector, whose
+            // allocation goes back with the reply.
             let mut ops: Vec<Op> = Vec::with_capacity(n_ops);
             group.iter_mut().for_each(|r| ops.append(&mut r.ops));
-            guarded_commit(store, &ops, true)
+            let result = guarded_commit(store, &ops, true);
+            // The committed ops are freed with the first request's reply, by its caller.
+            group[0].ops = ops;
+            result
         };
         if let Err(e) = &result
             && !poisoned.swap(true, Ordering::AcqRel)
@@ -231,12 +270,12 @@ fn group_commit_loop(store: &Store, rx: &Receiver<Request>, poisoned: &AtomicBoo
                 Some(e) if matches!(**e, Error::Poisoned) => Err(Error::Poisoned),
                 Some(e) => Err(Error::storage("group commit", SharedCause(Arc::clone(e)))),
             };
-            let Request { ack, hold, _permit, .. } = req;
-            // Settled before the ack, so a caller that learns of its write finds the caches updated.
-            hold.release(outcome.is_ok());
-            // The caller may have gone (timed out or cancelled); the outcome then stands on the
-            // disk and, if it failed, in the poison.
-            let _ = ack.send(outcome);
+            let Request { ack, hold, ops, permit } = req;
+            let hold = hold.settled_as(outcome.is_ok());
+            // The caller settles and releases on receipt, before it learns the outcome. If it has
+            // gone (timed out or cancelled), the reply comes back here and dropping it settles and
+            // releases; the outcome then stands on the disk and, if it failed, in the poison.
+            drop(ack.send(Reply { outcome, _carried: (hold, ops, permit) }));
         }
     }
 }
