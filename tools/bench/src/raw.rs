@@ -205,6 +205,16 @@ impl RawDb {
         batch.commit().expect("raw batch commit");
     }
 
+    /// [`RawDb::commit_event_and_head`] from plain byte slices, as a writer with freshly made bytes
+    /// hands them over: fjall copies each key and value into its own buffers, where the other one
+    /// passes fjall's reference-counted slices through without a copy.
+    pub fn commit_event_and_head_bytes(&self, key: &[u8], value: &[u8], head_key: &str, head: &[u8]) {
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        batch.insert(&self.events, key, value);
+        batch.insert(&self.heads, head_key, head);
+        batch.commit().expect("raw batch commit");
+    }
+
     /// The stored head of `session` in the (closed) engine database at `engine_dir`.
     pub fn engine_head(engine_dir: &Path, session: &str) -> UserValue {
         let source = Self::open_with_cache(engine_dir, 8 << 20);

@@ -37,6 +37,8 @@ const TARGETS: &[(&str, Bound, &[&str])] = &[
             "p3_raw_event_head_batches_per_s",
             "p3_engine_no_extraction_appends_per_s",
             "p3_no_extraction_vs_raw_event_head_batch",
+            "p3_raw_event_head_batches_from_bytes_per_s",
+            "p3_append_vs_raw_batch_from_bytes",
         ],
     ),
     (

@@ -17,11 +17,14 @@ use crate::workload::{self, log, message};
 /// side commits each event with the session's head value in one raw batch, as the engine's write
 /// does minus its reads and encoding: the most an atomic event + head design can reach on fjall.
 /// For context, a fourth side runs the engine's loop again with background memory extraction off
-/// (the turn cap schedules one per closed episode; the raw sides run nothing like it).
+/// (the turn cap schedules one per closed episode; the raw sides run nothing like it), and a fifth
+/// commits the same batches from plain byte slices, which fjall copies into its own buffers (the
+/// third side passes fjall's slices read back from the engine's database, which it does not copy).
 pub async fn append_ratio(plan: &Plan) -> Value {
     let id = "append-bench";
     let n = plan.append_calls as f64;
     let (mut engine_rate, mut raw_rate, mut batch_rate, mut quiet_rate) = (vec![], vec![], vec![], vec![]);
+    let mut bytes_rate = vec![];
     for repeat in 0..plan.repeats {
         let dir = tempfile::tempdir().expect("a temp dir");
         engine_rate.push(appends_per_s(workload::open(dir.path(), Durability::Buffered), id, plan.append_calls).await);
@@ -39,6 +42,8 @@ pub async fn append_ratio(plan: &Plan) -> Value {
         }
         raw_rate.push(n / start.elapsed().as_secs_f64());
 
+        // Plain bytes, made before the clock starts, for the side that hands fjall byte slices.
+        let byte_rows: Vec<(Vec<u8>, Vec<u8>)> = rows.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         let raw = RawDb::open(batch_dir.path());
         let start = Instant::now();
         for (key, value) in rows {
@@ -46,13 +51,22 @@ pub async fn append_ratio(plan: &Plan) -> Value {
         }
         batch_rate.push(n / start.elapsed().as_secs_f64());
 
+        let bytes_dir = tempfile::tempdir().expect("a temp dir");
+        let raw = RawDb::open(bytes_dir.path());
+        let head_bytes = head.to_vec();
+        let start = Instant::now();
+        for (key, value) in &byte_rows {
+            raw.commit_event_and_head_bytes(key, value, id, &head_bytes);
+        }
+        bytes_rate.push(n / start.elapsed().as_secs_f64());
+
         let quiet_dir = tempfile::tempdir().expect("a temp dir");
         let quiet = workload::open_without_extraction(quiet_dir.path(), Durability::Buffered);
         quiet_rate.push(appends_per_s(quiet, id, plan.append_calls).await);
         log(format!(
             "p3 repeat {repeat}: engine {:.0} appends/s, raw {:.0} inserts/s, raw event+head batches {:.0}/s, \
-             engine without extraction {:.0} appends/s",
-            engine_rate[repeat], raw_rate[repeat], batch_rate[repeat], quiet_rate[repeat]
+             raw batches from byte slices {:.0}/s, engine without extraction {:.0} appends/s",
+            engine_rate[repeat], raw_rate[repeat], batch_rate[repeat], bytes_rate[repeat], quiet_rate[repeat]
         ));
     }
     json!({
@@ -61,6 +75,8 @@ pub async fn append_ratio(plan: &Plan) -> Value {
         "p3_raw_inserts_per_s": round(median(&raw_rate), 0),
         "p3_raw_event_head_batches_per_s": round(median(&batch_rate), 0),
         "p3_append_vs_raw_event_head_batch": round(paired_ratio(&engine_rate, &batch_rate), 3),
+        "p3_raw_event_head_batches_from_bytes_per_s": round(median(&bytes_rate), 0),
+        "p3_append_vs_raw_batch_from_bytes": round(paired_ratio(&engine_rate, &bytes_rate), 3),
         "p3_engine_no_extraction_appends_per_s": round(median(&quiet_rate), 0),
         "p3_no_extraction_vs_raw_event_head_batch": round(paired_ratio(&quiet_rate, &batch_rate), 3),
         "p3_appends_per_repeat": plan.append_calls,
