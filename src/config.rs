@@ -363,11 +363,21 @@ pub struct Background {
     pub extraction_timeout_ms: u64,
     /// Extractions one session may have queued; more are skipped. Default 64, range 1..=10,000.
     pub extraction_queue_depth: u64,
+    /// Background span loads running at once: a compaction reading and decoding its span, an
+    /// extraction reading its span. Each keeps a core busy for up to hundreds of milliseconds;
+    /// with 1, background work never takes more than one core from the agent's own calls.
+    /// Default 1, range 1..=8.
+    pub span_load_concurrency: u64,
 }
 
 impl Default for Background {
     fn default() -> Self {
-        Self { model_concurrency: 2, extraction_timeout_ms: 90_000, extraction_queue_depth: 64 }
+        Self {
+            model_concurrency: 2,
+            extraction_timeout_ms: 90_000,
+            extraction_queue_depth: 64,
+            span_load_concurrency: 1,
+        }
     }
 }
 
@@ -544,6 +554,7 @@ impl Config {
         in_range("background.model_concurrency", b.model_concurrency, 1, 8)?;
         in_range("background.extraction_timeout_ms", b.extraction_timeout_ms, 1_000, 3_600_000)?;
         in_range("background.extraction_queue_depth", b.extraction_queue_depth, 1, 10_000)?;
+        in_range("background.span_load_concurrency", b.span_load_concurrency, 1, 8)?;
         self.cross_check()
     }
 

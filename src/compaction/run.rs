@@ -234,7 +234,10 @@ impl Session {
             let inner = session.engine().inner();
             let timeout = Duration::from_millis(inner.config.compaction.timeout_ms);
             let guards = &inner.guards;
-            let _permit = guards.budget.acquire(timeout, "a background model permit", &guards.counters).await?;
+            let _permit = guards
+                .budget
+                .acquire(timeout, "a background model permit", &guards.counters.background_permit_timeouts)
+                .await?;
             session.compact_registered(request, registered).await
         }))
     }
@@ -244,8 +247,14 @@ impl Session {
         let inner = self.engine().inner();
         // Reading and decoding a span of up to `max_span_messages` is CPU-bound work of tens to
         // hundreds of milliseconds: it runs on a blocking thread, not on a runtime worker that
-        // the session's appends (or anyone else's tasks) may be queued behind.
+        // the session's appends (or anyone else's tasks) may be queued behind, and it waits for a
+        // span-load permit (`background.span_load_concurrency`), so loads and extractions' reads
+        // together keep at most that many cores busy beside the agent. The wait is bounded by the
+        // compaction's timeout, which wraps this step.
         let focus = request.focus.clone();
+        let timeout = Duration::from_millis(inner.config.compaction.timeout_ms);
+        let timeouts = &inner.guards.counters.span_load_timeouts;
+        let permit = inner.guards.span_loads.acquire(timeout, "a span-load permit", timeouts).await?;
         let loaded = match &inner.backend {
             crate::engine::backend::Backend::Fjall { .. } => {
                 let session = self.clone();
@@ -256,6 +265,7 @@ impl Session {
             #[cfg(feature = "nats")]
             crate::engine::backend::Backend::Nats(log) => self.load_step_nats(log, id, request).await?,
         };
+        drop(permit);
         let Loaded { span_messages, previous_summary, lower, upto, requested, n_messages, base_at_plan } = match loaded
         {
             Load::Done(outcome) => return Ok(Step::Done(outcome)),

@@ -15,6 +15,10 @@ impl Engine {
         stats.background_permits = inner.guards.budget.permits();
         stats.background_permits_in_use = inner.guards.budget.in_use();
         stats.background_waiters = inner.guards.budget.waiters();
+        stats.span_load_permits = inner.guards.span_loads.permits();
+        stats.span_loads_in_use = inner.guards.span_loads.in_use();
+        stats.span_load_waiters = inner.guards.span_loads.waiters();
+        stats.span_loads_peak = inner.guards.span_loads.peak();
         inner.features.gauges(&mut stats);
         stats
     }

@@ -438,6 +438,16 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     }
     let inner = engine.inner();
     let id = &job.session;
+    // Reading the span is CPU-bound (decoding up to `max_span_messages` events): it takes a
+    // span-load permit like a compaction's load (`background.span_load_concurrency`), released
+    // once the span's messages are in hand, before the extractor runs. The wait is bounded by
+    // the job's timeout, which wraps this function.
+    let timeouts = &inner.guards.counters.span_load_timeouts;
+    let permit = inner
+        .guards
+        .span_loads
+        .acquire(super::state(engine).extractions.timeout, "a span-load permit", timeouts)
+        .await?;
     let log = SessionLog::read(engine, id).await?;
     let Some(head) = log.head.as_ref().filter(|h| !h.is_deleted()) else {
         return Ok(Ended::Skipped("the session was deleted".to_string()));
@@ -457,6 +467,7 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     };
     let to = job.upto.min(Seq::new(from.get().saturating_add(max_span)));
     let messages: Vec<_> = messages_of(events.into_iter().filter(|e| e.seq > from && e.seq <= to)).collect();
+    drop(permit);
     if messages.is_empty() {
         return Ok(Ended::Done { n_new: 0 });
     }
@@ -466,7 +477,11 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
         let guards = &inner.guards;
         let _permit = guards
             .budget
-            .acquire(super::state(engine).extractions.timeout, "a background model permit", &guards.counters)
+            .acquire(
+                super::state(engine).extractions.timeout,
+                "a background model permit",
+                &guards.counters.background_permit_timeouts,
+            )
             .await?;
         // A panic in the extractor (caller-supplied code) fails this job, not the session's worker.
         AssertUnwindSafe(super::state(engine).extractor.extract(input)).catch_unwind().await.map_err(|panic| {

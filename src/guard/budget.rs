@@ -1,4 +1,4 @@
-//! One budget for background model calls.
+//! Budgets for background work: one for background model calls, one for background span loads.
 //!
 //! Every model call made in the background (memory extraction, background compaction) first takes
 //! a permit from one shared semaphore of `background.model_concurrency` permits, so background
@@ -7,8 +7,14 @@
 //! classification on the caller's turn) take no permit: the budget keeps background storms from
 //! starving them instead of making them queue behind background work.
 //!
+//! The same type bounds background span loads (`background.span_load_concurrency`): a compaction
+//! reading and decoding its span, an extraction reading its span, each CPU-bound for up to hundreds
+//! of milliseconds. On a small machine two of them at once, beside the agent's own appends, leave
+//! the agent's thread waiting for a core; one at a time leaves it one.
+//!
 //! Waiting for a permit is bounded by the caller's own timeout; the waiters are counted (with a
-//! guard, so a cancelled waiter is uncounted too) for the stats snapshot.
+//! guard, so a cancelled waiter is uncounted too) for the stats snapshot, and so is the most
+//! permits ever held at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +22,16 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::stats::{Counters, add};
+use super::stats::add;
 use crate::error::Error;
 
-/// The shared background budget.
+/// A shared background budget.
 pub(crate) struct Budget {
     semaphore: Arc<Semaphore>,
     permits: u64,
     waiters: Arc<AtomicU64>,
+    /// The most permits held at once since the engine opened.
+    peak: AtomicU64,
 }
 
 /// A held background permit; dropping it returns the permit.
@@ -45,32 +53,44 @@ impl Budget {
         // Validation bounds the knob to 1..=8; the clamp keeps a hand-built config harmless.
         let permits = permits.clamp(1, Semaphore::MAX_PERMITS as u64);
         let n = usize::try_from(permits).unwrap_or(1);
-        Self { semaphore: Arc::new(Semaphore::new(n)), permits, waiters: Arc::new(AtomicU64::new(0)) }
+        let waiters = Arc::new(AtomicU64::new(0));
+        Self { semaphore: Arc::new(Semaphore::new(n)), permits, waiters, peak: AtomicU64::new(0) }
     }
 
-    /// Waits at most `timeout` for a permit. `what` names the job in the timeout error.
+    /// Waits at most `timeout` for a permit. `what` names the job in the timeout error; a wait that
+    /// runs out is counted in `timeouts`.
     pub(crate) async fn acquire(
         &self,
         timeout: Duration,
         what: &'static str,
-        counters: &Counters,
+        timeouts: &AtomicU64,
     ) -> Result<BudgetPermit, Error> {
         if let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() {
-            return Ok(BudgetPermit { _permit: permit });
+            return Ok(self.held(permit));
         }
         self.waiters.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(Arc::clone(&self.waiters));
         match tokio::time::timeout(timeout, Arc::clone(&self.semaphore).acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(BudgetPermit { _permit: permit }),
+            Ok(Ok(permit)) => Ok(self.held(permit)),
             // The semaphore is never closed; treat it like the engine shutting down if it were.
             Ok(Err(_closed)) => Err(Error::Closed),
             Err(_) => {
-                add(&counters.background_permit_timeouts, 1);
+                add(timeouts, 1);
                 let after_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-                tracing::warn!(what, after_ms, "no background model permit within the job's timeout");
+                tracing::warn!(what, after_ms, "no background permit within the job's timeout");
                 Err(Error::Timeout { what, after_ms })
             }
         }
+    }
+
+    fn held(&self, permit: OwnedSemaphorePermit) -> BudgetPermit {
+        self.peak.fetch_max(self.in_use(), Ordering::Relaxed);
+        BudgetPermit { _permit: permit }
+    }
+
+    /// The most permits held at once since the engine opened.
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
     }
 
     /// The budget's size.
@@ -96,14 +116,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiters_are_counted_and_waits_are_bounded() {
         let budget = Arc::new(Budget::new(1));
-        let counters = Counters::default();
-        let held = budget.acquire(Duration::from_secs(1), "test", &counters).await.expect("free permit");
-        assert_eq!((budget.in_use(), budget.waiters()), (1, 0));
+        let timeouts = AtomicU64::new(0);
+        let held = budget.acquire(Duration::from_secs(1), "test", &timeouts).await.expect("free permit");
+        assert_eq!((budget.in_use(), budget.waiters(), budget.peak()), (1, 0, 1));
         let waiter = {
             let budget = Arc::clone(&budget);
             tokio::spawn(async move {
-                let counters = Counters::default();
-                budget.acquire(Duration::from_millis(100), "test", &counters).await.map(drop)
+                let timeouts = AtomicU64::new(0);
+                budget.acquire(Duration::from_millis(100), "test", &timeouts).await.map(drop)
             })
         };
         tokio::task::yield_now().await;
@@ -112,6 +132,6 @@ mod tests {
         assert!(matches!(result, Err(Error::Timeout { after_ms: 100, .. })));
         assert_eq!(budget.waiters(), 0);
         drop(held);
-        assert_eq!(budget.in_use(), 0);
+        assert_eq!((budget.in_use(), budget.peak()), (0, 1));
     }
 }

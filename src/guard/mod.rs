@@ -6,7 +6,8 @@
 //!
 //! - `lock`: namespace locks acquired under the `locks` policy (retry interval, retries, timeout,
 //!   error or skip), with telemetry.
-//! - `budget`: the one semaphore every background model call takes a permit from.
+//! - `budget`: the one semaphore every background model call takes a permit from, and the one
+//!   every background span load does.
 //! - `stats`: the counters behind [`crate::Engine::guard_stats`] (`engine::guards`).
 
 use std::collections::HashMap;
@@ -28,10 +29,12 @@ pub(crate) mod stats;
 pub use lock::{LockOutcome, NamespaceGuard};
 pub use stats::GuardStats;
 
-/// The engine's guards: namespace locks, the background budget, and their counters.
+/// The engine's guards: namespace locks, the background budgets, and their counters.
 pub(crate) struct Guards {
     pub(crate) namespaces: lock::NamespaceLocks,
     pub(crate) budget: budget::Budget,
+    /// Background span loads (`background.span_load_concurrency`; see `budget`).
+    pub(crate) span_loads: budget::Budget,
     pub(crate) counters: Arc<stats::Counters>,
 }
 
@@ -40,6 +43,7 @@ impl Guards {
         Self {
             namespaces: lock::NamespaceLocks::new(config.locks.clone()),
             budget: budget::Budget::new(config.background.model_concurrency),
+            span_loads: budget::Budget::new(config.background.span_load_concurrency),
             counters: Arc::new(stats::Counters::default()),
         }
     }

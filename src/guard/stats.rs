@@ -35,6 +35,16 @@ pub struct GuardStats {
     pub background_waiters: u64,
     /// Background jobs that gave up waiting for a permit (their own timeout ran out).
     pub background_permit_timeouts: u64,
+    /// Background span loads allowed at once (`background.span_load_concurrency`).
+    pub span_load_permits: u64,
+    /// Background span loads running right now.
+    pub span_loads_in_use: u64,
+    /// Background span loads waiting for their turn right now.
+    pub span_load_waiters: u64,
+    /// The most background span loads that ran at once since the engine opened.
+    pub span_loads_peak: u64,
+    /// Background jobs that gave up waiting to load their span (their own timeout ran out).
+    pub span_load_timeouts: u64,
     /// Extractions ever scheduled (accepted into a session's queue).
     pub extractions_scheduled: u64,
     /// Extractions waiting in their session's queue right now.
@@ -77,6 +87,7 @@ pub(crate) struct Counters {
     pub(crate) lock_skips: AtomicU64,
     pub(crate) lock_wait_ms: AtomicU64,
     pub(crate) background_permit_timeouts: AtomicU64,
+    pub(crate) span_load_timeouts: AtomicU64,
     pub(crate) extractions_scheduled: AtomicU64,
     pub(crate) extractions_done: AtomicU64,
     pub(crate) extractions_failed: AtomicU64,
@@ -111,6 +122,7 @@ impl Counters {
             lock_skips: get(&self.lock_skips),
             lock_wait_ms: get(&self.lock_wait_ms),
             background_permit_timeouts: get(&self.background_permit_timeouts),
+            span_load_timeouts: get(&self.span_load_timeouts),
             extractions_scheduled: get(&self.extractions_scheduled),
             extractions_done: get(&self.extractions_done),
             extractions_failed: get(&self.extractions_failed),

@@ -19,7 +19,8 @@ use crate::output;
 #[command(
     about = "Print the guard counters: locks, background permits, extraction, purges",
     long_about = "Print the guard counters of the engine this command opens (Engine::guard_stats): namespace\n\
-        lock attempts, retries and timeouts, background model permits in use and waiters, the memory\n\
+        lock attempts, retries and timeouts, background model permits in use and waiters, background\n\
+        span loads (permits, in use, waiters, the peak since open, timeouts), the memory\n\
         extraction counters (scheduled, pending, done, failed, timed out, skipped, resumed at open,\n\
         deferred, given up), episode classifier fallbacks; and the deletions whose purge is pending.\n\
         Totals count since this open. Nothing is written, and extraction stays off.",

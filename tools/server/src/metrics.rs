@@ -60,6 +60,9 @@ pub struct Metrics {
     guard_background_permits_in_use: Gauge,
     guard_background_waiters: Gauge,
     guard_background_permit_timeouts: Gauge,
+    guard_span_loads_in_use: Gauge,
+    guard_span_load_waiters: Gauge,
+    guard_span_load_timeouts: Gauge,
     guard_extractions_failed: Gauge,
     compactions_in_flight: Gauge,
     purges_pending: Gauge,
@@ -116,6 +119,21 @@ impl Default for Metrics {
                 "guard_background_permit_timeouts",
                 "Background permit waits that ran out",
             ),
+            guard_span_loads_in_use: gauge(
+                &mut registry,
+                "guard_span_loads_in_use",
+                "Background span loads running (background.span_load_concurrency)",
+            ),
+            guard_span_load_waiters: gauge(
+                &mut registry,
+                "guard_span_load_waiters",
+                "Background jobs waiting to load their span",
+            ),
+            guard_span_load_timeouts: gauge(
+                &mut registry,
+                "guard_span_load_timeouts",
+                "Span-load permit waits that ran out",
+            ),
             guard_extractions_failed: gauge(
                 &mut registry,
                 "guard_extractions_failed",
@@ -150,6 +168,9 @@ impl Metrics {
         self.guard_background_permits_in_use.set(as_gauge(g.background_permits_in_use));
         self.guard_background_waiters.set(as_gauge(g.background_waiters));
         self.guard_background_permit_timeouts.set(as_gauge(g.background_permit_timeouts));
+        self.guard_span_loads_in_use.set(as_gauge(g.span_loads_in_use));
+        self.guard_span_load_waiters.set(as_gauge(g.span_load_waiters));
+        self.guard_span_load_timeouts.set(as_gauge(g.span_load_timeouts));
         self.guard_extractions_failed.set(as_gauge(g.extractions_failed));
         self.compactions_in_flight.set(as_gauge(engine.compactions_in_flight() as u64));
         self.purges_pending.set(as_gauge(engine.purges_pending()));
