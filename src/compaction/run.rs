@@ -233,11 +233,7 @@ impl Session {
         Ok(runtime.spawn(async move {
             let inner = session.engine().inner();
             let timeout = Duration::from_millis(inner.config.compaction.timeout_ms);
-            let guards = &inner.guards;
-            let _permit = guards
-                .budget
-                .acquire(timeout, "a background model permit", &guards.counters.background_permit_timeouts)
-                .await?;
+            let _permit = inner.guards.budget.acquire(timeout).await?;
             session.compact_registered(request, registered).await
         }))
     }
@@ -253,8 +249,7 @@ impl Session {
         // compaction's timeout, which wraps this step.
         let focus = request.focus.clone();
         let timeout = Duration::from_millis(inner.config.compaction.timeout_ms);
-        let timeouts = &inner.guards.counters.span_load_timeouts;
-        let permit = inner.guards.span_loads.acquire(timeout, "a span-load permit", timeouts).await?;
+        let permit = inner.guards.span_loads.acquire(timeout).await?;
         let loaded = match &inner.backend {
             crate::engine::backend::Backend::Fjall { .. } => {
                 let session = self.clone();

@@ -15,10 +15,12 @@ impl Engine {
         stats.background_permits = inner.guards.budget.permits();
         stats.background_permits_in_use = inner.guards.budget.in_use();
         stats.background_waiters = inner.guards.budget.waiters();
+        stats.background_permit_timeouts = inner.guards.budget.timeouts();
         stats.span_load_permits = inner.guards.span_loads.permits();
         stats.span_loads_in_use = inner.guards.span_loads.in_use();
         stats.span_load_waiters = inner.guards.span_loads.waiters();
         stats.span_loads_peak = inner.guards.span_loads.peak();
+        stats.span_load_timeouts = inner.guards.span_loads.timeouts();
         inner.features.gauges(&mut stats);
         stats
     }

@@ -442,12 +442,8 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     // span-load permit like a compaction's load (`background.span_load_concurrency`), released
     // once the span's messages are in hand, before the extractor runs. The wait is bounded by
     // the job's timeout, which wraps this function.
-    let timeouts = &inner.guards.counters.span_load_timeouts;
-    let permit = inner
-        .guards
-        .span_loads
-        .acquire(super::state(engine).extractions.timeout, "a span-load permit", timeouts)
-        .await?;
+    let timeout = super::state(engine).extractions.timeout;
+    let permit = inner.guards.span_loads.acquire(timeout).await?;
     let log = SessionLog::read(engine, id).await?;
     let Some(head) = log.head.as_ref().filter(|h| !h.is_deleted()) else {
         return Ok(Ended::Skipped("the session was deleted".to_string()));
@@ -474,15 +470,7 @@ async fn run_span(engine: &Engine, job: &Job) -> Result<Ended, Error> {
     let namespace = namespace_of(id).to_string();
     let input = ExtractInput { session: id.clone(), namespace: namespace.clone(), messages };
     let texts = {
-        let guards = &inner.guards;
-        let _permit = guards
-            .budget
-            .acquire(
-                super::state(engine).extractions.timeout,
-                "a background model permit",
-                &guards.counters.background_permit_timeouts,
-            )
-            .await?;
+        let _permit = inner.guards.budget.acquire(timeout).await?;
         // A panic in the extractor (caller-supplied code) fails this job, not the session's worker.
         AssertUnwindSafe(super::state(engine).extractor.extract(input)).catch_unwind().await.map_err(|panic| {
             Error::Summarizer {

@@ -22,16 +22,20 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::stats::add;
+use super::stats::{add, get};
 use crate::error::Error;
 
 /// A shared background budget.
 pub(crate) struct Budget {
     semaphore: Arc<Semaphore>,
+    /// What a permit is, for the timeout error and log ("a background model permit").
+    what: &'static str,
     permits: u64,
     waiters: Arc<AtomicU64>,
     /// The most permits held at once since the engine opened.
     peak: AtomicU64,
+    /// Waits that ran out since the engine opened.
+    timeouts: AtomicU64,
 }
 
 /// A held background permit; dropping it returns the permit.
@@ -49,22 +53,17 @@ impl Drop for Waiting {
 }
 
 impl Budget {
-    pub(crate) fn new(permits: u64) -> Self {
+    pub(crate) fn new(permits: u64, what: &'static str) -> Self {
         // Validation bounds the knob to 1..=8; the clamp keeps a hand-built config harmless.
         let permits = permits.clamp(1, Semaphore::MAX_PERMITS as u64);
         let n = usize::try_from(permits).unwrap_or(1);
         let waiters = Arc::new(AtomicU64::new(0));
-        Self { semaphore: Arc::new(Semaphore::new(n)), permits, waiters, peak: AtomicU64::new(0) }
+        let semaphore = Arc::new(Semaphore::new(n));
+        Self { semaphore, what, permits, waiters, peak: AtomicU64::new(0), timeouts: AtomicU64::new(0) }
     }
 
-    /// Waits at most `timeout` for a permit. `what` names the job in the timeout error; a wait that
-    /// runs out is counted in `timeouts`.
-    pub(crate) async fn acquire(
-        &self,
-        timeout: Duration,
-        what: &'static str,
-        timeouts: &AtomicU64,
-    ) -> Result<BudgetPermit, Error> {
+    /// Waits at most `timeout` (the waiting job's own bound) for a permit.
+    pub(crate) async fn acquire(&self, timeout: Duration) -> Result<BudgetPermit, Error> {
         if let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() {
             return Ok(self.held(permit));
         }
@@ -75,9 +74,9 @@ impl Budget {
             // The semaphore is never closed; treat it like the engine shutting down if it were.
             Ok(Err(_closed)) => Err(Error::Closed),
             Err(_) => {
-                add(timeouts, 1);
-                let after_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-                tracing::warn!(what, after_ms, "no background permit within the job's timeout");
+                add(&self.timeouts, 1);
+                let (what, after_ms) = (self.what, u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+                tracing::warn!(what, after_ms, "no permit within the job's timeout");
                 Err(Error::Timeout { what, after_ms })
             }
         }
@@ -91,6 +90,11 @@ impl Budget {
     /// The most permits held at once since the engine opened.
     pub(crate) fn peak(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Waits that ran out since the engine opened.
+    pub(crate) fn timeouts(&self) -> u64 {
+        get(&self.timeouts)
     }
 
     /// The budget's size.
@@ -115,21 +119,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiters_are_counted_and_waits_are_bounded() {
-        let budget = Arc::new(Budget::new(1));
-        let timeouts = AtomicU64::new(0);
-        let held = budget.acquire(Duration::from_secs(1), "test", &timeouts).await.expect("free permit");
+        let budget = Arc::new(Budget::new(1, "a test permit"));
+        let held = budget.acquire(Duration::from_secs(1)).await.expect("free permit");
         assert_eq!((budget.in_use(), budget.waiters(), budget.peak()), (1, 0, 1));
         let waiter = {
             let budget = Arc::clone(&budget);
-            tokio::spawn(async move {
-                let timeouts = AtomicU64::new(0);
-                budget.acquire(Duration::from_millis(100), "test", &timeouts).await.map(drop)
-            })
+            tokio::spawn(async move { budget.acquire(Duration::from_millis(100)).await.map(drop) })
         };
         tokio::task::yield_now().await;
         assert_eq!(budget.waiters(), 1);
         let result = waiter.await.expect("joins");
-        assert!(matches!(result, Err(Error::Timeout { after_ms: 100, .. })));
+        assert!(matches!(result, Err(Error::Timeout { what: "a test permit", after_ms: 100 })));
+        assert_eq!(budget.timeouts(), 1);
         assert_eq!(budget.waiters(), 0);
         drop(held);
         assert_eq!((budget.in_use(), budget.peak()), (0, 1));

@@ -42,8 +42,8 @@ impl Guards {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
             namespaces: lock::NamespaceLocks::new(config.locks.clone()),
-            budget: budget::Budget::new(config.background.model_concurrency),
-            span_loads: budget::Budget::new(config.background.span_load_concurrency),
+            budget: budget::Budget::new(config.background.model_concurrency, "a background model permit"),
+            span_loads: budget::Budget::new(config.background.span_load_concurrency, "a span-load permit"),
             counters: Arc::new(stats::Counters::default()),
         }
     }

@@ -198,17 +198,14 @@ impl RawDb {
 
     /// Commits one event row and a head value in one batch, as the engine's write does (without
     /// its reads, validation or encoding): the floor of an atomic event + head design on fjall.
-    pub fn commit_event_and_head(&self, key: UserKey, value: UserValue, head_key: &str, head: UserValue) {
-        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
-        batch.insert(&self.events, key, value);
-        batch.insert(&self.heads, head_key, head);
-        batch.commit().expect("raw batch commit");
-    }
-
-    /// [`RawDb::commit_event_and_head`] from plain byte slices, as a writer with freshly made bytes
-    /// hands them over: fjall copies each key and value into its own buffers, where the other one
-    /// passes fjall's reference-counted slices through without a copy.
-    pub fn commit_event_and_head_bytes(&self, key: &[u8], value: &[u8], head_key: &str, head: &[u8]) {
+    /// Given fjall's own reference-counted slices it keeps them without copying; given plain byte
+    /// slices (as a writer of freshly made bytes has) it copies each into its own buffers.
+    pub fn commit_event_and_head<K, V, H>(&self, key: K, value: V, head_key: &str, head: H)
+    where
+        K: Into<UserKey>,
+        V: Into<UserValue>,
+        H: Into<UserValue>,
+    {
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         batch.insert(&self.events, key, value);
         batch.insert(&self.heads, head_key, head);

@@ -56,7 +56,7 @@ pub async fn append_ratio(plan: &Plan) -> Value {
         let head_bytes = head.to_vec();
         let start = Instant::now();
         for (key, value) in &byte_rows {
-            raw.commit_event_and_head_bytes(key, value, id, &head_bytes);
+            raw.commit_event_and_head(key.as_slice(), value.as_slice(), id, head_bytes.as_slice());
         }
         bytes_rate.push(n / start.elapsed().as_secs_f64());
 
