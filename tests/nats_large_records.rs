@@ -224,16 +224,18 @@ async fn an_older_stream_is_allowed_atomic_batches_at_connect() {
     let cluster = cluster().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let js = async_nats::jetstream::new(cluster.raw_client().await);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "old_s0".to_string(),
-        subjects: vec!["old.s0.>".to_string()],
-        num_replicas: 3,
-        allow_direct: true,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .expect("an older build's session stream");
+    nats_common::create_stream(
+        &js,
+        async_nats::jetstream::stream::Config {
+            name: "old_s0".to_string(),
+            subjects: vec!["old.s0.>".to_string()],
+            num_replicas: 3,
+            allow_direct: true,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await;
     let (a, _) = engines(&cluster, &dir, "old").await;
     let mut stream = js.get_stream("old_s0").await.expect("the stream");
     assert!(stream.info().await.expect("its info").config.allow_atomic_publish, "allowed at connect");

@@ -93,14 +93,16 @@ async fn a_retried_publish_with_the_same_id_is_stored_once(cluster: &Cluster, lo
     headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
     // The raw publish goes to a stream of its own with the backend's settings, so the payload
     // need not be a record.
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "dd_s0".to_string(),
-        subjects: vec!["dd.s0.>".to_string()],
-        num_replicas: 3,
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    nats_common::create_stream(
+        &js,
+        async_nats::jetstream::stream::Config {
+            name: "dd_s0".to_string(),
+            subjects: vec!["dd.s0.>".to_string()],
+            num_replicas: 3,
+            ..Default::default()
+        },
+    )
+    .await;
     // A stream just created refuses publishes until its first leader is elected.
     wait_stream_leader(cluster, &js, "dd_s0").await;
     let first =
@@ -138,17 +140,19 @@ async fn a_retry_finds_its_record_under_another_writers(cluster: &Cluster) {
     let js = async_nats::jetstream::new(client);
     // The backend's session stream, made beforehand with a one-second duplicate window (connect
     // checks replicas, subjects and direct gets, and keeps the stream).
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "dw_s0".to_string(),
-        subjects: vec!["dw.s0.>".to_string()],
-        num_replicas: 3,
-        allow_direct: true,
-        duplicate_window: std::time::Duration::from_secs(1),
-        storage: async_nats::jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    nats_common::create_stream(
+        &js,
+        async_nats::jetstream::stream::Config {
+            name: "dw_s0".to_string(),
+            subjects: vec!["dw.s0.>".to_string()],
+            num_replicas: 3,
+            allow_direct: true,
+            duplicate_window: std::time::Duration::from_secs(1),
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await;
     wait_stream_leader(cluster, &js, "dw_s0").await;
     let cfg = config(cluster, "dw", 3);
     let (a, b) = (connect(&cfg).await, connect(&cfg).await);

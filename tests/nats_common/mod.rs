@@ -191,6 +191,39 @@ pub async fn append_until_stored(log: &NatsLog, session: &SessionId, text: &str)
     panic!("{text} not stored after 1,000 attempts");
 }
 
+/// Creates stream `config` beside the backend's (a test's raw stream), asking again while the
+/// cluster does not answer in time or has not yet seen enough peers (a loaded machine, a cluster
+/// just started), bounded by [`LEADER_TIMEOUT`]. Creating a stream that exists with the same
+/// config succeeds, so a request that timed out after it landed is harmless to repeat.
+pub async fn create_stream(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) -> async_nats::jetstream::stream::Stream {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+    loop {
+        match js.create_stream(config.clone()).await {
+            Ok(stream) => return stream,
+            Err(e) => {
+                let unanswered = match e.kind() {
+                    CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+                    CreateStreamErrorKind::JetStream(j) => {
+                        j.error_code() == async_nats::jetstream::ErrorCode::CLUSTER_NO_PEERS
+                    }
+                    _ => false,
+                };
+                assert!(unanswered, "create stream {}: {e}", config.name);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "create stream {}: still unanswered after {LEADER_TIMEOUT:?}: {e}",
+                    config.name
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// The leader of stream `name`, by node index, if it has one now.
 pub async fn stream_leader(cluster: &Cluster, js: &async_nats::jetstream::Context, name: &str) -> Option<usize> {
     let mut stream = js.get_stream(name).await.ok()?;
