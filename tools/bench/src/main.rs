@@ -18,7 +18,8 @@
 //! - `rss`: p7 (peak RSS, measured in child processes).
 //! - `opening`: p8 (open time by database size, and against fjall's own open; child processes).
 //! - `scaling`: latency by session length and by number of sessions; p9 (10M messages in one
-//!   session) and p10 (100k sessions) against one 100-message session.
+//!   session) and p10 (100k sessions) against one 100-message session, and beside p10 raw fjall's
+//!   own read growth from one session to many.
 //! - `cache`: the 10M-message and 100k-session databases, built once and reused across runs.
 //! - `nats`: appends/s from 64 sessions and from 1 against raw async-nats publishing the same
 //!   records, and working-memory reads at 100 and 100k messages, on a cluster started for the run.
@@ -401,11 +402,12 @@ async fn large_scale(plan: &Plan, out: &mut Map<String, Value>, cache_dir: &std:
     // served from memory call after call while the 100k-session side reads cold sessions.
     let big_engine = big.as_ref().map(|b| workload::open_storage_path(&b.db, Durability::Buffered));
     let many_engine = many.as_ref().map(|m| workload::open_storage_path(&m.db, Durability::Buffered));
-    if let (Some(many), Some(engine)) = (&many, &many_engine) {
+    let many_raw =
+        many.as_ref().map(|m| RawDb::open(m.raw.as_ref().expect("the many-session database has a raw copy")));
+    if let (Some(many), Some(engine), Some(raw)) = (&many, &many_engine, &many_raw) {
         log("p2: cold working memory vs raw fjall");
-        let raw = RawDb::open(many.raw.as_ref().expect("the many-session database has a raw copy"));
         let half = &many.ids[..many.ids.len() / 2];
-        merge(out, reads::cold_read_ratio(plan, engine, &raw, half).await);
+        merge(out, reads::cold_read_ratio(plan, engine, raw, half).await);
     }
     log("p9/p10: 10M messages in one session, 100k sessions, against one 100-message session");
     let big_target = match (&big, &big_engine) {
@@ -417,6 +419,10 @@ async fn large_scale(plan: &Plan, out: &mut Map<String, Value>, cache_dir: &std:
         _ => None,
     };
     merge(out, scaling::scale_ratios(plan, big_target, many_target).await);
+    if let (Some(many), Some(raw)) = (&many, &many_raw) {
+        log("p10 context: raw fjall's read among many sessions vs one session");
+        merge(out, scaling::raw_many_sessions_floor(plan, raw, &many.ids).await);
+    }
 }
 
 fn temp() -> tempfile::TempDir {

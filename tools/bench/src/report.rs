@@ -67,7 +67,18 @@ const TARGETS: &[(&str, Bound, &[&str])] = &[
     ("p8_open_vs_raw", Bound::AtMost(1.2), &["p8_open_ms_large", "p8_raw_open_ms_large"]),
     ("p9_scale_10m_wm50", Bound::AtMost(1.5), &["p9_wm50_us", "p9_p10_small_wm50_us", "p9_messages"]),
     ("p9_scale_10m_append", Bound::AtMost(1.5), &["p9_append_us", "p9_p10_small_append_us", "p9_messages"]),
-    ("p10_sessions_100k_wm50", Bound::AtMost(2.0), &["p10_wm50_us", "p9_p10_small_wm50_us", "p10_sessions"]),
+    (
+        "p10_sessions_100k_wm50",
+        Bound::AtMost(2.0),
+        &[
+            "p10_wm50_us",
+            "p9_p10_small_wm50_us",
+            "p10_sessions",
+            "p10_raw_wm50_growth",
+            "p10_raw_many_head_rev50_us",
+            "p10_raw_one_head_rev50_us",
+        ],
+    ),
     ("p10_sessions_100k_append", Bound::AtMost(2.0), &["p10_append_us", "p9_p10_small_append_us", "p10_sessions"]),
 ];
 

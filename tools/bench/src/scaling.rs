@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::Plan;
+use crate::raw::RawDb;
 use crate::reads::WINDOW;
 use crate::stats::{median, paired_ratio, round, us};
 use crate::workload::{self, log, message, splitmix};
@@ -158,6 +159,65 @@ pub async fn scale_ratios(plan: &Plan, big: Option<Target>, many: Option<Target>
         out.insert(format!("{prefix}_append_us"), json!(round(median(append), 2)));
     }
     Value::Object(out)
+}
+
+/// Context for p10's read side: how raw fjall's own read grows from one session to many. Raw
+/// fjall's head read + 50-key reverse scan (p2's raw read) of pseudo-randomly picked sessions of
+/// the many-session database's raw copy (`many`, holding `ids`), against the same read of one
+/// 100-message session in a raw database of its own, read call after call, as the engine's
+/// one-session side is. Both sides in every repeat, taking turns going first. Where this growth is
+/// near p10's own, what stands between p10 and its target is fjall's cold read, not the engine.
+pub async fn raw_many_sessions_floor(plan: &Plan, many: &RawDb, ids: &[String]) -> Value {
+    let engine_dir = tempfile::tempdir().expect("a temp dir");
+    let raw_dir = tempfile::tempdir().expect("a temp dir");
+    let one = "small-session";
+    {
+        let engine = workload::open(engine_dir.path(), Durability::Buffered);
+        workload::build(&workload::session(&engine, one), 0, plan.small).await;
+    }
+    let small = RawDb::open(raw_dir.path());
+    small.copy_from_engine_dir(engine_dir.path());
+    let calls = plan.scale_wm_calls;
+    let mut rng = 0x0F10_0D00_u64;
+    let read_many = |rng: &mut u64| {
+        let start = Instant::now();
+        for _ in 0..calls {
+            let id = &ids[(splitmix(rng) % ids.len() as u64) as usize];
+            black_box(many.head_and_last_n_rev(id, WINDOW));
+        }
+        us(start.elapsed()) / calls as f64
+    };
+    let read_one = || {
+        let start = Instant::now();
+        for _ in 0..calls {
+            black_box(small.head_and_last_n_rev(one, WINDOW));
+        }
+        us(start.elapsed()) / calls as f64
+    };
+    // Warm-up, as the engine's sides get.
+    read_many(&mut rng);
+    read_one();
+    let (mut many_us, mut one_us) = (Vec::new(), Vec::new());
+    for repeat in 0..plan.repeats {
+        if repeat % 2 == 0 {
+            many_us.push(read_many(&mut rng));
+            one_us.push(read_one());
+        } else {
+            one_us.push(read_one());
+            many_us.push(read_many(&mut rng));
+        }
+        log(format!(
+            "p10 raw floor repeat {repeat}: head + reverse scan {:.1} us among {} sessions, {:.1} us on one",
+            many_us[repeat],
+            ids.len(),
+            one_us[repeat]
+        ));
+    }
+    json!({
+        "p10_raw_wm50_growth": round(paired_ratio(&many_us, &one_us), 3),
+        "p10_raw_many_head_rev50_us": round(median(&many_us), 2),
+        "p10_raw_one_head_rev50_us": round(median(&one_us), 2),
+    })
 }
 
 /// The whole table. `large` and `small` are the p1 sessions (already open), reused at their sizes.
