@@ -212,6 +212,15 @@ impl RawDb {
         batch.commit().expect("raw batch commit");
     }
 
+    /// What a plain fjall user does to append to a session: read its head (to learn where the
+    /// session ends), then commit the event row at `seq` and the head (the one read, rewritten) in
+    /// one batch. Returns the head's length (fed to `black_box`).
+    pub fn read_head_then_commit(&self, session: &str, seq: u64, value: &[u8]) -> usize {
+        let head = self.heads.get(session).expect("raw head read").expect("the session has a head");
+        self.commit_event_and_head(seq_key(session, seq), value, session, head.clone());
+        black_box(head.len())
+    }
+
     /// The stored head of `session` in the (closed) engine database at `engine_dir`.
     pub fn engine_head(engine_dir: &Path, session: &str) -> UserValue {
         let source = Self::open_with_cache(engine_dir, 8 << 20);

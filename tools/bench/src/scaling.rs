@@ -161,12 +161,15 @@ pub async fn scale_ratios(plan: &Plan, big: Option<Target>, many: Option<Target>
     Value::Object(out)
 }
 
-/// Context for p10's read side: how raw fjall's own read grows from one session to many. Raw
-/// fjall's head read + 50-key reverse scan (p2's raw read) of pseudo-randomly picked sessions of
-/// the many-session database's raw copy (`many`, holding `ids`), against the same read of one
+/// Context for p10: how raw fjall's own work grows from one session to many. Reads: raw fjall's
+/// head read + 50-key reverse scan (p2's raw read) of pseudo-randomly picked sessions of the
+/// many-session database's raw copy (`many`, holding `ids`), against the same read of one
 /// 100-message session in a raw database of its own, read call after call, as the engine's
-/// one-session side is. Both sides in every repeat, taking turns going first. Where this growth is
-/// near p10's own, what stands between p10 and its target is fjall's cold read, not the engine.
+/// one-session side is. Appends: a head read, then an event + head batch
+/// ([`RawDb::read_head_then_commit`]), to pseudo-randomly picked sessions of the upper half (as the
+/// engine's appends go; p2's cold reads use the lower half) against the one session. Both sides
+/// in every repeat, taking turns going first. Where this growth is near p10's own, what stands
+/// between p10 and its target is fjall's cold read, not the engine.
 pub async fn raw_many_sessions_floor(plan: &Plan, many: &RawDb, ids: &[String]) -> Value {
     let engine_dir = tempfile::tempdir().expect("a temp dir");
     let raw_dir = tempfile::tempdir().expect("a temp dir");
@@ -175,48 +178,65 @@ pub async fn raw_many_sessions_floor(plan: &Plan, many: &RawDb, ids: &[String]) 
         let engine = workload::open(engine_dir.path(), Durability::Buffered);
         workload::build(&workload::session(&engine, one), 0, plan.small).await;
     }
+    // A real event's bytes, the value every raw append writes.
+    let value = RawDb::engine_event_rows(engine_dir.path(), one).pop().expect("the session has events").1;
     let small = RawDb::open(raw_dir.path());
     small.copy_from_engine_dir(engine_dir.path());
-    let calls = plan.scale_wm_calls;
+    let (reads, appends) = (plan.scale_wm_calls, plan.scale_appends);
+    // Raw appends land far above the sessions' own seqs (a reused copy holds earlier runs' too).
+    let mut next_seq = 1u64 << 40;
     let mut rng = 0x0F10_0D00_u64;
-    let read_many = |rng: &mut u64| {
+    let only = [one.to_string()];
+    // Each side: its database, the sessions its reads pick from, those its appends pick from.
+    let sides: [(&RawDb, &[String], &[String]); 2] = [(many, ids, &ids[ids.len() / 2..]), (&small, &only, &only)];
+    let pick = |from: &'_ [String], rng: &mut u64| from[(splitmix(rng) % from.len() as u64) as usize].clone();
+    let per_call = |start: Instant, calls: usize| us(start.elapsed()) / calls as f64;
+    let measure = |side: usize, rng: &mut u64, next_seq: &mut u64| -> (f64, f64) {
+        let (db, read_from, append_to) = sides[side];
+        // The picks are made before the clock starts.
+        let read_picks: Vec<String> = (0..reads).map(|_| pick(read_from, rng)).collect();
+        let append_picks: Vec<String> = (0..appends).map(|_| pick(append_to, rng)).collect();
         let start = Instant::now();
-        for _ in 0..calls {
-            let id = &ids[(splitmix(rng) % ids.len() as u64) as usize];
-            black_box(many.head_and_last_n_rev(id, WINDOW));
+        for id in &read_picks {
+            black_box(db.head_and_last_n_rev(id, WINDOW));
         }
-        us(start.elapsed()) / calls as f64
-    };
-    let read_one = || {
+        let read = per_call(start, reads);
         let start = Instant::now();
-        for _ in 0..calls {
-            black_box(small.head_and_last_n_rev(one, WINDOW));
+        for id in &append_picks {
+            *next_seq += 1;
+            black_box(db.read_head_then_commit(id, *next_seq, &value));
         }
-        us(start.elapsed()) / calls as f64
+        (read, per_call(start, appends))
     };
     // Warm-up, as the engine's sides get.
-    read_many(&mut rng);
-    read_one();
-    let (mut many_us, mut one_us) = (Vec::new(), Vec::new());
+    measure(0, &mut rng, &mut next_seq);
+    measure(1, &mut rng, &mut next_seq);
+    let mut samples = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     for repeat in 0..plan.repeats {
-        if repeat % 2 == 0 {
-            many_us.push(read_many(&mut rng));
-            one_us.push(read_one());
-        } else {
-            one_us.push(read_one());
-            many_us.push(read_many(&mut rng));
+        for k in 0..2 {
+            let side = (repeat + k) % 2;
+            let (read, append) = measure(side, &mut rng, &mut next_seq);
+            samples[side].0.push(read);
+            samples[side].1.push(append);
         }
         log(format!(
-            "p10 raw floor repeat {repeat}: head + reverse scan {:.1} us among {} sessions, {:.1} us on one",
-            many_us[repeat],
+            "p10 raw floor repeat {repeat}: among {} sessions read {:.1} us, append {:.1} us; one session read {:.1} \
+             us, append {:.1} us",
             ids.len(),
-            one_us[repeat]
+            samples[0].0[repeat],
+            samples[0].1[repeat],
+            samples[1].0[repeat],
+            samples[1].1[repeat]
         ));
     }
+    let [(many_read, many_append), (one_read, one_append)] = &samples;
     json!({
-        "p10_raw_wm50_growth": round(paired_ratio(&many_us, &one_us), 3),
-        "p10_raw_many_head_rev50_us": round(median(&many_us), 2),
-        "p10_raw_one_head_rev50_us": round(median(&one_us), 2),
+        "p10_raw_wm50_growth": round(paired_ratio(many_read, one_read), 3),
+        "p10_raw_many_head_rev50_us": round(median(many_read), 2),
+        "p10_raw_one_head_rev50_us": round(median(one_read), 2),
+        "p10_raw_append_growth": round(paired_ratio(many_append, one_append), 3),
+        "p10_raw_many_append_us": round(median(many_append), 2),
+        "p10_raw_one_append_us": round(median(one_append), 2),
     })
 }
 
