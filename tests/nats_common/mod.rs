@@ -63,10 +63,13 @@ impl Cluster {
     /// A plain client of the cluster (for what the tests do beside the backend).
     pub async fn raw_client(&self) -> async_nats::Client {
         let addrs: Vec<async_nats::ServerAddr> = self.urls().iter().map(|u| u.parse().expect("a server URL")).collect();
-        // Short pings, so a frozen node is left within seconds (the default is a minute).
+        // Short pings, so a frozen node is left within seconds (the default is a minute). JetStream
+        // API requests (a stream's info, a stream created on 3 nodes) wait this long for the
+        // answer, which a loaded machine can take seconds to give; the polls around them are
+        // bounded by their own deadlines.
         async_nats::ConnectOptions::new()
             .ping_interval(Duration::from_secs(1))
-            .request_timeout(Some(Duration::from_secs(2)))
+            .request_timeout(Some(Duration::from_secs(10)))
             .connect(addrs)
             .await
             .expect("a raw client")
