@@ -178,7 +178,8 @@ impl Session {
         _registered: InFlightGuard,
     ) -> Result<CompactionOutcome, Error> {
         let inner = self.engine().inner();
-        let id = super::state(self.engine()).next_compaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state = super::state(self.engine());
+        let id = state.next_compaction.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let timeout_ms = inner.config.compaction.timeout_ms;
         // The timeout bounds the steps that can hang (reading, the model). The splice is a bounded
         // write of its own: a timeout firing after it was queued would report a failure for a
@@ -195,15 +196,9 @@ impl Session {
             Ok(CompactionOutcome::Spliced { .. }) | Ok(CompactionOutcome::AlreadyRunning) => {}
             Ok(CompactionOutcome::NothingToCompact { reason, .. })
             | Ok(CompactionOutcome::Abandoned { reason, .. }) => {
-                super::state(self.engine()).progress.publish(
-                    self.id(),
-                    id,
-                    Stage::Abandoned { reason: reason.clone() },
-                );
+                state.progress.publish(self.id(), id, Stage::Abandoned { reason: reason.clone() });
             }
-            Err(e) => {
-                super::state(self.engine()).progress.publish(self.id(), id, Stage::Abandoned { reason: e.to_string() })
-            }
+            Err(e) => state.progress.publish(self.id(), id, Stage::Abandoned { reason: e.to_string() }),
         }
         outcome
     }
@@ -267,10 +262,10 @@ impl Session {
             Load::Loaded(loaded) => loaded,
         };
         // No lock is held from here to the splice: appends to this session go on meanwhile.
-        let publish = |stage| super::state(self.engine()).progress.publish(self.id(), id, stage);
+        let state = super::state(self.engine());
+        let publish = |stage| state.progress.publish(self.id(), id, stage);
         let span = Span { messages: span_messages, previous_summary, focus };
-        let text =
-            summarize_span(&super::state(self.engine()).summarizer, span, &inner.config.compaction, &publish).await?;
+        let text = summarize_span(&state.summarizer, span, &inner.config.compaction, &publish).await?;
         Ok(Step::Summarized(Summarized { text, lower, upto, requested, n_messages, base_at_plan }))
     }
 
