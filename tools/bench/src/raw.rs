@@ -185,12 +185,16 @@ impl RawDb {
         self.db.persist(PersistMode::SyncData).expect("raw fsync");
     }
 
-    /// Commits `rows` (events) in one batch and fsyncs the journal once: the floor of group commit,
-    /// what 64 durable appends sharing one fsync would cost with no engine around them.
-    pub fn commit_events_synced(&self, rows: &[(Vec<u8>, &[u8])]) {
+    /// Commits `rows` (events) and `heads` (session, head) in one batch and fsyncs the journal
+    /// once: the floor of group commit, what 64 durable appends sharing one fsync would cost with
+    /// no engine around them (with `heads`, in the engine's shape: an event and a head each).
+    pub fn commit_synced(&self, rows: &[(Vec<u8>, &[u8])], heads: &[(String, &[u8])]) {
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for (key, value) in rows {
             batch.insert(&self.events, key.as_slice(), *value);
+        }
+        for (key, value) in heads {
+            batch.insert(&self.heads, key.as_str(), *value);
         }
         batch.commit().expect("raw batch commit");
         self.db.persist(PersistMode::SyncData).expect("raw fsync");

@@ -49,7 +49,12 @@ const TARGETS: &[(&str, Bound, &[&str])] = &[
     (
         "p4_group_commit_vs_floor",
         Bound::AtLeast(0.5),
-        &["p4_sync_appends_per_s_many", "p4_raw_batch_fsync_events_per_s"],
+        &[
+            "p4_sync_appends_per_s_many",
+            "p4_raw_batch_fsync_events_per_s",
+            "p4_raw_batch_with_heads_fsync_events_per_s",
+            "p4_vs_floor_with_heads",
+        ],
     ),
     ("p5_compaction_stall", Bound::AtMost(1.5), &["p5_append_p99_us_stalled", "p5_append_p99_us_idle"]),
     (
