@@ -567,11 +567,14 @@ impl NatsLog {
         Ok(())
     }
 
-    /// Up to `limit` memories of `namespace` as `(key, value)`, oldest write first.
+    /// Up to `limit` memories of `namespace` as `(key, value)`, oldest write first. Read from the
+    /// meta stream's leader, one request per memory: a memory [`NatsLog::put_memory`] just
+    /// replaced reads back replaced, which a direct get (answered by any replica, possibly one
+    /// that has not applied the write yet) does not promise.
     ///
     /// Cancel safety: a read; dropping it changes nothing.
     pub async fn memories(&self, namespace: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let messages = self.scan(&self.meta, &self.names.memories(namespace), 1, limit).await?;
+        let messages = self.scan_leader(&self.meta, &self.names.memories(namespace), 1, limit).await?;
         messages
             .into_iter()
             .map(|m| {

@@ -510,6 +510,19 @@ impl NatsLog {
                 Err(e) => tracing::debug!(error = %e, "a batched direct get failed; reading from the leader"),
             }
         }
+        self.scan_leader(stream, filter, from, n).await
+    }
+
+    /// [`NatsLog::scan`] from the stream's leader only, one read per message: for what may be
+    /// replaced (a memory written again), which a replica answering a direct get may not have
+    /// caught up with yet (JetStream's direct gets promise no read-after-write).
+    pub(super) async fn scan_leader(
+        &self,
+        stream: &stream::Stream,
+        filter: &str,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<StreamMessage>, Error> {
         let mut out = Vec::new();
         let mut cursor = from;
         while out.len() < n {
